@@ -1,0 +1,1 @@
+"""The health checks: each test reads like a line of the incident report it prevents."""

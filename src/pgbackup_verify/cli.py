@@ -1,0 +1,41 @@
+"""`pgbackup-verify --target FILE [pytest args]`: run the shipped checks with pytest.
+
+`pgbackup-verify demo [--fault NAME]` builds the demo target and checks it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgbackup_verify import checks
+
+
+def checks_dir() -> Path:
+    return Path(checks.__file__).resolve().parent
+
+
+def run_checks(args: list[str]) -> int:
+    """Run the checks; exit codes are pytest's (0 ok, 1 failed, 4 config error, 5 none ran)."""
+    explicit = [a for a in args if not a.startswith("-") and Path(a.split("::")[0]).exists()]
+    paths = [] if explicit else [str(checks_dir())]
+    return int(pytest.main([*paths, *args]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from pgbackup_verify import demo
+
+        return demo.main(argv[1:])
+    if not argv or (argv[0] in ("-h", "--help") and len(argv) == 1):
+        print(__doc__.strip())
+        print("pytest options are passed through; see `pgbackup-verify --target FILE --help`.")
+        return 0
+    return run_checks(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

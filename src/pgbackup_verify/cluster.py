@@ -1,0 +1,124 @@
+"""Throwaway PostgreSQL clusters that also work when the suite runs as root.
+
+`initdb` refuses to run as root, and the nightly cron runs as root. pytest-postgresql's
+executor is reused as is; only the processes it spawns switch to the `postgres` OS user
+when we are root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import port_for
+from pytest_postgresql.executors import PostgreSQLExecutor
+
+CLUSTER_PREFIX = "pgbv-cluster-"
+
+
+def pg_bindir() -> Path:
+    """Directory of the PostgreSQL server binaries (initdb, pg_ctl)."""
+    for name in ("pg_ctl", "initdb"):
+        found = shutil.which(name)
+        if found:
+            return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
+    if candidates:
+        return candidates[0].parent
+    raise FileNotFoundError("pg_ctl not found; install the PostgreSQL server package (postgresql-15)")
+
+
+def _run_as() -> dict[str, Any]:
+    """subprocess kwargs that drop root to the postgres OS user."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": "postgres", "group": "postgres"}
+
+
+def chown_for_cluster(path: Path) -> None:
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+class RootSafeExecutor(PostgreSQLExecutor):
+    """pytest-postgresql's executor, with its child processes run as `postgres` under root."""
+
+    @property
+    def _popen_kwargs(self) -> dict[str, Any]:
+        kwargs = super()._popen_kwargs
+        kwargs.update(_run_as())
+        return kwargs
+
+    def _run_initdb(self, command: list[str]) -> None:
+        subprocess.run(command, env=self._initdb_env(), timeout=self._timeout, check=True,
+                       capture_output=True, **_run_as())
+
+    def running(self) -> bool:
+        if not os.path.exists(self.datadir):
+            return False
+        result = subprocess.run([self.executable, "status", "-D", self.datadir], check=False,
+                                capture_output=True, timeout=self._timeout, **_run_as())
+        return result.returncode == 0
+
+    def stop(self, sig: int | None = None, exp_sig: int | None = None) -> RootSafeExecutor:
+        subprocess.run([self.executable, "stop", "-D", self.datadir, "-m", "f"], check=False,
+                       capture_output=True, timeout=self._timeout, **_run_as())
+        # pg_ctl has stopped the server; mirakuru only reaps the launcher, which may be gone.
+        with contextlib.suppress(Exception):
+            super(PostgreSQLExecutor, self).stop(sig, exp_sig)
+        return self
+
+
+class ThrowawayCluster:
+    """A local cluster in its own temp dir, removed on stop(). Superuser is `postgres`."""
+
+    def __init__(self, base: Path | None = None, port: int | None = None, tag: str = "") -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=f"{CLUSTER_PREFIX}{tag}", dir=base))
+        chown_for_cluster(self.root)
+        self.port = port or port_for.select_random()
+        self.host = "127.0.0.1"
+        self.user = "postgres"
+        self.executor = RootSafeExecutor(
+            executable=str(pg_bindir() / "pg_ctl"),
+            host=self.host,
+            port=self.port,
+            datadir=str(self.root / "data"),
+            unixsocketdir=str(self.root),
+            logfile=str(self.root / "postgresql.log"),
+            startparams="-w",
+            dbname="postgres",
+            user=self.user,
+            # fsync off: the cluster is thrown away; nothing here needs durability.
+            postgres_options="-c fsync=off -c full_page_writes=off -c listen_addresses=127.0.0.1",
+        )
+
+    def start(self) -> ThrowawayCluster:
+        self.executor.start()
+        return self
+
+    def stop(self) -> None:
+        try:
+            if self.executor.running():
+                self.executor.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> ThrowawayCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:
+        return f"host={self.host} port={self.port} dbname={dbname} user={user or self.user}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for libpq command-line tools pointed at this cluster."""
+        return {**os.environ, "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user}

@@ -1,0 +1,170 @@
+"""The built-in demo target, shaped like the seed host: a throwaway cluster with roles
+`directus` (the dump role) and `workflow_admin`, schemas `public`, `cutter_governance`
+and `sandbox_tac` (owned by workflow_admin), and a week of real `pg_dump | gzip` nights.
+
+`pgbackup-verify demo` builds it, runs the suite against it and removes it again.
+`--fault seed-night` replays the incident: USAGE on sandbox_tac is revoked, the real
+pg_dump fails, and the newest file is the 20-byte empty gzip stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from pgbackup_verify.cluster import ThrowawayCluster
+
+DUMP_ROLE = "directus"
+DBNAME = "directus"
+SCHEMAS = {"public": 12, "cutter_governance": 6, "sandbox_tac": 3}  # schema -> tables
+FAULTS = ("seed-night",)
+
+SETUP_SQL = """
+CREATE ROLE directus LOGIN;
+CREATE ROLE workflow_admin LOGIN;
+CREATE DATABASE directus OWNER directus;
+"""
+
+# Run in database `directus` as superuser: objects owned by the roles the seed had.
+SCHEMA_SQL = """
+ALTER SCHEMA public OWNER TO directus;
+CREATE SCHEMA cutter_governance AUTHORIZATION directus;
+CREATE SCHEMA sandbox_tac AUTHORIZATION workflow_admin;
+GRANT USAGE ON SCHEMA sandbox_tac TO directus;
+ALTER DEFAULT PRIVILEGES FOR ROLE workflow_admin IN SCHEMA sandbox_tac GRANT SELECT ON TABLES TO directus;
+ALTER DEFAULT PRIVILEGES FOR ROLE workflow_admin IN SCHEMA sandbox_tac
+    GRANT USAGE, SELECT ON SEQUENCES TO directus;
+"""
+
+
+def _owner(schema: str) -> str:
+    return "workflow_admin" if schema == "sandbox_tac" else DUMP_ROLE
+
+
+def build_seed_database(cluster: ThrowawayCluster) -> str:
+    """Create the seed-shaped database in `cluster`; return the dump role's DSN."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        for stmt in SETUP_SQL.strip().split(";\n"):
+            conn.execute(stmt.strip().rstrip(";"))
+    with psycopg.connect(cluster.dsn(DBNAME), autocommit=True) as conn:
+        conn.execute(SCHEMA_SQL)
+        for schema, count in SCHEMAS.items():
+            conn.execute(f"SET ROLE {_owner(schema)}")
+            for i in range(count):
+                name = f"{schema}.item_{i:02d}"
+                conn.execute(f"CREATE TABLE {name} (id bigserial PRIMARY KEY, label text NOT NULL, "
+                             "created timestamptz DEFAULT now())")
+                conn.execute(f"INSERT INTO {name} (label) SELECT 'row ' || g FROM generate_series(1, 200) g")
+            conn.execute(f"CREATE VIEW {schema}.item_summary AS SELECT count(*) AS n FROM {schema}.item_00")
+            conn.execute("RESET ROLE")
+    return cluster.dsn(DBNAME, DUMP_ROLE)
+
+
+def grow(cluster: ThrowawayCluster, rows: int = 50) -> None:
+    """One day of application writes, so that nightly payloads grow like the seed's."""
+    with psycopg.connect(cluster.dsn(DBNAME), autocommit=True) as conn:
+        conn.execute(f"INSERT INTO public.item_00 (label) SELECT 'day ' || g FROM generate_series(1, {rows}) g")
+
+
+def dump_to(cluster: ThrowawayCluster, path: Path, role: str = DUMP_ROLE) -> int:
+    """`pg_dump | gzip -9 > path`, as the seed's pg-backup.sh does; return pg_dump's exit code."""
+    env = {**cluster.env(), "PGUSER": role}
+    # umask 077, as the seed's hardened script: dumps are readable by their owner only.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        dump = subprocess.Popen(["pg_dump", "--no-owner", "--no-acl", "-d", DBNAME], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        gz = subprocess.run(["gzip", "-9"], stdin=dump.stdout, stdout=out, check=True)
+        assert dump.stdout is not None
+        dump.stdout.close()
+        rc = dump.wait()
+    del gz
+    return rc
+
+
+def write_nightly_dumps(cluster: ThrowawayCluster, backup_dir: Path, nights: int = 7,
+                        fault: str | None = None, now: float | None = None) -> list[Path]:
+    """One dump per night for `nights` nights, newest ~1 h old, named like the seed's files."""
+    now = now or time.time()
+    made = []
+    for back in range(nights - 1, -1, -1):
+        ts = now - back * 86400 - 3600
+        path = backup_dir / time.strftime(f"{DBNAME}_%Y-%m-%d_0200.sql.gz", time.localtime(ts))
+        if back == 0 and fault == "seed-night":
+            with psycopg.connect(cluster.dsn(DBNAME), autocommit=True) as conn:
+                conn.execute("REVOKE USAGE ON SCHEMA sandbox_tac FROM directus")
+        grow(cluster)
+        dump_to(cluster, path)
+        os.utime(path, (ts, ts))
+        made.append(path)
+    return made
+
+
+def write_target_file(path: Path, dsn: str, backup_dir: Path, name: str = "demo", extra: str = "") -> Path:
+    path.write_text(f'''# Demo target written by `pgbackup-verify demo`.
+[target]
+name = "{name}"
+
+[database]
+dsn = "{dsn}"
+dump_role = "{DUMP_ROLE}"
+
+[backups]
+directory = "{backup_dir}"
+pattern = "{DBNAME}_*.sql.gz"
+max_age_hours = 26
+min_payload_bytes = 10000
+max_shrink_ratio = 0.2
+retention_days = 7
+min_good_dumps = 7
+expected_schemas = {list(SCHEMAS)!r}
+{extra}''')
+    return path
+
+
+@dataclass
+class Demo:
+    cluster: ThrowawayCluster
+    workdir: Path
+    target_file: Path
+
+
+def build(workdir: Path, fault: str | None = None) -> Demo:
+    cluster = ThrowawayCluster(tag="demo-").start()
+    try:
+        dsn = build_seed_database(cluster)
+        backup_dir = workdir / "backups"
+        backup_dir.mkdir(mode=0o700)
+        write_nightly_dumps(cluster, backup_dir, fault=fault)
+        target_file = write_target_file(workdir / "demo.toml", dsn, backup_dir)
+    except BaseException:
+        cluster.stop()
+        raise
+    return Demo(cluster, workdir, target_file)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pgbackup-verify demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fault", choices=FAULTS, help="replay a fault (the seed's night)")
+    parser.add_argument("--keep", action="store_true", help="keep the demo dir and print its path")
+    args, pytest_args = parser.parse_known_args(argv)
+    from pgbackup_verify.cli import run_checks
+
+    workdir = Path(tempfile.mkdtemp(prefix="pgbv-demo-"))
+    demo = build(workdir, args.fault)
+    try:
+        print(f"demo target: {demo.target_file} (cluster port {demo.cluster.port}, fault {args.fault})")
+        return run_checks(["--target", str(demo.target_file), *pytest_args])
+    finally:
+        demo.cluster.stop()
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

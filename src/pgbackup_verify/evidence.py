@@ -1,0 +1,39 @@
+"""Evidence a check records: named facts shown in the terminal, the HTML report and JUnit.
+
+A check states what it measured against what it expected, barman style:
+`latest dump age: 30.2 h (limit 26 h)`. The plugin turns the recorded items into
+report sections; this module only collects them.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+import pytest
+
+EVIDENCE_KEY = pytest.StashKey["Evidence"]()
+
+
+@dataclass
+class Evidence:
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, name: str, value: object) -> None:
+        self.items.append((name, str(value)))
+
+    def text(self) -> str:
+        return "\n".join(f"{k}: {v}" for k, v in self.items)
+
+    def html(self) -> str:
+        rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
+                       f"<td><code>{html.escape(v)}</code></td></tr>" for k, v in self.items)
+        return f"<table class='pgbv-evidence'>{rows}</table>"
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

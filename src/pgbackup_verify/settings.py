@@ -1,0 +1,55 @@
+"""Run settings: options resolved once (CLI > env > ini > default) into a frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pgbackup_verify.config import ConfigError, Target, iter_target_files, load_target
+
+TARGET_ENV = "PGBACKUP_VERIFY_TARGET"
+REPORTS_ENV = "PGBACKUP_VERIFY_REPORTS"
+
+# One help text per option, shared by the CLI flag and the ini key.
+HELP = {
+    "target": f"target file (TOML) or directory of them; repeatable. Env: {TARGET_ENV}",
+    "reports": f"directory for the HTML/JUnit reports (default: reports). Env: {REPORTS_ENV}",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    targets: tuple[Target, ...]
+    target_source: str  # where the target path came from, for messages and the header
+    reports_dir: Path | None
+
+
+def _pick(config: pytest.Config, opt: str, ini: str, env: str) -> tuple[object, str]:
+    value = config.getoption(opt)
+    if value is not None and value != []:
+        return value, "command line"
+    if os.environ.get(env):
+        return os.environ[env], f"env {env}"
+    value = config.getini(ini)
+    if value:
+        return value, "ini"
+    return None, "default"
+
+
+def resolve(config: pytest.Config) -> Settings:
+    raw, source = _pick(config, "pgbv_target", "pgbackup_verify_target", TARGET_ENV)
+    paths = raw if isinstance(raw, list) else ([raw] if raw else [])
+    targets: list[Target] = []
+    for p in paths:
+        for f in iter_target_files(Path(str(p))):
+            targets.append(load_target(f))
+    names = [t.name for t in targets]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"target name '{dupes[0]}' is used twice; give each [target].name its own value")
+    reports, _ = _pick(config, "pgbv_reports", "pgbackup_verify_reports", REPORTS_ENV)
+    reports_dir = Path(str(reports)) if reports else (Path("reports") if targets else None)
+    return Settings(targets=tuple(targets), target_source=source, reports_dir=reports_dir)

@@ -1,0 +1,80 @@
+"""The target file: each mistake is one line naming the key, exit code 4, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgbackup_verify.config import ConfigError, load_target
+
+GOOD = """
+[database]
+dsn = "host=127.0.0.1 dbname=directus user=directus"
+dump_role = "directus"
+
+[backups]
+directory = "{dir}"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "t.toml"
+    p.write_text(text.format(dir=tmp_path))
+    return p
+
+
+def test_minimal_target_loads_with_defaults(tmp_path: Path) -> None:
+    t = load_target(write(tmp_path, GOOD))
+    assert t.name == "t"
+    assert t.backups.max_age_hours == 26.0
+    assert t.database.exclude_schemas == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (GOOD.replace("dump_role", "dupm_role"), "[database].dupm_role: unknown key; did you mean 'dump_role'?"),
+        (GOOD.replace('dump_role = "directus"', ""), "[database].dump_role: required key is missing"),
+        (GOOD + "max_age_hours = '3x'\n", "[backups].max_age_hours: expected a number, got '3x'"),
+        (GOOD.replace("{dir}", "{dir}/nope"), "[backups].directory: directory"),
+        (GOOD.replace("user=directus", "user=directus password=s3cret"), "[database].dsn: contains a password"),
+        (GOOD + "[bakups]\n", "[bakups]: unknown section; did you mean [backups]?"),
+        ("[database\n", "invalid TOML"),
+    ],
+)
+def test_mistake_is_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_target(write(tmp_path, text))
+    msg = str(exc.value)
+    assert expected in msg
+    assert "\n" not in msg
+    assert "s3cret" not in msg
+
+
+def test_typo_exits_4_with_one_line(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    target = write(tmp_path, GOOD.replace("dump_role", "dupm_role"))
+    pytester.makepyfile("def test_x(target): pass")
+    result = pytester.runpytest_subprocess("--target", str(target))
+    assert result.ret == 4
+    lines = [ln for ln in result.stderr.lines if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"ERROR: target file '{target}': [database].dupm_role: unknown key; did you mean")
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_target_from_env_and_ini(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = write(tmp_path, GOOD)
+    pytester.makepyfile("def test_x(target): assert target.name == 't'")
+    monkeypatch.setenv("PGBACKUP_VERIFY_TARGET", str(target))
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    monkeypatch.delenv("PGBACKUP_VERIFY_TARGET")
+    pytester.makeini(f"[pytest]\npgbackup_verify_target = {target}\n")
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_no_target_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(target): pass")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["ERROR: no target file*--target FILE*"])
