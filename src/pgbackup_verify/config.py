@@ -65,6 +65,19 @@ class BackupsSection:
 
 
 @dataclass(frozen=True)
+class SqlCheck:
+    name: str = _key("name of the check as shown in reports and Kuma messages")
+    query: str = _key("SQL run in the read-only audit transaction")
+    expect: str = _key("'no_rows' (every returned row is a finding) or 'true' (one boolean)")
+    fix: str = _key("one line telling the operator what to do when it fails")
+    concern: str = _key("marker it is routed under (grants, dumps, ...; default: sql)", default="sql")
+    timeout_s: float = _key("statement timeout in seconds", default=30.0)
+
+
+SQL_EXPECT = ("no_rows", "true")
+
+
+@dataclass(frozen=True)
 class Target:
     """One backed-up database host, as the checks see it."""
 
@@ -72,6 +85,7 @@ class Target:
     target: TargetSection | None
     database: DatabaseSection
     backups: BackupsSection
+    sql_check: tuple[SqlCheck, ...] = ()
 
     @property
     def name(self) -> str:
@@ -93,6 +107,8 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "database": (DatabaseSection, True),
     "backups": (BackupsSection, True),
 }
+# Arrays of tables ([[name]]): section name -> dataclass of one entry.
+LIST_SECTIONS: dict[str, type] = {"sql_check": SqlCheck}
 
 
 def _type_name(tp: Any) -> str:
@@ -152,6 +168,19 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
     return cls(**values)
 
 
+def _sql_checks(raw: Any, base: Path) -> tuple[SqlCheck, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("[sql_check]: write it as an array of tables, [[sql_check]]")
+    checks = tuple(_build(SqlCheck, entry, f"sql_check.{i}", base) for i, entry in enumerate(raw))
+    names = [c.name for c in checks]
+    for i, c in enumerate(checks):
+        if c.expect not in SQL_EXPECT:
+            raise ConfigError(f"[[sql_check]] '{c.name}'.expect: '{c.expect}' is not one of {', '.join(SQL_EXPECT)}")
+        if names.count(c.name) > 1:
+            raise ConfigError(f"[[sql_check]] #{i + 1}.name: '{c.name}' is used twice; give each check its own name")
+    return checks
+
+
 def _validate(t: Target) -> None:
     try:
         params = psycopg.conninfo.conninfo_to_dict(t.database.dsn)
@@ -182,7 +211,7 @@ def load_target(path: str | os.PathLike[str]) -> Target:
         raise ConfigError(f"target file '{source}': invalid TOML ({e}); fix the syntax") from None
     try:
         for section in raw:
-            if section not in SECTIONS:
+            if section not in SECTIONS and section not in LIST_SECTIONS:
                 close = difflib.get_close_matches(section, list(SECTIONS), n=1)
                 hint = f"did you mean [{close[0]}]?" if close else f"allowed: {', '.join(SECTIONS)}"
                 raise ConfigError(f"[{section}]: unknown section; {hint} (see {EXAMPLE})")
@@ -191,7 +220,7 @@ def load_target(path: str | os.PathLike[str]) -> Target:
             name: _build(cls, raw.get(name, {}), name, base) if name in raw or required else None
             for name, (cls, required) in SECTIONS.items()
         }
-        target = Target(source=source, **built)
+        target = Target(source=source, **built, sql_check=_sql_checks(raw.get("sql_check", []), base))
         _validate(target)
     except ConfigError as e:
         raise ConfigError(f"target file '{source}': {e}") from None

@@ -25,7 +25,7 @@ from pgbackup_verify.cluster import ThrowawayCluster
 DUMP_ROLE = "directus"
 DBNAME = "directus"
 SCHEMAS = {"public": 12, "cutter_governance": 6, "sandbox_tac": 3}  # schema -> tables
-FAULTS = ("seed-night",)
+FAULTS = ("seed-night", "registry-lock")
 
 SETUP_SQL = """
 CREATE ROLE directus LOGIN;
@@ -43,6 +43,32 @@ ALTER DEFAULT PRIVILEGES FOR ROLE workflow_admin IN SCHEMA sandbox_tac GRANT SEL
 ALTER DEFAULT PRIVILEGES FOR ROLE workflow_admin IN SCHEMA sandbox_tac
     GRANT USAGE, SELECT ON SEQUENCES TO directus;
 """
+
+
+# The Phase C "registry lock coverage" audit, shipped as the example custom SQL check.
+REGISTRY_LOCK = "incomex.registry_refresh.v1"
+REGISTRY_FUNCTIONS = ("refresh_registry_views", "refresh_pivot_results")
+REGISTRY_LOCK_CHECK = f"""
+[[sql_check]]
+name = "registry lock coverage"
+concern = "sql"
+expect = "no_rows"
+fix = "make each listed function start with PERFORM pg_advisory_xact_lock(hashtext('{REGISTRY_LOCK}'));"
+query = \"\"\"
+SELECT f.name AS function,
+       CASE WHEN p.oid IS NULL THEN 'function missing' ELSE 'does not take {REGISTRY_LOCK}' END AS problem
+FROM unnest(ARRAY{list(REGISTRY_FUNCTIONS)!r}) AS f(name)
+LEFT JOIN pg_proc p ON p.proname = f.name
+WHERE p.oid IS NULL
+   OR pg_get_functiondef(p.oid) NOT LIKE '%pg_advisory_xact_lock(hashtext(''{REGISTRY_LOCK}''))%'
+\"\"\"
+"""
+
+
+def registry_function_sql(name: str, locked: bool = True) -> str:
+    lock = f"PERFORM pg_advisory_xact_lock(hashtext('{REGISTRY_LOCK}'));" if locked else ""
+    return (f"CREATE OR REPLACE FUNCTION public.{name}() RETURNS void LANGUAGE plpgsql AS $$ "
+            f"BEGIN {lock} PERFORM count(*) FROM public.item_00; END $$")
 
 
 def _owner(schema: str) -> str:
@@ -65,6 +91,10 @@ def build_seed_database(cluster: ThrowawayCluster) -> str:
                 conn.execute(f"INSERT INTO {name} (label) SELECT 'row ' || g FROM generate_series(1, 200) g")
             conn.execute(f"CREATE VIEW {schema}.item_summary AS SELECT count(*) AS n FROM {schema}.item_00")
             conn.execute("RESET ROLE")
+        conn.execute("SET ROLE directus")
+        for fn in REGISTRY_FUNCTIONS:
+            conn.execute(registry_function_sql(fn))
+        conn.execute("RESET ROLE")
     return cluster.dsn(DBNAME, DUMP_ROLE)
 
 
@@ -100,6 +130,9 @@ def write_nightly_dumps(cluster: ThrowawayCluster, backup_dir: Path, nights: int
         if back == 0 and fault == "seed-night":
             with psycopg.connect(cluster.dsn(DBNAME), autocommit=True) as conn:
                 conn.execute("REVOKE USAGE ON SCHEMA sandbox_tac FROM directus")
+        if back == 0 and fault == "registry-lock":
+            with psycopg.connect(cluster.dsn(DBNAME), autocommit=True) as conn:
+                conn.execute(registry_function_sql(REGISTRY_FUNCTIONS[-1], locked=False))
         grow(cluster)
         dump_to(cluster, path)
         os.utime(path, (ts, ts))
@@ -125,6 +158,7 @@ max_shrink_ratio = 0.2
 retention_days = 7
 min_good_dumps = 7
 expected_schemas = {list(SCHEMAS)!r}
+{REGISTRY_LOCK_CHECK}
 {extra}''')
     return path
 

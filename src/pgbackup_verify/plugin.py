@@ -23,8 +23,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("pgbackup_verify_reports", HELP["reports"])
 
 
+MARKERS = {
+    "grants": "privilege checks of the dump role (Kuma: permission guard)",
+    "dumps": "checks of the dump files in the backup directory (Kuma: local backup)",
+    "drill": "restore drill of the latest dump",
+    "kuma": "Uptime Kuma monitor checks",
+    "host": "checks of the backup host (cron, scripts, services)",
+    "offsite": "checks of the offsite archive",
+    "sql": "custom SQL checks declared in the target file ([[sql_check]])",
+}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
     try:
         settings = resolve(config)
     except ConfigError as e:
@@ -48,9 +61,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     settings = metafunc.config.stash.get(SETTINGS_KEY, None)
-    if "target" in metafunc.fixturenames and settings and settings.targets:
-        metafunc.parametrize("target", settings.targets, ids=[t.name for t in settings.targets],
-                             indirect=True, scope="session")
+    if not settings or not settings.targets or "target" not in metafunc.fixturenames:
+        return
+    if "sql_check" in metafunc.fixturenames:
+        pairs = [(t, c) for t in settings.targets for c in t.sql_check]
+        metafunc.parametrize(("target", "sql_check"), pairs, ids=[f"{t.name}-{c.name}" for t, c in pairs],
+                             indirect=["target"], scope="session")
+        return
+    metafunc.parametrize("target", settings.targets, ids=[t.name for t in settings.targets],
+                         indirect=True, scope="session")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -59,6 +78,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(
             "no target file: the checks need one; pass --target FILE, set PGBACKUP_VERIFY_TARGET "
             "or the pgbackup_verify_target ini key (see target.example.toml)")
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        check = callspec.params.get("sql_check") if callspec else None
+        if check is not None and check.concern != "sql":
+            # Route a custom check to the same Kuma monitor as the built-in checks of its concern.
+            item.add_marker(check.concern)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -105,3 +130,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 target = factories.target()
 evidence = factories.evidence()
 run_facts = factories.run_facts()
+sql_check_results = factories.sql_check_results()
