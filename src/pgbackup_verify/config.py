@@ -18,12 +18,15 @@ from typing import Any
 
 import psycopg.conninfo
 
-CONFIG_ERROR_EXIT = 4  # pytest's USAGE_ERROR: a user mistake, not a failed check
+from pgbackup_verify.errors import CONFIG_ERROR, UserError
+
 EXAMPLE = "target.example.toml"
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A user mistake in the target file or the options; str() is the one line to show."""
+
+    exit_code = CONFIG_ERROR
 
 
 def _key(help_text: str, *, path: str | None = None, default: Any = dataclasses.MISSING) -> Any:

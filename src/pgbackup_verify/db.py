@@ -9,10 +9,20 @@ import psycopg
 import psycopg.conninfo
 
 from pgbackup_verify.config import Target
+from pgbackup_verify.errors import DB_AUTH_FAILED, DB_UNREACHABLE, UserError
+
+AUTH_MARKERS = ("password authentication failed", "no password supplied", "authentication failed",
+                "role \"", "pg_hba.conf")
 
 
-class DatabaseUnreachable(Exception):
+class DatabaseUnreachable(UserError):
     """The target database could not be reached; str() names host/port and the fix, never a password."""
+
+    exit_code = DB_UNREACHABLE
+
+
+class DatabaseAuthFailed(DatabaseUnreachable):
+    exit_code = DB_AUTH_FAILED
 
 
 def _where(params: dict[str, object]) -> str:
@@ -37,9 +47,14 @@ def connect_readonly(target: Target) -> Iterator[psycopg.Connection]:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         if password:
             reason = reason.replace(password, "***")
+        if any(m in reason for m in AUTH_MARKERS):
+            raise DatabaseAuthFailed(
+                f"database {_where(params)} of target '{target.name}' refused the login ({reason}); "
+                "check the role in [database].dsn and its password (PGPASSWORD, ~/.pgpass or "
+                "[database].password_file)") from None
         raise DatabaseUnreachable(
             f"database {_where(params)} of target '{target.name}' is unreachable ({reason}); "
-            "check [database].dsn, that the server runs, and the password source") from None
+            "check [database].dsn and that the server runs") from None
     try:
         conn.read_only = True
         yield conn

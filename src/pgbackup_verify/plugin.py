@@ -2,41 +2,59 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Generator
 
 import pytest
 
 from pgbackup_verify import fixtures as factories
-from pgbackup_verify import report
+from pgbackup_verify import report, runlock
 from pgbackup_verify.config import ConfigError
+from pgbackup_verify.errors import UserError
+from pgbackup_verify.evidence import EVIDENCE_KEY
 from pgbackup_verify.fixtures.core import RUN_FACTS_KEY
-from pgbackup_verify.settings import HELP, Settings, resolve
+from pgbackup_verify.settings import HELP, Settings, lock_path, resolve
+from pgbackup_verify.summary import CONCERNS, RunSummary, write_json
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
+SUMMARY_KEY = pytest.StashKey[RunSummary]()
+USER_ERRORS_KEY = pytest.StashKey[set[int]]()
+JSON_PATH_KEY = pytest.StashKey["os.PathLike[str] | None"]()
+LOCK_FD_KEY = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pgbackup-verify")
-    group.addoption("--target", action="append", dest="pgbv_target", default=None, help=HELP["target"])
-    parser.addini("pgbackup_verify_target", HELP["target"])
-    group.addoption("--reports-dir", dest="pgbv_reports", default=None, help=HELP["reports"])
-    parser.addini("pgbackup_verify_reports", HELP["reports"])
+    for flag, dest, ini, kw in (
+        ("--target", "pgbv_target", "pgbackup_verify_target", {"action": "append"}),
+        ("--reports-dir", "pgbv_reports", "pgbackup_verify_reports", {}),
+        ("--keep-reports", "pgbv_keep", "pgbackup_verify_keep_reports", {}),
+        ("--lock", "pgbv_lock", "pgbackup_verify_lock", {}),
+    ):
+        key = dest.removeprefix("pgbv_")
+        group.addoption(flag, dest=dest, default=None, help=HELP[key], **kw)
+        parser.addini(ini, HELP[key])
+    group.addoption("--json", dest="pgbv_json", default=None, help=HELP["json"])
 
 
-MARKERS = {
-    "grants": "privilege checks of the dump role (Kuma: permission guard)",
-    "dumps": "checks of the dump files in the backup directory (Kuma: local backup)",
-    "drill": "restore drill of the latest dump",
-    "kuma": "Uptime Kuma monitor checks",
-    "host": "checks of the backup host (cron, scripts, services)",
-    "offsite": "checks of the offsite archive",
-    "sql": "custom SQL checks declared in the target file ([[sql_check]])",
-}
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """Refuse an overlapping run before anything else happens (no report, no Kuma push)."""
+    path = lock_path(config)
+    if path is None:
+        return None
+    try:
+        config.stash[LOCK_FD_KEY] = runlock.acquire(path)
+    except runlock.LockHeld as e:
+        print(f"pgbackup-verify: {e}", file=sys.stderr)
+        return e.exit_code
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    for name, text in MARKERS.items():
+    for name, text in CONCERNS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     try:
         settings = resolve(config)
@@ -44,8 +62,12 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(e)) from None
     config.stash[SETTINGS_KEY] = settings
     config.stash[RUN_FACTS_KEY] = {}
+    config.stash[SUMMARY_KEY] = RunSummary()
+    config.stash[USER_ERRORS_KEY] = set()
+    json_path = None
     if settings.reports_dir and not hasattr(config, "workerinput"):
-        report.plan_reports(config, settings.reports_dir)
+        json_path = report.plan_reports(config, settings.reports_dir)
+    config.stash[JSON_PATH_KEY] = json_path
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -88,42 +110,64 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
-    rep = yield
-    report.attach_evidence(item, rep)  # type: ignore[arg-type]
+    rep: pytest.TestReport = yield  # type: ignore[assignment]
+    if call.excinfo is not None and isinstance(call.excinfo.value, UserError):
+        # An operator's problem (unreachable database...): one line, no traceback.
+        rep.longrepr = f"{type(call.excinfo.value).__name__}: {call.excinfo.value}"
+        item.config.stash[USER_ERRORS_KEY].add(call.excinfo.value.exit_code)
+    elif (call.excinfo is not None and call.excinfo.errisinstance(AssertionError) and "target" in item.fixturenames
+          and item.config.option.tbstyle == "auto" and str(call.excinfo.value)):
+        # A failed check's message is the finding (named object, measured vs limit, the fix);
+        # the assertion's introspection would only bury it. --tb=long brings it back.
+        rep.longrepr = str(call.excinfo.value).split("\nassert ")[0]
+    report.attach_evidence(item, rep)
+    ev = item.stash.get(EVIDENCE_KEY, None)
+    item.config.stash[SUMMARY_KEY].record(item, rep, ev.items if ev else [])
     return rep
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    facts = config.stash.get(RUN_FACTS_KEY, {})
-    for name, values in facts.items():
-        if values:
-            shown = ", ".join(f"{k} {v}" for k, v in values.items())
-            terminalreporter.write_line(f"pgbackup-verify {name}: {shown}")
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str],
+                                session: pytest.Session) -> None:
+    run = session.config.stash.get(SUMMARY_KEY, None)
+    if run is not None and run.results:
+        prefix.append(run.html())
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Put the header facts into pytest-html's environment table before it writes the report."""
     config = session.config
-    settings = config.stash.get(SETTINGS_KEY, None)
-    if not settings or not config.pluginmanager.hasplugin("html"):
-        return
-    from pytest_metadata.plugin import metadata_key
+    codes = config.stash.get(USER_ERRORS_KEY, set())
+    if codes and session.exitstatus in (0, 1):
+        session.exitstatus = max(codes)
+    if SUMMARY_KEY in config.stash:
+        config.stash[SUMMARY_KEY].exit_status = int(session.exitstatus)
+    report.add_html_environment(config, config.stash.get(SETTINGS_KEY, None), config.stash.get(RUN_FACTS_KEY, {}))
 
-    meta = config.stash.get(metadata_key, None)
-    if meta is None:
-        return
-    for t in settings.targets:
-        meta[f"target {t.name}"] = f"{t.source} (host {t.host}, dump role {t.database.dump_role})"
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     for name, values in config.stash.get(RUN_FACTS_KEY, {}).items():
-        for k, v in values.items():
-            meta[f"{name} {k}"] = v
+        if values:
+            terminalreporter.write_line(f"pgbackup-verify {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+    run = config.stash.get(SUMMARY_KEY, None)
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if run is not None and settings and settings.targets and not hasattr(config, "workerinput"):
+        latest = settings.reports_dir / "latest.html" if settings.reports_dir else None
+        terminalreporter.write_line(run.line(str(latest) if latest else None))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     settings = config.stash.get(SETTINGS_KEY, None)
-    if settings and settings.reports_dir and not hasattr(config, "workerinput"):
-        report.publish_latest(config, settings.reports_dir)
+    run = config.stash.get(SUMMARY_KEY, None)
+    if not settings or run is None or hasattr(config, "workerinput"):
+        return
+    json_path = config.stash.get(JSON_PATH_KEY, None)
+    for path in (json_path, config.getoption("pgbv_json")):
+        if path:
+            write_json(run, os.fspath(path))
+    if settings.reports_dir:
+        report.publish_latest(config, settings.reports_dir, json_path)
+        report.rotate(settings.reports_dir, settings.keep_reports)
 
 
 # Default fixture instances (factories live in pgbackup_verify.fixtures).

@@ -12,11 +12,17 @@ from pgbackup_verify.config import ConfigError, Target, iter_target_files, load_
 
 TARGET_ENV = "PGBACKUP_VERIFY_TARGET"
 REPORTS_ENV = "PGBACKUP_VERIFY_REPORTS"
+LOCK_ENV = "PGBACKUP_VERIFY_LOCK"
+KEEP_ENV = "PGBACKUP_VERIFY_KEEP_REPORTS"
+DEFAULT_KEEP = 30
 
 # One help text per option, shared by the CLI flag and the ini key.
 HELP = {
     "target": f"target file (TOML) or directory of them; repeatable. Env: {TARGET_ENV}",
-    "reports": f"directory for the HTML/JUnit reports (default: reports). Env: {REPORTS_ENV}",
+    "reports": f"directory for the HTML/JUnit/JSON reports (default: reports). Env: {REPORTS_ENV}",
+    "keep": f"timestamped reports to keep in the reports directory (default {DEFAULT_KEEP}). Env: {KEEP_ENV}",
+    "lock": f"lock file; a second run while one holds it is refused (exit 14). Env: {LOCK_ENV}",
+    "json": "also write the machine-readable run summary (JSON) to this file",
 }
 
 
@@ -25,6 +31,8 @@ class Settings:
     targets: tuple[Target, ...]
     target_source: str  # where the target path came from, for messages and the header
     reports_dir: Path | None
+    keep_reports: int
+    lock: Path | None
 
 
 def _pick(config: pytest.Config, opt: str, ini: str, env: str) -> tuple[object, str]:
@@ -52,4 +60,17 @@ def resolve(config: pytest.Config) -> Settings:
         raise ConfigError(f"target name '{dupes[0]}' is used twice; give each [target].name its own value")
     reports, _ = _pick(config, "pgbv_reports", "pgbackup_verify_reports", REPORTS_ENV)
     reports_dir = Path(str(reports)) if reports else (Path("reports") if targets else None)
-    return Settings(targets=tuple(targets), target_source=source, reports_dir=reports_dir)
+    keep_raw, keep_source = _pick(config, "pgbv_keep", "pgbackup_verify_keep_reports", KEEP_ENV)
+    try:
+        keep = DEFAULT_KEEP if keep_raw is None else int(str(keep_raw))
+        if keep < 1:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"invalid keep-reports '{keep_raw}' from {keep_source}; use a whole number >= 1") from None
+    return Settings(targets=tuple(targets), target_source=source, reports_dir=reports_dir,
+                    keep_reports=keep, lock=lock_path(config))
+
+
+def lock_path(config: pytest.Config) -> Path | None:
+    raw, _ = _pick(config, "pgbv_lock", "pgbackup_verify_lock", LOCK_ENV)
+    return Path(str(raw)) if raw else None

@@ -1,0 +1,40 @@
+"""Exit codes, and the user-facing errors that map to them.
+
+pytest's own codes keep their meaning (0 all passed, 1 a check failed, 2 interrupted,
+3 internal error, 4 usage/config error, 5 no check collected). Ours start at 10 so that a
+cron wrapper can tell "the backup is bad" (1) from "the suite could not look" (10+).
+"""
+
+from __future__ import annotations
+
+OK = 0
+CHECKS_FAILED = 1
+INTERRUPTED = 2
+INTERNAL_ERROR = 3
+CONFIG_ERROR = 4
+NO_CHECKS = 5
+DB_UNREACHABLE = 10
+DB_AUTH_FAILED = 11
+KUMA_PUSH_FAILED = 12
+KUMA_CREDENTIALS_MISSING = 13
+LOCK_HELD = 14
+
+EXIT_CODES = {
+    OK: "every selected check passed",
+    CHECKS_FAILED: "a check failed",
+    INTERRUPTED: "the run was interrupted",
+    INTERNAL_ERROR: "internal error",
+    CONFIG_ERROR: "target file or option invalid",
+    NO_CHECKS: "no check was collected or selected",
+    DB_UNREACHABLE: "a target database is unreachable",
+    DB_AUTH_FAILED: "authentication to a target database failed",
+    KUMA_PUSH_FAILED: "a push to Uptime Kuma failed",
+    KUMA_CREDENTIALS_MISSING: "Uptime Kuma credentials or push tokens are missing",
+    LOCK_HELD: "another run holds the lock",
+}
+
+
+class UserError(Exception):
+    """A problem the operator fixes; str() is one line naming the object and what to do."""
+
+    exit_code = CONFIG_ERROR

@@ -1,0 +1,134 @@
+"""The run's outcome in three forms: one line for cron mail / the journal, a JSON document
+for machines, and the per-concern table that opens the HTML report (failing checks first).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pytest
+
+# Concern markers; each maps to a Kuma push monitor in the target file.
+CONCERNS = {
+    "grants": "privilege checks of the dump role (Kuma: permission guard)",
+    "dumps": "checks of the dump files in the backup directory (Kuma: local backup)",
+    "drill": "restore drill of the latest dump",
+    "kuma": "Uptime Kuma monitor checks",
+    "host": "checks of the backup host (cron, scripts, services)",
+    "offsite": "checks of the offsite archive",
+    "sql": "custom SQL checks declared in the target file ([[sql_check]])",
+}
+RANK = {"failed": 0, "error": 1, "skipped": 2, "passed": 3}
+
+
+@dataclass
+class CheckResult:
+    nodeid: str
+    name: str
+    target: str
+    concern: str
+    outcome: str  # passed, failed, error, skipped
+    message: str
+    evidence: list[tuple[str, str]]
+    seconds: float
+
+
+@dataclass
+class RunSummary:
+    started: float = field(default_factory=time.time)
+    results: dict[str, CheckResult] = field(default_factory=dict)
+    exit_status: int | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. Kuma push failures
+
+    def record(self, item: pytest.Item, rep: pytest.TestReport, evidence: list[tuple[str, str]]) -> None:
+        outcome = rep.outcome if rep.when == "call" else ("error" if rep.failed else rep.outcome)
+        if rep.when != "call" and rep.passed:
+            return
+        if rep.nodeid in self.results and RANK[self.results[rep.nodeid].outcome] <= RANK[outcome]:
+            return  # keep the worst phase (a teardown error after a pass is still an error)
+        callspec = getattr(item, "callspec", None)
+        target = callspec.params.get("target") if callspec else None
+        concern = next((m.name for m in item.iter_markers() if m.name in CONCERNS), "other")
+        self.results[rep.nodeid] = CheckResult(
+            nodeid=rep.nodeid, name=getattr(item, "originalname", item.name), target=getattr(target, "name", ""),
+            concern=concern, outcome=outcome, message=one_line(rep), evidence=evidence,
+            seconds=round(rep.duration, 3))
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(RANK, 0)
+        for r in self.results.values():
+            out[r.outcome] += 1
+        return out
+
+    def status(self) -> str:
+        c = self.counts()
+        if self.exit_status not in (0, None) or c["failed"] or c["error"] or not self.results:
+            return "FAILED"
+        return "OK"
+
+    def line(self, report_path: str | None) -> str:
+        c = self.counts()
+        targets = ",".join(sorted({r.target for r in self.results.values() if r.target})) or "-"
+        parts = [f"pgbackup-verify: {self.status()}", f"targets={targets}",
+                 *(f"{k}={v}" for k, v in c.items()), f"exit={self.exit_status}",
+                 f"seconds={time.time() - self.started:.1f}"]
+        if report_path:
+            parts.append(f"report={report_path}")
+        return " ".join(parts)
+
+    def to_json(self) -> str:
+        doc = {"status": self.status(), "exit_status": self.exit_status, "counts": self.counts(),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+               "seconds": round(time.time() - self.started, 3), "notes": self.notes,
+               "checks": [asdict(r) for r in self.ordered()]}
+        return json.dumps(doc, indent=2)
+
+    def ordered(self) -> list[CheckResult]:
+        return sorted(self.results.values(), key=lambda r: (RANK[r.outcome], r.target, r.concern, r.nodeid))
+
+    def html(self) -> str:
+        """Per concern: status, the one-line cause, the evidence; failing concerns first."""
+        by_concern: dict[tuple[str, str], list[CheckResult]] = {}
+        for r in self.results.values():
+            by_concern.setdefault((r.target, r.concern), []).append(r)
+        rows = []
+        for (target, concern), rs in sorted(by_concern.items(),
+                                            key=lambda kv: (min(RANK[r.outcome] for r in kv[1]), kv[0])):
+            worst = min(rs, key=lambda r: RANK[r.outcome])
+            bad = [r for r in rs if r.outcome in ("failed", "error")]
+            status = "FAILED" if bad else ("SKIPPED" if worst.outcome == "skipped" else "OK")
+            cause = "<br>".join(f"<b>{html.escape(r.name)}</b>: <code class='pgbv-fix'>"
+                                f"{html.escape(r.message)}</code>" for r in bad) or f"{len(rs)} check(s) passed"
+            ev = "; ".join(f"{k}: {v}" for r in rs for k, v in r.evidence[:3])
+            color = {"FAILED": "#c62828", "OK": "#2e7d32"}.get(status, "#777")
+            rows.append(f"<tr><td>{html.escape(target or '-')}</td><td>{concern}</td>"
+                        f"<td style='color:{color};font-weight:bold'>{status}</td><td>{cause}</td>"
+                        f"<td><small>{html.escape(ev)}</small></td></tr>")
+        note = "".join(f"<p class='pgbv-note'><b>{html.escape(n)}</b></p>" for n in self.notes)
+        return (f"<h2 id='pgbv-summary'>Backup health: {self.status()}</h2>{note}"
+                "<table id='pgbv-concerns' border='1' style='border-collapse:collapse'>"
+                "<tr><th>target</th><th>concern</th><th>status</th><th>cause / fix</th><th>evidence</th></tr>"
+                f"{''.join(rows)}</table>")
+
+
+def one_line(rep: pytest.TestReport) -> str:
+    if rep.passed:
+        return ""
+    if rep.skipped and isinstance(rep.longrepr, tuple):
+        return str(rep.longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(rep.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(rep.longrepr)
+    first = text.strip().splitlines()[0] if text.strip() else rep.outcome
+    for prefix in ("AssertionError: ", "Failed: ", "assert "):
+        first = first.removeprefix(prefix)
+    return first
+
+
+def write_json(summary: RunSummary, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(summary.to_json())

@@ -1,0 +1,117 @@
+"""Daily operation: summary line, JSON, report rotation, the run lock and one-line user errors."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pgbackup_verify import demo
+from pgbackup_verify.cli import checks_dir
+from pgbackup_verify.cluster import ThrowawayCluster
+
+SQL_CHECK = str(checks_dir() / "test_custom_sql.py")
+
+
+@pytest.fixture
+def target_file(tmp_path: Path, seed_cluster: ThrowawayCluster) -> Path:
+    (tmp_path / "b").mkdir()
+    dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
+    return demo.write_target_file(tmp_path / "t.toml", dsn, tmp_path / "b", name="t")
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", SQL_CHECK, *args)
+
+
+def test_green_run_writes_reports_summary_line_and_json(pytester: pytest.Pytester, target_file: Path) -> None:
+    result = run(pytester, "--target", str(target_file), "--json", "out.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["pgbackup-verify: OK targets=t failed=0 error=0 skipped=0 passed=1 exit=0 *"
+                                 "report=reports/latest.html"])
+    reports = pytester.path / "reports"
+    assert {p.name for p in reports.glob("latest.*")} == {"latest.html", "latest.xml", "latest.json"}
+    doc = json.loads((pytester.path / "out.json").read_text())
+    assert doc["status"] == "OK" and doc["counts"]["passed"] == 1
+    assert doc["checks"][0]["target"] == "t" and doc["checks"][0]["concern"] == "sql"
+    html = (reports / "latest.html").read_text()
+    assert "Backup health: OK" in html and "pgbv-concerns" in html
+
+
+def test_rotation_keeps_the_last_n_runs(pytester: pytest.Pytester, target_file: Path) -> None:
+    reports = pytester.path / "reports"
+    reports.mkdir()
+    for i in range(5):
+        for ext in ("html", "xml", "json"):
+            (reports / f"pgbackup-verify-20200101T00000{i}.{ext}").write_text("old")
+    run(pytester, "--target", str(target_file), "--keep-reports", "2").assert_outcomes(passed=1)
+    stamps = sorted({p.name.split(".")[0] for p in reports.glob("pgbackup-verify-*")})
+    assert len(stamps) == 2 and stamps[0] == "pgbackup-verify-20200101T000004"
+    assert (reports / "latest.html").exists()
+
+
+def test_bad_keep_reports_names_its_source(pytester: pytest.Pytester, target_file: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGBACKUP_VERIFY_KEEP_REPORTS", "3x")
+    result = run(pytester, "--target", str(target_file))
+    assert result.ret == 4
+    assert "invalid keep-reports '3x' from env PGBACKUP_VERIFY_KEEP_REPORTS; use a whole number >= 1" in \
+        result.stderr.str()
+
+
+def test_overlapping_run_is_refused_with_exit_14(pytester: pytest.Pytester, target_file: Path, tmp_path: Path) -> None:
+    lock = tmp_path / "pgbv.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"4242")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        result = run(pytester, "--target", str(target_file), "--lock", str(lock))
+    finally:
+        os.close(fd)
+    assert result.ret == 14
+    assert f"lock '{lock}' is held by another pgbackup-verify run (pid 4242)" in result.stderr.str()
+    assert not (pytester.path / "reports").exists()
+    run(pytester, "--target", str(target_file), "--lock", str(lock)).assert_outcomes(passed=1)
+
+
+def test_unreachable_database_is_one_line_and_exit_10(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    t = demo.write_target_file(tmp_path / "t.toml", "host=127.0.0.1 port=1 dbname=x user=y connect_timeout=2",
+                               tmp_path / "b", name="t")
+    result = run(pytester, "--target", str(t))
+    assert result.ret == 10
+    result.stdout.fnmatch_lines(["DatabaseUnreachable: database 127.0.0.1:1/x as y of target 't' is unreachable*"
+                                 "check ?database?.dsn and that the server runs"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_refused_login_is_exit_11_without_the_password(pytester: pytest.Pytester, tmp_path: Path,
+                                                       cluster: ThrowawayCluster) -> None:
+    hba = cluster.root / "data" / "pg_hba.conf"
+    import psycopg
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pwuser') THEN "
+                     "CREATE ROLE pwuser LOGIN PASSWORD 'right-pass'; END IF; END $$")
+        original = hba.read_text()
+        hba.write_text("host all pwuser 127.0.0.1/32 scram-sha-256\n" + original)
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        (tmp_path / "b").mkdir()
+        pw = tmp_path / "pw"
+        pw.write_text("Wr0ng-S3cret\n")
+        t = demo.write_target_file(tmp_path / "t.toml", cluster.dsn("postgres", "pwuser"), tmp_path / "b", name="t")
+        t.write_text(t.read_text().replace('dump_role = ', f'password_file = "{pw}"\ndump_role = '))
+        result = run(pytester, "--target", str(t))
+    finally:
+        hba.write_text(original)
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+    assert result.ret == 11
+    result.stdout.fnmatch_lines(["DatabaseAuthFailed: database * as pwuser of target 't' refused the login*"])
+    everything = result.stdout.str() + result.stderr.str() + "".join(
+        p.read_text() for p in (pytester.path / "reports").glob("latest.*"))
+    assert "Wr0ng-S3cret" not in everything
