@@ -115,3 +115,21 @@ def test_refused_login_is_exit_11_without_the_password(pytester: pytest.Pytester
     everything = result.stdout.str() + result.stderr.str() + "".join(
         p.read_text() for p in (pytester.path / "reports").glob("latest.*"))
     assert "Wr0ng-S3cret" not in everything
+
+
+def test_demo_on_an_existing_server_leaves_it_as_found(cluster: ThrowawayCluster, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`demo --server DSN` (the hosted-CI workflow's mode) builds, checks and drops only its own objects."""
+    import psycopg
+
+    from pgbackup_verify.cli import main
+
+    def objects() -> set[str]:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            return {r[0] for r in conn.execute("SELECT datname FROM pg_database UNION ALL SELECT rolname FROM pg_roles")}
+
+    before = objects()
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--server", cluster.dsn(), "-p", "no:cacheprovider", "-q", "-m", "sql"]) == 0
+    assert objects() == before
+    assert (tmp_path / "reports" / "latest.json").is_file()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 
 from pgbackup_verify.cluster import ThrowawayCluster
 
@@ -163,15 +164,52 @@ expected_schemas = {list(SCHEMAS)!r}
     return path
 
 
+class ExistingServer:
+    """A running server (a CI service container) standing in for the throwaway cluster.
+
+    The demo creates its database and two roles there and drops exactly those on stop();
+    it refuses to start if any of them exists already.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        self.host = str(params.get("host", "127.0.0.1"))
+        self.port = int(params.get("port", 5432))
+        self.user = str(params.get("user", "postgres"))
+
+    def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:
+        return f"host={self.host} port={self.port} dbname={dbname} user={user or self.user}"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user}
+
+    def start(self) -> ExistingServer:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            taken = conn.execute("SELECT datname FROM pg_database WHERE datname = %s UNION ALL "
+                                 "SELECT rolname FROM pg_roles WHERE rolname IN ('directus', 'workflow_admin')",
+                                 (DBNAME,)).fetchall()
+        if taken:
+            names = ", ".join(r[0] for r in taken)
+            raise SystemExit(f"pgbackup-verify demo: {names} already exist(s) on {self.host}:{self.port}; "
+                             "the demo only runs on a server without them (a scratch CI container)")
+        return self
+
+    def stop(self) -> None:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {DBNAME} WITH (FORCE)")
+            for role in ("directus", "workflow_admin"):
+                conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
 @dataclass
 class Demo:
-    cluster: ThrowawayCluster
+    cluster: ThrowawayCluster | ExistingServer
     workdir: Path
     target_file: Path
 
 
-def build(workdir: Path, fault: str | None = None) -> Demo:
-    cluster = ThrowawayCluster(tag="demo-").start()
+def build(workdir: Path, fault: str | None = None, server: str | None = None) -> Demo:
+    cluster = ExistingServer(server).start() if server else ThrowawayCluster(tag="demo-").start()
     try:
         dsn = build_seed_database(cluster)
         backup_dir = workdir / "backups"
@@ -188,13 +226,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pgbackup-verify demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--fault", choices=FAULTS, help="replay a fault (the seed's night)")
     parser.add_argument("--keep", action="store_true", help="keep the demo dir and print its path")
+    parser.add_argument("--server", metavar="DSN", help="build the demo on this running server (a scratch CI "
+                        "container) instead of a throwaway cluster; its objects are dropped afterwards")
     args, pytest_args = parser.parse_known_args(argv)
     from pgbackup_verify.cli import run_checks
 
     workdir = Path(tempfile.mkdtemp(prefix="pgbv-demo-"))
-    demo = build(workdir, args.fault)
+    demo = build(workdir, args.fault, args.server)
     try:
-        print(f"demo target: {demo.target_file} (cluster port {demo.cluster.port}, fault {args.fault})")
+        print(f"demo target: {demo.target_file} (server port {demo.cluster.port}, fault {args.fault})")
         return run_checks(["--target", str(demo.target_file), *pytest_args])
     finally:
         demo.cluster.stop()
