@@ -126,7 +126,8 @@ def test_demo_on_an_existing_server_leaves_it_as_found(cluster: ThrowawayCluster
 
     def objects() -> set[str]:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-            return {r[0] for r in conn.execute("SELECT datname FROM pg_database UNION ALL SELECT rolname FROM pg_roles")}
+            rows = conn.execute("SELECT datname FROM pg_database UNION ALL SELECT rolname FROM pg_roles")
+            return {r[0] for r in rows}
 
     before = objects()
     monkeypatch.chdir(tmp_path)
