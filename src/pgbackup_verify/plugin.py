@@ -12,10 +12,9 @@ from pgbackup_verify import fixtures as factories
 from pgbackup_verify import report, runlock
 from pgbackup_verify.config import ConfigError
 from pgbackup_verify.errors import UserError
-from pgbackup_verify.evidence import EVIDENCE_KEY
 from pgbackup_verify.fixtures.core import RUN_FACTS_KEY
 from pgbackup_verify.settings import HELP, Settings, lock_path, resolve
-from pgbackup_verify.summary import CONCERNS, RunSummary, write_json
+from pgbackup_verify.summary import CONCERNS, RunSummary, SummaryRecorder, routing_properties, write_json
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
@@ -63,6 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS_KEY] = settings
     config.stash[RUN_FACTS_KEY] = {}
     config.stash[SUMMARY_KEY] = RunSummary()
+    config.pluginmanager.register(SummaryRecorder(config.stash[SUMMARY_KEY]), "pgbackup-verify-summary")
     config.stash[USER_ERRORS_KEY] = set()
     json_path = None
     if settings.reports_dir and not hasattr(config, "workerinput"):
@@ -106,6 +106,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if check is not None and check.concern != "sql":
             # Route a custom check to the same Kuma monitor as the built-in checks of its concern.
             item.add_marker(check.concern)
+        if "target" in getattr(item, "fixturenames", ()):
+            item.user_properties.extend(routing_properties(item))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -121,9 +123,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         # the assertion's introspection would only bury it. --tb=long brings it back.
         rep.longrepr = str(call.excinfo.value).split("\nassert ")[0]
     report.attach_evidence(item, rep)
-    ev = item.stash.get(EVIDENCE_KEY, None)
-    item.config.stash[SUMMARY_KEY].record(item, rep, ev.items if ev else [])
     return rep
+
 
 
 @pytest.hookimpl(optionalhook=True)

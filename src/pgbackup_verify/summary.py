@@ -23,6 +23,15 @@ CONCERNS = {
     "sql": "custom SQL checks declared in the target file ([[sql_check]])",
 }
 RANK = {"failed": 0, "error": 1, "skipped": 2, "passed": 3}
+ROUTING_KEYS = ("target", "concern")  # user_properties set at collection, not evidence
+
+
+def routing_properties(item: pytest.Item) -> list[tuple[str, str]]:
+    """Target and concern of a check, carried on every report (and into JUnit) as properties."""
+    callspec = getattr(item, "callspec", None)
+    target = callspec.params.get("target") if callspec else None
+    concern = next((m.name for m in item.iter_markers() if m.name in CONCERNS), "other")
+    return [("target", getattr(target, "name", "")), ("concern", concern)]
 
 
 @dataclass
@@ -44,18 +53,18 @@ class RunSummary:
     exit_status: int | None = None
     notes: list[str] = field(default_factory=list)  # e.g. Kuma push failures
 
-    def record(self, item: pytest.Item, rep: pytest.TestReport, evidence: list[tuple[str, str]]) -> None:
+    def record(self, rep: pytest.TestReport) -> None:
+        """Fold one phase's report in; works on the xdist controller too (it sees reports, not items)."""
         outcome = rep.outcome if rep.when == "call" else ("error" if rep.failed else rep.outcome)
         if rep.when != "call" and rep.passed:
             return
         if rep.nodeid in self.results and RANK[self.results[rep.nodeid].outcome] <= RANK[outcome]:
             return  # keep the worst phase (a teardown error after a pass is still an error)
-        callspec = getattr(item, "callspec", None)
-        target = callspec.params.get("target") if callspec else None
-        concern = next((m.name for m in item.iter_markers() if m.name in CONCERNS), "other")
+        props = dict(rep.user_properties)
+        evidence = [(str(k), str(v)) for k, v in rep.user_properties if k not in ROUTING_KEYS]
         self.results[rep.nodeid] = CheckResult(
-            nodeid=rep.nodeid, name=getattr(item, "originalname", item.name), target=getattr(target, "name", ""),
-            concern=concern, outcome=outcome, message=one_line(rep), evidence=evidence,
+            nodeid=rep.nodeid, name=rep.nodeid.split("::")[-1].split("[")[0], target=str(props.get("target", "")),
+            concern=str(props.get("concern", "other")), outcome=outcome, message=one_line(rep), evidence=evidence,
             seconds=round(rep.duration, 3))
 
     def counts(self) -> dict[str, int]:
@@ -113,6 +122,17 @@ class RunSummary:
                 "<table id='pgbv-concerns' border='1' style='border-collapse:collapse'>"
                 "<tr><th>target</th><th>concern</th><th>status</th><th>cause / fix</th><th>evidence</th></tr>"
                 f"{''.join(rows)}</table>")
+
+
+class SummaryRecorder:
+    """Registered in pytest_configure; on xdist the controller receives every worker's reports."""
+
+    def __init__(self, summary: RunSummary) -> None:
+        self.summary = summary
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if dict(report.user_properties).get("concern"):
+            self.summary.record(report)
 
 
 def one_line(rep: pytest.TestReport) -> str:
