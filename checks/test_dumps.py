@@ -69,10 +69,14 @@ def test_latest_dump_gzip_stream_is_valid(latest_dump: LatestDump | None, target
     s = latest.scan
     evidence("read", f"{s.compressed_bytes} bytes in {s.seconds:.2f} s")
     what = "archive" if s.format == "custom" else "gzip stream"
-    assert s.valid, (
-        f"latest dump {what}: FAILED ({latest.file.name}: {s.error}); fix: the file is damaged or was "
-        "cut while being written: check free space (df -h) and the job log for a killed pg_dump/gzip, "
-        "make the job write to a temporary name and rename it on success, then re-run the backup")
+    if s.format in ("gzip", "custom"):
+        fix = ("the file is damaged or was cut while being written: check free space (df -h) and the job log "
+               "for a killed pg_dump/gzip, make the job write to a temporary name and rename it on success, "
+               "then re-run the backup")
+    else:
+        fix = ("the backup job did not write gzip data under this name: make it pipe pg_dump through gzip, "
+               "or set [backups].pattern to the files it really writes")
+    assert s.valid, f"latest dump {what}: FAILED ({latest.file.name}: {s.error}); fix: {fix}"
 
 
 def test_latest_dump_has_pg_dump_header_and_footer(latest_dump: LatestDump | None, target: Target,

@@ -187,7 +187,8 @@ def scan_stream(stream: BinaryIO, description: str, *, compressed: bool | None =
 
 def _not_scanned(description: str, fmt: str, magic: bytes, raw: _Counting, started: float) -> DumpScan:
     why = {"custom": "a pg_dump custom-format archive, not gzip (check it with pg_restore --list)",
-           "empty": "file is empty (0 bytes), not even an empty gzip stream"
+           "empty": "file is empty (0 bytes), not even an empty gzip stream",
+           "plain": f"not a gzip file: plain SQL text (starts with {magic!r})",
            }.get(fmt, f"not a gzip file (starts with {magic!r})")
     return DumpScan(description, fmt, raw.count, 0, False, why, False, "", False, "", "",
                     time.perf_counter() - started)
