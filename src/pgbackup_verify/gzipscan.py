@@ -1,6 +1,6 @@
 """Streaming verification of a plain-SQL dump, gzip-compressed or not.
 
-One pass, flat memory: the payload is decompressed in 1 MiB pieces with python-isal's
+One pass, flat memory: the payload is decompressed in 256 KiB pieces with python-isal's
 igzip reader (5x faster than `gzip -t` here, see benchmarks/bench_verify.py) and thrown
 away, except a small head (for the pg_dump header) and a small tail window (for the
 footer). The tail is a window and not the last line because pg_dump 15.14+ writes
@@ -21,7 +21,8 @@ from typing import BinaryIO
 
 from isal import igzip, isal_zlib
 
-CHUNK = 1 << 20  # read size: big enough to amortize Python per-call cost, small for RSS
+# Output piece size: 256 KiB was as fast as 1 MiB here and keeps ~1.5 MB off the peak RSS.
+CHUNK = 1 << 18
 HEAD_BYTES = 8192  # the header, \restrict and the "Dumped from/by" lines fit easily
 TAIL_BYTES = 4096  # footer + \unrestrict + trailing blank lines
 GZIP_MAGIC = b"\x1f\x8b"
@@ -162,7 +163,7 @@ def scan_stream(stream: BinaryIO, description: str, *, compressed: bool | None =
     if (compressed and fmt != "gzip") or fmt in ("custom", "empty"):
         return _not_scanned(description, fmt, magic, raw, started)
     reader: io.RawIOBase | igzip.IGzipFile = (
-        igzip.IGzipFile(fileobj=io.BufferedReader(raw, CHUNK), mode="rb") if compressed else raw)
+        igzip.IGzipFile(fileobj=io.BufferedReader(raw), mode="rb") if compressed else raw)
     head = bytearray()
     tail = b""
     payload = 0
