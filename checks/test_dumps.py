@@ -41,8 +41,11 @@ def _latest(latest: LatestDump | None, target: Target, evidence: Evidence) -> La
 
 
 def test_latest_dump_is_younger_than_max_age(latest_dump: LatestDump | None, target: Target,
-                                             evidence: Evidence, backup_inventory: Inventory) -> None:
+                                             evidence: Evidence, backup_inventory: Inventory,
+                                             run_facts: dict[str, str]) -> None:
     latest = _latest(latest_dump, target, evidence)
+    run_facts["latest dump"] = (f"{latest.file.name} ({latest.age_hours:.1f} h old, "
+                                f"{human_bytes(latest.scan.payload_bytes)} payload)")
     limit = target.backups.max_age_hours
     largest = backup_inventory.largest
     if largest and largest.path != latest.file.path:
