@@ -83,10 +83,12 @@ def test_healthy_week_passes_every_check(pytester, healthy_backups, write_target
         "-k", "custom"))
 
 
-def test_seed_night_empty_gzip_fails_payload_and_is_named(pytester, backups, write_target):
-    empty = subprocess.run(["gzip"], input=b"", capture_output=True, check=True).stdout
-    assert len(empty) == 20
-    p = add_newest(backups, empty)
+def test_seed_night_empty_gzip_fails_payload_and_is_named(pytester, backups, write_target, seed_cluster):
+    """The seed's night: pg_dump fails, `| gzip` still writes a valid 20-byte empty stream."""
+    p = backups / "directus_9999-01-01_0200.sql.gz"
+    assert demo.dump_to(seed_cluster, p, role="no_such_role") != 0  # the real pg_dump, really failing
+    assert p.stat().st_size == 20
+    assert subprocess.run(["gzip", "-t", str(p)]).returncode == 0  # what the seed's job relied on
     result = run(pytester, write_target(backups), "payload_reaches", "gzip_stream", "header_and_footer",
                  "shrink", "stray")
     result.assert_outcomes(passed=1, failed=4)  # the 20-byte stream IS valid gzip: only content checks catch it
@@ -286,6 +288,14 @@ def test_real_dump_footer_is_found_before_unrestrict(healthy_backups):
         assert FOOTER in lines[-3:]
     assert scan.payload_bytes == len(payload(p))
     assert scan.compressed_bytes == p.stat().st_size
+
+
+def test_plain_sql_dump_is_scanned_by_its_bytes(healthy_backups, tmp_path):
+    sql = tmp_path / "directus.sql"
+    sql.write_bytes(payload(newest(healthy_backups)))
+    scan = dumps.scan_dump(sql)
+    assert (scan.format, scan.valid, scan.header_found, scan.footer_found) == ("plain", True, True, True)
+    assert scan.payload_bytes == sql.stat().st_size
 
 
 def test_scanner_reads_a_pipe(healthy_backups):

@@ -6,7 +6,8 @@ file per session (`ScanCache`, keyed on path + size + mtime) and only where a ch
 the newest dump, the previous good one (shrink), and per night newest-first until a good one
 is found (retention coverage, min good dumps). With one good dump per night and a 7-day
 window that is ~7 scans per run: e.g. 7 x 118 MB in ~3.3 s. A night whose newest file is bad
-costs one more scan per older file of that night.
+costs one more scan per older file of that night. A custom-format dump is read in full by
+`pg_restore -f -` (customfmt.verify_archive), which costs more than a gunzip of the same data.
 """
 
 from __future__ import annotations
