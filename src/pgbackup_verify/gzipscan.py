@@ -1,0 +1,206 @@
+"""Streaming verification of a plain-SQL dump, gzip-compressed or not.
+
+One pass, flat memory: the payload is decompressed in 256 KiB pieces with python-isal's
+igzip reader (5x faster than `gzip -t` here, see benchmarks/bench_verify.py) and thrown
+away, except a small head (for the pg_dump header) and a small tail window (for the
+footer). The tail is a window and not the last line because pg_dump 15.14+ writes
+`\\unrestrict <key>` AFTER `-- PostgreSQL database dump complete`.
+
+The scanner takes any readable binary stream plus a description, so the restore drill
+and the offsite reader can verify what they stream (`rclone cat`, a pipe) the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from isal import igzip, isal_zlib
+
+# Output piece size: 256 KiB was as fast as 1 MiB here and keeps ~1.5 MB off the peak RSS.
+CHUNK = 1 << 18
+HEAD_BYTES = 8192  # the header, \restrict and the "Dumped from/by" lines fit easily
+TAIL_BYTES = 4096  # footer + \unrestrict + trailing blank lines
+GZIP_MAGIC = b"\x1f\x8b"
+CUSTOM_MAGIC = b"PGDMP"  # pg_dump -Fc archive
+HEADER = "-- PostgreSQL database dump"
+FOOTER = "-- PostgreSQL database dump complete"
+
+
+@dataclass(frozen=True)
+class DumpScan:
+    """What one pass over a dump showed. `valid` is about the compression layer only."""
+
+    path: str  # file path or the stream's description
+    format: str  # "gzip", "plain", "custom" (pg_dump -Fc, not scanned), "empty", "unknown"
+    compressed_bytes: int  # bytes read from the file/stream
+    payload_bytes: int  # decompressed bytes, up to the error if any
+    valid: bool  # the stream decompressed to its end with CRC and length correct
+    error: str | None  # why it is not valid, one line
+    header_found: bool  # the payload starts with pg_dump's header comment
+    header_line: str  # the first meaningful payload line, as evidence
+    footer_found: bool  # "-- PostgreSQL database dump complete" in the tail window
+    dumped_from: str  # "15.20 (Debian ...)" from "-- Dumped from database version ...", or ""
+    dumped_by: str  # pg_dump version from the header, or ""
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def is_good(self, min_payload_bytes: int) -> bool:
+        """A restorable-looking dump: intact stream, header, footer, enough payload."""
+        return (self.valid and self.header_found and self.footer_found
+                and self.payload_bytes >= min_payload_bytes)
+
+    def problems(self, min_payload_bytes: int) -> list[str]:
+        """Why it is not good, each a short phrase for a failure message."""
+        out = []
+        if not self.valid:
+            out.append(self.error or "invalid")
+        if self.valid or self.format == "gzip":
+            if self.payload_bytes < min_payload_bytes:
+                out.append(f"payload {self.payload_bytes} bytes < minimum {min_payload_bytes}")
+            if self.payload_bytes and not self.header_found:
+                out.append(f"no pg_dump header (starts with {self.header_line!r})")
+            if self.payload_bytes and not self.footer_found:
+                out.append(f"no '{FOOTER}' line in the last {TAIL_BYTES} bytes (dump cut short)")
+        return out
+
+
+class _Counting(io.RawIOBase):
+    """Raw reader over `stream` that first replays the peeked `prefix` and counts bytes."""
+
+    def __init__(self, stream: BinaryIO, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+        self.count = len(prefix)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(b).cast("B")
+        if self._prefix:
+            n = min(len(view), len(self._prefix))
+            view[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        reader = getattr(self._stream, "readinto", None)
+        if reader is not None:
+            n = reader(view) or 0
+        else:
+            data = self._stream.read(len(view))
+            n = len(data)
+            view[:n] = data
+        self.count += n
+        return n
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        more = stream.read(n - len(buf))
+        if not more:
+            break
+        buf += more
+    return buf
+
+
+def _format_of(magic: bytes) -> str:
+    if not magic:
+        return "empty"
+    if magic.startswith(GZIP_MAGIC):
+        return "gzip"
+    if magic.startswith(CUSTOM_MAGIC):
+        return "custom"
+    if magic.startswith((b"--", b"SET ", b"\\", b"\n")):
+        return "plain"
+    return "unknown"
+
+
+def _header_facts(head: bytes) -> tuple[bool, str, str, str]:
+    lines = head.decode("utf-8", "replace").splitlines()
+    meaningful = [ln.strip() for ln in lines[:20] if ln.strip() and ln.strip() != "--"]
+    first = meaningful[0] if meaningful else ""
+    found = first == HEADER
+    dumped_from = dumped_by = ""
+    for ln in meaningful:
+        if ln.startswith("-- Dumped from database version "):
+            dumped_from = ln.removeprefix("-- Dumped from database version ")
+        elif ln.startswith("-- Dumped by pg_dump version "):
+            dumped_by = ln.removeprefix("-- Dumped by pg_dump version ")
+    return found, first[:120], dumped_from, dumped_by
+
+
+def _footer_in(tail: bytes) -> bool:
+    return any(ln.strip() == FOOTER.encode() for ln in tail.splitlines())
+
+
+def _describe_error(e: BaseException, at: int) -> str:
+    if isinstance(e, EOFError):
+        return f"gzip stream ends early at byte {at} (file truncated)"
+    if isinstance(e, igzip.BadGzipFile):
+        return f"gzip stream corrupt near byte {at} ({e})"
+    return f"deflate data corrupt near byte {at} ({e})"
+
+
+def scan_stream(stream: BinaryIO, description: str, *, compressed: bool | None = True) -> DumpScan:
+    """Verify a dump read from `stream`: gzip expected (True), plain SQL (False), or by magic (None).
+
+    Never raises on bad content: a non-gzip or broken stream comes back as a fact.
+    """
+    started = time.perf_counter()
+    magic = _read_exact(stream, 5)
+    fmt = _format_of(magic)
+    raw = _Counting(stream, magic)
+    if compressed is None:
+        compressed = fmt == "gzip"
+    if (compressed and fmt != "gzip") or fmt in ("custom", "empty"):
+        return _not_scanned(description, fmt, magic, raw, started)
+    reader: io.RawIOBase | igzip.IGzipFile = (
+        igzip.IGzipFile(fileobj=io.BufferedReader(raw), mode="rb") if compressed else raw)
+    head = bytearray()
+    tail = b""
+    payload = 0
+    error = None
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    try:
+        while n := reader.readinto(view):
+            payload += n
+            if len(head) < HEAD_BYTES:
+                head += view[:min(n, HEAD_BYTES - len(head))]
+            # Keep only the last TAIL_BYTES of payload seen so far.
+            tail = (tail + bytes(view[max(0, n - TAIL_BYTES):n]))[-TAIL_BYTES:]
+    except (EOFError, igzip.BadGzipFile, isal_zlib.error, zlib.error) as e:
+        error = _describe_error(e, raw.count)
+    except OSError as e:
+        error = f"read error after {raw.count} bytes ({e})"
+    header_found, header_line, dumped_from, dumped_by = _header_facts(bytes(head))
+    return DumpScan(description, fmt, raw.count, payload, error is None, error, header_found,
+                    header_line, _footer_in(tail), dumped_from, dumped_by, time.perf_counter() - started)
+
+
+def _not_scanned(description: str, fmt: str, magic: bytes, raw: _Counting, started: float) -> DumpScan:
+    why = {"custom": "a pg_dump custom-format archive, not gzip (check it with pg_restore --list)",
+           "empty": "file is empty (0 bytes), not even an empty gzip stream",
+           "plain": f"not a gzip file: plain SQL text (starts with {magic!r})",
+           }.get(fmt, f"not a gzip file (starts with {magic!r})")
+    return DumpScan(description, fmt, raw.count, 0, False, why, False, "", False, "", "",
+                    time.perf_counter() - started)
+
+
+def scan_file(path: str | Path, *, compressed: bool | None = True) -> DumpScan:
+    """Verify one dump file on disk; unreadable files come back as an invalid scan."""
+    p = Path(path)
+    try:
+        with p.open("rb", buffering=0) as f:
+            return scan_stream(f, str(p), compressed=compressed)  # type: ignore[arg-type]
+    except OSError as e:
+        return DumpScan(str(p), "unknown", 0, 0, False, f"cannot read ({e.strerror})", False, "", False,
+                        "", "", 0.0)
