@@ -13,10 +13,12 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import port_for
+import psycopg
 from pytest_postgresql.executors import PostgreSQLExecutor
 
 CLUSTER_PREFIX = "pgbv-cluster-"
@@ -99,9 +101,20 @@ class ThrowawayCluster:
             postgres_options="-c fsync=off -c full_page_writes=off -c listen_addresses=127.0.0.1",
         )
 
-    def start(self) -> ThrowawayCluster:
+    def start(self, timeout: float = 60.0) -> ThrowawayCluster:
         self.executor.start()
-        return self
+        # The port accepts TCP before recovery ends ("the database system is starting up"):
+        # wait for a real login, so callers never race the server's start-up.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.dsn(), connect_timeout=5).close()
+                return self
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.1)
 
     def stop(self) -> None:
         try:
