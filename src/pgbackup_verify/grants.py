@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,11 +103,18 @@ def major_of(version_num: int) -> tuple[int, ...]:
     return (version_num // 10000,) if version_num >= 100000 else (version_num // 10000, version_num // 100 % 100)
 
 
-def local_pg_dump(server: str, server_num: int) -> PgDumpVersion:
+def pg_dump_version_output() -> tuple[str | None, str]:
+    """(path, `pg_dump --version` output) of the pg_dump on PATH, the one the nightly job runs."""
     path = shutil.which("pg_dump")
+    if not path:
+        return None, ""
+    return path, subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+
+
+def local_pg_dump(server: str, server_num: int, found: tuple[str | None, str] | None = None) -> PgDumpVersion:
+    path, out = found or pg_dump_version_output()
     local, major = "not found on PATH", ()
     if path:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
         m = re.search(r"\)\s*(\d+)(?:\.(\d+))?", out)
         if m:
             first, second = int(m[1]), int(m[2] or 0)
@@ -142,9 +150,9 @@ def _schemas(row: tuple[Any, ...], role: str) -> Concern:
 def _relations(rows: list[tuple[Any, ...]], role: str) -> Concern:
     items: list[Missing] = []
     fixes: list[str] = []
-    for schema, total, missing in rows:
+    for schema, total, missing in sorted(rows):
         mine = [Missing(RELKINDS[kind], f"{schema}.{name}", owner, ("SELECT",),
-                        f"GRANT SELECT ON TABLE {schema}.{name} TO {role};") for name, kind, owner in missing]
+                        f"GRANT SELECT ON TABLE {schema}.{name} TO {role};") for name, kind, owner in sorted(missing)]
         items += mine
         if len(mine) == total or len(mine) > PER_OBJECT_FIXES:
             fixes.append(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};")
@@ -156,9 +164,9 @@ def _relations(rows: list[tuple[Any, ...]], role: str) -> Concern:
 def _sequences(rows: list[tuple[Any, ...]], role: str) -> Concern:
     items: list[Missing] = []
     fixes: list[str] = []
-    for schema, total, missing in rows:
+    for schema, total, missing in sorted(rows):
         mine = []
-        for name, usage, select, owner in missing:
+        for name, usage, select, owner in sorted(missing):
             privs = tuple(p for p, held in (("USAGE", usage), ("SELECT", select)) if not held)
             mine.append(Missing("sequence", f"{schema}.{name}", owner, privs,
                                 f"GRANT {', '.join(privs)} ON SEQUENCE {schema}.{name} TO {role};"))
@@ -195,6 +203,16 @@ def _covered(concern: Concern) -> Concern:
 def audit(target: Target) -> GrantAudit:
     """Audit the dump role of `target`; raises db.DatabaseUnreachable (one line) if it cannot connect."""
     started = time.perf_counter()
+    # `pg_dump --version` (a process start, ~50 ms) runs while the server answers.
+    with ThreadPoolExecutor(1) as pool:
+        found = pool.submit(pg_dump_version_output)
+        role, server, server_num, read_only, concerns, queries = _audit_catalog(target)
+        pg_dump = local_pg_dump(server, server_num, found.result())
+    return GrantAudit(role, server, read_only, *concerns, pg_dump=pg_dump, queries=queries,
+                      seconds=time.perf_counter() - started)
+
+
+def _audit_catalog(target: Target) -> tuple[RoleFacts, str, int, bool, list[Concern | None], int]:
     params = {"role": target.database.dump_role, "exclude": list(target.database.exclude_schemas)}
     queries = 0
 
@@ -216,6 +234,5 @@ def audit(target: Target) -> GrantAudit:
                         _sequences(fetch(cur, grants_sql.SEQUENCES, many=True), q),
                         _default_privileges(fetch(cur, grants_sql.DEFAULT_PRIVILEGES), q)]
             if role.superuser or role.reads_all:
-                concerns = [_covered(c) for c in concerns]  # type: ignore[arg-type]
-    return GrantAudit(role, server, read_only, *concerns, pg_dump=local_pg_dump(server, server_num),
-                      queries=queries, seconds=time.perf_counter() - started)
+                concerns = [_covered(c) for c in concerns if c is not None]
+    return role, server, server_num, read_only, concerns, queries
