@@ -250,3 +250,22 @@ def test_seed_night_end_to_end(pytester: pytest.Pytester, seed_night: tuple[Thro
     again = subprocess.run(["pg_dump", "-d", demo.DBNAME], env={**cluster.env(), "PGUSER": "directus"},
                            capture_output=True, check=False)
     assert again.returncode == 0 and b"sandbox_tac" in again.stdout
+
+
+def test_role_attribute_faults_name_the_alter_role(grant_cluster: ThrowawayCluster, tmp_path: Path) -> None:
+    with psycopg.connect(grant_cluster.dsn(), autocommit=True) as conn:
+        conn.execute('CREATE ROLE "Backup Bot" NOLOGIN; CREATE ROLE gr_expired LOGIN VALID UNTIL \'2000-01-01\'')
+    db = make_db(grant_cluster, "gr_roles")
+    bot = grants.audit(load_target(target_file(tmp_path, grant_cluster.dsn(db), "Backup Bot")))
+    assert bot.role.fixes == ('ALTER ROLE "Backup Bot" LOGIN;',)
+    expired = grants.audit(load_target(target_file(tmp_path, grant_cluster.dsn(db), "gr_expired")))
+    assert expired.role.fixes == ("ALTER ROLE gr_expired VALID UNTIL 'infinity';",)
+
+
+def test_unreachable_database_is_one_line_per_check(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    f = target_file(tmp_path, "host=127.0.0.1 port=1 dbname=directus user=directus connect_timeout=2")
+    result = run_checks(pytester, f)
+    result.assert_outcomes(errors=6)
+    out = result.stdout.str()
+    assert "database 127.0.0.1:1/directus as directus of target 'g' is unreachable" in out
+    assert "Traceback" not in out and "another exception occurred" not in out
