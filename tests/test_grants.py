@@ -186,19 +186,25 @@ def test_missing_dump_role_fails_every_check_never_silent(pytester: pytest.Pytes
     assert "fix: CREATE ROLE gr_ghost LOGIN;" in result.stdout.str()
 
 
-def test_older_local_pg_dump_fails(pytester: pytest.Pytester, grant_cluster: ThrowawayCluster, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("client", "expected"), [
+    ("13.16", "local pg_dump not older than server: FAILED (pg_dump 13.16 vs server 15."),
+    (None, "local pg_dump not older than server: FAILED (pg_dump not found on PATH vs server 15."),
+])
+def test_older_or_missing_local_pg_dump_fails(pytester: pytest.Pytester, grant_cluster: ThrowawayCluster,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              client: str | None, expected: str) -> None:
     # The only stand-in of this file: no older PostgreSQL client is installable here, so a
-    # pg_dump that reports the exact version line of an old client takes the PATH's first place.
-    shim = tmp_path / "old-client"
+    # pg_dump that prints the exact version line of an old client comes first on PATH.
+    shim = tmp_path / "client-bin"
     shim.mkdir()
-    (shim / "pg_dump").write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 13.16 (Debian 13.16-0+deb11u1)'\n")
-    (shim / "pg_dump").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{shim}:{Path('/usr/bin')}:{Path('/bin')}")
+    if client:
+        (shim / "pg_dump").write_text(f"#!/bin/sh\necho 'pg_dump (PostgreSQL) {client} (Debian {client}-0+deb11u1)'\n")
+        (shim / "pg_dump").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:/bin" if client else str(shim))
     db = make_db(grant_cluster, "gr_version")
     result = run_checks(pytester, target_file(tmp_path, grant_cluster.dsn(db, "gr_dump")))
     result.assert_outcomes(passed=5, failed=1)
-    assert "local pg_dump not older than server: FAILED (pg_dump 13.16 vs server 15." in result.stdout.str()
+    assert expected in result.stdout.str()
     assert "fix: apt-get install postgresql-client-15" in result.stdout.str()
 
 

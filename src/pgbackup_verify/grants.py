@@ -134,7 +134,7 @@ def _role(row: tuple[Any, ...], name: str) -> RoleFacts:
             fixes.append(f"ALTER ROLE {role_q} LOGIN;")
         if expired:
             fixes.append(f"ALTER ROLE {role_q} VALID UNTIL 'infinity';")
-    if not connect and not superuser:
+    if exists and not connect and not superuser:  # a new role gets CONNECT via PUBLIC unless revoked
         fixes.append(f"GRANT CONNECT ON DATABASE {db_q} TO {role_q};")
     return RoleFacts(name=name, ident=role_q, exists=exists, can_login=login, superuser=superuser, expired=expired,
                      reads_all=reads_all, can_connect=connect, database=db, fixes=tuple(fixes))
