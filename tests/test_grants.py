@@ -43,6 +43,11 @@ CREATE VIEW "Pilot Area".pilots AS SELECT DISTINCT pilot FROM "Pilot Area".fligh
 CREATE MATERIALIZED VIEW "Pilot Area".daily AS SELECT count(*) AS n FROM "Pilot Area".flights;
 CREATE SEQUENCE "Pilot Area".ticket;
 RESET ROLE;
+CREATE EXTENSION file_fdw;
+CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+CREATE FOREIGN TABLE "Pilot Area".manifests (line text) SERVER files OPTIONS (filename '/dev/null');
+ALTER FOREIGN TABLE "Pilot Area".manifests OWNER TO gr_owner;
+GRANT SELECT ON "Pilot Area".manifests TO gr_dump;
 CREATE TABLE public.settings (k text PRIMARY KEY, v text);
 GRANT SELECT ON public.settings TO gr_dump;
 """
@@ -58,12 +63,13 @@ FAULTS = {
     "table-without-select": (
         f"REVOKE SELECT ON {P}.flights FROM gr_dump",
         "test_dump_role_can_select_every_relation",
-        ["FAILED (1 of 6 relations without SELECT for gr_dump vs 0 allowed)",
+        ["FAILED (1 of 7 relations without SELECT for gr_dump vs 0 allowed)",
          f"GRANT SELECT ON TABLE {P}.flights TO gr_dump;", f"table {P}.flights (owner gr_owner) lacks SELECT"]),
     "view-matview-partitioned-without-select": (
-        f"REVOKE SELECT ON {P}.pilots, {P}.daily, {P}.logbook FROM gr_dump",
+        f"REVOKE SELECT ON {P}.pilots, {P}.daily, {P}.logbook, {P}.manifests FROM gr_dump",
         "test_dump_role_can_select_every_relation",
         [f"view {P}.pilots", f"materialized view {P}.daily", f"partitioned table {P}.logbook",
+         f"foreign table {P}.manifests (owner gr_owner) lacks SELECT",
          f"GRANT SELECT ON TABLE {P}.pilots TO gr_dump;", f"GRANT SELECT ON TABLE {P}.daily TO gr_dump;"]),
     "sequence-select-but-no-usage": (
         f"REVOKE USAGE ON SEQUENCE {P}.ticket FROM gr_dump",
@@ -275,3 +281,19 @@ def test_unreachable_database_is_one_line_per_check(pytester: pytest.Pytester, t
     out = result.stdout.str()
     assert "database 127.0.0.1:1/directus as directus of target 'g' is unreachable" in out
     assert "Traceback" not in out and "another exception occurred" not in out
+
+
+def test_schema_wide_revoke_gets_one_all_in_schema_fix_that_works(grant_cluster: ThrowawayCluster,
+                                                                   tmp_path: Path) -> None:
+    db = make_db(grant_cluster, "gr_all_revoked", f"REVOKE SELECT ON ALL TABLES IN SCHEMA {P} FROM gr_dump;"
+                                                  f" REVOKE ALL ON ALL SEQUENCES IN SCHEMA {P} FROM gr_dump")
+    t = load_target(target_file(tmp_path, grant_cluster.dsn(db, "gr_dump")))
+    audit = grants.audit(t)
+    assert audit.relations.fixes == (f"GRANT SELECT ON ALL TABLES IN SCHEMA {P} TO gr_dump;",)  # type: ignore[union-attr]
+    assert {m.kind for m in audit.relations.missing} == set(grants.RELKINDS.values())  # type: ignore[union-attr]
+    assert audit.sequences.fixes == (  # type: ignore[union-attr]
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {P} TO gr_dump;",)
+    with psycopg.connect(grant_cluster.dsn(db), autocommit=True) as conn:
+        for stmt in audit.relations.fixes + audit.sequences.fixes:  # type: ignore[union-attr]
+            conn.execute(stmt)
+    assert grants_all_ok(grants.audit(t))
