@@ -297,3 +297,25 @@ def test_schema_wide_revoke_gets_one_all_in_schema_fix_that_works(grant_cluster:
         for stmt in audit.relations.fixes + audit.sequences.fixes:  # type: ignore[union-attr]
             conn.execute(stmt)
     assert grants_all_ok(grants.audit(t))
+
+
+@pytest.mark.parametrize("cover", [
+    # Global default privileges (no IN SCHEMA) cover every schema of that owner.
+    "ALTER DEFAULT PRIVILEGES FOR ROLE gr_other GRANT SELECT ON TABLES TO gr_dump;"
+    " ALTER DEFAULT PRIVILEGES FOR ROLE gr_other GRANT USAGE, SELECT ON SEQUENCES TO gr_dump",
+    # Granted to a group role the dump role inherits from.
+    "GRANT gr_readers TO gr_dump;"
+    " ALTER DEFAULT PRIVILEGES FOR ROLE gr_other IN SCHEMA ops GRANT SELECT ON TABLES TO gr_readers;"
+    " ALTER DEFAULT PRIVILEGES FOR ROLE gr_other IN SCHEMA ops GRANT USAGE, SELECT ON SEQUENCES TO gr_readers",
+], ids=["global", "via-group-role"])
+def test_default_privileges_count_global_and_inherited_grants(grant_cluster: ThrowawayCluster, tmp_path: Path,
+                                                             cover: str) -> None:
+    with psycopg.connect(grant_cluster.dsn(), autocommit=True) as conn:
+        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gr_readers') THEN "
+                     "CREATE ROLE gr_readers; END IF; END $$")
+    sql, _, _ = FAULTS["other-owner-without-default-privileges"]
+    db = make_db(grant_cluster, "gr_covered", f"{sql}; {cover}")
+    audit = grants.audit(load_target(target_file(tmp_path, grant_cluster.dsn(db, "gr_dump"))))
+    assert audit.default_privileges.audited == 4 and audit.default_privileges.ok  # type: ignore[union-attr]
+    with psycopg.connect(grant_cluster.dsn(db), autocommit=True) as conn:
+        conn.execute("REVOKE gr_readers FROM gr_dump")  # roles are cluster-wide: leave none behind
