@@ -44,7 +44,9 @@ def connect_readonly(target: Target) -> Iterator[psycopg.Connection]:
     try:
         conn = psycopg.connect(**params)  # type: ignore[arg-type]
     except psycopg.OperationalError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        # The first line has the cause ("Connection refused"); later lines are libpq's hints.
+        reason = str(e).strip().splitlines()[0].removeprefix("connection failed: ") if str(e).strip() \
+            else type(e).__name__
         if password:
             reason = reason.replace(password, "***")
         if any(m in reason for m in AUTH_MARKERS):

@@ -1,0 +1,321 @@
+"""Grant checks against real clusters: healthy passes, each fault fails naming the object and the fix,
+and the fix it names really repairs the database."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgbackup_verify import demo, grants
+from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.config import Target, load_target
+from pgbackup_verify.db import connect_readonly
+
+CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_grants.py"
+TEMPLATE = "gr_healthy"
+
+# Roles are cluster-wide: prefixed so they never meet another self-test's roles.
+ROLES_SQL = """
+CREATE ROLE gr_dump LOGIN;
+CREATE ROLE gr_owner LOGIN;
+CREATE ROLE gr_other LOGIN;
+CREATE ROLE gr_reader LOGIN IN ROLE pg_read_all_data;
+"""
+
+# A healthy database in the shape of the seed, with every audited relation kind.
+HEALTHY_SQL = """
+CREATE SCHEMA "Pilot Area" AUTHORIZATION gr_owner;
+GRANT USAGE ON SCHEMA "Pilot Area" TO gr_dump;
+ALTER DEFAULT PRIVILEGES FOR ROLE gr_owner IN SCHEMA "Pilot Area" GRANT SELECT ON TABLES TO gr_dump;
+ALTER DEFAULT PRIVILEGES FOR ROLE gr_owner IN SCHEMA "Pilot Area" GRANT USAGE, SELECT ON SEQUENCES TO gr_dump;
+SET ROLE gr_owner;
+CREATE TABLE "Pilot Area".flights (id bigserial PRIMARY KEY, pilot text);
+CREATE TABLE "Pilot Area".logbook (day date, n int) PARTITION BY RANGE (day);
+CREATE TABLE "Pilot Area".logbook_2026 PARTITION OF "Pilot Area".logbook
+    FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE VIEW "Pilot Area".pilots AS SELECT DISTINCT pilot FROM "Pilot Area".flights;
+CREATE MATERIALIZED VIEW "Pilot Area".daily AS SELECT count(*) AS n FROM "Pilot Area".flights;
+CREATE SEQUENCE "Pilot Area".ticket;
+RESET ROLE;
+CREATE EXTENSION file_fdw;
+CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+CREATE FOREIGN TABLE "Pilot Area".manifests (line text) SERVER files OPTIONS (filename '/dev/null');
+ALTER FOREIGN TABLE "Pilot Area".manifests OWNER TO gr_owner;
+GRANT SELECT ON "Pilot Area".manifests TO gr_dump;
+CREATE TABLE public.settings (k text PRIMARY KEY, v text);
+GRANT SELECT ON public.settings TO gr_dump;
+"""
+
+P = '"Pilot Area"'
+# fault id -> (SQL applied to a copy of the healthy DB, failing check, strings its failure must show)
+FAULTS = {
+    "schema-without-usage": (
+        f"REVOKE USAGE ON SCHEMA {P} FROM gr_dump",
+        "test_dump_role_has_usage_on_every_schema",
+        ["dump role USAGE on every schema: FAILED (1 of 2 schemas without USAGE for gr_dump vs 0 allowed)",
+         f"GRANT USAGE ON SCHEMA {P} TO gr_dump;", f"schema {P} (owner gr_owner) lacks USAGE"]),
+    "table-without-select": (
+        f"REVOKE SELECT ON {P}.flights FROM gr_dump",
+        "test_dump_role_can_select_every_relation",
+        ["FAILED (1 of 7 relations without SELECT for gr_dump vs 0 allowed)",
+         f"GRANT SELECT ON TABLE {P}.flights TO gr_dump;", f"table {P}.flights (owner gr_owner) lacks SELECT"]),
+    "view-matview-partitioned-without-select": (
+        f"REVOKE SELECT ON {P}.pilots, {P}.daily, {P}.logbook, {P}.manifests FROM gr_dump",
+        "test_dump_role_can_select_every_relation",
+        [f"view {P}.pilots", f"materialized view {P}.daily", f"partitioned table {P}.logbook",
+         f"foreign table {P}.manifests (owner gr_owner) lacks SELECT",
+         f"GRANT SELECT ON TABLE {P}.pilots TO gr_dump;", f"GRANT SELECT ON TABLE {P}.daily TO gr_dump;"]),
+    "sequence-select-but-no-usage": (
+        f"REVOKE USAGE ON SEQUENCE {P}.ticket FROM gr_dump",
+        "test_dump_role_can_read_every_sequence",
+        [f"sequence {P}.ticket (owner gr_owner) lacks USAGE\n",
+         f"GRANT USAGE ON SEQUENCE {P}.ticket TO gr_dump;"]),
+    "other-owner-without-default-privileges": (
+        "CREATE SCHEMA ops AUTHORIZATION gr_other; GRANT USAGE ON SCHEMA ops TO gr_dump;"
+        " SET ROLE gr_other; CREATE TABLE ops.jobs (id int); RESET ROLE; GRANT SELECT ON ops.jobs TO gr_dump",
+        "test_default_privileges_cover_future_objects",
+        ["ALTER DEFAULT PRIVILEGES FOR ROLE gr_other IN SCHEMA ops GRANT SELECT ON TABLES TO gr_dump;",
+         "ALTER DEFAULT PRIVILEGES FOR ROLE gr_other IN SCHEMA ops GRANT USAGE, SELECT ON SEQUENCES TO gr_dump;"]),
+    "default-privileges-revoked": (
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE gr_owner IN SCHEMA {P} REVOKE SELECT ON TABLES FROM gr_dump",
+        "test_default_privileges_cover_future_objects",
+        [f"ALTER DEFAULT PRIVILEGES FOR ROLE gr_owner IN SCHEMA {P} GRANT SELECT ON TABLES TO gr_dump;"]),
+    "no-connect-privilege": (
+        "REVOKE CONNECT ON DATABASE gr_no_connect_privilege FROM PUBLIC",
+        "test_dump_role_can_connect",
+        ["dump role can connect: FAILED (no CONNECT on database gr_no_connect_privilege vs login + CONNECT); "
+         "fix: GRANT CONNECT ON DATABASE gr_no_connect_privilege TO gr_dump;"]),
+}
+
+
+@pytest.fixture(scope="module")
+def grant_cluster(cluster: ThrowawayCluster) -> ThrowawayCluster:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(ROLES_SQL)
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    with psycopg.connect(cluster.dsn(TEMPLATE), autocommit=True) as conn:
+        conn.execute(HEALTHY_SQL)
+    return cluster
+
+
+def make_db(cluster: ThrowawayCluster, name: str, sql: str = "") -> str:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    if sql:
+        with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
+            conn.execute(sql)
+    return name
+
+
+def target_file(tmp_path: Path, dsn: str, dump_role: str = "gr_dump", extra: str = "") -> Path:
+    f = tmp_path / "grants.toml"
+    f.write_text(f'[target]\nname = "g"\n[database]\ndsn = "{dsn}"\ndump_role = "{dump_role}"\n{extra}\n'
+                 f'[backups]\ndirectory = "{tmp_path}"\n')
+    return f
+
+
+def run_checks(pytester: pytest.Pytester, f: Path) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("--target", str(f), "-p", "no:cacheprovider", str(CHECKS))
+
+
+def test_healthy_target_passes_every_grant_check(pytester: pytest.Pytester, grant_cluster: ThrowawayCluster,
+                                                 tmp_path: Path) -> None:
+    db = make_db(grant_cluster, "gr_ok")
+    result = run_checks(pytester, target_file(tmp_path, grant_cluster.dsn(db, "gr_dump")))
+    result.assert_outcomes(passed=6)
+    assert "dump role gr_dump" in result.stdout.str()  # run facts in the summary
+
+
+def test_healthy_seed_database_passes_every_grant_check(pytester: pytest.Pytester, write_target,
+                                                        tmp_path: Path) -> None:
+    result = run_checks(pytester, write_target(tmp_path))
+    result.assert_outcomes(passed=6)
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_fails_its_check_naming_object_and_fix(pytester: pytest.Pytester, grant_cluster: ThrowawayCluster,
+                                                     tmp_path: Path, fault: str) -> None:
+    sql, check, expected = FAULTS[fault]
+    db = make_db(grant_cluster, "gr_" + fault.replace("-", "_"), sql)
+    # An auditor may connect as another role than the one audited (needed when CONNECT is gone).
+    f = target_file(tmp_path, grant_cluster.dsn(db, "postgres" if "connect" in fault else "gr_dump"))
+    result = run_checks(pytester, f)
+    result.assert_outcomes(passed=5, failed=1)
+    out = result.stdout.str()
+    assert re.search(rf"^FAILED .*::{check}\[g\]", out, re.M), f"{check} did not fail"
+    for text in expected:
+        assert text in out, f"{text!r} not in the output of fault {fault}"
+    # The statements the audit names really repair the database.
+    audit = grants.audit(load_target(f))
+    with psycopg.connect(grant_cluster.dsn(db), autocommit=True) as conn:
+        for c in (audit.schemas, audit.relations, audit.sequences, audit.default_privileges):
+            for stmt in c.fixes:  # type: ignore[union-attr]
+                conn.execute(stmt)
+        for stmt in audit.role.fixes:
+            conn.execute(stmt)
+    assert grants_all_ok(grants.audit(load_target(f)))
+
+
+def grants_all_ok(a: grants.GrantAudit) -> bool:
+    return a.role.ok and all(c is not None and c.ok
+                             for c in (a.schemas, a.relations, a.sequences, a.default_privileges))
+
+
+def test_excluded_schema_is_not_audited(pytester: pytest.Pytester, grant_cluster: ThrowawayCluster,
+                                        tmp_path: Path) -> None:
+    db = make_db(grant_cluster, "gr_excluded", f"REVOKE USAGE ON SCHEMA {P} FROM gr_dump;"
+                                               f" REVOKE SELECT ON ALL TABLES IN SCHEMA {P} FROM gr_dump")
+    f = target_file(tmp_path, grant_cluster.dsn(db, "gr_dump"), extra='exclude_schemas = ["Pilot Area"]')
+    run_checks(pytester, f).assert_outcomes(passed=6)
+    audit = grants.audit(load_target(f))
+    assert (audit.schemas.audited, audit.relations.audited) == (1, 1)  # type: ignore[union-attr]
+
+
+def test_pg_read_all_data_member_covers_everything(grant_cluster: ThrowawayCluster, tmp_path: Path) -> None:
+    db = make_db(grant_cluster, "gr_reader_db")
+    audit = grants.audit(load_target(target_file(tmp_path, grant_cluster.dsn(db, "gr_reader"), "gr_reader")))
+    assert audit.role.reads_all and grants_all_ok(audit)
+
+
+def test_missing_dump_role_fails_every_check_never_silent(pytester: pytest.Pytester,
+                                                         grant_cluster: ThrowawayCluster, tmp_path: Path) -> None:
+    db = make_db(grant_cluster, "gr_ghost_db")
+    result = run_checks(pytester, target_file(tmp_path, grant_cluster.dsn(db), "gr_ghost"))
+    result.assert_outcomes(passed=1, failed=5)  # only pg_dump's version does not need the role
+    assert "fix: CREATE ROLE gr_ghost LOGIN;" in result.stdout.str()
+
+
+@pytest.mark.parametrize(("client", "expected"), [
+    ("13.16", "local pg_dump not older than server: FAILED (pg_dump 13.16 vs server 15."),
+    (None, "local pg_dump not older than server: FAILED (pg_dump not found on PATH vs server 15."),
+])
+def test_older_or_missing_local_pg_dump_fails(pytester: pytest.Pytester, grant_cluster: ThrowawayCluster,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              client: str | None, expected: str) -> None:
+    # The only stand-in of this file: no older PostgreSQL client is installable here, so a
+    # pg_dump that prints the exact version line of an old client comes first on PATH.
+    shim = tmp_path / "client-bin"
+    shim.mkdir()
+    if client:
+        (shim / "pg_dump").write_text(f"#!/bin/sh\necho 'pg_dump (PostgreSQL) {client} (Debian {client}-0+deb11u1)'\n")
+        (shim / "pg_dump").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:/bin" if client else str(shim))
+    db = make_db(grant_cluster, "gr_version")
+    result = run_checks(pytester, target_file(tmp_path, grant_cluster.dsn(db, "gr_dump")))
+    result.assert_outcomes(passed=5, failed=1)
+    assert expected in result.stdout.str()
+    assert "fix: apt-get install postgresql-client-15" in result.stdout.str()
+
+
+def test_audit_is_read_only_and_query_count_does_not_grow(grant_cluster: ThrowawayCluster, tmp_path: Path) -> None:
+    small = make_db(grant_cluster, "gr_small")
+    big = make_db(grant_cluster, "gr_big", "DO $$ BEGIN FOR i IN 1..300 LOOP "
+                  "EXECUTE format('CREATE TABLE public.t%s (id int)', i); END LOOP; END $$")
+    # Even a superuser's session through connect_readonly cannot write: the server refuses.
+    t_super: Target = load_target(target_file(tmp_path, grant_cluster.dsn(big)))
+    with connect_readonly(t_super) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        conn.execute("CREATE TABLE public.written_by_audit (id int)")
+    a_small = grants.audit(load_target(target_file(tmp_path, grant_cluster.dsn(small, "gr_dump"))))
+    a_big = grants.audit(t_super)
+    assert a_small.read_only and a_big.read_only
+    assert a_big.relations.audited == a_small.relations.audited + 300  # type: ignore[union-attr]
+    assert a_big.queries == a_small.queries == 5
+    assert not a_big.relations.ok  # the 300 new tables (no default privileges for postgres) lack SELECT
+    assert "GRANT SELECT ON ALL TABLES IN SCHEMA public TO gr_dump;" in a_big.relations.fixes  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def seed_night(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThrowawayCluster, Path]]:
+    """The seed's night on a private seed cluster (it mutates, so not the shared seed_cluster)."""
+    d = tmp_path_factory.mktemp("seed-night")
+    with ThrowawayCluster(tag="seed-night-") as c:
+        demo.build_seed_database(c)
+        demo.write_nightly_dumps(c, d, nights=2, fault="seed-night")
+        yield c, d
+
+
+def test_seed_night_end_to_end(pytester: pytest.Pytester, seed_night: tuple[ThrowawayCluster, Path]) -> None:
+    cluster, backups = seed_night
+    newest = max(backups.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)
+    assert newest.stat().st_size < 64 and gzip.decompress(newest.read_bytes()) == b""  # the 20-byte file
+    dump = subprocess.run(["pg_dump", "-d", demo.DBNAME], env={**cluster.env(), "PGUSER": "directus"},
+                          capture_output=True, text=True, check=False)
+    assert dump.returncode != 0 and "permission denied for schema sandbox_tac" in dump.stderr
+    f = demo.write_target_file(pytester.path / "seed.toml", cluster.dsn(demo.DBNAME, demo.DUMP_ROLE), backups)
+    result = run_checks(pytester, f)
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(["*test_dump_role_has_usage_on_every_schema*",
+                                 "dump role USAGE on every schema: FAILED (1 of 3 schemas without USAGE for directus"
+                                 " vs 0 allowed); fix (as workflow_admin or a superuser): "
+                                 "GRANT USAGE ON SCHEMA sandbox_tac TO directus;",
+                                 "  schema sandbox_tac (owner workflow_admin) lacks USAGE"])
+    # Running the named fix makes the real pg_dump succeed again.
+    with psycopg.connect(cluster.dsn(demo.DBNAME), autocommit=True) as conn:
+        conn.execute("GRANT USAGE ON SCHEMA sandbox_tac TO directus")
+    again = subprocess.run(["pg_dump", "-d", demo.DBNAME], env={**cluster.env(), "PGUSER": "directus"},
+                           capture_output=True, check=False)
+    assert again.returncode == 0 and b"sandbox_tac" in again.stdout
+
+
+def test_role_attribute_faults_name_the_alter_role(grant_cluster: ThrowawayCluster, tmp_path: Path) -> None:
+    with psycopg.connect(grant_cluster.dsn(), autocommit=True) as conn:
+        conn.execute('CREATE ROLE "Backup Bot" NOLOGIN; CREATE ROLE gr_expired LOGIN VALID UNTIL \'2000-01-01\'')
+    db = make_db(grant_cluster, "gr_roles")
+    bot = grants.audit(load_target(target_file(tmp_path, grant_cluster.dsn(db), "Backup Bot")))
+    assert bot.role.fixes == ('ALTER ROLE "Backup Bot" LOGIN;',)
+    expired = grants.audit(load_target(target_file(tmp_path, grant_cluster.dsn(db), "gr_expired")))
+    assert expired.role.fixes == ("ALTER ROLE gr_expired VALID UNTIL 'infinity';",)
+
+
+def test_unreachable_database_is_one_line_per_check(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    f = target_file(tmp_path, "host=127.0.0.1 port=1 dbname=directus user=directus connect_timeout=2")
+    result = run_checks(pytester, f)
+    result.assert_outcomes(errors=6)
+    out = result.stdout.str()
+    assert "database 127.0.0.1:1/directus as directus of target 'g' is unreachable" in out
+    assert "Traceback" not in out and "another exception occurred" not in out
+
+
+def test_schema_wide_revoke_gets_one_all_in_schema_fix_that_works(grant_cluster: ThrowawayCluster,
+                                                                   tmp_path: Path) -> None:
+    db = make_db(grant_cluster, "gr_all_revoked", f"REVOKE SELECT ON ALL TABLES IN SCHEMA {P} FROM gr_dump;"
+                                                  f" REVOKE ALL ON ALL SEQUENCES IN SCHEMA {P} FROM gr_dump")
+    t = load_target(target_file(tmp_path, grant_cluster.dsn(db, "gr_dump")))
+    audit = grants.audit(t)
+    assert audit.relations.fixes == (f"GRANT SELECT ON ALL TABLES IN SCHEMA {P} TO gr_dump;",)  # type: ignore[union-attr]
+    assert {m.kind for m in audit.relations.missing} == set(grants.RELKINDS.values())  # type: ignore[union-attr]
+    assert audit.sequences.fixes == (  # type: ignore[union-attr]
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {P} TO gr_dump;",)
+    with psycopg.connect(grant_cluster.dsn(db), autocommit=True) as conn:
+        for stmt in audit.relations.fixes + audit.sequences.fixes:  # type: ignore[union-attr]
+            conn.execute(stmt)
+    assert grants_all_ok(grants.audit(t))
+
+
+@pytest.mark.parametrize("cover", [
+    # Global default privileges (no IN SCHEMA) cover every schema of that owner.
+    "ALTER DEFAULT PRIVILEGES FOR ROLE gr_other GRANT SELECT ON TABLES TO gr_dump;"
+    " ALTER DEFAULT PRIVILEGES FOR ROLE gr_other GRANT USAGE, SELECT ON SEQUENCES TO gr_dump",
+    # Granted to a group role the dump role inherits from.
+    "GRANT gr_readers TO gr_dump;"
+    " ALTER DEFAULT PRIVILEGES FOR ROLE gr_other IN SCHEMA ops GRANT SELECT ON TABLES TO gr_readers;"
+    " ALTER DEFAULT PRIVILEGES FOR ROLE gr_other IN SCHEMA ops GRANT USAGE, SELECT ON SEQUENCES TO gr_readers",
+], ids=["global", "via-group-role"])
+def test_default_privileges_count_global_and_inherited_grants(grant_cluster: ThrowawayCluster, tmp_path: Path,
+                                                             cover: str) -> None:
+    with psycopg.connect(grant_cluster.dsn(), autocommit=True) as conn:
+        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gr_readers') THEN "
+                     "CREATE ROLE gr_readers; END IF; END $$")
+    sql, _, _ = FAULTS["other-owner-without-default-privileges"]
+    db = make_db(grant_cluster, "gr_covered", f"{sql}; {cover}")
+    audit = grants.audit(load_target(target_file(tmp_path, grant_cluster.dsn(db, "gr_dump"))))
+    assert audit.default_privileges.audited == 4 and audit.default_privileges.ok  # type: ignore[union-attr]
+    with psycopg.connect(grant_cluster.dsn(db), autocommit=True) as conn:
+        conn.execute("REVOKE gr_readers FROM gr_dump")  # roles are cluster-wide: leave none behind
