@@ -4,7 +4,6 @@ for machines, and the per-concern table that opens the HTML report (failing chec
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ class CheckResult:
     message: str
     evidence: list[tuple[str, str]]
     seconds: float
+    label: str = ""  # the check as a phrase: "payload follows its recent trend [registry lock coverage]"
 
 
 @dataclass
@@ -56,7 +56,7 @@ class RunSummary:
         self.results[rep.nodeid] = CheckResult(
             nodeid=rep.nodeid, name=getattr(item, "originalname", item.name), target=getattr(target, "name", ""),
             concern=concern, outcome=outcome, message=one_line(rep), evidence=evidence,
-            seconds=round(rep.duration, 3))
+            seconds=round(rep.duration, 3), label=label(item, getattr(target, "name", "")))
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(RANK, 0)
@@ -90,29 +90,21 @@ class RunSummary:
     def ordered(self) -> list[CheckResult]:
         return sorted(self.results.values(), key=lambda r: (RANK[r.outcome], r.target, r.concern, r.nodeid))
 
-    def html(self) -> str:
-        """Per concern: status, the one-line cause, the evidence; failing concerns first."""
-        by_concern: dict[tuple[str, str], list[CheckResult]] = {}
-        for r in self.results.values():
-            by_concern.setdefault((r.target, r.concern), []).append(r)
-        rows = []
-        for (target, concern), rs in sorted(by_concern.items(),
-                                            key=lambda kv: (min(RANK[r.outcome] for r in kv[1]), kv[0])):
-            worst = min(rs, key=lambda r: RANK[r.outcome])
-            bad = [r for r in rs if r.outcome in ("failed", "error")]
-            status = "FAILED" if bad else ("SKIPPED" if worst.outcome == "skipped" else "OK")
-            cause = "<br>".join(f"<b>{html.escape(r.name)}</b>: <code class='pgbv-fix'>"
-                                f"{html.escape(r.message)}</code>" for r in bad) or f"{len(rs)} check(s) passed"
-            ev = "; ".join(f"{k}: {v}" for r in rs for k, v in r.evidence[:3])
-            color = {"FAILED": "#c62828", "OK": "#2e7d32"}.get(status, "#777")
-            rows.append(f"<tr><td>{html.escape(target or '-')}</td><td>{concern}</td>"
-                        f"<td style='color:{color};font-weight:bold'>{status}</td><td>{cause}</td>"
-                        f"<td><small>{html.escape(ev)}</small></td></tr>")
-        note = "".join(f"<p class='pgbv-note'><b>{html.escape(n)}</b></p>" for n in self.notes)
-        return (f"<h2 id='pgbv-summary'>Backup health: {self.status()}</h2>{note}"
-                "<table id='pgbv-concerns' border='1' style='border-collapse:collapse'>"
-                "<tr><th>target</th><th>concern</th><th>status</th><th>cause / fix</th><th>evidence</th></tr>"
-                f"{''.join(rows)}</table>")
+    def html(self, extra: str = "", targets: list[str] | None = None) -> str:
+        """Per target and concern: status, the one-line cause, the evidence; failing concerns first."""
+        from pgbackup_verify.htmlreport import render
+
+        return render(self, CONCERNS, targets, extra)
+
+
+def label(item: pytest.Item, target: str) -> str:
+    """`test_dump_role_has_usage[demo]` -> `dump role has usage`; other parameters stay in brackets."""
+    base = getattr(item, "originalname", item.name).removeprefix("test_").replace("_", " ")
+    callspec = getattr(item, "callspec", None)
+    ident = callspec.id if callspec else ""
+    if target and ident.startswith(target):
+        ident = ident[len(target):].lstrip("-")
+    return f"{base} [{ident}]" if ident else base
 
 
 def one_line(rep: pytest.TestReport) -> str:
