@@ -30,6 +30,7 @@ class Series:
     fmt: Callable[[float], str]
     limit: float | None = None  # drawn as a dashed line (the restore budget)
     limit_label: str = ""
+    zero: bool = False  # start the axis at 0 (times: a 2 s wobble must not look like a crisis)
 
 
 def _date(t: float) -> str:
@@ -40,12 +41,12 @@ def svg(s: Series) -> str:
     """One line chart; failed runs are red points, each point has a tooltip."""
     ts = [p[0] for p in s.points]
     vs = [p[1] for p in s.points]
-    lo, hi = min(vs), max(vs)
+    lo, hi = (0.0 if s.zero else min(vs)), max(vs)
     show_limit = s.limit is not None and s.limit <= 2 * hi
     if show_limit:
         lo, hi = min(lo, s.limit), max(hi, s.limit)  # type: ignore[type-var]
     pad = (hi - lo) * 0.1 or max(abs(hi) * 0.05, 1.0)
-    lo, hi = max(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad
+    lo, hi = (lo if s.zero else max(lo - pad, 0.0)), hi + pad
     t0, t1 = min(ts), max(ts)
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
 
@@ -101,9 +102,9 @@ def trends_html(history: History, targets: list[str], budgets: dict[str, float],
         if drill:
             budget = budgets.get(name)
             label = f"budget {budget:g} s" if budget is not None else ""
-            figures.append(_figure(Series("restore drill time", drill, lambda v: f"{v:.1f} s", budget, label),
-                                   f"latest {drill[-1][1]:.1f} s over {len(drill)} runs"
-                                   + (f" (budget {budget:g} s)" if budget is not None else "")))
+            series = Series("restore drill time", drill, lambda v: f"{v:.1f} s", budget, label, zero=True)
+            figures.append(_figure(series, f"latest {drill[-1][1]:.1f} s over {len(drill)} runs"
+                                   + _budget_note(budget, max(v for _, v, _ in drill))))
         if figures:
             rows.append(f"<h3>Trends: {html.escape(name)}</h3><div class='pgbv-charts'>{''.join(figures)}</div>")
         else:
@@ -112,3 +113,9 @@ def trends_html(history: History, targets: list[str], budgets: dict[str, float],
                         f"figures recorded yet ({n} earlier run(s) in history.jsonl); they appear once the "
                         "dump and drill checks have measured them</p>")
     return f"<div id='pgbv-trends'><style>{STYLE}</style>{''.join(rows)}</div>"
+
+
+def _budget_note(budget: float | None, highest: float) -> str:
+    if budget is None:
+        return ""
+    return f" (budget {budget:g} s" + (", off the scale)" if budget > 2 * highest else ")")
