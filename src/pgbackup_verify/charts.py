@@ -20,6 +20,10 @@ STYLE = """
 #pgbv-trends figure{margin:0;border:1px solid #ddd;border-radius:3px;padding:6px;background:#fff}
 #pgbv-trends figcaption{font-size:13px;color:#222;margin:0 0 4px}
 #pgbv-trends svg text{font-family:Helvetica,Arial,sans-serif;font-size:11px;fill:#444}
+#pgbv-trends table.pgbv-runs{border-collapse:collapse;font-size:12px;margin:4px 0 12px}
+#pgbv-trends table.pgbv-runs th,#pgbv-trends table.pgbv-runs td{border:1px solid #ddd;padding:2px 8px;
+  text-align:left;color:#222}
+#pgbv-trends table.pgbv-runs td.pgbv-FAILED{color:#c62828;font-weight:bold}
 """
 
 
@@ -106,12 +110,13 @@ def trends_html(history: History, targets: list[str], budgets: dict[str, float],
             figures.append(_figure(series, f"latest {drill[-1][1]:.1f} s over {len(drill)} runs"
                                    + _budget_note(budget, max(v for _, v, _ in drill))))
         if figures:
-            rows.append(f"<h3>Trends: {html.escape(name)}</h3><div class='pgbv-charts'>{''.join(figures)}</div>")
+            rows.append(f"<h3>Trends: {html.escape(name)}</h3><div class='pgbv-charts'>{''.join(figures)}</div>"
+                        + recent_runs(history, name))
         else:
             n = len(history.for_target(name))
             rows.append(f"<h3>Trends: {html.escape(name)}</h3><p class='pgbv-unchecked'>no payload or drill "
-                        f"figures recorded yet ({n} earlier run(s) in history.jsonl); they appear once the "
-                        "dump and drill checks have measured them</p>")
+                        f"figures recorded yet ({n} run(s) in history.jsonl); they appear once the "
+                        "dump and drill checks have measured them</p>" + recent_runs(history, name))
     return f"<div id='pgbv-trends'><style>{STYLE}</style>{''.join(rows)}</div>"
 
 
@@ -119,3 +124,24 @@ def _budget_note(budget: float | None, highest: float) -> str:
     if budget is None:
         return ""
     return f" (budget {budget:g} s" + (", off the scale)" if budget > 2 * highest else ")")
+
+
+def recent_runs(history: History, name: str, last: int = 10) -> str:
+    """The last runs of a target, newest first: when it turned red, and which checks did."""
+    recs = history.for_target(name)[-last:][::-1]
+    if not recs:
+        return ""
+    rows = []
+    for r in recs:
+        f = r.facts
+        payload = human_bytes(f["payload_bytes"]) if "payload_bytes" in f else "-"
+        drill = f"{f['drill_seconds']:.1f} s" if "drill_seconds" in f else "-"
+        age = f"{f['dump_age_hours']:.1f} h" if "dump_age_hours" in f else "-"
+        tables = f"{f['tables_restored']:.0f}" if "tables_restored" in f else "-"
+        counts = ", ".join(f"{v} {k}" for k, v in r.outcomes.items() if v)
+        rows.append(f"<tr><td>{_date(r.time)}</td><td class='pgbv-{html.escape(r.status)}'>{html.escape(r.status)}"
+                    f"</td><td>{html.escape(counts)}</td><td>{payload}</td><td>{age}</td><td>{drill}</td>"
+                    f"<td>{tables}</td><td>{html.escape(', '.join(r.not_passed))}</td></tr>")
+    return ("<table class='pgbv-runs'><tr><th>run</th><th>status</th><th>checks</th><th>payload</th>"
+            "<th>dump age</th><th>drill</th><th>tables restored</th><th>not passed</th></tr>"
+            f"{''.join(rows)}</table>")
