@@ -66,7 +66,7 @@ def failing_report(pytester: pytest.Pytester, tmp_path: Path, lockless_dsn: str)
     now = time.time()
     history.append(pytester.path / "reports" / "history.jsonl", [
         RunRecord(time=now - (8 - i) * 86400, target="vps-directus", status="OK", outcomes={"passed": 3},
-                  not_passed=[], facts={"payload_bytes": 40 * MIB + i * 450_000, "drill_seconds": 28.0 + i % 3})
+                  failed=[], facts={"payload_bytes": 40 * MIB + i * 450_000, "drill_seconds": 28.0 + i % 3})
         for i in range(8)])
     pytester.makepyfile(facts_plugin="""
 import pytest

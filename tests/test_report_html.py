@@ -70,7 +70,7 @@ def test_charts_from_history_with_one_run_and_with_none(tmp_path: Path) -> None:
     assert "no payload or drill figures recorded yet (0 run(s)" in charts.trends_html(
         history.read(path), ["t"], {"t": 60.0}, 30)
     history.append(path, [RunRecord(time=1.7e9, target="t", status="FAILED", outcomes={"failed": 1},
-                                    not_passed=["payload follows its recent trend"],
+                                    failed=["payload follows its recent trend"],
                                     facts={"payload_bytes": 5_000_000, "drill_seconds": 80.0})])
     html = charts.trends_html(history.read(path), ["t"], {"t": 60.0}, 30)
     assert html.count("<svg") == 2 and html.count("<circle") == 2 and "<polyline" not in html
@@ -81,7 +81,7 @@ def test_charts_from_history_with_one_run_and_with_none(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("runs", [3, 30])
 def test_charts_draw_the_retention_window_only(runs: int) -> None:
-    recs = [RunRecord(time=1.7e9 + i * 86400, target="t", status="OK", outcomes={"passed": 1}, not_passed=[],
+    recs = [RunRecord(time=1.7e9 + i * 86400, target="t", status="OK", outcomes={"passed": 1}, failed=[],
                       facts={"payload_bytes": 1e6 + i}) for i in range(10)]
     html = charts.trends_html(History(recs), ["t"], {}, runs)
     assert html.count("<circle") == min(runs, 10)

@@ -40,7 +40,7 @@ def earlier_runs(pytester: pytest.Pytester, payloads: list[float], drills: list[
     now = time.time()
     drills = drills or [30.0] * len(payloads)
     history.append(path, [RunRecord(time=now - (len(payloads) - i) * 86400, target=target, status="OK",
-                                    outcomes={"passed": 2}, not_passed=[],
+                                    outcomes={"passed": 2}, failed=[],
                                     facts={"payload_bytes": p, "drill_seconds": d})
                           for i, (p, d) in enumerate(zip(payloads, drills, strict=True))])
     return path
@@ -142,7 +142,7 @@ def test_bad_trends_value_is_one_line_naming_the_key(pytester: pytest.Pytester, 
 def test_history_is_bounded_per_target_and_survives_a_torn_line(tmp_path: Path) -> None:
     path = tmp_path / "history.jsonl"
     for i in range(6):
-        history.append(path, [RunRecord(time=1000.0 + i, target=name, status="OK", outcomes={}, not_passed=[],
+        history.append(path, [RunRecord(time=1000.0 + i, target=name, status="OK", outcomes={}, failed=[],
                                         facts={"payload_bytes": i}) for name in ("a", "b")], max_per_target=4)
     with path.open("a") as f:
         f.write('{"time": 2000, "target": "a", "fac')  # a run killed mid-write
@@ -150,6 +150,6 @@ def test_history_is_bounded_per_target_and_survives_a_torn_line(tmp_path: Path) 
     assert h.unreadable == 1
     assert [r.facts["payload_bytes"] for r in h.for_target("a")] == [2, 3, 4, 5]
     assert [r.facts["payload_bytes"] for r in h.for_target("b")] == [2, 3, 4, 5]
-    history.append(path, [RunRecord(time=3000.0, target="a", status="OK", outcomes={}, not_passed=[])],
+    history.append(path, [RunRecord(time=3000.0, target="a", status="OK", outcomes={}, failed=[])],
                    max_per_target=4)
     assert len(history.read(path).for_target("a")) == 4

@@ -22,7 +22,8 @@ STYLE = """
 #pgbv-trends svg text{font-family:Helvetica,Arial,sans-serif;font-size:11px;fill:#444}
 #pgbv-trends table.pgbv-runs{border-collapse:collapse;font-size:12px;margin:4px 0 12px}
 #pgbv-trends table.pgbv-runs th,#pgbv-trends table.pgbv-runs td{border:1px solid #ddd;padding:2px 8px;
-  text-align:left;color:#222}
+  text-align:left;color:#222;vertical-align:top}
+#pgbv-trends table.pgbv-runs td:first-child{white-space:nowrap}
 #pgbv-trends table.pgbv-runs td.pgbv-FAILED{color:#c62828;font-weight:bold}
 """
 
@@ -141,7 +142,7 @@ def recent_runs(history: History, name: str, last: int = 10) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in r.outcomes.items() if v)
         rows.append(f"<tr><td>{_date(r.time)}</td><td class='pgbv-{html.escape(r.status)}'>{html.escape(r.status)}"
                     f"</td><td>{html.escape(counts)}</td><td>{payload}</td><td>{age}</td><td>{drill}</td>"
-                    f"<td>{tables}</td><td>{html.escape(', '.join(r.not_passed))}</td></tr>")
+                    f"<td>{tables}</td><td>{html.escape(', '.join(r.failed))}</td></tr>")
     return ("<table class='pgbv-runs'><tr><th>run</th><th>status</th><th>checks</th><th>payload</th>"
-            "<th>dump age</th><th>drill</th><th>tables restored</th><th>not passed</th></tr>"
+            "<th>dump age</th><th>drill</th><th>tables restored</th><th>failed checks</th></tr>"
             f"{''.join(rows)}</table>")

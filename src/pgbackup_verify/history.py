@@ -38,14 +38,14 @@ class RunRecord:
     target: str
     status: str  # OK or FAILED (this target's checks only)
     outcomes: dict[str, int]  # passed/failed/error/skipped counts
-    not_passed: list[str]  # labels of the checks that failed, errored or skipped
+    failed: list[str]  # labels of the checks that failed or errored (skips are only counted)
     facts: dict[str, float] = field(default_factory=dict)
 
     def to_line(self) -> str:
         doc = {"time": round(self.time, 3),
                "when": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.time)),
                "target": self.target, "status": self.status, "outcomes": self.outcomes,
-               "not_passed": self.not_passed, "facts": self.facts}
+               "failed": self.failed, "facts": self.facts}
         return json.dumps(doc, separators=(",", ":")) + "\n"
 
     @classmethod
@@ -53,7 +53,7 @@ class RunRecord:
         d = json.loads(line)
         facts = {k: v for k, v in (d.get("facts") or {}).items() if _is_number(v)}
         return cls(time=float(d["time"]), target=str(d["target"]), status=str(d.get("status", "")),
-                   outcomes=dict(d.get("outcomes") or {}), not_passed=list(d.get("not_passed") or []), facts=facts)
+                   outcomes=dict(d.get("outcomes") or {}), failed=list(d.get("failed") or []), facts=facts)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ STYLE = """
 #pgbv table.pgbv-ev th{text-align:left;color:#555;font-weight:normal;padding:1px 12px 1px 0;vertical-align:top}
 #pgbv table.pgbv-ev td{padding:1px 0;color:#111;font-family:monospace}
 #pgbv .pgbv-unchecked{color:#555;margin:6px 0}
+#pgbv .pgbv-skip{margin:2px 0 0 12px;color:#333}
 """
 
 # The Clipboard API needs a secure context; a report opened from a file or a mail attachment
@@ -95,6 +96,11 @@ def _check_block(r: CheckResult) -> str:
             f"{_evidence_table(r.evidence)}</div>")
 
 
+def _skip_line(r: CheckResult) -> str:
+    return (f"<div class='pgbv-skip' data-nodeid='{_esc(r.nodeid)}'>skipped <b>{_esc(r.label or r.name)}</b>: "
+            f"{_esc(r.message)}</div>")
+
+
 def _concern_block(target: str, concern: str, desc: str, rs: list[CheckResult]) -> tuple[str, str]:
     bad = [r for r in rs if r.outcome in ("failed", "error")]
     skipped = [r for r in rs if r.outcome == "skipped"]
@@ -108,12 +114,12 @@ def _concern_block(target: str, concern: str, desc: str, rs: list[CheckResult]) 
             f"<span class='pgbv-what'>{_esc(target or '-')} &middot; {_esc(concern)}</span>"
             f"<span class='pgbv-count'>{count}</span><span class='pgbv-desc'>{_esc(desc)}</span></div>")
     if bad:
-        body = "".join(_check_block(r) for r in bad + skipped)
+        body = "".join(_check_block(r) for r in bad) + "".join(_skip_line(r) for r in skipped)
     else:
         # A healthy concern stays one line, like the seed's "latest success OK size=64M".
         ev = "; ".join(f"{k}={v}" for r in rs if r.outcome == "passed" for k, v in r.evidence[:2])[:400]
         body = f"<div class='pgbv-ev-line'>{_esc(ev)}</div>" if ev else ""
-        body += "".join(_check_block(r) for r in skipped)
+        body += "".join(_skip_line(r) for r in skipped)
     return status, (f"<div class='pgbv-concern pgbv-{status}' data-target='{_esc(target)}' "
                     f"data-concern='{_esc(concern)}'>{head}{body}</div>")
 

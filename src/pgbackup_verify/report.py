@@ -91,7 +91,7 @@ def history_records(run: RunSummary, facts: dict[str, dict[str, object]], target
             outcomes[r.outcome] += 1
         records.append(RunRecord(
             time=run.started, target=name, status="FAILED" if outcomes["failed"] or outcomes["error"] else "OK",
-            outcomes=outcomes, not_passed=[r.label or r.name for r in results if r.outcome != "passed"],
+            outcomes=outcomes, failed=[r.label or r.name for r in results if r.outcome in ("failed", "error")],
             facts=figures))
     return records
 
