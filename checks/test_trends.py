@@ -44,6 +44,8 @@ def test_payload_follows_its_recent_trend(target: Target, run_facts: dict[str, o
     if p.payload is None:
         _not_measured("payload_bytes", "dump")
     evidence("payload", f"{human_bytes(p.payload)} ({p.payload:.0f} bytes)")
+    if run_history.error:
+        evidence("history", f"{run_history.error}: judged as if there were none")
     if run_history.unreadable:
         evidence("history", f"{run_history.unreadable} unreadable line(s) in history.jsonl skipped")
     if p.median is None:

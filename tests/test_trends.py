@@ -153,3 +153,17 @@ def test_history_is_bounded_per_target_and_survives_a_torn_line(tmp_path: Path) 
     history.append(path, [RunRecord(time=3000.0, target="a", status="OK", outcomes={}, failed=[])],
                    max_per_target=4)
     assert len(history.read(path).for_target("a")) == 4
+
+
+def test_unwritable_history_is_a_note_not_a_traceback(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    (pytester.path / "reports" / "history.jsonl").mkdir(parents=True)  # root ignores modes; a dir cannot be opened
+    facts_plugin(pytester, payload_bytes=40 * MIB, drill_seconds=12.5)
+    result = run(pytester, tmp_path)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["pgbackup-verify: run history not written to reports/history.jsonl (Is a directory);"
+                                 " fix the reports directory",
+                                 "pgbackup-verify: OK targets=t *"])
+    ev = dict(checks_json(pytester)["test_payload_follows_its_recent_trend"]["evidence"])
+    assert ev["history"] == "reports/history.jsonl cannot be read (Is a directory): judged as if there were none"
+    assert "run history not written" in (pytester.path / "reports" / "latest.html").read_text()
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()

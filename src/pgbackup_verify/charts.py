@@ -118,7 +118,8 @@ def trends_html(history: History, targets: list[str], budgets: dict[str, float],
             rows.append(f"<h3>Trends: {html.escape(name)}</h3><p class='pgbv-unchecked'>no payload or drill "
                         f"figures recorded yet ({n} run(s) in history.jsonl); they appear once the "
                         "dump and drill checks have measured them</p>" + recent_runs(history, name))
-    return f"<div id='pgbv-trends'><style>{STYLE}</style>{''.join(rows)}</div>"
+    err = f"<p class='pgbv-note'>run history: {html.escape(history.error)}</p>" if history.error else ""
+    return f"<div id='pgbv-trends'><style>{STYLE}</style>{err}{''.join(rows)}</div>"
 
 
 def _budget_note(budget: float | None, highest: float) -> str:

@@ -60,6 +60,7 @@ class RunRecord:
 class History:
     records: list[RunRecord]  # oldest first
     unreadable: int = 0  # lines that did not parse (a crash mid-write, a hand edit)
+    error: str | None = None  # the file itself could not be read
 
     def for_target(self, name: str) -> list[RunRecord]:
         return [r for r in self.records if r.target == name]
@@ -93,6 +94,8 @@ def read(path: Path) -> History:
                     bad += 1
     except FileNotFoundError:
         pass
+    except OSError as e:
+        return History([], 0, f"{path} cannot be read ({e.strerror})")
     records.sort(key=lambda r: r.time)
     return History(records, bad)
 

@@ -155,8 +155,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     path = config.stash.get(HISTORY_PATH_KEY, None)
     settings = config.stash.get(SETTINGS_KEY, None)
     if path is not None and settings is not None and not hasattr(config, "workerinput"):
-        history.append(path, report.history_records(config.stash[SUMMARY_KEY], config.stash.get(RUN_FACTS_KEY, {}),
-                                                    [t.name for t in settings.targets]))
+        run = config.stash[SUMMARY_KEY]
+        try:
+            history.append(path, report.history_records(run, config.stash.get(RUN_FACTS_KEY, {}),
+                                                        [t.name for t in settings.targets]))
+        except OSError as e:
+            # The checks' verdict stands; losing one history line must not turn into a traceback.
+            run.notes.append(f"run history not written to {path} ({e.strerror}); fix the reports directory")
     report.add_html_environment(config, config.stash.get(SETTINGS_KEY, None), config.stash.get(RUN_FACTS_KEY, {}))
 
 
@@ -168,6 +173,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     settings = config.stash.get(SETTINGS_KEY, None)
     if run is not None and settings and settings.targets and not hasattr(config, "workerinput"):
         latest = settings.reports_dir / "latest.html" if settings.reports_dir else None
+        for note in run.notes:
+            terminalreporter.write_line(f"pgbackup-verify: {note}")
         terminalreporter.write_line(run.line(str(latest) if latest else None))
 
 
