@@ -7,6 +7,8 @@ the network, and a screenshot is kept as an artifact in reports/.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,8 @@ from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.cluster import ThrowawayCluster
 from pgbackup_verify.history import RunRecord
 
-ARTIFACT = Path(__file__).resolve().parent.parent / "reports" / "browser-test-failing-run.png"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "reports"
+ARTIFACT = ARTIFACTS / "browser-test-failing-run.png"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 MIB = 1024 * 1024
@@ -142,3 +145,23 @@ def test_summary_reads_without_javascript(browser: Browser, failing_report: Path
     assert page.get_by_text(LOCK_CAUSE, exact=True).is_visible()
     assert page.locator("#pgbv-trends svg").first.is_visible()
     context.close()
+
+
+def test_failing_demo_run_report_in_chromium(browser: Browser, tmp_path: Path) -> None:
+    """The issue's scenario end to end: `pgbackup-verify demo --fault registry-lock`, then its report."""
+    reports = tmp_path / "reports"
+    cli = Path(sys.executable).with_name("pgbackup-verify")
+    done = subprocess.run([str(cli), "demo", "--fault", "registry-lock", "--reports-dir", str(reports), "-q"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "pgbackup-verify: FAILED targets=demo" in done.stdout
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto((reports / "latest.html").as_uri())
+    assert page.locator("#pgbv-summary").inner_text() == "Backup health: FAILED"
+    first = page.locator("#pgbv-concerns .pgbv-concern").first
+    assert "pgbv-FAILED" in first.get_attribute("class")
+    cause = page.locator(".pgbv-concern[data-concern='sql'] .pgbv-cause")
+    assert cause.is_visible() and cause.inner_text() == LOCK_CAUSE
+    assert page.locator(".pgbv-concern[data-concern='sql'] .pgbv-fix code").inner_text() == LOCK_FIX
+    page.screenshot(path=str(ARTIFACTS / "browser-test-demo-registry-lock.png"))
+    page.close()
