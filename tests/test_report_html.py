@@ -5,13 +5,14 @@ The browser test (test_report_browser.py) shows the same in Chromium; these pin 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 
 import pytest
 
-from pgbackup_verify import charts, history
+from pgbackup_verify import charts, demo, history
 from pgbackup_verify.history import History, RunRecord
 from pgbackup_verify.htmlreport import split_message
 from pgbackup_verify.summary import CONCERNS, CheckResult, RunSummary
@@ -33,10 +34,15 @@ def summary(*results: CheckResult) -> RunSummary:
 def test_message_splits_into_cause_and_fix() -> None:
     assert split_message("dump role usage: FAILED (sandbox_tac vs all schemas); fix: GRANT USAGE ON SCHEMA "
                          "sandbox_tac TO directus;") == (
-        "dump role usage: FAILED (sandbox_tac vs all schemas)", "GRANT USAGE ON SCHEMA sandbox_tac TO directus;")
-    assert split_message("restore drill errors: FAILED (2 error lines vs 0):\n  x\nfix: repair the dump job") == (
-        "restore drill errors: FAILED (2 error lines vs 0):\n  x", "repair the dump job")
-    assert split_message("no fix given") == ("no fix given", "")
+        "dump role usage: FAILED (sandbox_tac vs all schemas)", "GRANT USAGE ON SCHEMA sandbox_tac TO directus;", "")
+    # Multi-line findings: listed objects before or after the fix line stay with the cause.
+    assert split_message("restore drill errors: FAILED (2 error lines vs 0):\n  x\n  y\nfix: repair the dump job") \
+        == ("restore drill errors: FAILED (2 error lines vs 0):\n  x\n  y", "repair the dump job", "")
+    assert split_message("table SELECT: FAILED (2 of 9 tables lack SELECT vs 0 allowed); fix (as workflow_admin or "
+                         "a superuser): GRANT SELECT ON a, b TO directus;\n  sandbox_tac.a\n  sandbox_tac.b") == (
+        "table SELECT: FAILED (2 of 9 tables lack SELECT vs 0 allowed)\n  sandbox_tac.a\n  sandbox_tac.b",
+        "GRANT SELECT ON a, b TO directus;", "as workflow_admin or a superuser")
+    assert split_message("no fix given") == ("no fix given", "", "")
 
 
 def test_failing_concerns_first_healthy_ones_one_line_and_unchecked_named() -> None:
@@ -54,6 +60,17 @@ def test_failing_concerns_first_healthy_ones_one_line_and_unchecked_named() -> N
     assert "no [kuma] section in the target file" in html
     assert "not checked in this run: drill, host, offsite, sql" in html
     assert "Backup health: FAILED" in html and "http" not in html.replace("http://www.w3.org", "")
+
+
+def test_multi_line_finding_keeps_its_fix_and_listed_objects() -> None:
+    detail = ("table SELECT: FAILED (2 of 9 tables vs 0 allowed); fix (as workflow_admin): GRANT SELECT ON "
+              "sandbox_tac.a, sandbox_tac.b TO directus;\n  sandbox_tac.a\n  sandbox_tac.b")
+    r = result("test_dump_role_can_read_every_table", "grants", "failed", detail.splitlines()[0])
+    r.detail = detail
+    html = summary(r).html()
+    assert "<code>GRANT SELECT ON sandbox_tac.a, sandbox_tac.b TO directus;</code>" in html
+    assert "fix, as workflow_admin:" in html
+    assert "(2 of 9 tables vs 0 allowed)\n  sandbox_tac.a\n  sandbox_tac.b</div>" in html
 
 
 def test_names_from_the_database_are_escaped() -> None:
@@ -89,3 +106,31 @@ def test_charts_draw_the_retention_window_only(runs: int) -> None:
 
 def test_every_concern_has_a_description() -> None:
     assert set(CONCERNS) == {"grants", "dumps", "drill", "kuma", "host", "offsite", "sql"}
+
+
+def test_any_check_module_plugs_into_the_summary(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """A check of another concern (here a stand-in grants check) needs nothing but its marker."""
+    pytester.makepyfile(test_standin="""
+import pytest
+
+pytestmark = pytest.mark.grants
+
+def test_dump_role_can_read_every_table(target, evidence):
+    evidence("tables audited", 9)
+    pytest.fail("table SELECT: FAILED (2 of 9 tables vs 0 allowed); fix (as workflow_admin): GRANT SELECT ON "
+                "sandbox_tac.a, sandbox_tac.b TO directus;\\n  sandbox_tac.a\\n  sandbox_tac.b", pytrace=False)
+""")
+    (tmp_path / "b").mkdir()
+    t = demo.write_target_file(tmp_path / "t.toml", "host=127.0.0.1 port=1 dbname=x user=y", tmp_path / "b",
+                               name="t")
+    result = pytester.runpytest_subprocess("--target", str(t), "-p", "no:cacheprovider", "--json", "out.json",
+                                           "test_standin.py")
+    result.assert_outcomes(failed=1)
+    check = json.loads((pytester.path / "out.json").read_text())["checks"][0]
+    assert check["concern"] == "grants" and check["label"] == "dump role can read every table"
+    assert check["message"] == ("table SELECT: FAILED (2 of 9 tables vs 0 allowed); fix (as workflow_admin): "
+                                "GRANT SELECT ON sandbox_tac.a, sandbox_tac.b TO directus;")
+    assert check["detail"].endswith("\n  sandbox_tac.a\n  sandbox_tac.b")
+    html = (pytester.path / "reports" / "latest.html").read_text()
+    assert "<code>GRANT SELECT ON sandbox_tac.a, sandbox_tac.b TO directus;</code>" in html
+    assert "data-concern='grants'" in html and "tables audited" in html

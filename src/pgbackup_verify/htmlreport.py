@@ -7,6 +7,7 @@ few lines of inline JS (the copy button, and lifting the summary above pytest-ht
 from __future__ import annotations
 
 import html
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,8 @@ STYLE = """
 #pgbv .pgbv-ev-line{color:#333;font-size:13px}
 #pgbv .pgbv-check{margin:8px 0 4px 12px}
 #pgbv .pgbv-name{font-weight:bold}
-#pgbv .pgbv-cause{margin:2px 0}
+#pgbv .pgbv-cause{margin:2px 0;white-space:pre-wrap}
+#pgbv .pgbv-who{color:#333;font-size:13px;margin-top:4px}
 #pgbv .pgbv-fix{display:flex;gap:6px;align-items:flex-start;margin:4px 0}
 #pgbv .pgbv-fix code{display:block;flex:1;white-space:pre-wrap;word-break:break-word;background:#f4f4f4;
   border:1px solid #ccc;border-radius:3px;padding:5px 8px;font-size:13px;color:#000}
@@ -66,12 +68,20 @@ SCRIPT = """
 """
 
 
-def split_message(message: str) -> tuple[str, str]:
-    """`<name>: FAILED (<measured> vs <limit>); fix: <statement>` -> (cause, fix statement)."""
-    cause, sep, fix = message.partition("; fix: ")
-    if not sep:
-        cause, sep, fix = message.partition("\nfix: ")
-    return cause.strip(), fix.strip()
+FIX = re.compile(r"(?:;|\n)[ \t]*fix(?: \(([^)\n]*)\))?: ")
+
+
+def split_message(message: str) -> tuple[str, str, str]:
+    """`<name>: FAILED (<measured> vs <limit>); fix (as <who>): <statement>` -> (cause, statement, who).
+
+    The statement is the rest of the fix line; lines after it (listed objects) belong to the cause.
+    """
+    m = FIX.search(message)
+    if m is None:
+        return message.strip(), "", ""
+    fix, _, after = message[m.end():].partition("\n")
+    cause = message[:m.start()].rstrip() + ("\n" + after.rstrip() if after.strip() else "")
+    return cause.strip(), fix.strip(), (m.group(1) or "").strip()
 
 
 def _esc(s: object) -> str:
@@ -86,8 +96,9 @@ def _evidence_table(items: list[tuple[str, str]]) -> str:
 
 
 def _check_block(r: CheckResult) -> str:
-    cause, fix = split_message(r.message)
-    fix_html = (f"<div class='pgbv-fix'><code>{_esc(fix)}</code>"
+    cause, fix, who = split_message(r.detail or r.message)
+    who_html = f"<div class='pgbv-who'>fix, as {_esc(who.removeprefix('as '))}:</div>" if who else ""
+    fix_html = (f"{who_html}<div class='pgbv-fix'><code>{_esc(fix)}</code>"
                 "<button type='button' class='pgbv-copy' title='copy the fix statement'>copy</button></div>"
                 if fix else "")
     return (f"<div class='pgbv-check pgbv-{r.outcome}' data-nodeid='{_esc(r.nodeid)}'>"

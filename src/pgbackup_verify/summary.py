@@ -35,6 +35,7 @@ class CheckResult:
     evidence: list[tuple[str, str]]
     seconds: float
     label: str = ""  # the check as a phrase: "payload follows its recent trend [registry lock coverage]"
+    detail: str = ""  # the whole finding when it spans lines (cause, listed objects, fix)
 
 
 @dataclass
@@ -56,7 +57,8 @@ class RunSummary:
         self.results[rep.nodeid] = CheckResult(
             nodeid=rep.nodeid, name=getattr(item, "originalname", item.name), target=getattr(target, "name", ""),
             concern=concern, outcome=outcome, message=one_line(rep), evidence=evidence,
-            seconds=round(rep.duration, 3), label=label(item, getattr(target, "name", "")))
+            seconds=round(rep.duration, 3), label=label(item, getattr(target, "name", "")),
+            detail=failure_text(rep))
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(RANK, 0)
@@ -107,17 +109,25 @@ def label(item: pytest.Item, target: str) -> str:
     return f"{base} [{ident}]" if ident else base
 
 
-def one_line(rep: pytest.TestReport) -> str:
+def failure_text(rep: pytest.TestReport, max_lines: int = 40) -> str:
+    """The whole finding of a failed or skipped check (a multi-line one keeps its `fix:` line)."""
     if rep.passed:
         return ""
     if rep.skipped and isinstance(rep.longrepr, tuple):
         return str(rep.longrepr[2]).removeprefix("Skipped: ")
     crash = getattr(rep.longrepr, "reprcrash", None)
-    text = crash.message if crash is not None else str(rep.longrepr)
-    first = text.strip().splitlines()[0] if text.strip() else rep.outcome
+    text = (crash.message if crash is not None else str(rep.longrepr)).strip()
     for prefix in ("AssertionError: ", "Failed: ", "assert "):
-        first = first.removeprefix(prefix)
-    return first
+        text = text.removeprefix(prefix)
+    text = text.split("\nassert ")[0]  # the assertion's introspection is not part of the finding
+    lines = text.splitlines()
+    if len(lines) > max_lines:
+        lines = [*lines[:max_lines], f"... {len(lines) - max_lines} more lines in the results table below"]
+    return "\n".join(lines) or rep.outcome
+
+
+def one_line(rep: pytest.TestReport) -> str:
+    return failure_text(rep).splitlines()[0] if not rep.passed else ""
 
 
 def write_json(summary: RunSummary, path: str | Path) -> None:
