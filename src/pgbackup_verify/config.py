@@ -81,6 +81,14 @@ SQL_EXPECT = ("no_rows", "true")
 
 
 @dataclass(frozen=True)
+class TrendsSection:
+    restore_budget_seconds: float = _key("the restore drill must finish within this many seconds", default=3600.0)
+    payload_window: int = _key("earlier runs whose median payload is the trend", default=7)
+    payload_factor: float = _key("the payload may be at most this factor above or below the trend", default=1.5)
+    min_history: int = _key("earlier runs with a payload needed before the trend is judged", default=3)
+
+
+@dataclass(frozen=True)
 class Target:
     """One backed-up database host, as the checks see it."""
 
@@ -89,6 +97,7 @@ class Target:
     database: DatabaseSection
     backups: BackupsSection
     sql_check: tuple[SqlCheck, ...] = ()
+    trends: TrendsSection | None = None  # optional section; absent = the defaults
 
     @property
     def name(self) -> str:
@@ -109,6 +118,7 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "target": (TargetSection, False),
     "database": (DatabaseSection, True),
     "backups": (BackupsSection, True),
+    "trends": (TrendsSection, False),
 }
 # Arrays of tables ([[name]]): section name -> dataclass of one entry.
 LIST_SECTIONS: dict[str, type] = {"sql_check": SqlCheck}
@@ -199,6 +209,22 @@ def _validate(t: Target) -> None:
     for key in ("max_age_hours", "retention_days", "min_payload_bytes"):
         if getattr(b, key) <= 0:
             raise ConfigError(f"[backups].{key}: must be greater than 0")
+    if t.trends is not None:
+        _validate_trends(t.trends)
+
+
+def _validate_trends(tr: TrendsSection) -> None:
+    if tr.restore_budget_seconds <= 0:
+        raise ConfigError("[trends].restore_budget_seconds: must be greater than 0, e.g. 3600 for one hour")
+    if tr.payload_factor <= 1:
+        raise ConfigError(f"[trends].payload_factor: {tr.payload_factor} must be greater than 1; "
+                          "use e.g. 1.5 to allow +50% / -33% against the trend")
+    for key in ("payload_window", "min_history"):
+        if getattr(tr, key) < 1:
+            raise ConfigError(f"[trends].{key}: must be at least 1")
+    if tr.min_history > tr.payload_window:
+        raise ConfigError(f"[trends].min_history: {tr.min_history} is more than payload_window "
+                          f"{tr.payload_window}; lower it or widen the window")
 
 
 def load_target(path: str | os.PathLike[str]) -> Target:

@@ -9,10 +9,11 @@ from collections.abc import Generator
 import pytest
 
 from pgbackup_verify import fixtures as factories
-from pgbackup_verify import report, runlock
+from pgbackup_verify import history, report, runlock
 from pgbackup_verify.config import ConfigError
 from pgbackup_verify.errors import UserError
 from pgbackup_verify.fixtures.core import RUN_FACTS_KEY
+from pgbackup_verify.history import HISTORY_FILE, HISTORY_PATH_KEY
 from pgbackup_verify.settings import HELP, Settings, lock_path, resolve
 from pgbackup_verify.summary import CONCERNS, RunSummary, SummaryRecorder, routing_properties, write_json
 
@@ -68,6 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.reports_dir and not hasattr(config, "workerinput"):
         json_path = report.plan_reports(config, settings.reports_dir)
     config.stash[JSON_PATH_KEY] = json_path
+    config.stash[HISTORY_PATH_KEY] = settings.reports_dir / HISTORY_FILE if settings.reports_dir else None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -131,8 +133,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str],
                                 session: pytest.Session) -> None:
     run = session.config.stash.get(SUMMARY_KEY, None)
-    if run is not None and run.results:
-        prefix.append(run.html())
+    settings = session.config.stash.get(SETTINGS_KEY, None)
+    if run is not None and run.results and settings is not None:
+        extra = report.trends_section(settings, session.config.stash.get(HISTORY_PATH_KEY, None))
+        prefix.append(run.html(extra, [t.name for t in settings.targets]))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_report_title(report: object) -> None:
+    report.title = "pgbackup-verify report"  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -143,6 +152,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.exitstatus = max(codes)
     if SUMMARY_KEY in config.stash:
         config.stash[SUMMARY_KEY].exit_status = int(session.exitstatus)
+    # Before pytest-html renders (its sessionfinish is trylast): the charts include this run.
+    path = config.stash.get(HISTORY_PATH_KEY, None)
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if path is not None and settings is not None and not hasattr(config, "workerinput"):
+        run = config.stash[SUMMARY_KEY]
+        try:
+            history.append(path, report.history_records(run, config.stash.get(RUN_FACTS_KEY, {}),
+                                                        [t.name for t in settings.targets]))
+        except OSError as e:
+            # The checks' verdict stands; losing one history line must not turn into a traceback.
+            run.notes.append(f"run history not written to {path} ({e.strerror}); fix the reports directory")
     report.add_html_environment(config, config.stash.get(SETTINGS_KEY, None), config.stash.get(RUN_FACTS_KEY, {}))
 
 
@@ -154,6 +174,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     settings = config.stash.get(SETTINGS_KEY, None)
     if run is not None and settings and settings.targets and not hasattr(config, "workerinput"):
         latest = settings.reports_dir / "latest.html" if settings.reports_dir else None
+        for note in run.notes:
+            terminalreporter.write_line(f"pgbackup-verify: {note}")
         terminalreporter.write_line(run.line(str(latest) if latest else None))
 
 
@@ -175,6 +197,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 target = factories.target()
 evidence = factories.evidence()
 run_facts = factories.run_facts()
+run_history = factories.run_history()
 sql_check_results = factories.sql_check_results()
 dump_scan_cache = factories.dump_scan_cache()
 backup_inventory = factories.backup_inventory()

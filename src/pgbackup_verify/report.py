@@ -1,4 +1,5 @@
-"""Where reports go: a timestamped HTML + JUnit pair under reports/, and stable `latest.*` copies."""
+"""Where reports go: a timestamped HTML + JUnit pair under reports/, stable `latest.*` copies, and the
+run history (history.jsonl) the trend charts and checks read."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pgbackup_verify import charts, history, trends
 from pgbackup_verify.evidence import EVIDENCE_KEY
+from pgbackup_verify.history import RunRecord, numeric_facts
+from pgbackup_verify.settings import Settings
+from pgbackup_verify.summary import RANK, RunSummary
 
 
 def plan_reports(config: pytest.Config, reports_dir: Path) -> Path:
@@ -31,7 +36,7 @@ def publish_latest(config: pytest.Config, reports_dir: Path, json_path: Path | N
             shutil.copyfile(path, reports_dir / name)
 
 
-def add_html_environment(config: pytest.Config, settings: object, facts: dict[str, dict[str, str]]) -> None:
+def add_html_environment(config: pytest.Config, settings: object, facts: dict[str, dict[str, object]]) -> None:
     """Header facts (target file, host, dump role, server version) into pytest-html's environment table."""
     if settings is None or not config.pluginmanager.hasplugin("html"):
         return
@@ -71,3 +76,29 @@ def attach_evidence(item: pytest.Item, report: pytest.TestReport) -> None:
         extras = getattr(report, "extras", [])
         extras.append(pytest_html.extras.html(ev.html()))
         report.extras = extras
+
+
+def history_records(run: RunSummary, facts: dict[str, dict[str, object]], targets: list[str]) -> list[RunRecord]:
+    """This run's key figures and outcomes, one record per target that ran a check or measured a figure."""
+    records = []
+    for name in targets:
+        results = [r for r in run.results.values() if r.target == name]
+        figures = numeric_facts(facts.get(name, {}))
+        if not results and not figures:
+            continue
+        outcomes = dict.fromkeys(RANK, 0)
+        for r in results:
+            outcomes[r.outcome] += 1
+        records.append(RunRecord(
+            time=run.started, target=name, status="FAILED" if outcomes["failed"] or outcomes["error"] else "OK",
+            outcomes=outcomes, failed=[r.label or r.name for r in results if r.outcome in ("failed", "error")],
+            facts=figures))
+    return records
+
+
+def trends_section(settings: Settings, history_path: Path | None) -> str:
+    """The charts block of the HTML summary, drawn from the history including this run."""
+    hist = history.read(history_path) if history_path else history.History([])
+    names = [t.name for t in settings.targets]
+    budgets = {t.name: trends.settings_for(t).restore_budget_seconds for t in settings.targets}
+    return charts.trends_html(hist, names, budgets, settings.keep_reports)

@@ -4,7 +4,6 @@ for machines, and the per-concern table that opens the HTML report (failing chec
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,8 @@ class CheckResult:
     message: str
     evidence: list[tuple[str, str]]
     seconds: float
+    label: str = ""  # the check as a phrase: "payload follows its recent trend [registry lock coverage]"
+    detail: str = ""  # the whole finding when it spans lines (cause, listed objects, fix)
 
 
 @dataclass
@@ -65,7 +66,8 @@ class RunSummary:
         self.results[rep.nodeid] = CheckResult(
             nodeid=rep.nodeid, name=rep.nodeid.split("::")[-1].split("[")[0], target=str(props.get("target", "")),
             concern=str(props.get("concern", "other")), outcome=outcome, message=one_line(rep), evidence=evidence,
-            seconds=round(rep.duration, 3))
+            seconds=round(rep.duration, 3), label=label(rep.nodeid, str(props.get("target", ""))),
+            detail=failure_text(rep))
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(RANK, 0)
@@ -99,29 +101,11 @@ class RunSummary:
     def ordered(self) -> list[CheckResult]:
         return sorted(self.results.values(), key=lambda r: (RANK[r.outcome], r.target, r.concern, r.nodeid))
 
-    def html(self) -> str:
-        """Per concern: status, the one-line cause, the evidence; failing concerns first."""
-        by_concern: dict[tuple[str, str], list[CheckResult]] = {}
-        for r in self.results.values():
-            by_concern.setdefault((r.target, r.concern), []).append(r)
-        rows = []
-        for (target, concern), rs in sorted(by_concern.items(),
-                                            key=lambda kv: (min(RANK[r.outcome] for r in kv[1]), kv[0])):
-            worst = min(rs, key=lambda r: RANK[r.outcome])
-            bad = [r for r in rs if r.outcome in ("failed", "error")]
-            status = "FAILED" if bad else ("SKIPPED" if worst.outcome == "skipped" else "OK")
-            cause = "<br>".join(f"<b>{html.escape(r.name)}</b>: <code class='pgbv-fix'>"
-                                f"{html.escape(r.message)}</code>" for r in bad) or f"{len(rs)} check(s) passed"
-            ev = "; ".join(f"{k}: {v}" for r in rs for k, v in r.evidence[:3])
-            color = {"FAILED": "#c62828", "OK": "#2e7d32"}.get(status, "#777")
-            rows.append(f"<tr><td>{html.escape(target or '-')}</td><td>{concern}</td>"
-                        f"<td style='color:{color};font-weight:bold'>{status}</td><td>{cause}</td>"
-                        f"<td><small>{html.escape(ev)}</small></td></tr>")
-        note = "".join(f"<p class='pgbv-note'><b>{html.escape(n)}</b></p>" for n in self.notes)
-        return (f"<h2 id='pgbv-summary'>Backup health: {self.status()}</h2>{note}"
-                "<table id='pgbv-concerns' border='1' style='border-collapse:collapse'>"
-                "<tr><th>target</th><th>concern</th><th>status</th><th>cause / fix</th><th>evidence</th></tr>"
-                f"{''.join(rows)}</table>")
+    def html(self, extra: str = "", targets: list[str] | None = None) -> str:
+        """Per target and concern: status, the one-line cause, the evidence; failing concerns first."""
+        from pgbackup_verify.htmlreport import render
+
+        return render(self, CONCERNS, targets, extra)
 
 
 class SummaryRecorder:
@@ -135,17 +119,36 @@ class SummaryRecorder:
             self.summary.record(report)
 
 
-def one_line(rep: pytest.TestReport) -> str:
+def label(nodeid: str, target: str) -> str:
+    """`test_dump_role_has_usage[demo]` -> `dump role has usage`; other parameters stay in brackets."""
+    name = nodeid.split("::")[-1]
+    base, _, ident = name.partition("[")
+    base = base.removeprefix("test_").replace("_", " ")
+    ident = ident.removesuffix("]")
+    if target and ident.startswith(target):
+        ident = ident[len(target):].lstrip("-")
+    return f"{base} [{ident}]" if ident else base
+
+
+def failure_text(rep: pytest.TestReport, max_lines: int = 40) -> str:
+    """The whole finding of a failed or skipped check (a multi-line one keeps its `fix:` line)."""
     if rep.passed:
         return ""
     if rep.skipped and isinstance(rep.longrepr, tuple):
         return str(rep.longrepr[2]).removeprefix("Skipped: ")
     crash = getattr(rep.longrepr, "reprcrash", None)
-    text = crash.message if crash is not None else str(rep.longrepr)
-    first = text.strip().splitlines()[0] if text.strip() else rep.outcome
+    text = (crash.message if crash is not None else str(rep.longrepr)).strip()
     for prefix in ("AssertionError: ", "Failed: ", "assert "):
-        first = first.removeprefix(prefix)
-    return first
+        text = text.removeprefix(prefix)
+    text = text.split("\nassert ")[0]  # the assertion's introspection is not part of the finding
+    lines = text.splitlines()
+    if len(lines) > max_lines:
+        lines = [*lines[:max_lines], f"... {len(lines) - max_lines} more lines in the results table below"]
+    return "\n".join(lines) or rep.outcome
+
+
+def one_line(rep: pytest.TestReport) -> str:
+    return failure_text(rep).splitlines()[0] if not rep.passed else ""
 
 
 def write_json(summary: RunSummary, path: str | Path) -> None:

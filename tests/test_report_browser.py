@@ -1,0 +1,167 @@
+"""The HTML report of a failing run, opened in a real headless Chromium (Debian's `chromium`,
+driven by Playwright): the summary and the failing check's message are visible, failing
+concerns come first, the fix is copyable, the trend charts render, nothing is fetched from
+the network, and a screenshot is kept as an artifact in reports/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from pgbackup_verify import demo, history
+from pgbackup_verify.cli import checks_dir
+from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.history import RunRecord
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "reports"
+ARTIFACT = ARTIFACTS / "browser-test-failing-run.png"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+MIB = 1024 * 1024
+LOCK_CAUSE = ("registry lock coverage: FAILED (1 row(s): refresh_pivot_results, does not take "
+              "incomex.registry_refresh.v1)")
+LOCK_FIX = ("make each listed function start with PERFORM "
+            "pg_advisory_xact_lock(hashtext('incomex.registry_refresh.v1'));")
+
+
+@pytest.fixture
+def lockless_dsn(cluster: ThrowawayCluster) -> Iterator[str]:
+    """A database where one registry function lacks the advisory lock (the Phase C fault)."""
+    name = "pgbv_report_lockless"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
+        conn.execute(demo.registry_function_sql("refresh_registry_views"))
+        conn.execute(demo.registry_function_sql("refresh_pivot_results", locked=False))
+    yield cluster.dsn(name)
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: run ./dev setup (apt-get install chromium)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def failing_report(pytester: pytest.Pytester, tmp_path: Path, lockless_dsn: str) -> Path:
+    """Run the custom SQL and trend checks on a target with two faults; return its latest.html.
+
+    Faults: the registry function without the lock (sql) and a payload that dropped to a third of
+    its trend (dumps); the drill time is within budget (drill, passes). Eight earlier nights of
+    history give the charts something to draw.
+    """
+    now = time.time()
+    history.append(pytester.path / "reports" / "history.jsonl", [
+        RunRecord(time=now - (8 - i) * 86400, target="vps-directus", status="OK", outcomes={"passed": 3},
+                  failed=[], facts={"payload_bytes": 40 * MIB + i * 450_000, "drill_seconds": 28.0 + i % 3})
+        for i in range(8)])
+    pytester.makepyfile(facts_plugin="""
+import pytest
+
+@pytest.fixture(scope="session", autouse=True)
+def _figures(run_facts):
+    run_facts.update(payload_bytes=12 * 1024 * 1024, drill_seconds=31.2, tables_restored=21)
+""")
+    (tmp_path / "b").mkdir()
+    t = demo.write_target_file(tmp_path / "t.toml", lockless_dsn, tmp_path / "b", name="vps-directus")
+    result = pytester.runpytest_subprocess("--target", str(t), "-p", "no:cacheprovider", "-p", "facts_plugin",
+                                           str(checks_dir() / "test_custom_sql.py"),
+                                           str(checks_dir() / "test_trends.py"))
+    result.assert_outcomes(passed=1, failed=2)
+    return pytester.path / "reports" / "latest.html"
+
+
+def test_failing_report_shows_summary_cause_and_fix_in_chromium(browser: Browser, failing_report: Path) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    fetched: list[str] = []
+    page.on("request", lambda r: fetched.append(r.url))
+    page.goto(failing_report.as_uri())
+
+    headline = page.locator("#pgbv-summary")
+    assert headline.is_visible()
+    assert headline.inner_text() == "Backup health: FAILED"
+    # The summary opens the report: above pytest-html's environment table and results.
+    assert headline.bounding_box()["y"] < page.locator("#environment-header").bounding_box()["y"]
+    assert headline.bounding_box()["y"] < 200
+
+    blocks = page.locator("#pgbv-concerns .pgbv-concern")
+    order = [(b.get_attribute("data-concern"), b.get_attribute("class").split()[-1]) for b in blocks.all()]
+    assert order == [("dumps", "pgbv-FAILED"), ("sql", "pgbv-FAILED"), ("drill", "pgbv-OK")]
+
+    cause = page.locator(".pgbv-concern[data-concern='sql'] .pgbv-cause")
+    assert cause.is_visible() and cause.inner_text() == LOCK_CAUSE
+    fix = page.locator(".pgbv-concern[data-concern='sql'] .pgbv-fix code")
+    assert fix.is_visible() and fix.inner_text() == LOCK_FIX
+    trend = page.locator(".pgbv-concern[data-concern='dumps'] .pgbv-cause")
+    assert trend.is_visible() and trend.inner_text().startswith("payload trend: FAILED (12.0 MiB vs median 41.")
+    assert "not checked in this run: grants, kuma, host, offsite" in page.locator("#pgbv").inner_text()
+
+    page.locator(".pgbv-concern[data-concern='sql'] button.pgbv-copy").click()
+    page.wait_for_function("document.querySelector(\".pgbv-concern[data-concern='sql'] button\").textContent"
+                           " == 'copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == LOCK_FIX
+
+    charts = page.locator("#pgbv-trends figure")
+    assert charts.count() == 2 and all(c.is_visible() for c in charts.all())
+    assert "latest 12.0 MiB over 9 runs" in charts.nth(0).inner_text()
+    assert "latest 31.2 s over 9 runs (budget 3600 s, off the scale)" in charts.nth(1).inner_text()
+    assert page.locator("#pgbv-trends svg circle").count() == 18
+
+    # pytest-html's own table shows the failing check's message too (failed rows are expanded).
+    log = page.locator("#results-table .log", has_text=LOCK_CAUSE)
+    assert log.count() == 1 and log.is_visible()
+
+    assert all(u.startswith(("file:", "data:", "about:")) for u in fetched), fetched
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACT), full_page=True)
+    assert ARTIFACT.stat().st_size > 10_000
+    context.close()
+
+
+def test_summary_reads_without_javascript(browser: Browser, failing_report: Path) -> None:
+    """A mail client or a locked-down browser may block scripts: the summary is plain HTML."""
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(failing_report.as_uri())
+    assert page.locator("#pgbv-summary").is_visible()
+    assert page.get_by_text(LOCK_CAUSE, exact=True).is_visible()
+    assert page.locator("#pgbv-trends svg").first.is_visible()
+    context.close()
+
+
+def test_failing_demo_run_report_in_chromium(browser: Browser, tmp_path: Path) -> None:
+    """The issue's scenario end to end: `pgbackup-verify demo --fault registry-lock`, then its report."""
+    reports = tmp_path / "reports"
+    cli = Path(sys.executable).with_name("pgbackup-verify")
+    done = subprocess.run([str(cli), "demo", "--fault", "registry-lock", "--reports-dir", str(reports), "-q"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "pgbackup-verify: FAILED targets=demo" in done.stdout
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto((reports / "latest.html").as_uri())
+    assert page.locator("#pgbv-summary").inner_text() == "Backup health: FAILED"
+    first = page.locator("#pgbv-concerns .pgbv-concern").first
+    assert "pgbv-FAILED" in first.get_attribute("class")
+    cause = page.locator(".pgbv-concern[data-concern='sql'] .pgbv-cause")
+    assert cause.is_visible() and cause.inner_text() == LOCK_CAUSE
+    assert page.locator(".pgbv-concern[data-concern='sql'] .pgbv-fix code").inner_text() == LOCK_FIX
+    page.screenshot(path=str(ARTIFACTS / "browser-test-demo-registry-lock.png"))
+    page.close()

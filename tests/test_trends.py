@@ -1,0 +1,169 @@
+"""History and trends: every run appends its key figures; the trend checks pass with no history
+(and say so), fail on a blown restore budget or a payload off its trend, and pass when in line.
+
+The dump and drill fixtures fill `run_facts` in real runs; here a tiny plugin puts the figures in
+directly (the contract documented in pgbackup_verify.history), and history lines are written as
+earlier runs would have written them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from pgbackup_verify import demo, history
+from pgbackup_verify.cli import checks_dir
+from pgbackup_verify.history import RunRecord
+
+CHECK = str(checks_dir() / "test_trends.py")
+MIB = 1024 * 1024
+
+
+def facts_plugin(pytester: pytest.Pytester, **facts: float) -> None:
+    """What the dump/drill fixtures do in a real run: put this run's key figures into run_facts."""
+    pytester.makepyfile(facts_plugin=f"""
+import pytest
+
+@pytest.fixture(scope="session", autouse=True)
+def _figures(run_facts):
+    run_facts.update({facts!r})
+""")
+
+
+def earlier_runs(pytester: pytest.Pytester, payloads: list[float], drills: list[float] | None = None,
+                 target: str = "t") -> Path:
+    """Nightly history lines ending yesterday, as earlier runs would have appended them."""
+    path = pytester.path / "reports" / "history.jsonl"
+    now = time.time()
+    drills = drills or [30.0] * len(payloads)
+    history.append(path, [RunRecord(time=now - (len(payloads) - i) * 86400, target=target, status="OK",
+                                    outcomes={"passed": 2}, failed=[],
+                                    facts={"payload_bytes": p, "drill_seconds": d})
+                          for i, (p, d) in enumerate(zip(payloads, drills, strict=True))])
+    return path
+
+
+def run(pytester: pytest.Pytester, tmp_path: Path, trends: str = "", *args: str) -> pytest.RunResult:
+    (tmp_path / "b").mkdir(exist_ok=True)
+    # The trend checks never connect: a dead DSN proves it.
+    t = demo.write_target_file(tmp_path / "t.toml", "host=127.0.0.1 port=1 dbname=x user=y", tmp_path / "b",
+                               name="t", extra=trends)
+    return pytester.runpytest_subprocess("--target", str(t), "-p", "no:cacheprovider", "-p", "facts_plugin",
+                                         "--json", "out.json", CHECK, *args)
+
+
+def checks_json(pytester: pytest.Pytester) -> dict[str, dict]:
+    doc = json.loads((pytester.path / "out.json").read_text())
+    return {c["name"]: c for c in doc["checks"]}
+
+
+GROWING = [40 * MIB + i * 450_000 for i in range(8)]  # the seed's ~450 KB/day
+
+
+def test_no_history_yet_passes_and_says_so(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    facts_plugin(pytester, payload_bytes=40 * MIB, drill_seconds=12.5, tables_restored=21, dump_age_hours=1.0)
+    result = run(pytester, tmp_path)
+    result.assert_outcomes(passed=2)
+    ev = dict(checks_json(pytester)["test_payload_follows_its_recent_trend"]["evidence"])
+    assert ev["trend"] == ("not judged yet: 0 earlier run(s) with a payload in the history, 3 needed; "
+                           "the trend starts with this run")
+    ev = dict(checks_json(pytester)["test_restore_drill_fits_the_time_budget"]["evidence"])
+    assert ev["earlier drills"] == "none in the history yet"
+    # ...and this run is now the history's first line, with every key figure and the outcomes.
+    lines = (pytester.path / "reports" / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert rec["target"] == "t" and rec["status"] == "OK" and rec["outcomes"]["passed"] == 2
+    assert rec["facts"] == {"payload_bytes": 40 * MIB, "drill_seconds": 12.5, "tables_restored": 21,
+                            "dump_age_hours": 1.0}
+
+
+def test_payload_in_line_with_its_trend_passes(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    earlier_runs(pytester, GROWING)
+    facts_plugin(pytester, payload_bytes=GROWING[-1] + 450_000, drill_seconds=31.0)
+    result = run(pytester, tmp_path)
+    result.assert_outcomes(passed=2)
+    ev = dict(checks_json(pytester)["test_payload_follows_its_recent_trend"]["evidence"])
+    assert ev["trend"].startswith("median 41.7 MiB") and "of the last 7 runs" in ev["trend"]
+    assert ev["growth"] == "439.5 KiB/day over the window"
+
+
+@pytest.mark.parametrize(("payload", "shown"), [(12 * MIB, "12.0 MiB"), (90 * MIB, "90.0 MiB")],
+                         ids=["drop", "jump"])
+def test_payload_off_its_trend_fails_with_the_fix(pytester: pytest.Pytester, tmp_path: Path, payload: int,
+                                                 shown: str) -> None:
+    earlier_runs(pytester, GROWING)
+    facts_plugin(pytester, payload_bytes=payload, drill_seconds=31.0)
+    result = run(pytester, tmp_path)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([f"payload trend: FAILED ({shown} vs median 41.7 MiB of the last 7 runs, allowed "
+                                 "27.8 MiB .. 62.6 MiB); fix: compare the newest dump's tables with the previous "
+                                 "one*raise ?trends?.payload_factor for a run"])
+
+
+def test_payload_factor_and_window_come_from_the_target_file(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    earlier_runs(pytester, GROWING)
+    facts_plugin(pytester, payload_bytes=GROWING[-1] * 1.3)
+    result = run(pytester, tmp_path, "[trends]\npayload_factor = 1.2\npayload_window = 3\nmin_history = 2\n")
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["payload trend: FAILED (* vs median * of the last 3 runs, allowed *"])
+
+
+def test_drill_over_the_restore_budget_fails_with_the_fix(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    earlier_runs(pytester, GROWING, drills=[30.0] * 8)
+    facts_plugin(pytester, payload_bytes=GROWING[-1], drill_seconds=75.5)
+    result = run(pytester, tmp_path, "[trends]\nrestore_budget_seconds = 60\n")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["restore time budget: FAILED (drill took 75.5 s vs budget 60 s); fix: make the "
+                                 "restore faster*raise ?trends?.restore_budget_seconds"])
+    result.stdout.fnmatch_lines(["earlier drills: 8 runs, median 30.0 s"])
+
+
+def test_no_figures_this_run_skip_with_the_reason(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    earlier_runs(pytester, GROWING)
+    facts_plugin(pytester)
+    result = run(pytester, tmp_path, "", "-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*no drill_seconds measured in this run (the restore drill checks did not run*",
+                                 "*no payload_bytes measured in this run (the dump checks did not run*"])
+
+
+def test_bad_trends_value_is_one_line_naming_the_key(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    facts_plugin(pytester)
+    result = run(pytester, tmp_path, "[trends]\npayload_factor = 1\n")
+    assert result.ret == 4
+    assert "[trends].payload_factor: 1.0 must be greater than 1; use e.g. 1.5" in result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_history_is_bounded_per_target_and_survives_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "history.jsonl"
+    for i in range(6):
+        history.append(path, [RunRecord(time=1000.0 + i, target=name, status="OK", outcomes={}, failed=[],
+                                        facts={"payload_bytes": i}) for name in ("a", "b")], max_per_target=4)
+    with path.open("a") as f:
+        f.write('{"time": 2000, "target": "a", "fac')  # a run killed mid-write
+    h = history.read(path)
+    assert h.unreadable == 1
+    assert [r.facts["payload_bytes"] for r in h.for_target("a")] == [2, 3, 4, 5]
+    assert [r.facts["payload_bytes"] for r in h.for_target("b")] == [2, 3, 4, 5]
+    history.append(path, [RunRecord(time=3000.0, target="a", status="OK", outcomes={}, failed=[])],
+                   max_per_target=4)
+    assert len(history.read(path).for_target("a")) == 4
+
+
+def test_unwritable_history_is_a_note_not_a_traceback(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    (pytester.path / "reports" / "history.jsonl").mkdir(parents=True)  # root ignores modes; a dir cannot be opened
+    facts_plugin(pytester, payload_bytes=40 * MIB, drill_seconds=12.5)
+    result = run(pytester, tmp_path)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["pgbackup-verify: run history not written to reports/history.jsonl (Is a directory);"
+                                 " fix the reports directory",
+                                 "pgbackup-verify: OK targets=t *"])
+    ev = dict(checks_json(pytester)["test_payload_follows_its_recent_trend"]["evidence"])
+    assert ev["history"] == "reports/history.jsonl cannot be read (Is a directory): judged as if there were none"
+    assert "run history not written" in (pytester.path / "reports" / "latest.html").read_text()
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
