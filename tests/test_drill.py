@@ -16,6 +16,7 @@ from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.cluster import ThrowawayCluster
 from pgbackup_verify.config import ConfigError, load_target
 from pgbackup_verify.drillsafety import stop_cluster_dir
+from pgbackup_verify.dumpscan import MetaCommandRefused, PlainDumpScanner, split_name
 
 CHECK = str(checks_dir() / "test_drill.py")
 
@@ -89,3 +90,101 @@ def test_drill_config_errors_name_the_key(tmp_path, backups, write_target):
                        ('[drill]\ndisk_factor = 0.5\n', "[drill].disk_factor")]:
         with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
             load_target(write_target(backups, extra))
+
+
+def test_dump_missing_a_schema_and_a_table_fails_naming_them(pytester, backups, write_target, work_dir,
+                                                              seed_cluster):
+    pg_dump(seed_cluster, backups / "directus_9999-01-01_0200.sql.gz",
+            "--exclude-schema=sandbox_tac", "--exclude-table=public.item_05")
+    target = write_target(backups, drill_toml(work_dir, min_tables={"public": 12}, expect_live_catalog=True))
+    result = run_checks(pytester, target)
+    result.assert_outcomes(passed=3, failed=3)
+    out = result.stdout.str()
+    assert "restore drill schemas: FAILED (missing after restore: sandbox_tac)" in out
+    assert "public: 11 tables vs minimum 12" in out
+    assert "missing tables: public.item_05, sandbox_tac.item_00" in out
+    assert "views missing: sandbox_tac.item_summary" in out
+
+
+def test_statement_that_errors_fails_the_drill_and_shows_the_line(pytester, backups, write_target, work_dir):
+    dump = newest(backups)
+    bad = "ALTER TABLE public.no_such_table ADD COLUMN x integer;"
+    edit_dump(dump, "CREATE TABLE public.item_03 (", f"{bad}\n\nCREATE TABLE public.item_03 (")
+    line_no = gzip.decompress(dump.read_bytes()).decode().splitlines().index(bad) + 1
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir)))
+    out = result.stdout.str()
+    assert "restore drill errors: FAILED (1 error lines vs 0)" in out
+    assert (f'dump line {line_no}: ERROR: relation "public.no_such_table" does not exist | line: {bad}') in out
+    result.assert_outcomes(passed=3, failed=3)  # ON_ERROR_STOP: later tables never arrived
+
+
+DROP_EVEN_ROWS = """CREATE FUNCTION public.drop_even_rows() RETURNS trigger LANGUAGE plpgsql
+    AS $$BEGIN IF NEW.id % 2 = 0 THEN RETURN NULL; END IF; RETURN NEW; END$$;
+CREATE TRIGGER drop_even BEFORE INSERT ON public.item_03 FOR EACH ROW EXECUTE FUNCTION public.drop_even_rows();
+
+COPY public.item_03 """
+
+
+def test_rows_lost_on_the_way_fail_row_fidelity_with_both_counts(pytester, backups, write_target, work_dir):
+    # The COPY block is intact (200 rows are read from the dump); a trigger the dump also
+    # carries silently discards half of them on load. Nothing errors: only counting tells.
+    edit_dump(newest(backups), "COPY public.item_03 ", DROP_EVEN_ROWS)
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir)))
+    result.assert_outcomes(passed=5, failed=1)
+    assert "restore drill row fidelity: FAILED (public.item_03: 100 rows restored vs 200 in the dump)" in (
+        result.stdout.str())
+
+
+@pytest.mark.parametrize("meta", ["\\! touch {marker}\n", "SELECT 1; \\! touch {marker}\n"],
+                         ids=["own-line", "after-statement"])
+def test_psql_meta_command_in_dump_is_refused_and_never_runs(pytester, backups, write_target, work_dir, meta):
+    marker = work_dir / "pwned"
+    line = meta.format(marker=marker)
+    edit_dump(newest(backups), "COPY public.item_03 ", f"{line}COPY public.item_03 ")
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir)))
+    out = result.stdout.str()
+    assert "restore drill errors: FAILED (dump refused: dump line" in out
+    assert f"psql meta-command refused: {line.strip()}" in out
+    assert not marker.exists(), "a meta-command from the dump ran"
+    assert result.ret == 1
+
+
+@pytest.mark.parametrize("lines", [
+    ["SELECT 'a\\b';\n"],                                      # backslash inside a standard string
+    ["SELECT E'it\\'s \\\\';\n"],                              # escaped quote inside an E-string
+    ["CREATE FUNCTION f() RETURNS text AS $body$\n", "SELECT '\\x';\n", "$body$ LANGUAGE sql;\n"],
+    ["SELECT 1; -- a comment \\! is not run\n"],
+    ["/* block \\! \n", "still comment */ SELECT 1;\n"],
+    ['CREATE TABLE "we\\ird" (id int);\n'],
+])
+def test_scan_lets_backslashes_inside_quotes_and_comments_pass(lines):
+    scanner = PlainDumpScanner()
+    assert [scanner.scan(line.encode()) for line in lines] == [line.encode() for line in lines]
+
+
+@pytest.mark.parametrize("lines", [
+    ["\\! touch /tmp/x\n"],
+    ["SELECT 1; \\! touch /tmp/x\n"],
+    ["SELECT 'a'; \\! touch /tmp/x\n"],
+    ["SELECT E'\\''; \\! touch /tmp/x\n"],
+    ["SELECT $$x$$; \\! touch /tmp/x\n"],
+    ["/* c */ \\! touch /tmp/x\n"],
+    ["SELECT 1\n", "\\g\n"],
+    ["COPY public.t (a) FROM stdin;\n", "1\n", "\\.\n", "\\! touch /tmp/x\n"],
+])
+def test_scan_refuses_meta_commands_outside_copy_data(lines):
+    scanner = PlainDumpScanner()
+    with pytest.raises(MetaCommandRefused, match=f"dump line {len(lines)}: psql meta-command refused"):
+        for line in lines:
+            scanner.scan(line.encode())
+
+
+def test_scan_counts_copy_rows_and_drops_the_dumps_restrict_pair():
+    scanner = PlainDumpScanner()
+    dump = ["\\restrict AbC123\n", 'COPY "My Schema"."T" (a, b) FROM stdin;\n', "1\t\\N\n", "2\t\\\\x\n",
+            "\\.\n", "COPY public.t FROM stdin;\n", "\\.\n", "-- PostgreSQL database dump complete\n",
+            "\\unrestrict AbC123\n"]
+    out = [scanner.scan(line.encode()) for line in dump]
+    assert out[0] == out[-1] == b"\n"
+    assert scanner.rows == {'"My Schema"."T"': 2, "public.t": 0} and scanner.complete
+    assert split_name('"My Schema"."T"') == ("My Schema", "T")

@@ -134,7 +134,7 @@ def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_l
     timer = _watchdog(proc, time_limit, outcome)
     raw = _Counting(source.open())
     stream: BinaryIO = igzip.IGzipFile(fileobj=raw) if source.fmt == "plain-gzip" else raw  # type: ignore
-    write, sent, last = proc.stdin.write, 0, start
+    write, sent, last, read_all = proc.stdin.write, 0, start, False
     try:
         # A key the dump cannot know: the dump's own \unrestrict can never lift it.
         write(f"\\restrict {secrets.token_hex(16)}\n".encode())
@@ -154,6 +154,7 @@ def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_l
         write(chunk)
         sent += len(chunk)
         scanner.finish()
+        read_all = True
     except MetaCommandRefused as e:
         outcome.refused = str(e)
         proc.kill()  # nothing after the refused line may run
@@ -173,7 +174,8 @@ def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_l
     reader.join(5)
     _psql_messages(lines, scanner, outcome)
     outcome.payload_bytes, outcome.rows = sent, scanner.rows
-    outcome.complete_marker = scanner.complete
+    # Only a stream read to its end can be called truncated; a stopped psql stops the reading.
+    outcome.complete_marker = scanner.complete if read_all else None
     outcome.seconds = time.monotonic() - start
     return outcome
 
