@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pgbackup_verify import demo
 from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.cluster import ThrowawayCluster
 from pgbackup_verify.config import ConfigError, load_target
+from pgbackup_verify.drill import run_drill
 from pgbackup_verify.drillsafety import stop_cluster_dir
 from pgbackup_verify.dumpscan import MetaCommandRefused, PlainDumpScanner, split_name
 
@@ -188,3 +195,89 @@ def test_scan_counts_copy_rows_and_drops_the_dumps_restrict_pair():
     assert out[0] == out[-1] == b"\n"
     assert scanner.rows == {'"My Schema"."T"': 2, "public.t": 0} and scanner.complete
     assert split_name('"My Schema"."T"') == ("My Schema", "T")
+
+
+def _wait_for_sleeping_restore(work_dir: Path, proc: subprocess.Popen, seconds: float = 60) -> Path:
+    """Until the drill cluster's restore sits in the dump's pg_sleep: then we are mid-restore."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "suite ended early"
+        for root in work_dir.glob("pgbv-cluster-drill-*"):
+            pidfile = root / "data" / "postmaster.pid"
+            try:
+                port = pidfile.read_text().splitlines()[3]
+                with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                                     connect_timeout=2) as conn:
+                    if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+                                    " AND state = 'active'").fetchone()[0]:
+                        return root
+            except (OSError, IndexError, psycopg.OperationalError):
+                pass
+        time.sleep(0.2)
+    raise AssertionError("the drill never reached the sleeping statement")
+
+
+def _suite(target: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pytest", "--target", str(target), "-p", "no:cacheprovider",
+                             "-rA", CHECK], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _server_answers(root: Path) -> bool:
+    return (root / "data" / "postmaster.pid").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_mid_restore_then_run_again_leaves_nothing_behind(backups, write_target, work_dir, tmp_path, sig):
+    edit_dump(newest(backups), "COPY public.item_03 ", "SELECT pg_sleep(120);\nCOPY public.item_03 ")
+    target = write_target(backups, drill_toml(work_dir))
+    proc = _suite(target, tmp_path)
+    root = _wait_for_sleeping_restore(work_dir, proc)
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:  # the handler cleaned up before the process died
+        assert not root.exists() and not list(work_dir.glob("pgbv-*"))
+    else:  # a crash leaves the cluster running: the next run's sweep must remove it
+        assert root.exists() and _server_answers(root)
+    newest(backups).unlink()  # the next night's dump is healthy again
+    again = _suite(target, tmp_path)
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 0, out
+    if sig == signal.SIGKILL:
+        assert f"swept leftover {root} (owner pid {proc.pid} is gone)" in out
+    assert not root.exists() and not list(work_dir.glob("pgbv-*"))
+
+
+def test_time_limit_stops_the_drill_and_fails_it(pytester, backups, write_target, work_dir):
+    edit_dump(newest(backups), "COPY public.item_03 ", "SELECT pg_sleep(120);\nCOPY public.item_03 ")
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, time_limit_seconds=3)))
+    assert "psql stopped by the time limit ([drill].time_limit_seconds) after" in result.stdout.str()
+    assert result.ret == 1 and not list(work_dir.glob("pgbv-cluster-*"))
+
+
+def test_disk_preflight_refuses_a_restore_that_cannot_fit(backups, write_target, work_dir):
+    facts = run_drill(load_target(write_target(backups, drill_toml(work_dir, disk_factor=1e12))))
+    assert facts.aborted and "free disk in" in facts.aborted and "payload x 1000000000000.0" in facts.aborted
+    assert not facts.leftovers and facts.outcome is None
+
+
+def test_overlapping_drills_take_turns_on_the_lock(backups, write_target, work_dir):
+    target = load_target(write_target(backups, drill_toml(work_dir)))
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(run_drill(target))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [f.aborted for f in results] == [None, None]
+    assert all(not f.outcome.problems for f in results)
+    waited = max(f.lock_wait for f in results)
+    assert waited >= min(f.seconds - f.lock_wait for f in results) * 0.5, "the second drill did not wait"
+
+
+def test_lock_held_too_long_aborts_the_drill_naming_the_lock(backups, write_target, work_dir):
+    target = load_target(write_target(backups, drill_toml(work_dir, time_limit_seconds=1)))
+    with open(work_dir / "pgbackup-verify-drill.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        facts = run_drill(target)
+    assert facts.aborted == (f"another drill held {work_dir / 'pgbackup-verify-drill.lock'} for over 1 s; "
+                             "check for a hung pgbackup-verify run")

@@ -48,8 +48,9 @@ class RestoreOutcome:
         if self.refused:
             out.insert(0, self.refused)
         if self.timed_out:
-            out.append(f"{self.tool} stopped by the time limit after {self.seconds:.0f} s")
-        if self.exit_code not in (0, None) and not self.errors and not self.refused:
+            out.append(f"{self.tool} stopped by the time limit ([drill].time_limit_seconds) after "
+                       f"{self.seconds:.0f} s of restore")
+        if self.exit_code not in (0, None) and not (self.errors or self.refused or self.timed_out):
             out.append(f"{self.tool} exited with code {self.exit_code}")
         if self.complete_marker is False and not self.refused:
             out.append("dump stream ends without '-- PostgreSQL database dump complete' (truncated dump)")
