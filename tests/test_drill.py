@@ -6,6 +6,7 @@ import fcntl
 import gzip
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,8 +23,9 @@ from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.cluster import ThrowawayCluster
 from pgbackup_verify.config import ConfigError, load_target
 from pgbackup_verify.drill import run_drill
-from pgbackup_verify.drillsafety import stop_cluster_dir
+from pgbackup_verify.drillsafety import DrillAborted, guard_name, stop_cluster_dir
 from pgbackup_verify.dumpscan import MetaCommandRefused, PlainDumpScanner, split_name
+from pgbackup_verify.dumpsource import DumpSource, from_path
 
 CHECK = str(checks_dir() / "test_drill.py")
 
@@ -281,3 +283,59 @@ def test_lock_held_too_long_aborts_the_drill_naming_the_lock(backups, write_targ
         facts = run_drill(target)
     assert facts.aborted == (f"another drill held {work_dir / 'pgbackup-verify-drill.lock'} for over 1 s; "
                              "check for a hung pgbackup-verify run")
+
+
+def _databases(c: ThrowawayCluster) -> list[str]:
+    with psycopg.connect(c.dsn(), autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT datname FROM pg_database ORDER BY 1")]
+
+
+def test_scratch_database_mode_leaves_the_server_as_it_found_it(pytester, cluster, backups, write_target, work_dir):
+    before = _databases(cluster)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:  # what a crashed drill left behind
+        conn.execute("CREATE DATABASE restore_drill_20000101_000000_1")
+        conn.execute("COMMENT ON DATABASE restore_drill_20000101_000000_1 IS "
+                     f"'pgbackup-verify drill pid={gone.pid} host={socket.gethostname()} started={int(time.time())}'")
+    target = write_target(backups, drill_toml(work_dir, mode="scratch", server_dsn=cluster.dsn(),
+                                              expect_live_catalog=True))
+    result = run_checks(pytester, target)
+    result.assert_outcomes(passed=6)
+    out = result.stdout.str()
+    assert f"swept leftover database restore_drill_20000101_000000_1 (owner pid {gone.pid} is gone)" in out
+    assert f"on server 127.0.0.1:{cluster.port}" in out
+    assert _databases(cluster) == before
+
+
+def test_drill_never_touches_a_database_without_its_prefix():
+    with pytest.raises(DrillAborted, match="lacks the drill prefix 'restore_drill_'"):
+        guard_name("directus", "restore_drill_")
+    with pytest.raises(DrillAborted):
+        guard_name("restore_drill_", "restore_drill_")
+
+
+def test_custom_format_restores_with_parallel_jobs(backups, write_target, work_dir, seed_cluster):
+    custom = backups / "directus.dump"
+    subprocess.run(["pg_dump", "-Fc", "-f", str(custom), "-d", demo.DBNAME], env=seed_cluster.env(), check=True)
+    target = load_target(write_target(backups, drill_toml(work_dir, jobs=2)))
+    facts = run_drill(target, source=from_path(custom))
+    assert facts.aborted is None and facts.outcome.tool == "pg_restore -j2"
+    assert facts.outcome.problems == [] and facts.outcome.rows is None
+    assert facts.restored.schemas == set(demo.SCHEMAS) and facts.restored.table_count() == 21
+    assert not facts.leftovers
+
+
+def test_source_is_any_readable_stream_not_only_a_path(backups, write_target, work_dir, seed_cluster):
+    """The offsite archive member will arrive as a stream: no path, only open()."""
+    plain, custom = newest(backups), backups / "directus.dump"
+    subprocess.run(["pg_dump", "-Fc", "-f", str(custom), "-d", demo.DBNAME], env=seed_cluster.env(), check=True)
+    target = load_target(write_target(backups, drill_toml(work_dir)))
+    for path, fmt in ((plain, "plain-gzip"), (custom, "custom")):
+        source = DumpSource(description=f"offsite:archive.tar.gz member {path.name}", name=path.name, fmt=fmt,
+                            size=None, payload_hint=None, open=lambda p=path: p.open("rb"))
+        facts = run_drill(target, source=source)
+        assert facts.aborted is None and facts.outcome.problems == [], facts
+        assert facts.restored.table_count() == 21 and not facts.leftovers  # spool file removed too
+        if fmt == "plain-gzip":
+            assert all(n == got for n, got in facts.rows.values()) and len(facts.rows) == 21
