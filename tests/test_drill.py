@@ -51,6 +51,11 @@ def _toml(v: object) -> str:
     return f'"{v}"' if isinstance(v, str | Path) else str(v)
 
 
+def scratch(c: ThrowawayCluster) -> dict[str, str]:
+    """Scratch mode on the session cluster: a database instead of initdb, where the mode does not matter."""
+    return {"mode": "scratch", "server_dsn": c.dsn()}
+
+
 def drill_toml(work_dir: Path, **keys: object) -> str:
     """A [drill] section; every drill of a test works in its own directory (lock, clusters)."""
     lines = ["[drill]", f'work_dir = "{work_dir}"', *(f"{k} = {_toml(v)}" for k, v in keys.items())]
@@ -102,10 +107,11 @@ def test_drill_config_errors_name_the_key(tmp_path, backups, write_target):
 
 
 def test_dump_missing_a_schema_and_a_table_fails_naming_them(pytester, backups, write_target, work_dir,
-                                                              seed_cluster):
+                                                              seed_cluster, cluster):
     pg_dump(seed_cluster, backups / "directus_9999-01-01_0200.sql.gz",
             "--exclude-schema=sandbox_tac", "--exclude-table=public.item_05")
-    target = write_target(backups, drill_toml(work_dir, min_tables={"public": 12}, expect_live_catalog=True))
+    target = write_target(backups, drill_toml(work_dir, min_tables={"public": 12}, expect_live_catalog=True,
+                                                **scratch(cluster)))
     result = run_checks(pytester, target)
     result.assert_outcomes(passed=3, failed=3)
     out = result.stdout.str()
@@ -115,12 +121,13 @@ def test_dump_missing_a_schema_and_a_table_fails_naming_them(pytester, backups, 
     assert "views missing: sandbox_tac.item_summary" in out
 
 
-def test_statement_that_errors_fails_the_drill_and_shows_the_line(pytester, backups, write_target, work_dir):
+def test_statement_that_errors_fails_the_drill_and_shows_the_line(pytester, backups, write_target, work_dir,
+                                                                  cluster):
     dump = newest(backups)
     bad = "ALTER TABLE public.no_such_table ADD COLUMN x integer;"
     edit_dump(dump, "CREATE TABLE public.item_03 (", f"{bad}\n\nCREATE TABLE public.item_03 (")
     line_no = gzip.decompress(dump.read_bytes()).decode().splitlines().index(bad) + 1
-    result = run_checks(pytester, write_target(backups, drill_toml(work_dir)))
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, **scratch(cluster))))
     out = result.stdout.str()
     assert "restore drill errors: FAILED (1 error lines vs 0)" in out
     assert (f'dump line {line_no}: ERROR: relation "public.no_such_table" does not exist | line: {bad}') in out
@@ -134,11 +141,12 @@ CREATE TRIGGER drop_even BEFORE INSERT ON public.item_03 FOR EACH ROW EXECUTE FU
 COPY public.item_03 """
 
 
-def test_rows_lost_on_the_way_fail_row_fidelity_with_both_counts(pytester, backups, write_target, work_dir):
+def test_rows_lost_on_the_way_fail_row_fidelity_with_both_counts(pytester, backups, write_target, work_dir,
+                                                                  cluster):
     # The COPY block is intact (200 rows are read from the dump); a trigger the dump also
     # carries silently discards half of them on load. Nothing errors: only counting tells.
     edit_dump(newest(backups), "COPY public.item_03 ", DROP_EVEN_ROWS)
-    result = run_checks(pytester, write_target(backups, drill_toml(work_dir)))
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, **scratch(cluster))))
     result.assert_outcomes(passed=5, failed=1)
     assert "restore drill row fidelity: FAILED (public.item_03: 100 rows restored vs 200 in the dump)" in (
         result.stdout.str())
@@ -146,11 +154,12 @@ def test_rows_lost_on_the_way_fail_row_fidelity_with_both_counts(pytester, backu
 
 @pytest.mark.parametrize("meta", ["\\! touch {marker}\n", "SELECT 1; \\! touch {marker}\n"],
                          ids=["own-line", "after-statement"])
-def test_psql_meta_command_in_dump_is_refused_and_never_runs(pytester, backups, write_target, work_dir, meta):
+def test_psql_meta_command_in_dump_is_refused_and_never_runs(pytester, backups, write_target, work_dir, meta,
+                                                             cluster):
     marker = work_dir / "pwned"
     line = meta.format(marker=marker)
     edit_dump(newest(backups), "COPY public.item_03 ", f"{line}COPY public.item_03 ")
-    result = run_checks(pytester, write_target(backups, drill_toml(work_dir)))
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, **scratch(cluster))))
     out = result.stdout.str()
     assert "restore drill errors: FAILED (dump refused: dump line" in out
     assert f"psql meta-command refused: {line.strip()}" in out
@@ -249,9 +258,9 @@ def test_killed_mid_restore_then_run_again_leaves_nothing_behind(backups, write_
     assert not root.exists() and not list(work_dir.glob("pgbv-*"))
 
 
-def test_time_limit_stops_the_drill_and_fails_it(pytester, backups, write_target, work_dir):
+def test_time_limit_stops_the_drill_and_fails_it(pytester, backups, write_target, work_dir, cluster):
     edit_dump(newest(backups), "COPY public.item_03 ", "SELECT pg_sleep(120);\nCOPY public.item_03 ")
-    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, time_limit_seconds=3)))
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, time_limit_seconds=3, **scratch(cluster))))
     assert "psql stopped by the time limit ([drill].time_limit_seconds) after" in result.stdout.str()
     assert result.ret == 1 and not list(work_dir.glob("pgbv-cluster-*"))
 
@@ -262,8 +271,8 @@ def test_disk_preflight_refuses_a_restore_that_cannot_fit(backups, write_target,
     assert not facts.leftovers and facts.outcome is None
 
 
-def test_overlapping_drills_take_turns_on_the_lock(backups, write_target, work_dir):
-    target = load_target(write_target(backups, drill_toml(work_dir)))
+def test_overlapping_drills_take_turns_on_the_lock(backups, write_target, work_dir, cluster):
+    target = load_target(write_target(backups, drill_toml(work_dir, **scratch(cluster))))
     results: list = []
     threads = [threading.Thread(target=lambda: results.append(run_drill(target))) for _ in range(2)]
     for t in threads:
@@ -315,10 +324,10 @@ def test_drill_never_touches_a_database_without_its_prefix():
         guard_name("restore_drill_", "restore_drill_")
 
 
-def test_custom_format_restores_with_parallel_jobs(backups, write_target, work_dir, seed_cluster):
+def test_custom_format_restores_with_parallel_jobs(backups, write_target, work_dir, seed_cluster, cluster):
     custom = backups / "directus.dump"
     subprocess.run(["pg_dump", "-Fc", "-f", str(custom), "-d", demo.DBNAME], env=seed_cluster.env(), check=True)
-    target = load_target(write_target(backups, drill_toml(work_dir, jobs=2)))
+    target = load_target(write_target(backups, drill_toml(work_dir, jobs=2, **scratch(cluster))))
     facts = run_drill(target, source=from_path(custom))
     assert facts.aborted is None and facts.outcome.tool == "pg_restore -j2"
     assert facts.outcome.problems == [] and facts.outcome.rows is None
@@ -326,11 +335,11 @@ def test_custom_format_restores_with_parallel_jobs(backups, write_target, work_d
     assert not facts.leftovers
 
 
-def test_source_is_any_readable_stream_not_only_a_path(backups, write_target, work_dir, seed_cluster):
+def test_source_is_any_readable_stream_not_only_a_path(backups, write_target, work_dir, seed_cluster, cluster):
     """The offsite archive member will arrive as a stream: no path, only open()."""
     plain, custom = newest(backups), backups / "directus.dump"
     subprocess.run(["pg_dump", "-Fc", "-f", str(custom), "-d", demo.DBNAME], env=seed_cluster.env(), check=True)
-    target = load_target(write_target(backups, drill_toml(work_dir)))
+    target = load_target(write_target(backups, drill_toml(work_dir, **scratch(cluster))))
     for path, fmt in ((plain, "plain-gzip"), (custom, "custom")):
         source = DumpSource(description=f"offsite:archive.tar.gz member {path.name}", name=path.name, fmt=fmt,
                             size=None, payload_hint=None, open=lambda p=path: p.open("rb"))
@@ -339,3 +348,18 @@ def test_source_is_any_readable_stream_not_only_a_path(backups, write_target, wo
         assert facts.restored.table_count() == 21 and not facts.leftovers  # spool file removed too
         if fmt == "plain-gzip":
             assert all(n == got for n, got in facts.rows.values()) and len(facts.rows) == 21
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 1 << 20])
+def test_scan_in_chunks_counts_and_forwards_like_line_by_line(healthy_backups, size):
+    data = gzip.decompress(newest(healthy_backups).read_bytes())
+    data = data.replace(b"COPY public.item_01 ", b"COPY public.empty (a) FROM stdin;\n\\.\r\nCOPY public.item_01 ")
+    by_line = PlainDumpScanner()
+    expected = b"".join(by_line.scan(line) for line in data.splitlines(keepends=True))
+    by_line.finish()
+    chunked = PlainDumpScanner()
+    pieces = [bytes(p) for i in range(0, len(data), size) for p in chunked.feed(data[i:i + size])]
+    pieces += chunked.finish()
+    assert b"".join(pieces) == expected and expected.count(b"\n") == data.count(b"\n")
+    assert chunked.rows == by_line.rows and chunked.rows["public.empty"] == 0 and len(chunked.rows) == 22
+    assert chunked.line_no == by_line.line_no and chunked.complete

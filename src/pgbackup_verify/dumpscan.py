@@ -25,6 +25,20 @@ _IDENT_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 
 
+def _copy_end(buf: bytes, pos: int) -> int:
+    """Start of the first complete `\\.` line at or after line start `pos`, or -1 (psql's rule)."""
+    if buf.startswith((b"\\.\n", b"\\.\r\n"), pos):
+        return pos
+    i = pos
+    while True:
+        i = buf.find(b"\n\\.", i)
+        if i == -1:
+            return -1
+        if buf.startswith((b"\n", b"\r\n"), i + 3):
+            return i + 1
+        i += 1
+
+
 class MetaCommandRefused(Exception):
     """A backslash command outside COPY data; str() names the dump line."""
 
@@ -57,6 +71,7 @@ class PlainDumpScanner:
     _tag: bytes = b""
     _depth: int = 0
     _stmt_open: bool = False  # code seen since the last top-level ';'
+    _carry: bytes = b""  # an incomplete last line, kept for the next chunk
 
     def scan(self, line: bytes) -> bytes:
         """Return the line to send (a dropped `\\restrict` becomes an empty line, so numbers stay)."""
@@ -86,10 +101,47 @@ class PlainDumpScanner:
         self._lex(line)
         return line
 
-    def finish(self) -> None:
+    def feed(self, chunk: bytes) -> list[bytes | memoryview]:
+        """Scan a piece of the stream; return the pieces to send, in order.
+
+        COPY data goes through in blocks: rows are counted with bytes.count and the
+        terminator found with bytes.find, so the cost per row stays in C. SQL lines go
+        one by one through scan().
+        """
+        buf = self._carry + chunk if self._carry else chunk
+        view, out, pos, n = memoryview(buf), [], 0, len(buf)
+        while pos < n:
+            if self._copy is not None:
+                end = _copy_end(buf, pos)
+                stop = buf.rfind(b"\n", pos) + 1 if end == -1 else buf.index(b"\n", end) + 1
+                if stop <= pos:
+                    break
+                rows = buf.count(b"\n", pos, stop)
+                self.line_no += rows
+                if end == -1:
+                    self._copy_rows += rows
+                else:
+                    self.rows[self._copy] = self.rows.get(self._copy, 0) + self._copy_rows + rows - 1
+                    self._copy = None
+                out.append(view[pos:stop])
+                pos = stop
+            else:
+                nl = buf.find(b"\n", pos)
+                if nl == -1:
+                    break
+                out.append(self.scan(buf[pos:nl + 1]))
+                pos = nl + 1
+        self._carry = buf[pos:]
+        return out
+
+    def finish(self) -> list[bytes]:
+        """End of stream: scan a last line without newline; return what to send."""
+        out = [self.scan(self._carry)] if self._carry else []
+        self._carry = b""
         if self._copy is not None:  # stream ended inside COPY data: count what arrived
             self.rows[self._copy] = self.rows.get(self._copy, 0) + self._copy_rows
             self._copy = None
+        return out
 
     def line_text(self, line_no: int) -> str | None:
         for no, text in reversed(self.recent):

@@ -26,7 +26,7 @@ from pgbackup_verify.dumpsource import DumpSource
 Progress = Callable[[int, int, int | None, float], None]  # payload sent, stored read, stored size, seconds
 _PSQL_MSG = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|PANIC|WARNING|error|warning|fatal):\s*(.*)$")
 MAX_MESSAGES = 50
-FLUSH_LINES = 2048
+CHUNK = 1 << 20  # decompressed bytes per read
 
 
 @dataclass
@@ -139,22 +139,18 @@ def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_l
     try:
         # A key the dump cannot know: the dump's own \unrestrict can never lift it.
         write(f"\\restrict {secrets.token_hex(16)}\n".encode())
-        scan, out = scanner.scan, []
-        for line in stream:
-            out.append(scan(line))
-            if len(out) >= FLUSH_LINES:
-                chunk = b"".join(out)
-                write(chunk)
-                sent += len(chunk)
-                out.clear()
-                now = time.monotonic()
-                if progress and now - last >= 1.0:
-                    progress(sent, raw.count, source.size, now - start)
-                    last = now
-        chunk = b"".join(out)
-        write(chunk)
-        sent += len(chunk)
-        scanner.finish()
+        feed, read = scanner.feed, stream.read
+        while chunk := read(CHUNK):
+            for piece in feed(chunk):
+                write(piece)
+                sent += len(piece)
+            now = time.monotonic()
+            if progress and now - last >= 1.0:
+                progress(sent, raw.count, source.size, now - start)
+                last = now
+        for piece in scanner.finish():
+            write(piece)
+            sent += len(piece)
         read_all = True
     except MetaCommandRefused as e:
         outcome.refused = str(e)
