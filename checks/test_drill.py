@@ -62,9 +62,10 @@ def test_every_expected_schema_is_restored(drill: DrillFacts, target: Target, ev
         pytest.fail("restore drill schemas: FAILED (no expectation); fix: set [drill].expected_schemas "
                     "(or [backups].expected_schemas) or [drill].expect_live_catalog = true", pytrace=False)
     missing = sorted(expected - f.restored.schemas)
-    assert not missing, (f"restore drill schemas: FAILED (missing after restore: {', '.join(missing)}); "
-                         f"fix: grant the dump role USAGE on {', '.join(missing)} or stop excluding them "
-                         "from pg_dump, then check the next dump")
+    if missing:
+        pytest.fail(f"restore drill schemas: FAILED (missing after restore: {', '.join(missing)}); "
+                    f"fix: grant the dump role USAGE on {', '.join(missing)} or stop excluding them "
+                    "from pg_dump, then check the next dump", pytrace=False)
 
 
 def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Target, evidence: Evidence) -> None:
@@ -84,8 +85,10 @@ def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Tar
     missing = sorted(f.live.qualified_tables() - f.restored.qualified_tables()) if f.live else []
     if missing:
         short.append(f"missing tables: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
-    assert not short, (f"restore drill tables: FAILED ({'; '.join(short)}); fix: make the dump include "
-                       "every table (dump role SELECT, no --exclude-table) or lower [drill].min_tables")
+    if short:
+        pytest.fail(f"restore drill tables: FAILED ({'; '.join(short)}); fix: make the dump include "
+                    "every table (dump role SELECT, no --exclude-table) or lower [drill].min_tables",
+                    pytrace=False)
 
 
 def test_sequences_views_functions_are_restored(drill: DrillFacts, target: Target, evidence: Evidence) -> None:
@@ -103,7 +106,8 @@ def test_sequences_views_functions_are_restored(drill: DrillFacts, target: Targe
             missing = sorted(f.live.objects(kind) - got)
             if missing:
                 problems.append(f"{kind} missing: {', '.join(missing[:20])}")
-    assert not problems, f"restore drill objects: FAILED ({'; '.join(problems)}); {FIX_DUMP}"
+    if problems:
+        pytest.fail(f"restore drill objects: FAILED ({'; '.join(problems)}); {FIX_DUMP}", pytrace=False)
 
 
 def test_every_table_has_the_rows_read_from_the_dump(drill: DrillFacts, evidence: Evidence) -> None:
@@ -114,8 +118,9 @@ def test_every_table_has_the_rows_read_from_the_dump(drill: DrillFacts, evidence
     evidence("rows", f"{sum(n for n, _ in f.rows.values())} rows in {len(f.rows)} COPY blocks")
     lost = [f"{t}: {'table missing' if got is None else f'{got} rows'} restored vs {n} in the dump"
             for t, (n, got) in sorted(f.rows.items()) if got != n]
-    assert not lost, (f"restore drill row fidelity: FAILED ({'; '.join(lost[:20])}); fix: find what drops "
-                      "rows on load (triggers, rules, constraints in the dump) and repair the dump")
+    if lost:
+        pytest.fail(f"restore drill row fidelity: FAILED ({'; '.join(lost[:20])}); fix: find what drops "
+                    "rows on load (triggers, rules, constraints in the dump) and repair the dump", pytrace=False)
 
 
 def test_drill_left_nothing_behind(drill: DrillFacts, evidence: Evidence) -> None:
@@ -124,5 +129,6 @@ def test_drill_left_nothing_behind(drill: DrillFacts, evidence: Evidence) -> Non
     evidence("sweep of earlier runs", "; ".join(drill.sweep_log) or "nothing left by earlier runs")
     evidence("cleanup", "; ".join(drill.cleanup_problems) or "ok")
     left = drill.leftovers + drill.cleanup_problems
-    assert not left, (f"restore drill cleanup: FAILED (left behind: {'; '.join(left)}); fix: remove them by hand "
-                      "(dropdb / rm -rf); the next drill's sweep also removes them")
+    if left:
+        pytest.fail(f"restore drill cleanup: FAILED (left behind: {'; '.join(left)}); fix: remove them by hand "
+                    "(dropdb / rm -rf); the next drill's sweep also removes them", pytrace=False)
