@@ -363,3 +363,29 @@ def test_scan_in_chunks_counts_and_forwards_like_line_by_line(healthy_backups, s
     assert b"".join(pieces) == expected and expected.count(b"\n") == data.count(b"\n")
     assert chunked.rows == by_line.rows and chunked.rows["public.empty"] == 0 and len(chunked.rows) == 22
     assert chunked.line_no == by_line.line_no and chunked.complete
+
+
+def test_dump_with_owners_restores_in_a_throwaway_cluster_given_the_roles(backups, write_target, work_dir,
+                                                                         seed_cluster):
+    """A dump made without --no-owner names its roles; the throwaway cluster creates them first."""
+    dump = subprocess.run(["pg_dump", "-d", demo.DBNAME], env=seed_cluster.env(), capture_output=True, check=True)
+    assert b"OWNER TO workflow_admin" in dump.stdout
+    (backups / "directus_9999-01-01_0200.sql.gz").write_bytes(gzip.compress(dump.stdout))
+    target = load_target(write_target(backups, drill_toml(work_dir, roles=["directus", "workflow_admin"])))
+    facts = run_drill(target)
+    assert facts.aborted is None and facts.outcome.problems == [], facts.outcome
+    assert facts.restored.table_count() == 21 and not facts.leftovers
+
+
+def test_long_restore_reports_progress_with_bytes_and_share_read(backups, write_target, work_dir, cluster):
+    rows = "".join(f"{i}\trow {i} {'x' * 40}\n" for i in range(40000)).encode()
+    text = gzip.decompress(newest(backups).read_bytes()).replace(
+        b"COPY public.item_03 ", b"SELECT pg_sleep(1.2);\nCREATE TABLE public.big (id int, label text);\n"
+        b"COPY public.big (id, label) FROM stdin;\n" + rows + b"\\.\n\nCOPY public.item_03 ")
+    newest(backups).write_bytes(gzip.compress(text))
+    calls: list[tuple] = []
+    target = load_target(write_target(backups, drill_toml(work_dir, **scratch(cluster))))
+    facts = run_drill(target, progress=lambda *a: calls.append(a))
+    assert facts.outcome.problems == [] and facts.rows["public.big"] == (40000, 40000)
+    sent, read, size, seconds = calls[0]
+    assert 0 < sent < len(text) and 0 < read <= size == newest(backups).stat().st_size and seconds >= 1.0

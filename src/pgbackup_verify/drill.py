@@ -156,14 +156,18 @@ def run_drill(target: Target, source: DumpSource | None = None, janitor: safety.
             try:
                 facts.sweep_log = safety.sweep(work_dir, d.prefix, d.stale_minutes,
                                                d.server_dsn if d.mode == "scratch" else None)
-                _run(target, d, work_dir, janitor, source, facts, progress, start)
+                # The time limit bounds the drill itself; waiting for the lock has its own bound.
+                _run(target, d, work_dir, janitor, source, facts, progress, time.monotonic())
             except (safety.DrillAborted, NoDumpFound, DatabaseUnreachable, FileNotFoundError) as e:
                 facts.aborted = str(e)
             except psycopg.Error as e:
                 facts.aborted = f"drill database error: {str(e).strip().splitlines()[0]}"
             finally:
                 facts.cleanup_problems = janitor.run_all()
-                facts.leftovers = _leftovers(d, work_dir)
+                try:
+                    facts.leftovers = _leftovers(d, work_dir)
+                except psycopg.Error as e:
+                    facts.cleanup_problems.append(f"could not list drill databases on the server: {e}")
     except safety.DrillAborted as e:
         facts.aborted = str(e)
     facts.seconds = time.monotonic() - start
