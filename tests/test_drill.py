@@ -146,10 +146,13 @@ def test_rows_lost_on_the_way_fail_row_fidelity_with_both_counts(pytester, backu
     # The COPY block is intact (200 rows are read from the dump); a trigger the dump also
     # carries silently discards half of them on load. Nothing errors: only counting tells.
     edit_dump(newest(backups), "COPY public.item_03 ", DROP_EVEN_ROWS)
+    warn = "DO $$BEGIN RAISE WARNING 'drill probe'; END$$;"
+    edit_dump(newest(backups), "COPY public.item_04 ", f"{warn}\nCOPY public.item_04 ")
     result = run_checks(pytester, write_target(backups, drill_toml(work_dir, **scratch(cluster))))
     result.assert_outcomes(passed=5, failed=1)
-    assert "restore drill row fidelity: FAILED (public.item_03: 100 rows restored vs 200 in the dump)" in (
-        result.stdout.str())
+    out = result.stdout.str()
+    assert "restore drill row fidelity: FAILED (public.item_03: 100 rows restored vs 200 in the dump)" in out
+    assert f"WARNING: drill probe | line: {warn}" in out  # warnings are shown with their line, not counted
 
 
 @pytest.mark.parametrize("meta", ["\\! touch {marker}\n", "SELECT 1; \\! touch {marker}\n"],
