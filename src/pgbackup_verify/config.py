@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 import types
 import typing
@@ -89,6 +90,36 @@ class TrendsSection:
 
 
 @dataclass(frozen=True)
+class DrillSection:
+    mode: str = _key("where the drill restores: throwaway (local cluster), scratch (database on "
+                     "server_dsn) or off", default="throwaway")
+    server_dsn: str = _key("scratch mode: libpq string of a server where the drill may create databases "
+                           "(role with CREATEDB), WITHOUT password", default="")
+    prefix: str = _key("name prefix of every drill database; nothing without it is ever created or dropped",
+                       default="restore_drill_")
+    work_dir: Path | None = _key("directory for throwaway clusters and spool files (default: system temp)",
+                                 path="dir", default=None)
+    lock_file: Path | None = _key("file locked (flock) while a drill runs (default: <work_dir>/"
+                                  "pgbackup-verify-drill.lock)", default=None)
+    expected_schemas: tuple[str, ...] = _key("schemas the restore must hold (default: "
+                                             "[backups].expected_schemas)", default=())
+    min_tables: tuple[tuple[str, int], ...] = _key("table: schema -> minimum tables after restore "
+                                                   "(default 1 per expected schema)", default=())
+    min_sequences: int = _key("minimum sequences after restore", default=0)
+    min_views: int = _key("minimum views after restore", default=0)
+    min_functions: int = _key("minimum functions after restore", default=0)
+    expect_live_catalog: bool = _key("also expect every live schema, table, sequence, view and function "
+                                     "(minus [database].exclude_schemas)", default=False)
+    roles: tuple[str, ...] = _key("throwaway mode: roles created before restoring a dump made without "
+                                  "--no-owner", default=())
+    jobs: int = _key("parallel jobs of pg_restore for custom-format dumps", default=2)
+    time_limit_seconds: int = _key("the drill is stopped and fails after this long", default=3600)
+    disk_factor: float = _key("free disk needed = payload x this factor (throwaway mode)", default=2.0)
+    stale_minutes: float = _key("a leftover drill database/cluster of a live process older than this is "
+                                "removed too", default=240.0)
+
+
+@dataclass(frozen=True)
 class Target:
     """One backed-up database host, as the checks see it."""
 
@@ -98,6 +129,7 @@ class Target:
     backups: BackupsSection
     sql_check: tuple[SqlCheck, ...] = ()
     trends: TrendsSection | None = None  # optional section; absent = the defaults
+    drill: DrillSection | None = None
 
     @property
     def name(self) -> str:
@@ -119,6 +151,7 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "database": (DatabaseSection, True),
     "backups": (BackupsSection, True),
     "trends": (TrendsSection, False),
+    "drill": (DrillSection, False),
 }
 # Arrays of tables ([[name]]): section name -> dataclass of one entry.
 LIST_SECTIONS: dict[str, type] = {"sql_check": SqlCheck}
@@ -134,6 +167,11 @@ def _convert(value: Any, tp: Any, where: str, base: Path, path_kind: str | None)
     if origin in (typing.Union, types.UnionType):
         inner = next(a for a in typing.get_args(tp) if a is not type(None))
         return _convert(value, inner, where, base, path_kind)
+    if origin is tuple and typing.get_args(tp)[0] is not str:  # a TOML table of name -> integer
+        if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                  for v in value.values()):
+            raise ConfigError(f"{where}: expected a table of name = integer >= 0, got {value!r}")
+        return tuple(sorted(value.items()))
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
@@ -211,6 +249,8 @@ def _validate(t: Target) -> None:
             raise ConfigError(f"[backups].{key}: must be greater than 0")
     if t.trends is not None:
         _validate_trends(t.trends)
+    if t.drill:
+        _validate_drill(t.drill)
 
 
 def _validate_trends(tr: TrendsSection) -> None:
@@ -225,6 +265,29 @@ def _validate_trends(tr: TrendsSection) -> None:
     if tr.min_history > tr.payload_window:
         raise ConfigError(f"[trends].min_history: {tr.min_history} is more than payload_window "
                           f"{tr.payload_window}; lower it or widen the window")
+
+
+def _validate_drill(d: DrillSection) -> None:
+    if d.mode not in ("throwaway", "scratch", "off"):
+        raise ConfigError(f"[drill].mode: '{d.mode}' is not one of throwaway, scratch, off")
+    if d.mode == "scratch" and not d.server_dsn:
+        raise ConfigError("[drill].server_dsn: required when mode = 'scratch'; give the server the drill "
+                          "may create restore_drill_* databases on")
+    if d.server_dsn:
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(d.server_dsn)
+        except psycopg.ProgrammingError as e:
+            raise ConfigError(f"[drill].server_dsn: not a valid libpq connection string ({e})") from None
+        if "password" in params:
+            raise ConfigError("[drill].server_dsn: contains a password; remove it and use PGPASSWORD or ~/.pgpass")
+    if not re.fullmatch(r"[a-z][a-z0-9_]{5,30}_", d.prefix):
+        raise ConfigError(f"[drill].prefix: '{d.prefix}' must be 6-31 lowercase letters/digits/_ ending in '_' "
+                          "(e.g. restore_drill_)")
+    for key in ("jobs", "time_limit_seconds"):
+        if getattr(d, key) < 1:
+            raise ConfigError(f"[drill].{key}: must be at least 1")
+    if d.disk_factor < 1:
+        raise ConfigError(f"[drill].disk_factor: {d.disk_factor} is below 1; the restore needs at least the payload")
 
 
 def load_target(path: str | os.PathLike[str]) -> Target:

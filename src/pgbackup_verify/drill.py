@@ -1,0 +1,203 @@
+"""The restore drill: restore one dump somewhere disposable, read back what arrived, clean up.
+
+`run_drill(target)` returns `DrillFacts`; the checks in checks/test_drill.py assert on them.
+The drill itself never fails a check: it records errors, refusals and aborts as facts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import psycopg.conninfo
+from psycopg import sql
+
+from pgbackup_verify import drillsafety as safety
+from pgbackup_verify.catalog import Catalog, read_catalog
+from pgbackup_verify.cluster import CLUSTER_PREFIX, ThrowawayCluster
+from pgbackup_verify.config import DrillSection, Target
+from pgbackup_verify.db import DatabaseUnreachable, connect_readonly
+from pgbackup_verify.dumpscan import split_name
+from pgbackup_verify.dumpsource import DumpSource, NoDumpFound, newest_dump
+from pgbackup_verify.restore import Progress, RestoreOutcome, restore_custom, restore_plain
+
+
+@dataclass
+class DrillFacts:
+    target: str
+    mode: str
+    skipped: str | None = None  # [drill].mode = off
+    aborted: str | None = None  # the drill could not run to the end; why
+    source: str = ""
+    fmt: str = ""
+    stored_bytes: int | None = None
+    database: str = ""
+    where: str = ""
+    outcome: RestoreOutcome | None = None
+    restored: Catalog | None = None
+    live: Catalog | None = None  # expectations read from the live catalog, when asked
+    rows: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # table -> (dump, restored)
+    sweep_log: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    cleanup_problems: list[str] = field(default_factory=list)
+    lock_wait: float = 0.0
+    disk: str = ""
+    seconds: float = 0.0
+
+
+def drill_config(target: Target) -> DrillSection:
+    return target.drill or DrillSection()
+
+
+def expected_schemas(target: Target) -> tuple[str, ...]:
+    return drill_config(target).expected_schemas or target.backups.expected_schemas
+
+
+def db_name(prefix: str) -> str:
+    return f"{prefix}{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
+
+
+def _wait_ready(dsn: str, seconds: float = 30.0) -> None:
+    """The executor may return while the new cluster still answers 'starting up'."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            psycopg.connect(dsn, connect_timeout=5).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class _Site:
+    """Where the restore lands; create() registers its own cleanup with the janitor."""
+
+    def __init__(self, d: DrillSection, work_dir: Path, janitor: safety.Janitor) -> None:
+        self.d, self.work_dir, self.janitor = d, work_dir, janitor
+        self.name = safety.guard_name(db_name(d.prefix), d.prefix)
+        self.admin_dsn = d.server_dsn
+        self.env = dict(os.environ)
+        self.where = ""
+
+    def create(self) -> None:
+        if self.d.mode == "throwaway":
+            cluster = ThrowawayCluster(base=self.work_dir, tag=safety.CLUSTER_TAG)
+            (cluster.root / "owner").write_text(safety.owner_mark())
+            self.janitor.add(f"cluster {cluster.root}", cluster.stop)
+            cluster.start()
+            self.admin_dsn, self.env = cluster.dsn(), cluster.env()
+            _wait_ready(self.admin_dsn)
+            self.where = f"throwaway cluster {cluster.root} port {cluster.port}"
+        else:
+            params = psycopg.conninfo.conninfo_to_dict(self.admin_dsn)
+            self.where = f"server {params.get('host', 'local socket')}:{params.get('port', 5432)}"
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
+            if self.d.mode == "throwaway":
+                for role in self.d.roles:
+                    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(self.name)))
+            if self.d.mode == "scratch":
+                self.janitor.add(f"database {self.name}", self.drop)
+                conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    sql.Identifier(self.name), sql.Literal(safety.owner_mark())))
+
+    def drop(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
+            safety.drop_database(conn, self.name, self.d.prefix)
+
+    def dsn(self) -> str:
+        params = psycopg.conninfo.conninfo_to_dict(self.admin_dsn)
+        params["dbname"] = self.name
+        return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def _leftovers(d: DrillSection, work_dir: Path) -> list[str]:
+    found = [str(p) for p in safety.local_leftovers(work_dir)]
+    if d.mode == "scratch":
+        with psycopg.connect(d.server_dsn, autocommit=True, connect_timeout=10) as conn:
+            found += [f"database {n}" for n, _ in safety.server_leftovers(conn, d.prefix)]
+    return found
+
+
+def _row_counts(conn: psycopg.Connection, dumped: dict[str, int]) -> dict[str, tuple[int, int | None]]:
+    out: dict[str, tuple[int, int | None]] = {}
+    for qualified, n in dumped.items():
+        schema, table = split_name(qualified)
+        try:
+            # ONLY: an inheritance parent's COPY holds its own rows, not its children's.
+            got = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(table))).fetchone()[0]  # type: ignore[index]
+        except psycopg.errors.UndefinedTable:
+            got = None
+        out[f"{schema}.{table}"] = (n, got)
+    return out
+
+
+def run_drill(target: Target, source: DumpSource | None = None, janitor: safety.Janitor | None = None,
+              progress: Progress | None = None) -> DrillFacts:
+    d = drill_config(target)
+    facts = DrillFacts(target=target.name, mode=d.mode)
+    if d.mode == "off":
+        facts.skipped = "[drill].mode = 'off' in the target file"
+        return facts
+    work_dir = d.work_dir or Path(tempfile.gettempdir())
+    janitor = janitor or safety.Janitor()
+    start = time.monotonic()
+    try:
+        with janitor.signals(), safety.DrillLock(d.lock_file or work_dir / "pgbackup-verify-drill.lock",
+                                                 d.time_limit_seconds) as lock:
+            facts.lock_wait = lock.waited
+            try:
+                facts.sweep_log = safety.sweep(work_dir, d.prefix, d.stale_minutes,
+                                               d.server_dsn if d.mode == "scratch" else None)
+                # The time limit bounds the drill itself; waiting for the lock has its own bound.
+                _run(target, d, work_dir, janitor, source, facts, progress, time.monotonic())
+            except (safety.DrillAborted, NoDumpFound, DatabaseUnreachable, FileNotFoundError) as e:
+                facts.aborted = str(e)
+            except psycopg.Error as e:
+                facts.aborted = f"drill database error: {str(e).strip().splitlines()[0]}"
+            finally:
+                facts.cleanup_problems = janitor.run_all()
+                try:
+                    facts.leftovers = _leftovers(d, work_dir)
+                except psycopg.Error as e:
+                    facts.cleanup_problems.append(f"could not list drill databases on the server: {e}")
+    except safety.DrillAborted as e:
+        facts.aborted = str(e)
+    facts.seconds = time.monotonic() - start
+    return facts
+
+
+def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janitor, source: DumpSource | None,
+         facts: DrillFacts, progress: Progress | None, start: float) -> None:
+    source = source or newest_dump(target.backups)
+    facts.source, facts.fmt, facts.stored_bytes = source.description, source.fmt, source.size
+    if d.expect_live_catalog:
+        with connect_readonly(target) as live:
+            facts.live = read_catalog(live, exclude=target.database.exclude_schemas)
+    if d.mode == "throwaway":
+        facts.disk = safety.preflight_disk(work_dir, source.payload_estimate(), d.disk_factor)
+    else:
+        facts.disk = f"not measured: the scratch database lives on the server ({socket.gethostname()} cannot see it)"
+    site = _Site(d, work_dir, janitor)
+    facts.database = site.name
+    site.create()
+    facts.where = site.where
+    remaining = d.time_limit_seconds - (time.monotonic() - start)
+    if source.fmt == "custom":
+        facts.outcome = restore_custom(source, site.dsn(), site.env, d.jobs, remaining, janitor, work_dir, progress)
+    else:
+        facts.outcome = restore_plain(source, site.dsn(), site.env, remaining, janitor, progress)
+    with psycopg.connect(site.dsn(), autocommit=True, connect_timeout=10) as conn:
+        facts.restored = read_catalog(conn)
+        if facts.outcome.rows is not None:
+            facts.rows = _row_counts(conn, facts.outcome.rows)
+
+
+__all__ = ["CLUSTER_PREFIX", "DrillFacts", "expected_schemas", "run_drill"]

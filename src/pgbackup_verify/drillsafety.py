@@ -1,0 +1,212 @@
+"""Safety rails of the restore drill: the lock, the janitor (finalizer + signal handler),
+the sweep of leftovers of a crashed run, the disk preflight and the drill-name guard.
+
+Everything the drill creates carries the drill prefix and an owner mark (pid, host, start):
+a cluster directory holds an `owner` file, a scratch database a COMMENT. The sweep only
+ever touches such objects, and only when their owner is gone or they are older than the
+stale limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from pgbackup_verify.cluster import CLUSTER_PREFIX, _run_as, pg_bindir
+
+log = logging.getLogger("pgbackup_verify.drill")
+CLUSTER_TAG = "drill-"
+SPOOL_PREFIX = "pgbv-drill-spool-"
+
+
+class DrillAborted(Exception):
+    """The drill could not run (lock, disk, time, server); str() says why and what to do."""
+
+
+def owner_mark() -> str:
+    return f"pgbackup-verify drill pid={os.getpid()} host={socket.gethostname()} started={int(time.time())}"
+
+
+def _parse_mark(mark: str | None) -> tuple[int | None, str | None, float | None]:
+    fields = dict(p.split("=", 1) for p in (mark or "").split() if "=" in p)
+    try:
+        return int(fields["pid"]), fields.get("host"), float(fields["started"])
+    except (KeyError, ValueError):
+        return None, None, None
+
+
+def _owner_gone(mark: str | None, stale_minutes: float, fallback_age: float) -> tuple[bool, str]:
+    pid, host, started = _parse_mark(mark)
+    age_min = (time.time() - (started or fallback_age)) / 60
+    if age_min > stale_minutes:
+        return True, f"age {age_min:.0f} min > {stale_minutes:.0f}"
+    if pid is None or host != socket.gethostname():
+        return False, f"age {age_min:.0f} min, owner unknown or on another host"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True, f"owner pid {pid} is gone"
+    except PermissionError:
+        pass
+    return False, f"owner pid {pid} still runs"
+
+
+def guard_name(name: str, prefix: str) -> str:
+    """Every CREATE/DROP DATABASE goes through here: no prefix, no statement."""
+    if not name.startswith(prefix) or len(name) <= len(prefix):
+        raise DrillAborted(f"refusing to create or drop database '{name}': it lacks the drill prefix '{prefix}'")
+    return name
+
+
+class DrillLock:
+    """flock on a file: overlapping suite runs take turns instead of colliding."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path, self.timeout, self.waited = path, timeout, 0.0
+        self._fd: int | None = None
+
+    def __enter__(self) -> DrillLock:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        start = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() - start > self.timeout:
+                    os.close(self._fd)
+                    raise DrillAborted(f"another drill held {self.path} for over {self.timeout:.0f} s; "
+                                       "check for a hung pgbackup-verify run") from None
+                time.sleep(0.5)
+        self.waited = time.monotonic() - start
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, owner_mark().encode())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+
+
+class Janitor:
+    """Cleanups run exactly once: by the finalizer, the normal path, or SIGTERM/SIGINT."""
+
+    def __init__(self) -> None:
+        self._jobs: list[tuple[str, Callable[[], None]]] = []
+        self._lock = threading.RLock()
+
+    def add(self, name: str, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._jobs.append((name, fn))
+
+    def run_all(self) -> list[str]:
+        problems = []
+        with self._lock:
+            jobs, self._jobs = self._jobs[::-1], []
+        for name, fn in jobs:
+            try:
+                fn()
+            except Exception as e:
+                problems.append(f"cleanup of {name} failed: {e}")
+                log.error("drill cleanup of %s failed: %s", name, e)
+        return problems
+
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum: int, frame: object) -> None:
+            log.warning("drill interrupted by signal %d: cleaning up", signum)
+            self.run_all()
+            for s, h in previous.items():
+                signal.signal(s, h)
+            prev = previous[signum]
+            if callable(prev):
+                prev(signum, frame)
+            elif signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            else:
+                os.kill(os.getpid(), signum)
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def stop_cluster_dir(root: Path) -> None:
+    """Stop a (possibly orphaned) drill cluster and remove its directory."""
+    data = root / "data"
+    if (data / "postmaster.pid").exists():
+        subprocess.run([str(pg_bindir() / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate", "-w"],
+                       check=False, capture_output=True, timeout=60, **_run_as())
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def local_leftovers(work_dir: Path) -> list[Path]:
+    return sorted([*work_dir.glob(f"{CLUSTER_PREFIX}{CLUSTER_TAG}*"), *work_dir.glob(f"{SPOOL_PREFIX}*")])
+
+
+def server_leftovers(conn: psycopg.Connection, prefix: str) -> list[tuple[str, str | None]]:
+    rows = conn.execute("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+                        "WHERE left(datname, length(%s)) = %s ORDER BY 1", (prefix, prefix)).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def drop_database(conn: psycopg.Connection, name: str, prefix: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(guard_name(name, prefix))))
+
+
+def sweep(work_dir: Path, prefix: str, stale_minutes: float, server_dsn: str | None) -> list[str]:
+    """Remove what an earlier crashed drill left behind; return one log line per object."""
+    lines = []
+    for root in local_leftovers(work_dir):
+        owner = root / "owner"
+        mark = owner.read_text() if owner.exists() else None
+        gone, why = _owner_gone(mark, stale_minutes, root.stat().st_mtime)
+        if gone:
+            stop_cluster_dir(root) if root.name.startswith(CLUSTER_PREFIX) else shutil.rmtree(root, True)
+            lines.append(f"swept leftover {root} ({why})")
+        else:
+            lines.append(f"left {root} alone ({why})")
+    if server_dsn:
+        with psycopg.connect(server_dsn, autocommit=True, connect_timeout=10) as conn:
+            for name, mark in server_leftovers(conn, prefix):
+                gone, why = _owner_gone(mark, stale_minutes, 0.0)
+                if gone:
+                    drop_database(conn, name, prefix)
+                    lines.append(f"swept leftover database {name} ({why})")
+                else:
+                    lines.append(f"left database {name} alone ({why})")
+    for line in lines:
+        log.warning("drill sweep: %s", line)
+    return lines
+
+
+def preflight_disk(work_dir: Path, payload: int, factor: float) -> str:
+    free = shutil.disk_usage(work_dir).free
+    need = int(payload * factor)
+    if free < need:
+        raise DrillAborted(f"free disk in {work_dir} is {free >> 20} MiB < {need >> 20} MiB (payload x {factor}); "
+                           "free space or point [drill].work_dir elsewhere")
+    return f"{free >> 20} MiB free >= {need >> 20} MiB needed"

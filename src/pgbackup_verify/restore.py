@@ -1,0 +1,219 @@
+"""Run the restore itself: a plain dump streamed through the scan into restricted psql,
+or a custom-format dump through `pg_restore -j N`. Errors come back with their dump line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from isal import igzip
+
+from pgbackup_verify.drillsafety import SPOOL_PREFIX, Janitor
+from pgbackup_verify.dumpscan import MetaCommandRefused, PlainDumpScanner
+from pgbackup_verify.dumpsource import DumpSource
+
+Progress = Callable[[int, int, int | None, float], None]  # payload sent, stored read, stored size, seconds
+_PSQL_MSG = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|PANIC|WARNING|error|warning|fatal):\s*(.*)$")
+MAX_MESSAGES = 50
+CHUNK = 1 << 20  # decompressed bytes per read
+
+
+@dataclass
+class RestoreOutcome:
+    tool: str
+    exit_code: int | None = None
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    refused: str | None = None
+    timed_out: bool = False
+    payload_bytes: int = 0
+    rows: dict[str, int] | None = None  # COPY target -> rows read from the dump (plain only)
+    complete_marker: bool | None = None
+    seconds: float = 0.0
+
+    @property
+    def problems(self) -> list[str]:
+        out = list(self.errors)
+        if self.refused:
+            out.insert(0, self.refused)
+        if self.timed_out:
+            out.append(f"{self.tool} stopped by the time limit ([drill].time_limit_seconds) after "
+                       f"{self.seconds:.0f} s of restore")
+        if self.exit_code not in (0, None) and not (self.errors or self.refused or self.timed_out):
+            out.append(f"{self.tool} exited with code {self.exit_code}")
+        if self.complete_marker is False and not self.refused:
+            out.append("dump stream ends without '-- PostgreSQL database dump complete' (truncated dump)")
+        return out
+
+
+class _Counting:
+    """Counts the stored bytes read, so progress works on any stream, not only on files."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.count = raw, 0
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.raw.read(n)
+        self.count += len(b)
+        return b
+
+    def readinto(self, buf: memoryview) -> int:
+        n = self.raw.readinto(buf)  # type: ignore[attr-defined]
+        self.count += n or 0
+        return n or 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _collect(pipe: IO[bytes], sink: list[str]) -> threading.Thread:
+    def run() -> None:
+        for raw in pipe:
+            if len(sink) < 2000:
+                sink.append(raw.decode(errors="replace").rstrip("\n"))
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _watchdog(proc: subprocess.Popen[bytes], seconds: float, outcome: RestoreOutcome) -> threading.Timer:
+    def expire() -> None:
+        if proc.poll() is None:
+            outcome.timed_out = True
+            proc.kill()
+    t = threading.Timer(max(seconds, 0.1), expire)
+    t.daemon = True
+    t.start()
+    return t
+
+
+def _psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreOutcome) -> None:
+    current: list[str] | None = None
+    for text in lines:
+        m = _PSQL_MSG.match(text)
+        if m:
+            dump_line = int(m.group(1)) - 1  # line 1 of psql's input is our \restrict
+            shown = scanner.line_text(dump_line)
+            msg = f"dump line {dump_line}: {m.group(2).upper()}: {m.group(3)}"
+            if shown is not None:
+                msg += f" | line: {shown.strip()[:200]}"
+            current = outcome.warnings if m.group(2).upper() == "WARNING" else outcome.errors
+            if len(current) < MAX_MESSAGES:
+                current.append(msg)
+        elif current and text.strip() and current[-1].count("\n") < 4 and not text.startswith("psql:"):
+            current[-1] += "\n    " + text.strip()[:200]
+        elif text.startswith("psql:") and "NOTICE" not in text:
+            outcome.errors.append(text[:300])
+
+
+def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_limit: float,
+                  janitor: Janitor, progress: Progress | None = None) -> RestoreOutcome:
+    """Stream the dump once: decompress, scan, count rows, feed psql under \\restrict."""
+    outcome = RestoreOutcome(tool="psql")
+    scanner = PlainDumpScanner()
+    start = time.monotonic()
+    proc = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    janitor.add("psql", lambda: proc.poll() is None and proc.kill())
+    assert proc.stdin is not None and proc.stderr is not None
+    lines: list[str] = []
+    reader = _collect(proc.stderr, lines)
+    timer = _watchdog(proc, time_limit, outcome)
+    raw = _Counting(source.open())
+    stream: BinaryIO = igzip.IGzipFile(fileobj=raw) if source.fmt == "plain-gzip" else raw  # type: ignore
+    write, sent, last, read_all = proc.stdin.write, 0, start, False
+    try:
+        # A key the dump cannot know: the dump's own \unrestrict can never lift it.
+        write(f"\\restrict {secrets.token_hex(16)}\n".encode())
+        feed, read = scanner.feed, stream.read
+        while chunk := read(CHUNK):
+            for piece in feed(chunk):
+                write(piece)
+                sent += len(piece)
+            now = time.monotonic()
+            if progress and now - last >= 1.0:
+                progress(sent, raw.count, source.size, now - start)
+                last = now
+        for piece in scanner.finish():
+            write(piece)
+            sent += len(piece)
+        read_all = True
+    except MetaCommandRefused as e:
+        outcome.refused = str(e)
+        proc.kill()  # nothing after the refused line may run
+    except BrokenPipeError:
+        pass  # psql stopped (ON_ERROR_STOP or killed): its stderr says why
+    except (EOFError, OSError) as e:
+        outcome.errors.append(f"dump stream unreadable after {raw.count} stored bytes: {e}")
+        proc.kill()
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        raw.close()
+    outcome.exit_code = proc.wait()
+    timer.cancel()
+    reader.join(5)
+    _psql_messages(lines, scanner, outcome)
+    outcome.payload_bytes, outcome.rows = sent, scanner.rows
+    # Only a stream read to its end can be called truncated; a stopped psql stops the reading.
+    outcome.complete_marker = scanner.complete if read_all else None
+    outcome.seconds = time.monotonic() - start
+    return outcome
+
+
+def _spool(source: DumpSource, work_dir: Path, janitor: Janitor) -> Path:
+    """pg_restore -j must seek: a stream without a file is copied to a spool file first."""
+    d = Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=work_dir))
+    janitor.add(f"spool dir {d}", lambda: shutil.rmtree(d, ignore_errors=True))
+    (d / "owner").write_text(f"pid={os.getpid()}")
+    path = d / "dump.custom"
+    with source.open() as src, path.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return path
+
+
+def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs: int, time_limit: float,
+                   janitor: Janitor, work_dir: Path, progress: Progress | None = None) -> RestoreOutcome:
+    outcome = RestoreOutcome(tool=f"pg_restore -j{jobs}")
+    start = time.monotonic()
+    path = source.path or _spool(source, work_dir, janitor)
+    proc = subprocess.Popen(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", "-d", conninfo,
+                             str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    janitor.add("pg_restore", lambda: proc.poll() is None and proc.kill())
+    assert proc.stderr is not None
+    lines: list[str] = []
+    reader = _collect(proc.stderr, lines)
+    timer = _watchdog(proc, time_limit - (time.monotonic() - start), outcome)
+    while proc.poll() is None:
+        time.sleep(0.2)
+        if progress and time.monotonic() - start > 5:
+            progress(0, 0, source.size, time.monotonic() - start)
+    outcome.exit_code = proc.returncode
+    timer.cancel()
+    reader.join(5)
+    for text in lines:
+        if text.startswith("pg_restore: error:") and len(outcome.errors) < MAX_MESSAGES:
+            outcome.errors.append(text.removeprefix("pg_restore: "))
+        elif text.startswith("Command was:") and outcome.errors:
+            outcome.errors[-1] += f" | command: {text[12:].strip()[:200]}"
+        elif text.startswith("pg_restore: warning:") and "errors ignored" not in text:
+            outcome.warnings.append(text.removeprefix("pg_restore: "))
+    outcome.payload_bytes = source.payload_estimate()
+    outcome.seconds = time.monotonic() - start
+    return outcome

@@ -1,0 +1,394 @@
+"""Self-tests of the restore drill: real clusters, real pg_dump output, real psql."""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgbackup_verify import demo
+from pgbackup_verify.cli import checks_dir
+from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.config import ConfigError, load_target
+from pgbackup_verify.drill import run_drill
+from pgbackup_verify.drillsafety import DrillAborted, guard_name, stop_cluster_dir
+from pgbackup_verify.dumpscan import MetaCommandRefused, PlainDumpScanner, split_name
+from pgbackup_verify.dumpsource import DumpSource, from_path
+
+CHECK = str(checks_dir() / "test_drill.py")
+
+
+@pytest.fixture
+def work_dir() -> Iterator[Path]:
+    """Drill work dir: under /tmp (the postgres OS user must reach it), private to one test."""
+    d = Path(tempfile.mkdtemp(prefix="pgbv-drilltest-"))
+    d.chmod(0o711)
+    yield d
+    for leftover in d.glob("pgbv-cluster-*"):  # only after a failed test: never leave a server running
+        stop_cluster_dir(leftover)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _toml(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return f'"{v}"' if isinstance(v, str | Path) else str(v)
+
+
+def scratch(c: ThrowawayCluster) -> dict[str, str]:
+    """Scratch mode on the session cluster: a database instead of initdb, where the mode does not matter."""
+    return {"mode": "scratch", "server_dsn": c.dsn()}
+
+
+def drill_toml(work_dir: Path, **keys: object) -> str:
+    """A [drill] section; every drill of a test works in its own directory (lock, clusters)."""
+    lines = ["[drill]", f'work_dir = "{work_dir}"', *(f"{k} = {_toml(v)}" for k, v in keys.items())]
+    return "\n".join(lines) + "\n"
+
+
+def newest(backup_dir: Path) -> Path:
+    return max(backup_dir.glob("*.sql.gz"), key=lambda p: p.stat().st_mtime)
+
+
+def pg_dump(cluster: ThrowawayCluster, out: Path, *args: str) -> Path:
+    """A real `pg_dump | gzip` of the seed database, with extra pg_dump arguments."""
+    dump = subprocess.run(["pg_dump", "--no-owner", "--no-acl", *args, "-d", demo.DBNAME], env=cluster.env(),
+                          capture_output=True, check=True)
+    out.write_bytes(gzip.compress(dump.stdout))
+    return out
+
+
+def edit_dump(path: Path, old: str, new: str, count: int = 1) -> None:
+    text = gzip.decompress(path.read_bytes()).decode()
+    assert old in text, old
+    path.write_bytes(gzip.compress(text.replace(old, new, count).encode()))
+
+
+def run_checks(pytester: pytest.Pytester, target: Path, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", "-rA", *args, CHECK)
+
+
+def test_healthy_dump_restores_and_every_drill_check_passes(pytester, backups, write_target, work_dir):
+    target = write_target(backups, drill_toml(work_dir, min_tables={"public": 12}, min_views=3))
+    result = run_checks(pytester, target)
+    result.assert_outcomes(passed=6)
+    out = result.stdout.str()
+    assert f"dump used: {newest(backups)}" in out
+    assert "schemas: cutter_governance,public,sandbox_tac" in out
+    assert "tables: 21" in out and "error lines: none" in out
+    assert "restore db: restore_drill_" in out
+    assert not list(work_dir.glob("pgbv-cluster-*")), "the drill cluster must be gone"
+
+
+def test_drill_config_errors_name_the_key(tmp_path, backups, write_target):
+    for extra, key in [('[drill]\nmode = "elsewhere"\n', "[drill].mode"),
+                       ('[drill]\nmode = "scratch"\n', "[drill].server_dsn"),
+                       ('[drill]\nprefix = "prod_"\n', "[drill].prefix"),
+                       ('[drill]\nmin_tables = { public = "many" }\n', "[drill].min_tables"),
+                       ('[drill]\ndisk_factor = 0.5\n', "[drill].disk_factor")]:
+        with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+            load_target(write_target(backups, extra))
+
+
+def test_dump_missing_a_schema_and_a_table_fails_naming_them(pytester, backups, write_target, work_dir,
+                                                              seed_cluster, cluster):
+    pg_dump(seed_cluster, backups / "directus_9999-01-01_0200.sql.gz",
+            "--exclude-schema=sandbox_tac", "--exclude-table=public.item_05")
+    target = write_target(backups, drill_toml(work_dir, min_tables={"public": 12}, expect_live_catalog=True,
+                                                **scratch(cluster)))
+    result = run_checks(pytester, target)
+    result.assert_outcomes(passed=3, failed=3)
+    out = result.stdout.str()
+    assert "restore drill schemas: FAILED (missing after restore: sandbox_tac)" in out
+    assert "public: 11 tables vs minimum 12" in out
+    assert "missing tables: public.item_05, sandbox_tac.item_00" in out
+    assert "views missing: sandbox_tac.item_summary" in out
+
+
+def test_statement_that_errors_fails_the_drill_and_shows_the_line(pytester, backups, write_target, work_dir,
+                                                                  cluster):
+    dump = newest(backups)
+    bad = "ALTER TABLE public.no_such_table ADD COLUMN x integer;"
+    edit_dump(dump, "CREATE TABLE public.item_03 (", f"{bad}\n\nCREATE TABLE public.item_03 (")
+    line_no = gzip.decompress(dump.read_bytes()).decode().splitlines().index(bad) + 1
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, **scratch(cluster))))
+    out = result.stdout.str()
+    assert "restore drill errors: FAILED (1 error lines vs 0)" in out
+    assert (f'dump line {line_no}: ERROR: relation "public.no_such_table" does not exist | line: {bad}') in out
+    result.assert_outcomes(passed=3, failed=3)  # ON_ERROR_STOP: later tables never arrived
+
+
+DROP_EVEN_ROWS = """CREATE FUNCTION public.drop_even_rows() RETURNS trigger LANGUAGE plpgsql
+    AS $$BEGIN IF NEW.id % 2 = 0 THEN RETURN NULL; END IF; RETURN NEW; END$$;
+CREATE TRIGGER drop_even BEFORE INSERT ON public.item_03 FOR EACH ROW EXECUTE FUNCTION public.drop_even_rows();
+
+COPY public.item_03 """
+
+
+def test_rows_lost_on_the_way_fail_row_fidelity_with_both_counts(pytester, backups, write_target, work_dir,
+                                                                  cluster):
+    # The COPY block is intact (200 rows are read from the dump); a trigger the dump also
+    # carries silently discards half of them on load. Nothing errors: only counting tells.
+    edit_dump(newest(backups), "COPY public.item_03 ", DROP_EVEN_ROWS)
+    warn = "DO $$BEGIN RAISE WARNING 'drill probe'; END$$;"
+    edit_dump(newest(backups), "COPY public.item_04 ", f"{warn}\nCOPY public.item_04 ")
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, **scratch(cluster))))
+    result.assert_outcomes(passed=5, failed=1)
+    out = result.stdout.str()
+    assert "restore drill row fidelity: FAILED (public.item_03: 100 rows restored vs 200 in the dump)" in out
+    assert f"WARNING: drill probe | line: {warn}" in out  # warnings are shown with their line, not counted
+
+
+@pytest.mark.parametrize("meta", ["\\! touch {marker}\n", "SELECT 1; \\! touch {marker}\n"],
+                         ids=["own-line", "after-statement"])
+def test_psql_meta_command_in_dump_is_refused_and_never_runs(pytester, backups, write_target, work_dir, meta,
+                                                             cluster):
+    marker = work_dir / "pwned"
+    line = meta.format(marker=marker)
+    edit_dump(newest(backups), "COPY public.item_03 ", f"{line}COPY public.item_03 ")
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, **scratch(cluster))))
+    out = result.stdout.str()
+    assert "restore drill errors: FAILED (dump refused: dump line" in out
+    assert f"psql meta-command refused: {line.strip()}" in out
+    assert not marker.exists(), "a meta-command from the dump ran"
+    assert result.ret == 1
+
+
+@pytest.mark.parametrize("lines", [
+    ["SELECT 'a\\b';\n"],                                      # backslash inside a standard string
+    ["SELECT E'it\\'s \\\\';\n"],                              # escaped quote inside an E-string
+    ["CREATE FUNCTION f() RETURNS text AS $body$\n", "SELECT '\\x';\n", "$body$ LANGUAGE sql;\n"],
+    ["SELECT 1; -- a comment \\! is not run\n"],
+    ["/* block \\! \n", "still comment */ SELECT 1;\n"],
+    ['CREATE TABLE "we\\ird" (id int);\n'],
+])
+def test_scan_lets_backslashes_inside_quotes_and_comments_pass(lines):
+    scanner = PlainDumpScanner()
+    assert [scanner.scan(line.encode()) for line in lines] == [line.encode() for line in lines]
+
+
+@pytest.mark.parametrize("lines", [
+    ["\\! touch /tmp/x\n"],
+    ["SELECT 1; \\! touch /tmp/x\n"],
+    ["SELECT 'a'; \\! touch /tmp/x\n"],
+    ["SELECT E'\\''; \\! touch /tmp/x\n"],
+    ["SELECT $$x$$; \\! touch /tmp/x\n"],
+    ["/* c */ \\! touch /tmp/x\n"],
+    ["SELECT 1\n", "\\g\n"],
+    ["COPY public.t (a) FROM stdin;\n", "1\n", "\\.\n", "\\! touch /tmp/x\n"],
+])
+def test_scan_refuses_meta_commands_outside_copy_data(lines):
+    scanner = PlainDumpScanner()
+    with pytest.raises(MetaCommandRefused, match=f"dump line {len(lines)}: psql meta-command refused"):
+        for line in lines:
+            scanner.scan(line.encode())
+
+
+def test_scan_counts_copy_rows_and_drops_the_dumps_restrict_pair():
+    scanner = PlainDumpScanner()
+    dump = ["\\restrict AbC123\n", 'COPY "My Schema"."T" (a, b) FROM stdin;\n', "1\t\\N\n", "2\t\\\\x\n",
+            "\\.\n", "COPY public.t FROM stdin;\n", "\\.\n", "-- PostgreSQL database dump complete\n",
+            "\\unrestrict AbC123\n"]
+    out = [scanner.scan(line.encode()) for line in dump]
+    assert out[0] == out[-1] == b"\n"
+    assert scanner.rows == {'"My Schema"."T"': 2, "public.t": 0} and scanner.complete
+    assert split_name('"My Schema"."T"') == ("My Schema", "T")
+
+
+def _wait_for_sleeping_restore(work_dir: Path, proc: subprocess.Popen, seconds: float = 60) -> Path:
+    """Until the drill cluster's restore sits in the dump's pg_sleep: then we are mid-restore."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "suite ended early"
+        for root in work_dir.glob("pgbv-cluster-drill-*"):
+            pidfile = root / "data" / "postmaster.pid"
+            try:
+                port = pidfile.read_text().splitlines()[3]
+                with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                                     connect_timeout=2) as conn:
+                    if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+                                    " AND state = 'active'").fetchone()[0]:
+                        return root
+            except (OSError, IndexError, psycopg.OperationalError):
+                pass
+        time.sleep(0.2)
+    raise AssertionError("the drill never reached the sleeping statement")
+
+
+def _suite(target: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pytest", "--target", str(target), "-p", "no:cacheprovider",
+                             "-rA", CHECK], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _server_answers(root: Path) -> bool:
+    return (root / "data" / "postmaster.pid").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_mid_restore_then_run_again_leaves_nothing_behind(backups, write_target, work_dir, tmp_path, sig):
+    edit_dump(newest(backups), "COPY public.item_03 ", "SELECT pg_sleep(120);\nCOPY public.item_03 ")
+    target = write_target(backups, drill_toml(work_dir))
+    proc = _suite(target, tmp_path)
+    root = _wait_for_sleeping_restore(work_dir, proc)
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:  # the handler cleaned up before the process died
+        assert not root.exists() and not list(work_dir.glob("pgbv-*"))
+    else:  # a crash leaves the cluster running: the next run's sweep must remove it
+        assert root.exists() and _server_answers(root)
+    newest(backups).unlink()  # the next night's dump is healthy again
+    again = _suite(target, tmp_path)
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 0, out
+    if sig == signal.SIGKILL:
+        assert f"swept leftover {root} (owner pid {proc.pid} is gone)" in out
+    assert not root.exists() and not list(work_dir.glob("pgbv-*"))
+
+
+def test_time_limit_stops_the_drill_and_fails_it(pytester, backups, write_target, work_dir, cluster):
+    edit_dump(newest(backups), "COPY public.item_03 ", "SELECT pg_sleep(120);\nCOPY public.item_03 ")
+    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, time_limit_seconds=3, **scratch(cluster))))
+    assert "psql stopped by the time limit ([drill].time_limit_seconds) after" in result.stdout.str()
+    assert result.ret == 1 and not list(work_dir.glob("pgbv-cluster-*"))
+
+
+def test_disk_preflight_refuses_a_restore_that_cannot_fit(backups, write_target, work_dir):
+    facts = run_drill(load_target(write_target(backups, drill_toml(work_dir, disk_factor=1e12))))
+    assert facts.aborted and "free disk in" in facts.aborted and "payload x 1000000000000.0" in facts.aborted
+    assert not facts.leftovers and facts.outcome is None
+
+
+def test_overlapping_drills_take_turns_on_the_lock(backups, write_target, work_dir, cluster):
+    target = load_target(write_target(backups, drill_toml(work_dir, **scratch(cluster))))
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(run_drill(target))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [f.aborted for f in results] == [None, None]
+    assert all(not f.outcome.problems for f in results)
+    waited = max(f.lock_wait for f in results)
+    assert waited >= min(f.seconds - f.lock_wait for f in results) * 0.5, "the second drill did not wait"
+
+
+def test_lock_held_too_long_aborts_the_drill_naming_the_lock(backups, write_target, work_dir):
+    target = load_target(write_target(backups, drill_toml(work_dir, time_limit_seconds=1)))
+    with open(work_dir / "pgbackup-verify-drill.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        facts = run_drill(target)
+    assert facts.aborted == (f"another drill held {work_dir / 'pgbackup-verify-drill.lock'} for over 1 s; "
+                             "check for a hung pgbackup-verify run")
+
+
+def _databases(c: ThrowawayCluster) -> list[str]:
+    with psycopg.connect(c.dsn(), autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT datname FROM pg_database ORDER BY 1")]
+
+
+def test_scratch_database_mode_leaves_the_server_as_it_found_it(pytester, cluster, backups, write_target, work_dir):
+    before = _databases(cluster)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:  # what a crashed drill left behind
+        conn.execute("CREATE DATABASE restore_drill_20000101_000000_1")
+        conn.execute("COMMENT ON DATABASE restore_drill_20000101_000000_1 IS "
+                     f"'pgbackup-verify drill pid={gone.pid} host={socket.gethostname()} started={int(time.time())}'")
+    target = write_target(backups, drill_toml(work_dir, mode="scratch", server_dsn=cluster.dsn(),
+                                              expect_live_catalog=True))
+    result = run_checks(pytester, target)
+    result.assert_outcomes(passed=6)
+    out = result.stdout.str()
+    assert f"swept leftover database restore_drill_20000101_000000_1 (owner pid {gone.pid} is gone)" in out
+    assert f"on server 127.0.0.1:{cluster.port}" in out
+    assert _databases(cluster) == before
+
+
+def test_drill_never_touches_a_database_without_its_prefix():
+    with pytest.raises(DrillAborted, match="lacks the drill prefix 'restore_drill_'"):
+        guard_name("directus", "restore_drill_")
+    with pytest.raises(DrillAborted):
+        guard_name("restore_drill_", "restore_drill_")
+
+
+def test_custom_format_restores_with_parallel_jobs(backups, write_target, work_dir, seed_cluster, cluster):
+    custom = backups / "directus.dump"
+    subprocess.run(["pg_dump", "-Fc", "-f", str(custom), "-d", demo.DBNAME], env=seed_cluster.env(), check=True)
+    target = load_target(write_target(backups, drill_toml(work_dir, jobs=2, **scratch(cluster))))
+    facts = run_drill(target, source=from_path(custom))
+    assert facts.aborted is None and facts.outcome.tool == "pg_restore -j2"
+    assert facts.outcome.problems == [] and facts.outcome.rows is None
+    assert facts.restored.schemas == set(demo.SCHEMAS) and facts.restored.table_count() == 21
+    assert not facts.leftovers
+
+
+def test_source_is_any_readable_stream_not_only_a_path(backups, write_target, work_dir, seed_cluster, cluster):
+    """The offsite archive member will arrive as a stream: no path, only open()."""
+    plain, custom = newest(backups), backups / "directus.dump"
+    subprocess.run(["pg_dump", "-Fc", "-f", str(custom), "-d", demo.DBNAME], env=seed_cluster.env(), check=True)
+    target = load_target(write_target(backups, drill_toml(work_dir, **scratch(cluster))))
+    for path, fmt in ((plain, "plain-gzip"), (custom, "custom")):
+        source = DumpSource(description=f"offsite:archive.tar.gz member {path.name}", name=path.name, fmt=fmt,
+                            size=None, payload_hint=None, open=lambda p=path: p.open("rb"))
+        facts = run_drill(target, source=source)
+        assert facts.aborted is None and facts.outcome.problems == [], facts
+        assert facts.restored.table_count() == 21 and not facts.leftovers  # spool file removed too
+        if fmt == "plain-gzip":
+            assert all(n == got for n, got in facts.rows.values()) and len(facts.rows) == 21
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 1 << 20])
+def test_scan_in_chunks_counts_and_forwards_like_line_by_line(healthy_backups, size):
+    data = gzip.decompress(newest(healthy_backups).read_bytes())
+    data = data.replace(b"COPY public.item_01 ", b"COPY public.empty (a) FROM stdin;\n\\.\r\nCOPY public.item_01 ")
+    by_line = PlainDumpScanner()
+    expected = b"".join(by_line.scan(line) for line in data.splitlines(keepends=True))
+    by_line.finish()
+    chunked = PlainDumpScanner()
+    pieces = [bytes(p) for i in range(0, len(data), size) for p in chunked.feed(data[i:i + size])]
+    pieces += chunked.finish()
+    assert b"".join(pieces) == expected and expected.count(b"\n") == data.count(b"\n")
+    assert chunked.rows == by_line.rows and chunked.rows["public.empty"] == 0 and len(chunked.rows) == 22
+    assert chunked.line_no == by_line.line_no and chunked.complete
+
+
+def test_dump_with_owners_restores_in_a_throwaway_cluster_given_the_roles(backups, write_target, work_dir,
+                                                                         seed_cluster):
+    """A dump made without --no-owner names its roles; the throwaway cluster creates them first."""
+    dump = subprocess.run(["pg_dump", "-d", demo.DBNAME], env=seed_cluster.env(), capture_output=True, check=True)
+    assert b"OWNER TO workflow_admin" in dump.stdout
+    (backups / "directus_9999-01-01_0200.sql.gz").write_bytes(gzip.compress(dump.stdout))
+    target = load_target(write_target(backups, drill_toml(work_dir, roles=["directus", "workflow_admin"])))
+    facts = run_drill(target)
+    assert facts.aborted is None and facts.outcome.problems == [], facts.outcome
+    assert facts.restored.table_count() == 21 and not facts.leftovers
+
+
+def test_long_restore_reports_progress_with_bytes_and_share_read(backups, write_target, work_dir, cluster):
+    rows = "".join(f"{i}\trow {i} {'x' * 40}\n" for i in range(40000)).encode()
+    text = gzip.decompress(newest(backups).read_bytes()).replace(
+        b"COPY public.item_03 ", b"SELECT pg_sleep(1.2);\nCREATE TABLE public.big (id int, label text);\n"
+        b"COPY public.big (id, label) FROM stdin;\n" + rows + b"\\.\n\nCOPY public.item_03 ")
+    newest(backups).write_bytes(gzip.compress(text))
+    calls: list[tuple] = []
+    target = load_target(write_target(backups, drill_toml(work_dir, **scratch(cluster))))
+    facts = run_drill(target, progress=lambda *a: calls.append(a))
+    assert facts.outcome.problems == [] and facts.rows["public.big"] == (40000, 40000)
+    sent, read, size, seconds = calls[0]
+    assert 0 < sent < len(text) and 0 < read <= size == newest(backups).stat().st_size and seconds >= 1.0
