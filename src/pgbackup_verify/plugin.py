@@ -105,3 +105,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 target = factories.target()
 evidence = factories.evidence()
 run_facts = factories.run_facts()
+backup_host = factories.backup_host()
+host_section = factories.host_section()
+backup_dir_facts = factories.backup_dir_facts()
