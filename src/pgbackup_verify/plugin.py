@@ -10,6 +10,7 @@ from pgbackup_verify import fixtures as factories
 from pgbackup_verify import report
 from pgbackup_verify.config import ConfigError
 from pgbackup_verify.fixtures.core import RUN_FACTS_KEY
+from pgbackup_verify.many import make_scheduler, summary_lines, target_of, wants_target_scheduling
 from pgbackup_verify.settings import HELP, Settings, resolve
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -35,6 +36,15 @@ def pytest_configure(config: pytest.Config) -> None:
         report.plan_reports(config, settings.reports_dir)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """xdist `-n N`: one target's checks per worker, targets in parallel (see many.py)."""
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings and len(settings.targets) > 1 and wants_target_scheduling(config):
+        return make_scheduler(config, log, [t.name for t in settings.targets])
+    return None
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash.get(SETTINGS_KEY, None)
     if not settings or not settings.targets:
@@ -55,6 +65,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     settings = config.stash.get(SETTINGS_KEY, None)
+    for item in items:
+        name = target_of(item)
+        if name is not None:
+            item.user_properties.append(("target", name))
     if settings and not settings.targets and any("target" in getattr(i, "fixturenames", ()) for i in items):
         raise pytest.UsageError(
             "no target file: the checks need one; pass --target FILE, set PGBACKUP_VERIFY_TARGET "
@@ -69,6 +83,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    for line in summary_lines(terminalreporter.stats):
+        terminalreporter.write_line(line)
     facts = config.stash.get(RUN_FACTS_KEY, {})
     for name, values in facts.items():
         if values:

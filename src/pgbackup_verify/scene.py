@@ -112,8 +112,11 @@ def write_archive(remote_dir: Path, dump: Path | None, when: float | None = None
     return path
 
 
-def offsite_toml(remote_dir: Path, max_age_hours: float = 26, min_archive_bytes: int = 4096) -> str:
-    return (f'\n[offsite]\nremote = "{REMOTE_NAME}:{remote_dir}"\narchive_glob = "vps-backup-*.tar.gz"\n'
+def offsite_toml(remote_dir: Path, max_age_hours: float = 26, min_archive_bytes: int = 4096,
+                 named_remote: bool = True) -> str:
+    """The [offsite] section; `named_remote` needs RCLONE_ENV set, else rclone's config-less `:local:`."""
+    remote = f"{REMOTE_NAME}:{remote_dir}" if named_remote else f":local:{remote_dir}"
+    return (f'\n[offsite]\nremote = "{remote}"\narchive_glob = "vps-backup-*.tar.gz"\n'
             f'member = "*/{PG_MEMBER}"\nmax_age_hours = {max_age_hours}\nmin_archive_bytes = {min_archive_bytes}\n'
             "size_tolerance = 0.05\n")
 
@@ -125,3 +128,11 @@ def write_offsite(root: Path, backup_dir: Path, pattern: str = "directus_*.sql.g
     newest = max(backup_dir.glob(pattern), key=lambda p: p.stat().st_mtime)
     write_archive(remote_dir, newest, when=newest.stat().st_mtime + 3600)
     return remote_dir
+
+
+def demo_sections(root: Path, backup_dir: Path, data_dir: Path) -> str:
+    """Lay out the host and the offsite remote next to a demo's backups; return the TOML to append
+    to its target file (`demo.write_target_file(..., extra=...)`). Needs no rclone config."""
+    host = write_host(root / "host")
+    remote = write_offsite(root, backup_dir)
+    return host.toml(data_dir) + offsite_toml(remote, named_remote=False)
