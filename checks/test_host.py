@@ -66,7 +66,7 @@ def test_cron_schedules_every_backup_job(crontabs: list[Crontab], host_section: 
 
 def test_every_cron_schedule_parses(crontabs: list[Crontab], evidence) -> None:
     entries = [e for t in crontabs for e in t.entries]
-    evidence("active cron entries", len(entries))
+    evidence("crontabs read", _sources(crontabs))
     bad = [f"cron schedule at {e.where}: FAILED ('{e.schedule}': {e.error}); fix: correct the line, cron "
            "skips it silently" for e in entries if e.error]
     _verdict(bad)
@@ -164,7 +164,7 @@ def test_backup_dir_and_dumps_are_not_world_readable(backup_dir_facts: hostfacts
 def test_free_space_holds_the_next_dumps(backup_dir_facts: hostfacts.BackupDirFacts, target: Target,
                                          evidence) -> None:
     d = backup_dir_facts
-    multiple = target.host_checks.free_space_multiple if target.host_checks else 2.0
+    multiple = (target.host_checks or HostSection()).free_space_multiple
     _require(d.exists, f"backup dir {d.path}: FAILED (missing on the host); fix: mkdir -m 700 {d.path}")
     _require(d.free_bytes is not None,
              f"free space of {d.path}: FAILED (`df -Pk` gave nothing); fix: check the mount")

@@ -160,3 +160,30 @@ def test_system_crontab_has_a_user_column_and_comments_are_inactive() -> None:
     tab = cron.parse("# 0 2 * * * root /old.sh\nMAILTO=root\n17 4 * * * root /opt/guard.sh\n", "/etc/cron.d/pg",
                      system=True)
     assert [(e.lineno, e.user, e.scripts()) for e in tab.entries] == [(3, "root", ["/opt/guard.sh"])]
+
+
+@pytest.mark.parametrize(("toml", "expected"), [
+    ('shellcheck_severity = "loud"', "[host].shellcheck_severity: 'loud' is not one of error, warning, info"),
+    ('cron_jobs = ["pg-backup.sh"]', "[host].cron_jobs: 'pg-backup.sh' is not an absolute path on the host"),
+    ("free_space_multiple = 0", "[host].free_space_multiple: must be greater than 0"),
+    ('process_args = "-D /data"', "[host].process_args: needs [host].process"),
+    ('cron_jobz = []', "[host].cron_jobz: unknown key; did you mean 'cron_jobs'?"),
+])
+def test_host_section_mistakes_are_one_line(tmp_path: Path, toml: str, expected: str) -> None:
+    from pgbackup_verify.config import ConfigError, load_target
+
+    f = tmp_path / "t.toml"
+    f.write_text(f'[database]\ndsn = "host=x"\ndump_role = "d"\n[backups]\ndirectory = "{tmp_path}"\n[host]\n{toml}\n')
+    with pytest.raises(ConfigError) as exc:
+        load_target(f)
+    assert expected in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unreachable_host_is_one_line(pytester: pytest.Pytester, write_target, backups: Path) -> None:
+    target = write_target(backups, extra='\n[host]\ncron_jobs = ["/x.sh"]\n')
+    target.write_text(target.read_text().replace("[target]\n", '[target]\nhost = "ssh://nobody@127.0.0.1:1"\n', 1))
+    result = pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", str(CHECKS),
+                                           "-k", "cron_schedules_every")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*backup host 'ssh://nobody@127.0.0.1:1': FAILED (cannot run a command: *); "
+                                 "fix: check [[]target].host and the access to it*"])
