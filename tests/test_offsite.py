@@ -141,3 +141,27 @@ def test_gzip_verifier_reads_pg_dump_15_18_footer_and_catches_truncation() -> No
     no_footer = verify_pg_gzip(io.BytesIO(gzip.compress(body[:30])))
     assert no_footer.valid and not no_footer.footer
     assert verify_pg_gzip(io.BytesIO(EMPTY_GZIP)).payload_bytes == 0
+
+
+def test_empty_remote_fails_every_check(pytester, write_target, backups: Path, remote: Path) -> None:
+    result = _run(pytester, write_target, backups, remote)
+    result.assert_outcomes(failed=OFFSITE_CHECKS)
+    result.stdout.fnmatch_lines([f"*offsite archive: FAILED (no 'vps-backup-*.tar.gz' in offsite:{remote}); "
+                                 "fix: check the nightly upload job and [[]offsite].archive_glob*"])
+
+
+@pytest.mark.parametrize(("toml", "expected"), [
+    ('remote = "/srv/offsite"', "[offsite].remote: '/srv/offsite' is not an rclone path; write REMOTE:PATH"),
+    ('remote = "x:y"\nsize_tolerance = 1.5', "[offsite].size_tolerance: 1.5 is not in [0, 1)"),
+    ('remote = "x:y"\nmax_age_hours = 0', "[offsite].max_age_hours: must be greater than 0"),
+    ("archive_glob = '*.tgz'", "[offsite].remote: required key is missing"),
+])
+def test_offsite_section_mistakes_are_one_line(tmp_path: Path, toml: str, expected: str) -> None:
+    from pgbackup_verify.config import ConfigError, load_target
+
+    f = tmp_path / "t.toml"
+    f.write_text(f'[database]\ndsn = "host=x"\ndump_role = "d"\n[backups]\ndirectory = "{tmp_path}"\n'
+                 f"[offsite]\n{toml}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_target(f)
+    assert expected in str(exc.value) and "\n" not in str(exc.value)
