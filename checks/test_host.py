@@ -26,11 +26,6 @@ def _verdict(problems: list[str]) -> None:
         pytest.fail("\n".join(problems), pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def crontabs(backup_host: Any, host_section: HostSection) -> list[Crontab]:
-    return hostfacts.read_crontabs(backup_host, host_section)
-
-
 def _sources(tabs: list[Crontab]) -> str:
     return ", ".join(f"{t.source} ({t.error})" if t.error else f"{t.source} ({_n(len(t.entries))})"
                      for t in tabs)
@@ -89,19 +84,11 @@ def test_no_cron_entry_runs_a_missing_or_retired_script(crontabs: list[Crontab],
     _verdict(problems)
 
 
-@pytest.fixture(scope="session")
-def scripts(backup_host: Any, host_section: HostSection) -> list[hostfacts.ScriptFacts]:
-    if not host_section.backup_scripts:
-        pytest.skip("no [host].backup_scripts configured; list the backup scripts to audit")
-    return [hostfacts.script_facts(backup_host, p, host_section.shellcheck_severity)
-            for p in host_section.backup_scripts]
-
-
-def test_backup_scripts_are_root_owned_and_not_writable_by_others(scripts: list[hostfacts.ScriptFacts],
+def test_backup_scripts_are_root_owned_and_not_writable_by_others(backup_scripts: list[hostfacts.ScriptFacts],
                                                                  host_section: HostSection, evidence) -> None:
     problems = []
     owner = host_section.script_owner
-    for s in scripts:
+    for s in backup_scripts:
         if not s.exists:
             problems.append(f"backup script {s.path}: FAILED (does not exist); fix: restore it or fix "
                             "[host].backup_scripts")
@@ -116,9 +103,9 @@ def test_backup_scripts_are_root_owned_and_not_writable_by_others(scripts: list[
     _verdict(problems)
 
 
-def test_backup_scripts_use_pipefail(scripts: list[hostfacts.ScriptFacts], evidence) -> None:
+def test_backup_scripts_use_pipefail(backup_scripts: list[hostfacts.ScriptFacts], evidence) -> None:
     problems = []
-    for s in (s for s in scripts if s.exists):
+    for s in (s for s in backup_scripts if s.exists):
         evidence(f"script {s.path}", f"{s.pipefail_line or 'no pipefail'}; umask {s.umask or 'not set'}")
         if not s.pipefail_line:
             problems.append(f"backup script {s.path}: FAILED (no `set -o pipefail`: a failing pg_dump piped into "
@@ -126,16 +113,16 @@ def test_backup_scripts_use_pipefail(scripts: list[hostfacts.ScriptFacts], evide
     _verdict(problems)
 
 
-def test_backup_scripts_pass_shellcheck(scripts: list[hostfacts.ScriptFacts], host_section: HostSection,
+def test_backup_scripts_pass_shellcheck(backup_scripts: list[hostfacts.ScriptFacts], host_section: HostSection,
                                        evidence) -> None:
     if host_section.shellcheck_severity == "off":
         pytest.skip("[host].shellcheck_severity is off")
-    if any(s.shellcheck_error for s in scripts):
-        pytest.fail("; ".join(s.shellcheck_error for s in scripts if s.shellcheck_error), pytrace=False)
-    if all(s.shellcheck is None for s in scripts if s.exists):
+    if any(s.shellcheck_error for s in backup_scripts):
+        pytest.fail("; ".join(s.shellcheck_error for s in backup_scripts if s.shellcheck_error), pytrace=False)
+    if all(s.shellcheck is None for s in backup_scripts if s.exists):
         pytest.skip("shellcheck is not installed on the backup host; install it to audit the scripts")
     problems = []
-    for s in (s for s in scripts if s.shellcheck is not None):
+    for s in (s for s in backup_scripts if s.shellcheck is not None):
         evidence(f"shellcheck {s.path}", f"{len(s.shellcheck)} finding(s) at severity >= "
                  f"{host_section.shellcheck_severity}")
         if s.shellcheck:
