@@ -68,6 +68,43 @@ class BackupsSection:
     expected_schemas: tuple[str, ...] = _key("schemas a custom-format dump's TOC must list", default=())
 
 
+SHELLCHECK_SEVERITIES = ("error", "warning", "info", "style", "off")
+
+
+@dataclass(frozen=True)
+class HostSection:
+    # Paths here live on the backup host (maybe remote), so they are strings, not checked locally.
+    cron_jobs: tuple[str, ...] = _key("scripts (absolute paths on the host) that cron must run", default=())
+    crontabs: tuple[str, ...] = _key("crontab files on the host to read (default: root's `crontab -l`, "
+                                     "/etc/crontab and /etc/cron.d/*)", default=())
+    retired_scripts: tuple[str, ...] = _key("globs of retired scripts no active cron entry may run "
+                                            "(paths containing '.retired' always count)", default=())
+    backup_scripts: tuple[str, ...] = _key("backup scripts whose hardening is audited", default=())
+    script_owner: str = _key("user that must own the backup scripts", default="root")
+    shellcheck_severity: str = _key("lowest shellcheck severity that fails (error, warning, info, style, off)",
+                                    default="warning")
+    free_space_multiple: float = _key("free space on the backup filesystem must hold this many latest dumps",
+                                      default=2.0)
+    service: str = _key("systemd service of the database that must be running", default="")
+    container: str = _key("docker container of the database that must be running", default="")
+    process: str = _key("process name (comm) of the database that must be running, e.g. postgres",
+                        default="")
+    process_args: str = _key("text the process's command line must contain, e.g. its data directory",
+                             default="")
+
+
+@dataclass(frozen=True)
+class OffsiteSection:
+    remote: str = _key("rclone remote path holding the archives, e.g. gdrive:backups or :local:/srv/offsite")
+    archive_glob: str = _key("glob of the nightly archives in that path", default="vps-backup-*.tar.gz")
+    member: str = _key("glob of the PostgreSQL dump inside an archive", default="*/postgresql-directus.sql.gz")
+    max_age_hours: float = _key("newest archive must be younger than this", default=26.0)
+    min_archive_bytes: int = _key("newest archive must be at least this big", default=1024)
+    size_tolerance: float = _key("allowed size difference of the member vs the local dump of the same night "
+                                 "(0.05 = 5%)", default=0.05)
+    rclone: str = _key("rclone binary", default="rclone")
+
+
 @dataclass(frozen=True)
 class SqlCheck:
     name: str = _key("name of the check as shown in reports and Kuma messages")
@@ -130,6 +167,8 @@ class Target:
     sql_check: tuple[SqlCheck, ...] = ()
     trends: TrendsSection | None = None  # optional section; absent = the defaults
     drill: DrillSection | None = None
+    host_checks: HostSection | None = None  # the [host] section (`host` is the testinfra spec)
+    offsite: OffsiteSection | None = None
 
     @property
     def name(self) -> str:
@@ -152,9 +191,13 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "backups": (BackupsSection, True),
     "trends": (TrendsSection, False),
     "drill": (DrillSection, False),
+    "host": (HostSection, False),
+    "offsite": (OffsiteSection, False),
 }
 # Arrays of tables ([[name]]): section name -> dataclass of one entry.
 LIST_SECTIONS: dict[str, type] = {"sql_check": SqlCheck}
+# Section name -> Target attribute, where they differ.
+ATTRIBUTES = {"host": "host_checks"}
 
 
 def _type_name(tp: Any) -> str:
@@ -251,6 +294,10 @@ def _validate(t: Target) -> None:
         _validate_trends(t.trends)
     if t.drill:
         _validate_drill(t.drill)
+    if t.host_checks:
+        _validate_host(t.host_checks)
+    if t.offsite:
+        _validate_offsite(t.offsite)
 
 
 def _validate_trends(tr: TrendsSection) -> None:
@@ -290,6 +337,30 @@ def _validate_drill(d: DrillSection) -> None:
         raise ConfigError(f"[drill].disk_factor: {d.disk_factor} is below 1; the restore needs at least the payload")
 
 
+def _validate_host(h: HostSection) -> None:
+    if h.shellcheck_severity not in SHELLCHECK_SEVERITIES:
+        raise ConfigError(f"[host].shellcheck_severity: '{h.shellcheck_severity}' is not one of "
+                          f"{', '.join(SHELLCHECK_SEVERITIES)}")
+    if h.free_space_multiple <= 0:
+        raise ConfigError("[host].free_space_multiple: must be greater than 0; use e.g. 2 for two dumps")
+    for key in ("cron_jobs", "crontabs", "backup_scripts"):
+        for p in getattr(h, key):
+            if not p.startswith("/"):
+                raise ConfigError(f"[host].{key}: '{p}' is not an absolute path on the host; write it in full")
+    if h.process_args and not h.process:
+        raise ConfigError("[host].process_args: needs [host].process (the process name) too")
+
+
+def _validate_offsite(o: OffsiteSection) -> None:
+    if ":" not in o.remote:
+        raise ConfigError(f"[offsite].remote: '{o.remote}' is not an rclone path; write REMOTE:PATH "
+                          "(e.g. gdrive:backups or :local:/srv/offsite)")
+    if not 0 <= o.size_tolerance < 1:
+        raise ConfigError(f"[offsite].size_tolerance: {o.size_tolerance} is not in [0, 1); use e.g. 0.05 for 5%")
+    if o.max_age_hours <= 0:
+        raise ConfigError("[offsite].max_age_hours: must be greater than 0")
+
+
 def load_target(path: str | os.PathLike[str]) -> Target:
     """Read and validate one target file; raise ConfigError naming the key on any mistake."""
     source = Path(path)
@@ -312,7 +383,8 @@ def load_target(path: str | os.PathLike[str]) -> Target:
             name: _build(cls, raw.get(name, {}), name, base) if name in raw or required else None
             for name, (cls, required) in SECTIONS.items()
         }
-        target = Target(source=source, **built, sql_check=_sql_checks(raw.get("sql_check", []), base))
+        target = Target(source=source, **{ATTRIBUTES.get(k, k): v for k, v in built.items()},
+                        sql_check=_sql_checks(raw.get("sql_check", []), base))
         _validate(target)
     except ConfigError as e:
         raise ConfigError(f"target file '{source}': {e}") from None

@@ -14,6 +14,7 @@ from pgbackup_verify.config import ConfigError
 from pgbackup_verify.errors import UserError
 from pgbackup_verify.fixtures.core import RUN_FACTS_KEY
 from pgbackup_verify.history import HISTORY_FILE, HISTORY_PATH_KEY
+from pgbackup_verify.many import make_scheduler, summary_lines, wants_target_scheduling
 from pgbackup_verify.settings import HELP, Settings, lock_path, resolve
 from pgbackup_verify.summary import CONCERNS, RunSummary, SummaryRecorder, routing_properties, write_json
 
@@ -70,6 +71,15 @@ def pytest_configure(config: pytest.Config) -> None:
         json_path = report.plan_reports(config, settings.reports_dir)
     config.stash[JSON_PATH_KEY] = json_path
     config.stash[HISTORY_PATH_KEY] = settings.reports_dir / HISTORY_FILE if settings.reports_dir else None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """xdist `-n N`: one target's checks per worker, targets in parallel (see many.py)."""
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings and len(settings.targets) > 1 and wants_target_scheduling(config):
+        return make_scheduler(config, log, [t.name for t in settings.targets])
+    return None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -167,6 +177,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    for line in summary_lines(terminalreporter.stats):
+        terminalreporter.write_line(line)
     for name, values in config.stash.get(RUN_FACTS_KEY, {}).items():
         if values:
             terminalreporter.write_line(f"pgbackup-verify {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
@@ -208,3 +220,11 @@ good_dumps = factories.good_dumps()
 custom_dump_toc = factories.custom_dump_toc()
 grant_audit = factories.grant_audit()
 drill = factories.drill()
+backup_host = factories.backup_host()
+host_section = factories.host_section()
+backup_dir_facts = factories.backup_dir_facts()
+crontabs = factories.crontabs()
+backup_scripts = factories.backup_scripts()
+offsite_section = factories.offsite_section()
+offsite_listing = factories.offsite_listing()
+offsite_scan = factories.offsite_scan()

@@ -1,0 +1,177 @@
+"""The backup host: the nightly jobs are scheduled, their scripts are hardened, the dumps are private,
+there is room for the next dump and the database is up. Facts come from testinfra (any hostspec)."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import pytest
+
+from pgbackup_verify import hostfacts
+from pgbackup_verify.config import HostSection, Target
+from pgbackup_verify.cron import Crontab, mentioned_paths
+from pgbackup_verify.evidence import human_bytes
+
+pytestmark = pytest.mark.host
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        pytest.fail(message, pytrace=False)
+
+
+def _verdict(problems: list[str]) -> None:
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def _sources(tabs: list[Crontab]) -> str:
+    return ", ".join(f"{t.source} ({t.error})" if t.error else f"{t.source} ({_n(len(t.entries))})"
+                     for t in tabs)
+
+
+def _n(count: int) -> str:
+    return "1 entry" if count == 1 else f"{count} entries"
+
+
+def _retired(path: str, section: HostSection) -> bool:
+    return ".retired" in path or any(fnmatch.fnmatch(path, g) for g in section.retired_scripts)
+
+
+def test_cron_schedules_every_backup_job(crontabs: list[Crontab], host_section: HostSection, evidence) -> None:
+    if not host_section.cron_jobs:
+        pytest.skip("no [host].cron_jobs configured; list the backup scripts cron must run")
+    evidence("crontabs read", _sources(crontabs))
+    problems = []
+    for job in host_section.cron_jobs:
+        entries = [e for t in crontabs for e in t.entries if job in e.scripts()]
+        good = [e for e in entries if not e.error]
+        if good:
+            evidence(f"cron {job}", "; ".join(f"{e.where}: {e.schedule}" for e in good))
+        elif entries:
+            bad = entries[0]
+            problems.append(f"cron entry for {job}: FAILED (schedule '{bad.schedule}' at {bad.where} does not "
+                            f"parse: {bad.error}); fix: correct the schedule with `crontab -e`")
+        else:
+            problems.append(f"cron entry for {job}: FAILED (no active entry runs it in {_sources(crontabs)}); "
+                            f"fix: add e.g. `0 2 * * * {job}` to root's crontab with `crontab -e`")
+    _verdict(problems)
+
+
+def test_every_cron_schedule_parses(crontabs: list[Crontab], evidence) -> None:
+    entries = [e for t in crontabs for e in t.entries]
+    evidence("crontabs read", _sources(crontabs))
+    bad = [f"cron schedule at {e.where}: FAILED ('{e.schedule}': {e.error}); fix: correct the line, cron "
+           "skips it silently" for e in entries if e.error]
+    _verdict(bad)
+
+
+def test_no_cron_entry_runs_a_missing_or_retired_script(crontabs: list[Crontab], backup_host: Any,
+                                                       host_section: HostSection, evidence) -> None:
+    problems, checked = [], 0
+    for e in (e for t in crontabs for e in t.entries):
+        for path in mentioned_paths(e.command):
+            if _retired(path, host_section):
+                problems.append(f"cron entry at {e.where}: FAILED (runs retired script {path}); fix: comment the "
+                                "line out with `crontab -e` and pause its Kuma monitor")
+        for path in e.scripts():
+            checked += 1
+            if not backup_host.file(path).exists:
+                problems.append(f"cron entry at {e.where}: FAILED (script {path} does not exist); fix: restore "
+                                "the script or remove the line with `crontab -e`")
+    evidence("scripts run by cron", f"{checked} checked in {_sources(crontabs)}")
+    _verdict(problems)
+
+
+def test_backup_scripts_are_root_owned_and_not_writable_by_others(backup_scripts: list[hostfacts.ScriptFacts],
+                                                                 host_section: HostSection, evidence) -> None:
+    problems = []
+    owner = host_section.script_owner
+    for s in backup_scripts:
+        if not s.exists:
+            problems.append(f"backup script {s.path}: FAILED (does not exist); fix: restore it or fix "
+                            "[host].backup_scripts")
+            continue
+        evidence(f"script {s.path}", f"owner {s.owner}, mode {s.mode:04o}")
+        if s.owner != owner:
+            problems.append(f"backup script {s.path}: FAILED (owner {s.owner} vs {owner}); "
+                            f"fix: chown {owner} {s.path}")
+        if s.mode & 0o022:
+            problems.append(f"backup script {s.path}: FAILED (mode {s.mode:04o} is group/world-writable); "
+                            f"fix: chmod go-w {s.path}")
+    _verdict(problems)
+
+
+def test_backup_scripts_use_pipefail(backup_scripts: list[hostfacts.ScriptFacts], evidence) -> None:
+    problems = []
+    for s in (s for s in backup_scripts if s.exists):
+        evidence(f"script {s.path}", f"{s.pipefail_line or 'no pipefail'}; umask {s.umask or 'not set'}")
+        if not s.pipefail_line:
+            problems.append(f"backup script {s.path}: FAILED (no `set -o pipefail`: a failing pg_dump piped into "
+                            "gzip still exits 0); fix: add `set -euo pipefail` after the shebang")
+    _verdict(problems)
+
+
+def test_backup_scripts_pass_shellcheck(backup_scripts: list[hostfacts.ScriptFacts], host_section: HostSection,
+                                       evidence) -> None:
+    if host_section.shellcheck_severity == "off":
+        pytest.skip("[host].shellcheck_severity is off")
+    if any(s.shellcheck_error for s in backup_scripts):
+        pytest.fail("; ".join(s.shellcheck_error for s in backup_scripts if s.shellcheck_error), pytrace=False)
+    if all(s.shellcheck is None for s in backup_scripts if s.exists):
+        pytest.skip("shellcheck is not installed on the backup host; install it to audit the scripts")
+    problems = []
+    for s in (s for s in backup_scripts if s.shellcheck is not None):
+        evidence(f"shellcheck {s.path}", f"{len(s.shellcheck)} finding(s) at severity >= "
+                 f"{host_section.shellcheck_severity}")
+        if s.shellcheck:
+            shown = "; ".join(s.shellcheck[:5]) + (" ..." if len(s.shellcheck) > 5 else "")
+            problems.append(f"shellcheck {s.path}: FAILED ({len(s.shellcheck)} finding(s): {shown}); "
+                            f"fix: run `shellcheck {s.path}` and correct them")
+    _verdict(problems)
+
+
+def test_backup_dir_and_dumps_are_not_world_readable(backup_dir_facts: hostfacts.BackupDirFacts, evidence) -> None:
+    d = backup_dir_facts
+    _require(d.exists, f"backup dir {d.path}: FAILED (missing on the host); fix: mkdir -m 700 {d.path}")
+    evidence("backup dir", f"{d.path}, owner {d.owner}, mode {d.mode:04o}, {len(d.dumps)} dump(s)")
+    problems = []
+    if d.mode & 0o007:
+        problems.append(f"backup dir {d.path}: FAILED (mode {d.mode:04o} gives others access); "
+                        f"fix: chmod o-rwx {d.path}")
+    open_dumps = [f for f in d.dumps if f.mode & 0o004]
+    if open_dumps:
+        shown = ", ".join(f"{f.path} {f.mode:04o}" for f in open_dumps[:5])
+        problems.append(f"dumps readable by others: FAILED ({len(open_dumps)} file(s): {shown}); fix: chmod o-r "
+                        f"them and put `umask 077` at the top of the backup script")
+    _verdict(problems)
+
+
+def test_free_space_holds_the_next_dumps(backup_dir_facts: hostfacts.BackupDirFacts, target: Target,
+                                         evidence) -> None:
+    d = backup_dir_facts
+    multiple = (target.host_checks or HostSection()).free_space_multiple
+    _require(d.exists, f"backup dir {d.path}: FAILED (missing on the host); fix: mkdir -m 700 {d.path}")
+    _require(d.free_bytes is not None,
+             f"free space of {d.path}: FAILED (`df -Pk` gave nothing); fix: check the mount")
+    if d.latest is None:
+        pytest.skip(f"no dump matching {target.backups.pattern} in {d.path} to size against (the dump checks fail)")
+    need = multiple * d.latest.size
+    evidence("free space", f"{human_bytes(d.free_bytes)} on {d.filesystem}")
+    evidence("needed", f"{multiple:g} x latest dump {d.latest.path} ({human_bytes(d.latest.size)}) = "
+             f"{human_bytes(need)}")
+    _require(d.free_bytes >= need, (
+        f"free space for backups: FAILED ({human_bytes(d.free_bytes)} free on {d.filesystem} vs "
+        f"{human_bytes(need)} = {multiple:g} x latest dump); fix: free space on that filesystem or prune old dumps"))
+
+
+def test_database_service_is_running(backup_host: Any, host_section: HostSection, evidence) -> None:
+    facts = hostfacts.database_running(backup_host, host_section)
+    if not facts:
+        pytest.skip("no [host].service, container or process configured; name the database's")
+    for f in facts:
+        evidence(f.kind, f"{f.name}: {f.detail}")
+    down = [f"database {f.kind} {f.name}: FAILED ({f.detail}); fix: start it (the nightly pg_dump needs it)"
+            for f in facts if not f.running]
+    _verdict(down)

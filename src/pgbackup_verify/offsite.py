@@ -1,0 +1,194 @@
+"""The offsite archive, read through rclone: list the archives, stream the PG member out of one.
+
+Nothing is extracted to disk: `rclone cat` feeds tarfile in stream mode (`r|gz`), and the member is
+handed on as a readable stream. Hostile members (absolute paths, `..`, links, devices) are never
+opened; they are reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import re
+import subprocess
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO
+
+from pgbackup_verify.config import OffsiteSection
+from pgbackup_verify.gzipverify import GzipFacts, verify_pg_gzip
+
+
+class RcloneError(Exception):
+    """rclone could not list or read the remote; str() is one line naming the remote."""
+
+
+def _last_line(stderr: str, rc: int) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\w+ ?: )?", "", lines[-1])[:300] if lines else f"exit {rc}"
+
+
+@dataclass(frozen=True)
+class Archive:
+    remote: str
+    name: str
+    size: int
+    mtime: float
+
+    @property
+    def path(self) -> str:
+        sep = "" if self.remote.endswith((":", "/")) else "/"
+        return f"{self.remote}{sep}{self.name}"
+
+
+def _epoch(iso: str) -> float:
+    # rclone prints nanoseconds; datetime takes at most microseconds.
+    head, dot, rest = iso.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        iso = f"{head}.{rest[:min(digits, 6)]}{rest[digits:]}"
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def list_archives(o: OffsiteSection) -> list[Archive]:
+    """Archives matching the glob in the remote path, oldest first."""
+    try:
+        res = subprocess.run([o.rclone, "lsjson", "--files-only", o.remote], capture_output=True, text=True,
+                             timeout=300, check=False)
+    except FileNotFoundError:
+        raise RcloneError(f"rclone binary '{o.rclone}' not found; install rclone or set [offsite].rclone") from None
+    if res.returncode != 0:
+        raise RcloneError(f"rclone cannot list '{o.remote}': {_last_line(res.stderr, res.returncode)}")
+    found = [Archive(o.remote, e["Path"], int(e["Size"]), _epoch(e["ModTime"])) for e in json.loads(res.stdout)
+             if fnmatch.fnmatch(e["Path"], o.archive_glob)]
+    return sorted(found, key=lambda a: a.mtime)
+
+
+@dataclass(frozen=True)
+class Listing:
+    remote: str
+    archive_glob: str
+    archives: list[Archive]  # oldest first
+    error: str = ""  # rclone could not list the remote
+
+    @property
+    def newest(self) -> Archive | None:
+        return self.archives[-1] if self.archives else None
+
+
+def listing(o: OffsiteSection) -> Listing:
+    try:
+        return Listing(o.remote, o.archive_glob, list_archives(o))
+    except RcloneError as e:
+        return Listing(o.remote, o.archive_glob, [], str(e))
+
+
+def hostile_reason(m: tarfile.TarInfo) -> str:
+    """Why a member must never be followed or written anywhere ('' for a plain safe member)."""
+    if m.name.startswith("/"):
+        return "absolute path"
+    if ".." in m.name.split("/"):
+        return "path traversal (..)"
+    if m.issym():
+        return f"symlink to {m.linkname}"
+    if m.islnk():
+        return f"hardlink to {m.linkname}"
+    if not (m.isreg() or m.isdir()):
+        return "device, fifo or other special file"
+    return ""
+
+
+@dataclass
+class MemberStream:
+    """The PG dump inside an archive, as a readable stream, for the checks and the restore drill."""
+
+    stream: IO[bytes]
+    name: str
+    size: int  # bytes of the member itself (the .sql.gz), from the tar header
+    mtime: float
+    archive: Archive
+
+    @property
+    def description(self) -> str:
+        return f"{self.archive.path} member {self.name} ({self.size} B)"
+
+
+@dataclass
+class ArchiveScan:
+    archive: Archive
+    members: int = 0
+    hostile: list[str] = field(default_factory=list)  # "name: reason"
+    matches: list[str] = field(default_factory=list)  # safe regular members matching the member glob
+    member_size: int | None = None
+    member_mtime: float | None = None
+    gzip: GzipFacts | None = None
+    error: str = ""  # the archive could not be read to its end
+
+
+READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+@contextlib.contextmanager
+def _tar_stream(o: OffsiteSection, archive: Archive) -> Iterator[tarfile.TarFile]:
+    """`rclone cat` into tarfile's stream mode; a read error caused by rclone is reported as rclone's."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([o.rclone, "cat", archive.path], stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdout is not None
+        failure: BaseException | None = None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|gz") as tf:
+                yield tf
+        except READ_ERRORS as e:
+            failure = e
+        finally:
+            proc.stdout.close()
+            proc.kill()  # a reader that stopped early does not wait for the rest of the download
+            rc = proc.wait()
+        err.seek(0)
+        msg = err.read().decode(errors="replace").strip()
+    if rc not in (0, -9) and msg:
+        raise RcloneError(f"rclone cannot read '{archive.path}': {_last_line(msg, rc)}") from failure
+    if failure:
+        raise failure
+
+
+@contextlib.contextmanager
+def open_member(o: OffsiteSection, archive: Archive) -> Iterator[MemberStream | None]:
+    """Stream the first safe member matching [offsite].member; None when there is none."""
+    with _tar_stream(o, archive) as tf:
+        for m in tf:
+            if m.isreg() and not hostile_reason(m) and fnmatch.fnmatch(m.name, o.member):
+                f = tf.extractfile(m)
+                assert f is not None
+                yield MemberStream(f, m.name, m.size, float(m.mtime), archive)
+                return
+        yield None
+
+
+def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
+    """One streaming pass over the whole archive: every header checked, the first match verified."""
+    scan = ArchiveScan(archive)
+    try:
+        with _tar_stream(o, archive) as tf:
+            for m in tf:
+                scan.members += 1
+                reason = hostile_reason(m)
+                if reason:
+                    scan.hostile.append(f"{m.name}: {reason}")
+                elif m.isreg() and fnmatch.fnmatch(m.name, o.member):
+                    scan.matches.append(m.name)
+                    if scan.gzip is None:
+                        f = tf.extractfile(m)
+                        assert f is not None
+                        scan.member_size, scan.member_mtime = m.size, float(m.mtime)
+                        scan.gzip = verify_pg_gzip(f)
+    except READ_ERRORS as e:
+        scan.error = f"archive unreadable after {scan.members} members: {e}"
+    except RcloneError as e:
+        scan.error = str(e)
+    return scan
