@@ -105,3 +105,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 target = factories.target()
 evidence = factories.evidence()
 run_facts = factories.run_facts()
+kuma_facts = factories.kuma_facts()
