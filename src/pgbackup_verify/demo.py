@@ -154,15 +154,29 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pgbackup-verify demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--fault", choices=FAULTS, help="replay a fault (the seed's night)")
     parser.add_argument("--keep", action="store_true", help="keep the demo dir and print its path")
+    parser.add_argument("--kuma", action="store_true",
+                        help="also run a real Uptime Kuma with the seed's three push monitors, check and push to it")
     args, pytest_args = parser.parse_known_args(argv)
     from pgbackup_verify.cli import run_checks
 
     workdir = Path(tempfile.mkdtemp(prefix="pgbv-demo-"))
     demo = build(workdir, args.fault)
+    kuma = None
     try:
+        if args.kuma:
+            from pgbackup_verify import kuma_demo
+
+            kuma = kuma_demo.start(workdir)
+            demo.target_file.write_text(demo.target_file.read_text() + kuma.toml())
+            print(f"demo Kuma: {kuma.url} (login in {workdir / 'kuma-login.txt'})")
         print(f"demo target: {demo.target_file} (cluster port {demo.cluster.port}, fault {args.fault})")
-        return run_checks(["--target", str(demo.target_file), *pytest_args])
+        rc = run_checks(["--target", str(demo.target_file), *pytest_args])
+        for line in kuma.latest() if kuma else []:
+            print(line)
+        return rc
     finally:
+        if kuma:
+            kuma.stop()
         demo.cluster.stop()
         if args.keep:
             print(f"kept {workdir}")
