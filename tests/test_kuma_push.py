@@ -157,8 +157,11 @@ def test_unreachable_kuma_fails_the_run_but_not_the_report(pytester, kuma, suite
     result.stdout.fnmatch_lines([f"{guard.name}: PUSH FAILED status=up * -> {reason}* after 2 attempts",
                                  "Kuma push failed: exit code 12*"])
     assert elapsed < 20, f"run took {elapsed:.1f} s with push_timeout 1 s"
-    text = reports_text(pytester)
-    assert "PUSH FAILED" in text and guard.token not in text
+    reports = sorted((pytester.path / "reports").glob("pgbackup-verify-*"))
+    assert [r.suffix for r in reports] == [".html", ".xml"]
+    for report in reports:
+        text = report.read_text()
+        assert "PUSH FAILED" in text and reason in text and guard.token not in text, report.name
 
 
 def test_unknown_token_and_missing_env_are_errors(pytester, kuma, suite, two_monitors, tmp_path, monkeypatch):
@@ -207,3 +210,53 @@ def test_long_running_check():
     assert proc.returncode == 2, out
     assert beats(kuma, guard.id)[0][:2] == (DOWN, "run interrupted by SIGTERM")
     assert f"{guard.name}: pushed status=down" in out
+
+
+def test_internal_error_pushes_down(pytester, kuma, suite, two_monitors):
+    guard, _ = two_monitors
+    suite()
+    pytester.makeconftest("def pytest_collection_modifyitems(items):\n    raise RuntimeError('plugin bug')\n")
+    target = write_target(pytester.path, kuma_toml(kuma.url, [(guard, ["grants"])]))
+    result = run(pytester, target)
+    assert result.ret == 3
+    assert beats(kuma, guard.id)[0][:2] == (DOWN, "internal error in the suite; see the report")
+
+
+def test_collection_error_pushes_down_naming_the_module(pytester, kuma, suite, two_monitors):
+    guard, _ = two_monitors
+    suite()
+    pytester.makepyfile(test_offsite="import no_such_module\n")
+    target = write_target(pytester.path, kuma_toml(kuma.url, [(guard, ["grants"])]))
+    result = run(pytester, target)
+    assert result.ret == 2
+    assert beats(kuma, guard.id)[0][:2] == (DOWN, "1 collection error(s): test_offsite.py")
+
+
+def test_under_xdist_the_controller_counts_the_workers_checks(pytester, kuma, suite, two_monitors):
+    guard, local = two_monitors
+    suite(broken=True)
+    target = write_target(pytester.path, kuma_toml(kuma.url, [(guard, ["grants"]), (local, ["test_dumps"])]))
+    result = run(pytester, target, "-n", "2")
+    assert result.ret == 1
+    assert beats(kuma, guard.id)[0][:2] == (UP, "OK: 2/2 checks passed (grants)")
+    assert beats(kuma, local.id)[0][:2] == (DOWN, "1 failed of 2: test_latest_dump_is_complete")
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_any_pytest_suite_can_push_with_its_own_kuma_file(pytester, kuma, suite, two_monitors, monkeypatch,
+                                                          broken):
+    """`-p pgbackup_verify.kuma_push --kuma-config FILE`, without the rest of pgbackup-verify."""
+    guard, _ = two_monitors
+    suite()
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    cfg = pytester.path / "kuma.toml"
+    cfg.write_text(kuma_toml(kuma.url, [(guard, ["grants"])], extra="stale_days = -1" if broken else ""))
+    result = pytester.runpytest_subprocess("-p", "pgbackup_verify.kuma_push", "--kuma-config", str(cfg),
+                                           "-p", "no:cacheprovider")
+    if broken:
+        assert result.ret == 4
+        status, msg, _ = beats(kuma, guard.id)[0]
+        assert status == DOWN and msg.startswith("config error: kuma config 'kuma.toml': [kuma].push_timeout")
+    else:
+        result.assert_outcomes(passed=4)
+        assert beats(kuma, guard.id)[0][:2] == (UP, "OK: 2/2 checks passed (grants)")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pgbackup_verify import kuma_report as kr
-from pgbackup_verify.config import ConfigError, KumaSection, _build, _validate_kuma
+from pgbackup_verify.config import KUMA_MARKERS, ConfigError, KumaSection, _build, _validate_kuma
 
 REPORTER = "pgbackup_verify_kuma_reporter"
 CONFIG_ENV = "PGBACKUP_VERIFY_KUMA_CONFIG"
@@ -149,6 +149,14 @@ class KumaReporter:
             self.outcomes.select(item.nodeid, groups, getattr(t, "name", None) if t is not None else None)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.nodeid not in self.outcomes.groups:
+            # Under xdist the controller collects nothing: take markers and module from the report.
+            module = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+            groups = {k for k in report.keywords if k in KUMA_MARKERS} | {module}
+            param = report.nodeid.rsplit("[", 1)[1].rstrip("]") if report.nodeid.endswith("]") else ""
+            names = {m.target for m in self.monitors if m.target}
+            target = next((n for n in names if n in param.split("-")), None)
+            self.outcomes.select(report.nodeid, groups, target)
         self.outcomes.record(report.nodeid, report.when, report.outcome)
 
     def abort_reason(self, exitstatus: int) -> str | None:

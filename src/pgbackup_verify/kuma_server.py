@@ -69,6 +69,16 @@ def install(cache: Path | None = None) -> Path:
     return pkg
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Linux sends it SIGTERM when the test process dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,7 +120,8 @@ class KumaServer:
                "UPTIME_KUMA_PORT": str(self.port), "NODE_ENV": "production"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(["node", "server/server.js"], cwd=self.package, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
