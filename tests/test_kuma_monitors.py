@@ -92,12 +92,15 @@ def test_paused_monitor_fails(pytester, kuma, monitor):
     assert "fix: resume the monitor in Kuma" in result.stdout.str()
 
 
-def test_monitor_in_paused_group_fails_naming_the_group(pytester, kuma, monitor):
+@pytest.mark.parametrize("read", ["db", "socket"])
+def test_monitor_in_paused_group_fails_naming_the_group(pytester, kuma, monitor, monkeypatch, read):
     group = kuma.admin.add_group(f"Backups {secrets.token_hex(3)}")
     m = monitor("PG Backup Local", parent=group)
     push(kuma.url, m.token, "up", "ok")
     kuma.admin.pause(group)
-    result = run_checks(pytester, kuma, [m.name], db_read(kuma))
+    monkeypatch.setenv("KUMA_USERNAME", kuma.username)
+    monkeypatch.setenv("KUMA_PASSWORD", kuma.password)
+    result = run_checks(pytester, kuma, [m.name], db_read(kuma) if read == "db" else 'read = "socket"')
     result.assert_outcomes(passed=4, failed=1)
     assert "FAILED (paused by group 'Backups " in result.stdout.str()
 

@@ -260,3 +260,24 @@ def test_any_pytest_suite_can_push_with_its_own_kuma_file(pytester, kuma, suite,
     else:
         result.assert_outcomes(passed=4)
         assert beats(kuma, guard.id)[0][:2] == (UP, "OK: 2/2 checks passed (grants)")
+
+
+def test_hosts_sharing_a_monitor_get_one_push_naming_the_failed_host(pytester, kuma, two_monitors):
+    shared, only_a = two_monitors
+    pytester.makefile(".ini", pytest=MARKERS_INI)
+    pytester.makepyfile(test_grants="""
+import pytest
+pytestmark = pytest.mark.grants
+
+def test_dump_role_has_usage_on_every_schema(target):
+    assert target.name != "hostb", "hostb: FAILED (sandbox_tac without USAGE)"
+""")
+    targets = pytester.path / "targets"
+    targets.mkdir()
+    write_target(targets, kuma_toml(kuma.url, [(shared, ["grants"]), (only_a, ["grants"])]), name="hosta")
+    write_target(targets, kuma_toml(kuma.url, [(shared, ["grants"])]), name="hostb")
+    result = run(pytester, targets)
+    result.assert_outcomes(passed=1, failed=1)
+    assert beats(kuma, shared.id)[0][:2] == (DOWN, "1 failed of 2: test_dump_role_has_usage_on_every_schema[hostb]")
+    assert len(beats(kuma, shared.id)) == 1  # one push, not one per host
+    assert beats(kuma, only_a.id)[0][:2] == (UP, "OK: 1/1 checks passed (grants)")

@@ -154,7 +154,7 @@ class KumaReporter:
             module = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
             groups = {k for k in report.keywords if k in KUMA_MARKERS} | {module}
             param = report.nodeid.rsplit("[", 1)[1].rstrip("]") if report.nodeid.endswith("]") else ""
-            names = {m.target for m in self.monitors if m.target}
+            names = {n for m in self.monitors for n in m.targets or ()}
             target = next((n for n in names if n in param.split("-")), None)
             self.outcomes.select(report.nodeid, groups, target)
         self.outcomes.record(report.nodeid, report.when, report.outcome)

@@ -31,7 +31,7 @@ class PushMonitor:
     covers: tuple[str, ...]
     url: str
     timeout: float
-    target: str | None = None
+    targets: tuple[str, ...] | None = None  # None: checks of every target count
 
 
 @dataclass
@@ -75,17 +75,29 @@ class Outcomes:
 
     def covered_by(self, m: PushMonitor) -> list[str]:
         return [n for n, g in self.groups.items()
-                if g & set(m.covers) and (m.target is None or self.target[n] in (None, m.target))]
+                if g & set(m.covers) and (m.targets is None or self.target[n] in (None, *m.targets))]
 
 
 def monitors_of(section: KumaSection, target: str | None) -> list[PushMonitor]:
-    return [PushMonitor(p.monitor, p.token_env, p.covers, section.url.rstrip("/"), section.push_timeout, target)
-            for p in section.push]
+    return [PushMonitor(p.monitor, p.token_env, p.covers, section.url.rstrip("/"), section.push_timeout,
+                        (target,) if target else None) for p in section.push]
 
 
 def monitors_for(targets: tuple[Target, ...] | list[Target]) -> list[PushMonitor]:
+    """One push per Kuma monitor: target files sharing a monitor (same url and token env) are merged,
+    else the last host's push would overwrite a failed host's DOWN."""
     multi = len(targets) > 1
-    return [m for t in targets if t.kuma for m in monitors_of(t.kuma, t.name if multi else None)]
+    merged: dict[tuple[str, str], PushMonitor] = {}
+    for t in targets:
+        for m in monitors_of(t.kuma, t.name if multi else None) if t.kuma else []:
+            key = (m.url, m.token_env)
+            if key in merged:
+                old = merged[key]
+                covers = tuple(dict.fromkeys(old.covers + m.covers))
+                both = None if old.targets is None or m.targets is None else old.targets + m.targets
+                m = PushMonitor(old.name, old.token_env, covers, old.url, min(old.timeout, m.timeout), both)
+            merged[key] = m
+    return list(merged.values())
 
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\s\"-]+?)\s*\]\]?\s*(#.*)?$")
