@@ -281,3 +281,14 @@ def test_dump_role_has_usage_on_every_schema(target):
     assert beats(kuma, shared.id)[0][:2] == (DOWN, "1 failed of 2: test_dump_role_has_usage_on_every_schema[hostb]")
     assert len(beats(kuma, shared.id)) == 1  # one push, not one per host
     assert beats(kuma, only_a.id)[0][:2] == (UP, "OK: 1/1 checks passed (grants)")
+
+
+def test_dry_run_reports_an_unset_token_env(pytester, kuma, suite, two_monitors, monkeypatch):
+    guard, _ = two_monitors
+    suite()
+    monkeypatch.delenv(guard.env)
+    target = write_target(pytester.path, kuma_toml(kuma.url, [(guard, ["grants"])]))
+    result = run(pytester, target, "--kuma-dry-run")
+    assert result.ret == 13
+    assert f"{guard.name}: PUSH FAILED status=up" in result.stdout.str()
+    assert f"env {guard.env} is not set" in result.stdout.str()
