@@ -130,6 +130,8 @@ class KumaReporter:
             self._old_term = None
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal:  # a second SIGTERM must not break the DOWN push already under way
+            return
         self.signal = "SIGTERM"
         raise KeyboardInterrupt("SIGTERM")  # pytest then ends the session as interrupted
 
