@@ -57,6 +57,8 @@ def test_kuma_section_loads_with_defaults(tmp_path: Path) -> None:
     ("", '[[kuma.push]]\nmonitor = "G"\ntoken_env = "T"\ncovers = ["grant"]',
      "[kuma.push #2].covers: unknown check group 'grant'; did you mean 'grants'?"),
     ("", '[[kuma.push]]\nmonitor = "G"\ncovers = ["grants"]', "[kuma.push #2].token_env: required key is missing"),
+    ("", '[[kuma.push]]\nmonitor = "G"\ntoken_env = "T"\ncovers = ["dumps drill"]',
+     "[kuma.push #2].covers: unknown check group 'dumps drill'; use a marker"),
 ])
 def test_kuma_mistake_is_named(tmp_path: Path, kuma: str, push: str, expected: str | None) -> None:
     path = write(tmp_path, kuma=kuma, push=push)
@@ -67,6 +69,11 @@ def test_kuma_mistake_is_named(tmp_path: Path, kuma: str, push: str, expected: s
     msg = str(e.value)
     assert expected in msg and "\n" not in msg
     assert "abc123" not in msg
+
+
+def test_other_markers_may_be_covered(tmp_path: Path) -> None:
+    path = write(tmp_path, push='[[kuma.push]]\nmonitor = "SQL"\ntoken_env = "T"\ncovers = ["sql"]')
+    assert load_target(path).kuma.push[1].covers == ("sql",)
 
 
 def test_tolerant_read_finds_push_monitors_of_a_broken_file(tmp_path: Path) -> None:
