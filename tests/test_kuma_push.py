@@ -157,7 +157,7 @@ def test_unreachable_kuma_fails_the_run_but_not_the_report(pytester, kuma, suite
     result.stdout.fnmatch_lines([f"{guard.name}: PUSH FAILED status=up * -> {reason}* after 2 attempts",
                                  "Kuma push failed: exit code 12*"])
     assert elapsed < 20, f"run took {elapsed:.1f} s with push_timeout 1 s"
-    reports = sorted((pytester.path / "reports").glob("pgbackup-verify-*"))
+    reports = sorted(p for p in (pytester.path / "reports").glob("pgbackup-verify-*") if p.suffix in (".html", ".xml"))
     assert [r.suffix for r in reports] == [".html", ".xml"]
     for report in reports:
         text = report.read_text()
@@ -292,3 +292,30 @@ def test_dry_run_reports_an_unset_token_env(pytester, kuma, suite, two_monitors,
     assert result.ret == 13
     assert f"{guard.name}: PUSH FAILED status=up" in result.stdout.str()
     assert f"env {guard.env} is not set" in result.stdout.str()
+
+
+def test_a_not_applicable_skip_is_named_but_only_all_skipped_is_down(pytester, kuma, two_monitors):
+    guard, local = two_monitors
+    pytester.makefile(".ini", pytest=MARKERS_INI)
+    pytester.makepyfile(test_dumps="""
+import pytest
+pytestmark = pytest.mark.dumps
+
+def test_latest_dump_is_fresh():
+    pass
+
+def test_custom_format_toc_lists_expected_schemas():
+    pytest.skip("plain-format dumps have no TOC")
+""", test_grants="""
+import pytest
+pytestmark = pytest.mark.grants
+
+def test_dump_role_has_usage_on_every_schema():
+    pytest.skip("no database configured")
+""")
+    target = write_target(pytester.path, kuma_toml(kuma.url, [(guard, ["grants"]), (local, ["dumps"])]))
+    result = run(pytester, target)
+    assert result.ret == 0
+    assert beats(kuma, local.id)[0][:2] == (UP, "OK: 1/2 checks passed, 1 skipped (dumps)")
+    assert beats(kuma, guard.id)[0][:2] == (DOWN, "all 1 covered checks skipped: "
+                                                  "test_dump_role_has_usage_on_every_schema")

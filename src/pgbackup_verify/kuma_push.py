@@ -2,7 +2,7 @@
 
 Modelled on testinfra's NagiosReporter: a reporter object registered in pytest_configure (not on
 xdist workers) counts outcomes in pytest_runtest_logreport and acts in pytest_sessionfinish.
-Never silent: failures, errors, skips, zero selected checks, an internal error, an interrupted run
+Never silent: failures, errors, all covered checks skipped, zero selected checks, an internal error, an interrupted run
 (Ctrl-C or SIGTERM) and a broken target file all push `down`. Usable by any suite:
 `pytest -p pgbackup_verify.kuma_push --kuma-config FILE` (a TOML file with a [kuma] section).
 """

@@ -155,15 +155,23 @@ def judge(m: PushMonitor, outcomes: Outcomes, ping_ms: int, abort: str | None = 
     if not covered:
         return Verdict(m, "down", f"no check covering {', '.join(m.covers)} ran "
                                   f"({len(outcomes.groups)} selected in total)"[:MSG_LIMIT], ping_ms)
-    bad = [n for n in covered if outcomes.outcome[n] != "passed"]
+    # A check that skips itself as not applicable (a TOC check on plain dumps) must not raise a false
+    # DOWN every night: skips are named, and only a monitor whose checks ALL skipped goes down.
+    skipped = [n for n in covered if outcomes.outcome[n] == "skipped"]
+    bad = [n for n in covered if outcomes.outcome[n] not in ("passed", "skipped")]
+    if len(skipped) == len(covered):
+        return Verdict(m, "down", _short(f"all {len(covered)} covered checks skipped: ",
+                                         [short_name(n) for n in skipped]), ping_ms)
     if not bad:
-        return Verdict(m, "up", f"OK: {len(covered)}/{len(covered)} checks passed "
+        passed = len(covered) - len(skipped)
+        note = f", {len(skipped)} skipped" if skipped else ""
+        return Verdict(m, "up", f"OK: {passed}/{len(covered)} checks passed{note} "
                                 f"({', '.join(m.covers)})"[:MSG_LIMIT], ping_ms)
     by_kind: dict[str, list[str]] = {}
     for n in bad:
         by_kind.setdefault(outcomes.outcome[n], []).append(short_name(n))
     kinds = ", ".join(f"{len(v)} {k}" for k, v in by_kind.items())
-    names = [n for k in ("failed", "error", "skipped", "not run") for n in by_kind.get(k, [])]
+    names = [n for k in ("failed", "error", "not run") for n in by_kind.get(k, [])]
     return Verdict(m, "down", _short(f"{kinds} of {len(covered)}: ", names), ping_ms)
 
 
