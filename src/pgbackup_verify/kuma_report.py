@@ -143,8 +143,10 @@ def _short(prefix: str, names: list[str]) -> str:
     return msg[:MSG_LIMIT]
 
 
-def short_name(nodeid: str) -> str:
-    return nodeid.rsplit("::", 1)[-1]
+def short_name(nodeid: str, single_target: str | None = None) -> str:
+    """The check's name; with one target its `[target]` id says nothing and costs msg space."""
+    name = nodeid.rsplit("::", 1)[-1]
+    return name.removesuffix(f"[{single_target}]") if single_target else name
 
 
 def judge(m: PushMonitor, outcomes: Outcomes, ping_ms: int, abort: str | None = None) -> Verdict:
@@ -152,6 +154,11 @@ def judge(m: PushMonitor, outcomes: Outcomes, ping_ms: int, abort: str | None = 
     if abort:
         return Verdict(m, "down", _short("", [abort])[:MSG_LIMIT], ping_ms)
     covered = outcomes.covered_by(m)
+    many = len({outcomes.target[n] for n in covered}) > 1
+
+    def one(n: str) -> str | None:
+        return None if many else outcomes.target[n]
+
     if not covered:
         return Verdict(m, "down", f"no check covering {', '.join(m.covers)} ran "
                                   f"({len(outcomes.groups)} selected in total)"[:MSG_LIMIT], ping_ms)
@@ -161,7 +168,7 @@ def judge(m: PushMonitor, outcomes: Outcomes, ping_ms: int, abort: str | None = 
     bad = [n for n in covered if outcomes.outcome[n] not in ("passed", "skipped")]
     if len(skipped) == len(covered):
         return Verdict(m, "down", _short(f"all {len(covered)} covered checks skipped: ",
-                                         [short_name(n) for n in skipped]), ping_ms)
+                                         [short_name(n, one(n)) for n in skipped]), ping_ms)
     if not bad:
         passed = len(covered) - len(skipped)
         note = f", {len(skipped)} skipped" if skipped else ""
@@ -169,8 +176,8 @@ def judge(m: PushMonitor, outcomes: Outcomes, ping_ms: int, abort: str | None = 
                                 f"({', '.join(m.covers)})"[:MSG_LIMIT], ping_ms)
     by_kind: dict[str, list[str]] = {}
     for n in bad:
-        by_kind.setdefault(outcomes.outcome[n], []).append(short_name(n))
-    kinds = ", ".join(f"{len(v)} {k}" for k, v in by_kind.items())
+        by_kind.setdefault(outcomes.outcome[n], []).append(short_name(n, one(n)))
+    kinds = ", ".join(f"{len(v)} {k}{'s' if k == 'error' and len(v) > 1 else ''}" for k, v in by_kind.items())
     names = [n for k in ("failed", "error", "not run") for n in by_kind.get(k, [])]
     return Verdict(m, "down", _short(f"{kinds} of {len(covered)}: ", names), ping_ms)
 
