@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -103,7 +104,11 @@ def _announce(lines: list[str]) -> None:
 
 
 def push_all(verdicts: list[kr.Verdict], dry_run: bool) -> list[kr.PushResult]:
-    return [kr.send(v, dry_run=dry_run) for v in verdicts]
+    """All monitors at once: a hung Kuma costs one timeout + retry, not one per monitor."""
+    if len(verdicts) <= 1:
+        return [kr.send(v, dry_run=dry_run) for v in verdicts]
+    with ThreadPoolExecutor(max_workers=min(8, len(verdicts))) as pool:
+        return list(pool.map(lambda v: kr.send(v, dry_run=dry_run), verdicts))
 
 
 def describe(r: kr.PushResult) -> str:
