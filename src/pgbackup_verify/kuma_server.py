@@ -159,7 +159,7 @@ class KumaServer:
 
 
 class KumaAdmin:
-    """A logged-in admin client (uptime-kuma-api); reuse one: login is rate-limited to 20/min."""
+    """A logged-in admin client (uptime-kuma-api-ng); reuse one: login is rate-limited to 20/min."""
 
     def __init__(self, url: str, username: str, password: str, timeout: float = 15.0) -> None:
         from uptime_kuma_api import UptimeKumaApi
