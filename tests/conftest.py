@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pgbackup_verify import demo
+from pgbackup_verify import fixtures as factories
 from pgbackup_verify.cluster import ThrowawayCluster
 
 pytest_plugins = ["pytester"]
@@ -54,3 +55,7 @@ def write_target(tmp_path: Path, seed_cluster: ThrowawayCluster):
         return demo.write_target_file(tmp_path / f"{name}.toml", dsn, backup_dir, name=name, extra=extra)
 
     return _write
+
+
+# A real Uptime Kuma (npm, cached) for the Kuma self-tests; one per session, one admin login.
+kuma = factories.kuma_server()

@@ -154,6 +154,36 @@ class DrillSection:
     disk_factor: float = _key("free disk needed = payload x this factor (throwaway mode)", default=2.0)
     stale_minutes: float = _key("a leftover drill database/cluster of a live process older than this is "
                                 "removed too", default=240.0)
+KUMA_MARKERS = ("grants", "dumps", "drill", "kuma", "host", "offsite")
+
+
+@dataclass(frozen=True)
+class KumaPushSection:
+    monitor: str = _key("name of the Kuma push monitor (as shown in Kuma)")
+    token_env: str = _key("environment variable holding its push token (the token never goes in this file)")
+    covers: tuple[str, ...] = _key(f"markers ({', '.join(KUMA_MARKERS)}, ...) or check modules (test_grants) "
+                                   "it covers")
+
+
+@dataclass(frozen=True)
+class KumaSection:
+    url: str = _key("base URL of Uptime Kuma, e.g. http://127.0.0.1:3001")
+    push: tuple[KumaPushSection, ...] = _key("push monitors fed at the end of every run ([[kuma.push]])",
+                                             default=())
+    monitors: tuple[str, ...] = _key("more monitors (names) the kuma checks must find healthy", default=())
+    read: str = _key("how the kuma checks read Kuma: 'db' (kuma.db, read-only) or 'socket'", default="")
+    db: Path | None = _key("Kuma's SQLite file kuma.db, opened read-only (read = 'db')", path="file",
+                           default=None)
+    username_env: str = _key("env var with the Kuma user name (read = 'socket')", default="KUMA_USERNAME")
+    password_env: str = _key("env var with the Kuma password (read = 'socket')", default="KUMA_PASSWORD")
+    grace_seconds: int = _key("a monitor's last UP may be this much older than its interval", default=300)
+    stale_days: float = _key("active with no UP for longer than this: stale, advise pausing it", default=7.0)
+    push_timeout: float = _key("seconds per push attempt (one retry)", default=5.0)
+
+    @property
+    def read_path(self) -> str:
+        """kuma.db when it is given (exact history, no credentials), else the Socket.IO API."""
+        return self.read or ("db" if self.db else "socket")
 
 
 @dataclass(frozen=True)
@@ -169,6 +199,7 @@ class Target:
     drill: DrillSection | None = None
     host_checks: HostSection | None = None  # the [host] section (`host` is the testinfra spec)
     offsite: OffsiteSection | None = None
+    kuma: KumaSection | None = None
 
     @property
     def name(self) -> str:
@@ -193,6 +224,7 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "drill": (DrillSection, False),
     "host": (HostSection, False),
     "offsite": (OffsiteSection, False),
+    "kuma": (KumaSection, False),
 }
 # Arrays of tables ([[name]]): section name -> dataclass of one entry.
 LIST_SECTIONS: dict[str, type] = {"sql_check": SqlCheck}
@@ -210,6 +242,11 @@ def _convert(value: Any, tp: Any, where: str, base: Path, path_kind: str | None)
     if origin in (typing.Union, types.UnionType):
         inner = next(a for a in typing.get_args(tp) if a is not type(None))
         return _convert(value, inner, where, base, path_kind)
+    if origin is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        table = where.replace("[", "").replace("]", "")  # "[kuma].push" -> "kuma.push"
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected an array of tables [[{table}]], got {value!r}")
+        return tuple(_build(typing.get_args(tp)[0], v, f"{table} #{i + 1}", base) for i, v in enumerate(value))
     if origin is tuple and typing.get_args(tp)[0] is not str:  # a TOML table of name -> integer
         if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                                   for v in value.values()):
@@ -248,6 +285,9 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in table:
+        if key == "token" and "token_env" in fields:
+            raise ConfigError(f"[{where}].token: push tokens are secrets and never go in the target file; "
+                              "put it in an environment variable and name that in token_env")
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(fields)}"
@@ -283,6 +323,8 @@ def _validate(t: Target) -> None:
     if "password" in params:
         raise ConfigError("[database].dsn: contains a password; remove it and use PGPASSWORD, "
                           "~/.pgpass or [database].password_file")
+    if t.kuma:
+        _validate_kuma(t.kuma)
     b = t.backups
     if not 0 <= b.max_shrink_ratio < 1:
         raise ConfigError(f"[backups].max_shrink_ratio: {b.max_shrink_ratio} is not in [0, 1); "
@@ -359,6 +401,34 @@ def _validate_offsite(o: OffsiteSection) -> None:
         raise ConfigError(f"[offsite].size_tolerance: {o.size_tolerance} is not in [0, 1); use e.g. 0.05 for 5%")
     if o.max_age_hours <= 0:
         raise ConfigError("[offsite].max_age_hours: must be greater than 0")
+
+
+def _validate_kuma(k: KumaSection) -> None:
+    if not k.url.startswith(("http://", "https://")):
+        raise ConfigError(f"[kuma].url: '{k.url}' is not an http(s) URL; use e.g. http://127.0.0.1:3001")
+    if k.read not in ("", "db", "socket"):
+        raise ConfigError(f"[kuma].read: '{k.read}' is neither 'db' nor 'socket'")
+    if k.read == "db" and not k.db:
+        raise ConfigError("[kuma].db: required when read = 'db'; give the path of kuma.db or use read = 'socket'")
+    if k.push_timeout <= 0 or k.stale_days <= 0 or k.grace_seconds < 0:
+        raise ConfigError("[kuma].push_timeout, stale_days must be > 0 and grace_seconds >= 0")
+    names = [p.monitor for p in k.push]
+    for i, p in enumerate(k.push):
+        where = f"[kuma.push #{i + 1}]"
+        if names.count(p.monitor) > 1:
+            raise ConfigError(f"{where}.monitor: '{p.monitor}' is listed twice; keep one entry per monitor")
+        if not p.token_env.isidentifier():
+            raise ConfigError(f"{where}.token_env: '{p.token_env}' is not an environment variable name")
+        if not p.covers:
+            raise ConfigError(f"{where}.covers: empty; list the markers or check modules this monitor reports")
+        for c in p.covers:
+            # Other markers (e.g. a [[sql_check]] concern) are allowed; a near miss of a known one is a
+            # typo. An unknown group that matches nothing still pushes DOWN ("no check covering ...").
+            close = difflib.get_close_matches(c, KUMA_MARKERS, n=1, cutoff=0.75)
+            if c not in KUMA_MARKERS and not c.startswith("test_") and (close or not c.isidentifier()):
+                hint = (f"did you mean '{close[0]}'?" if close
+                        else f"use a marker ({', '.join(KUMA_MARKERS)}, ...) or test_<module>")
+                raise ConfigError(f"{where}.covers: unknown check group '{c}'; {hint}")
 
 
 def load_target(path: str | os.PathLike[str]) -> Target:

@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 import psycopg.conninfo
 
+from pgbackup_verify import scene
 from pgbackup_verify.cluster import ThrowawayCluster
 
 DUMP_ROLE = "directus"
@@ -215,7 +216,11 @@ def build(workdir: Path, fault: str | None = None, server: str | None = None) ->
         backup_dir = workdir / "backups"
         backup_dir.mkdir(mode=0o700)
         write_nightly_dumps(cluster, backup_dir, fault=fault)
-        target_file = write_target_file(workdir / "demo.toml", dsn, backup_dir)
+        # The host (scripts, root's crontab as a file, the running postgres) and the offsite
+        # remote (a real rclone local remote holding last night's archive), like the seed's VPS.
+        data_dir = Path(cluster.executor.datadir) if isinstance(cluster, ThrowawayCluster) else None
+        extra = scene.demo_sections(workdir, backup_dir, data_dir)
+        target_file = write_target_file(workdir / "demo.toml", dsn, backup_dir, extra=extra)
     except BaseException:
         cluster.stop()
         raise
@@ -228,15 +233,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the demo dir and print its path")
     parser.add_argument("--server", metavar="DSN", help="build the demo on this running server (a scratch CI "
                         "container) instead of a throwaway cluster; its objects are dropped afterwards")
+    parser.add_argument("--no-kuma", dest="kuma", action="store_false",
+                        help="leave out the real Uptime Kuma (its monitors are checked and pushed to by default)")
     args, pytest_args = parser.parse_known_args(argv)
     from pgbackup_verify.cli import run_checks
 
     workdir = Path(tempfile.mkdtemp(prefix="pgbv-demo-"))
     demo = build(workdir, args.fault, args.server)
+    kuma = None
     try:
+        if args.kuma:
+            from pgbackup_verify import kuma_demo
+
+            kuma = kuma_demo.start(workdir)
+            demo.target_file.write_text(demo.target_file.read_text() + kuma.toml())
+            print(f"demo Kuma: {kuma.url} (login in {workdir / 'kuma-login.txt'})")
         print(f"demo target: {demo.target_file} (server port {demo.cluster.port}, fault {args.fault})")
-        return run_checks(["--target", str(demo.target_file), *pytest_args])
+        rc = run_checks(["--target", str(demo.target_file), *pytest_args])
+        for line in kuma.latest() if kuma else []:
+            print(line)
+        return rc
     finally:
+        if kuma:
+            kuma.stop()
         demo.cluster.stop()
         if args.keep:
             print(f"kept {workdir}")

@@ -1,0 +1,109 @@
+"""Uptime Kuma: the monitors that tell the team about backups exist, are watched, and are green.
+
+The seed's two Kuma failures: a push monitor DOWN "by absence" went unnoticed for ~41 h, and a
+retired job's monitor raised false DOWNs daily until someone paused it. Freshness is judged from
+heartbeat times, never from Kuma's own timer, which restarts with the server.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pgbackup_verify.kuma_monitors import KumaFacts, MonitorFacts, ago
+
+pytestmark = pytest.mark.kuma
+
+
+def _found(facts: KumaFacts) -> list[MonitorFacts]:
+    return [m for m in facts.monitors if m.found]
+
+
+def _watched(facts: KumaFacts) -> list[MonitorFacts]:
+    return [m for m in _found(facts) if m.effectively_active]
+
+
+def _fail(problems: list[str]) -> None:
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def test_every_named_monitor_exists_in_kuma(kuma_facts, evidence):
+    problems = []
+    for m in kuma_facts.monitors:
+        if m.found:
+            how = f"by {m.matched_by}" + (f" (named '{m.kuma_name}' in Kuma)" if m.kuma_name != m.wanted else "")
+            evidence(m.wanted, f"found {how}")
+        else:
+            problems.append(f"Kuma monitor '{m.wanted}': FAILED (not found by name or push token in "
+                            f"{kuma_facts.source}); fix: create the push monitor in Kuma or correct its name / "
+                            "token env var in [kuma]")
+    _fail(problems)
+
+
+def test_every_monitor_is_effectively_active(kuma_facts, evidence):
+    problems = []
+    for m in _found(kuma_facts):
+        evidence(m.wanted, "active" if m.effectively_active else f"paused ({m.paused_by})")
+        if not m.effectively_active:
+            where = "the monitor" if m.paused_by == "itself" else m.paused_by
+            problems.append(f"Kuma monitor '{m.wanted}': FAILED (paused by {where}: pushes are refused and "
+                            f"nobody is alerted); fix: resume {where} in Kuma, or drop it from [kuma] if retired")
+    _fail(problems)
+
+
+def test_latest_heartbeat_is_up(kuma_facts, evidence):
+    problems = []
+    for m in _watched(kuma_facts):
+        b = m.latest
+        if b is None:
+            evidence(m.wanted, "no heartbeat ever")
+            problems.append(f"Kuma monitor '{m.wanted}': FAILED (no heartbeat at all vs latest UP); "
+                            "fix: run the job that pushes it and check its token env var")
+            continue
+        evidence(m.wanted, f"{b.state} {ago(b.time, kuma_facts.now)} ago: {b.msg!r}")
+        if b.status != 1:
+            problems.append(f"Kuma monitor '{m.wanted}': FAILED (latest heartbeat {b.state} at "
+                            f"{b.time:%Y-%m-%d %H:%M} UTC, {b.msg[:120]!r} vs UP); fix: repair what it reports")
+    _fail(problems)
+
+
+def test_last_up_is_younger_than_interval_plus_grace(kuma_facts, target, evidence):
+    grace = target.kuma.grace_seconds
+    problems = []
+    for m in _watched(kuma_facts):
+        limit = m.interval + grace
+        if m.last_up is None:
+            seen = "" if m.full_history else f" in the beats Kuma sent (since {m.oldest_seen:%Y-%m-%d %H:%M} UTC)" \
+                if m.oldest_seen else ""
+            evidence(m.wanted, f"no UP{seen} (limit {limit} s)")
+            problems.append(f"Kuma monitor '{m.wanted}': FAILED (no UP heartbeat{seen} vs one every "
+                            f"{limit} s); fix: run the job that pushes it")
+            continue
+        age = (kuma_facts.now - m.last_up).total_seconds()
+        evidence(m.wanted, f"last UP {ago(m.last_up, kuma_facts.now)} ago (limit {limit} s = interval "
+                           f"{m.interval} s + grace {grace} s)")
+        if age > limit:
+            problems.append(f"Kuma monitor '{m.wanted}': FAILED (last UP {ago(m.last_up, kuma_facts.now)} ago "
+                            f"vs limit {limit} s = interval {m.interval} s + grace {grace} s; Kuma may still "
+                            "show it green after a restart); fix: run the job that pushes it and check its cron")
+    _fail(problems)
+
+
+def test_no_active_monitor_is_stale(kuma_facts, target, evidence):
+    days = target.kuma.stale_days
+    problems = []
+    for m in _watched(kuma_facts):
+        if m.last_up is None and not m.full_history:
+            evidence(m.wanted, "no UP in the beats Kuma sent; history beyond them unknown (socket read)")
+            continue
+        since = m.last_up or m.oldest_seen
+        if since is None:
+            continue  # never had a heartbeat: a new monitor, reported by test_latest_heartbeat_is_up
+        idle = (kuma_facts.now - since).total_seconds() / 86400
+        evidence(m.wanted, f"no UP for {idle:.1f} days (stale after {days:g})" if idle > days else "not stale")
+        if idle > days:
+            last = f"last UP {m.last_up:%Y-%m-%d}" if m.last_up else "never UP"
+            problems.append(f"Kuma monitor '{m.wanted}': FAILED (stale: {last}, {idle:.1f} days vs {days:g} days); "
+                            "fix: if its job is retired, pause the monitor in Kuma (it raises false DOWNs), "
+                            "else repair the job")
+    _fail(problems)

@@ -1,0 +1,229 @@
+"""What to tell each Kuma push monitor after a run, and telling it (GET push API, bounded, one retry).
+
+Only the literal `status=up` is UP to Kuma and a push counts only when Kuma answers `{"ok":true}`.
+Tokens come from the environment and are never put in a message, a log line or a report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from pgbackup_verify.config import KumaSection, Target
+
+MSG_LIMIT = 190  # Kuma shows msg in one line; keep it readable (issue: < ~200 chars)
+KUMA_PUSH_FAILED = 12  # exit code: a push did not land (keeps a failed run's 1)
+KUMA_CREDENTIALS_MISSING = 13  # exit code: a push token env var is unset
+
+
+@dataclass(frozen=True)
+class PushMonitor:
+    """One push destination: the checks it covers, for one target (None: every check)."""
+
+    name: str
+    token_env: str
+    covers: tuple[str, ...]
+    url: str
+    timeout: float
+    targets: tuple[str, ...] | None = None  # None: checks of every target count
+
+
+@dataclass
+class Verdict:
+    monitor: PushMonitor
+    status: str  # "up" or "down"
+    msg: str
+    ping_ms: int
+
+
+@dataclass
+class PushResult:
+    verdict: Verdict
+    ok: bool
+    detail: str  # what happened, never containing the token
+    exit_code: int = 0
+    attempts: int = 0
+
+
+@dataclass
+class Outcomes:
+    """Per selected check: its markers/module, target and worst outcome so far."""
+
+    groups: dict[str, set[str]] = field(default_factory=dict)
+    target: dict[str, str | None] = field(default_factory=dict)
+    outcome: dict[str, str] = field(default_factory=dict)
+
+    def select(self, nodeid: str, groups: set[str], target: str | None) -> None:
+        self.groups[nodeid] = groups
+        self.target[nodeid] = target
+        self.outcome.setdefault(nodeid, "not run")
+
+    def record(self, nodeid: str, when: str, outcome: str) -> None:
+        worst = self.outcome.get(nodeid, "not run")
+        if outcome == "failed":
+            self.outcome[nodeid] = "failed" if when == "call" else "error"
+        elif outcome == "skipped" and worst not in ("failed", "error"):
+            self.outcome[nodeid] = "skipped"
+        elif outcome == "passed" and when == "call" and worst == "not run":
+            self.outcome[nodeid] = "passed"
+
+    # Every marker/module some monitor covers; set by the push plugin before judging.
+    claimed: set[str] = field(default_factory=set)
+
+    def covered_by(self, m: PushMonitor) -> list[str]:
+        """The checks this monitor answers for. A check no monitor covers counts for every monitor:
+        nothing may fail unseen because the target file forgot to route it (never silent)."""
+        return [n for n, g in self.groups.items()
+                if (g & set(m.covers) or (self.claimed and not g & self.claimed))
+                and (m.targets is None or self.target[n] in (None, *m.targets))]
+
+
+def monitors_of(section: KumaSection, target: str | None) -> list[PushMonitor]:
+    return [PushMonitor(p.monitor, p.token_env, p.covers, section.url.rstrip("/"), section.push_timeout,
+                        (target,) if target else None) for p in section.push]
+
+
+def monitors_for(targets: tuple[Target, ...] | list[Target]) -> list[PushMonitor]:
+    """One push per Kuma monitor: target files sharing a monitor (same url and token env) are merged,
+    else the last host's push would overwrite a failed host's DOWN."""
+    multi = len(targets) > 1
+    merged: dict[tuple[str, str], PushMonitor] = {}
+    for t in targets:
+        for m in monitors_of(t.kuma, t.name if multi else None) if t.kuma else []:
+            key = (m.url, m.token_env)
+            if key in merged:
+                old = merged[key]
+                covers = tuple(dict.fromkeys(old.covers + m.covers))
+                both = None if old.targets is None or m.targets is None else old.targets + m.targets
+                m = PushMonitor(old.name, old.token_env, covers, old.url, min(old.timeout, m.timeout), both)
+            merged[key] = m
+    return list(merged.values())
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\s\"-]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def tolerant_monitors(path: Path) -> list[PushMonitor]:
+    """Push monitors of a target file that failed validation: parse only its [kuma] tables.
+
+    A broken [database] or a TOML syntax error elsewhere must not hide the monitors that
+    have to hear about it. Returns [] when even the [kuma] part is unusable.
+    """
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    keep, inside = [], False
+    for line in lines:
+        m = _HEADER.match(line)
+        if m:
+            inside = m.group(1).replace(" ", "").split(".")[0] == "kuma"
+        if inside:
+            keep.append(line)
+    try:
+        kuma = tomllib.loads("\n".join(keep)).get("kuma", {})
+        url = str(kuma["url"]).rstrip("/")
+        timeout = float(kuma.get("push_timeout", 5.0))
+        return [PushMonitor(str(p["monitor"]), str(p["token_env"]), tuple(p.get("covers", ())), url, timeout)
+                for p in kuma.get("push", [])]
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return []
+
+
+def _short(prefix: str, names: list[str]) -> str:
+    msg = prefix + ", ".join(names)
+    if len(msg) <= MSG_LIMIT:
+        return msg
+    shown: list[str] = []
+    for i, n in enumerate(names):
+        more = f" (+{len(names) - i} more)"
+        if len(prefix + ", ".join([*shown, n]) + more) > MSG_LIMIT:
+            return (prefix + ", ".join(shown) + f" (+{len(names) - len(shown)} more)")[:MSG_LIMIT]
+        shown.append(n)
+    return msg[:MSG_LIMIT]
+
+
+def short_name(nodeid: str, single_target: str | None = None) -> str:
+    """The check's name; with one target its `[target]` id says nothing and costs msg space."""
+    name = nodeid.rsplit("::", 1)[-1]
+    return name.removesuffix(f"[{single_target}]") if single_target else name
+
+
+def judge(m: PushMonitor, outcomes: Outcomes, ping_ms: int, abort: str | None = None) -> Verdict:
+    """up only if every selected check the monitor covers passed; anything else is down, with why."""
+    if abort:
+        return Verdict(m, "down", _short("", [abort])[:MSG_LIMIT], ping_ms)
+    covered = outcomes.covered_by(m)
+    many = len({outcomes.target[n] for n in covered}) > 1
+
+    def one(n: str) -> str | None:
+        return None if many else outcomes.target[n]
+
+    if not covered:
+        return Verdict(m, "down", f"no check covering {', '.join(m.covers)} ran "
+                                  f"({len(outcomes.groups)} selected in total)"[:MSG_LIMIT], ping_ms)
+    # A check that skips itself as not applicable (a TOC check on plain dumps) must not raise a false
+    # DOWN every night: skips are named, and only a monitor whose checks ALL skipped goes down.
+    skipped = [n for n in covered if outcomes.outcome[n] == "skipped"]
+    bad = [n for n in covered if outcomes.outcome[n] not in ("passed", "skipped")]
+    if len(skipped) == len(covered):
+        return Verdict(m, "down", _short(f"all {len(covered)} covered checks skipped: ",
+                                         [short_name(n, one(n)) for n in skipped]), ping_ms)
+    if not bad:
+        passed = len(covered) - len(skipped)
+        note = f", {len(skipped)} skipped" if skipped else ""
+        return Verdict(m, "up", f"OK: {passed}/{len(covered)} checks passed{note} "
+                                f"({', '.join(m.covers)})"[:MSG_LIMIT], ping_ms)
+    by_kind: dict[str, list[str]] = {}
+    for n in bad:
+        by_kind.setdefault(outcomes.outcome[n], []).append(short_name(n, one(n)))
+    kinds = ", ".join(f"{len(v)} {k}{'s' if k == 'error' and len(v) > 1 else ''}" for k, v in by_kind.items())
+    names = [n for k in ("failed", "error", "not run") for n in by_kind.get(k, [])]
+    return Verdict(m, "down", _short(f"{kinds} of {len(covered)}: ", names), ping_ms)
+
+
+def _explain(e: requests.RequestException, timeout: float) -> str:
+    if isinstance(e, requests.Timeout):
+        return f"no answer within {timeout:g} s"
+    if isinstance(e, requests.ConnectionError):
+        return "connection refused or host unreachable"
+    return type(e).__name__
+
+
+def send(v: Verdict, dry_run: bool = False, retries: int = 1) -> PushResult:
+    """Push one verdict; the detail names the monitor and Kuma's answer, never the token."""
+    m = v.monitor
+    token = os.environ.get(m.token_env, "")
+    if not token:
+        return PushResult(v, False, f"env {m.token_env} is not set; export the monitor's push token",
+                          KUMA_CREDENTIALS_MISSING)
+    if dry_run:
+        return PushResult(v, True, f"dry run: not sent (token from env {m.token_env})")
+    params = {"status": v.status, "msg": v.msg, "ping": str(v.ping_ms)}
+    detail = ""
+    for attempt in range(1, retries + 2):
+        try:
+            r = requests.get(f"{m.url}/api/push/{token}", params=params, timeout=m.timeout)
+            try:
+                body = r.json()
+            except ValueError:
+                body = {}
+            if r.status_code == 200 and isinstance(body, dict) and body.get("ok") is True:
+                return PushResult(v, True, f"Kuma answered ok (attempt {attempt})", attempts=attempt)
+            kuma_msg = body.get("msg", "") if isinstance(body, dict) else ""
+            detail = f"Kuma answered HTTP {r.status_code} not ok: {kuma_msg or r.reason}"
+            if r.status_code == 404:
+                detail += f" (check env {m.token_env} holds this monitor's token and that it is not paused)"
+                return PushResult(v, False, detail.replace(token, "***"), KUMA_PUSH_FAILED, attempt)
+        except requests.RequestException as e:
+            detail = f"{_explain(e, m.timeout)} at {m.url}"
+        if attempt <= retries:
+            time.sleep(1.0)
+    return PushResult(v, False, f"{detail} after {retries + 1} attempts".replace(token, "***"),
+                      KUMA_PUSH_FAILED, retries + 1)

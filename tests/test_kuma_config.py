@@ -1,0 +1,85 @@
+"""The [kuma] section: each mistake is one line naming the key; tokens never live in the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgbackup_verify.config import ConfigError, load_target
+from pgbackup_verify.kuma_report import tolerant_monitors
+
+BASE = """
+[database]
+dsn = "host=127.0.0.1 dbname=directus user=directus"
+dump_role = "directus"
+
+[backups]
+directory = "{dir}"
+
+[kuma]
+url = "http://127.0.0.1:3001"
+{kuma}
+[[kuma.push]]
+monitor = "PG Backup Local"
+token_env = "KUMA_PUSH_LOCAL"
+covers = ["dumps", "test_drill"]
+{push}
+"""
+
+
+def write(tmp_path: Path, kuma: str = "", push: str = "", dir_: str | None = None) -> Path:
+    p = tmp_path / "t.toml"
+    p.write_text(BASE.format(dir=dir_ or tmp_path, kuma=kuma, push=push))
+    return p
+
+
+def test_kuma_section_loads_with_defaults(tmp_path: Path) -> None:
+    k = load_target(write(tmp_path)).kuma
+    assert k is not None and k.read_path == "socket" and k.stale_days == 7.0
+    assert k.push[0].covers == ("dumps", "test_drill")
+    db = tmp_path / "kuma.db"
+    db.touch()
+    assert load_target(write(tmp_path, kuma=f'db = "{db}"')).kuma.read_path == "db"
+
+
+@pytest.mark.parametrize(("kuma", "push", "expected"), [
+    ("", 'token = "abc123"', "[kuma.push #1].token: push tokens are secrets and never go in the target file"),
+    ("", 'covers = ["dump"]', None),
+    ('read = "sql"', "", "[kuma].read: 'sql' is neither 'db' nor 'socket'"),
+    ('read = "db"', "", "[kuma].db: required when read = 'db'"),
+    ('db = "nope.db"', "", "[kuma].db: file"),
+    ("stale_days = 0", "", "[kuma].push_timeout, stale_days must be > 0"),
+    ("", '[[kuma.push]]\nmonitor = "PG Backup Local"\ntoken_env = "X"\ncovers = ["dumps"]',
+     "[kuma.push #1].monitor: 'PG Backup Local' is listed twice"),
+    ("", '[[kuma.push]]\nmonitor = "G"\ntoken_env = "KUMA-TOKEN"\ncovers = ["grants"]',
+     "[kuma.push #2].token_env: 'KUMA-TOKEN' is not an environment variable name"),
+    ("", '[[kuma.push]]\nmonitor = "G"\ntoken_env = "T"\ncovers = ["grant"]',
+     "[kuma.push #2].covers: unknown check group 'grant'; did you mean 'grants'?"),
+    ("", '[[kuma.push]]\nmonitor = "G"\ncovers = ["grants"]', "[kuma.push #2].token_env: required key is missing"),
+    ("", '[[kuma.push]]\nmonitor = "G"\ntoken_env = "T"\ncovers = ["dumps drill"]',
+     "[kuma.push #2].covers: unknown check group 'dumps drill'; use a marker"),
+])
+def test_kuma_mistake_is_named(tmp_path: Path, kuma: str, push: str, expected: str | None) -> None:
+    path = write(tmp_path, kuma=kuma, push=push)
+    if expected is None:  # a key of the first [[kuma.push]] entry redefined: invalid TOML, named as such
+        expected = "invalid TOML"
+    with pytest.raises(ConfigError) as e:
+        load_target(path)
+    msg = str(e.value)
+    assert expected in msg and "\n" not in msg
+    assert "abc123" not in msg
+
+
+def test_other_markers_may_be_covered(tmp_path: Path) -> None:
+    path = write(tmp_path, push='[[kuma.push]]\nmonitor = "SQL"\ntoken_env = "T"\ncovers = ["sql"]')
+    assert load_target(path).kuma.push[1].covers == ("sql",)
+
+
+def test_tolerant_read_finds_push_monitors_of_a_broken_file(tmp_path: Path) -> None:
+    path = write(tmp_path, dir_=str(tmp_path / "missing"))
+    path.write_text(path.read_text().replace("[database]", "[database\n"))  # TOML syntax error elsewhere
+    [m] = tolerant_monitors(path)
+    assert (m.name, m.token_env, m.covers, m.url) == ("PG Backup Local", "KUMA_PUSH_LOCAL",
+                                                       ("dumps", "test_drill"), "http://127.0.0.1:3001")
+    assert tolerant_monitors(tmp_path / "absent.toml") == []

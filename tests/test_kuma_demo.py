@@ -1,0 +1,31 @@
+"""The demo's Kuma: the seed's three monitors, checked and pushed to in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kuma_helpers import GRANT_CHECKS, MARKERS_INI, write_target
+
+from pgbackup_verify import kuma_demo
+
+CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_kuma.py"
+
+
+def test_seed_monitors_are_checked_and_pushed_to(pytester, kuma, monkeypatch):
+    for env, _covers in kuma_demo.SEED_MONITORS.values():
+        monkeypatch.setenv(env, "")  # restored after the test; seed_monitors sets the real tokens
+    demo = kuma_demo.DemoKuma(kuma.server, kuma.admin)
+    demo.ids = kuma_demo.seed_monitors(kuma.admin, kuma.server.db_path)
+    pytester.makefile(".ini", pytest=MARKERS_INI)
+    pytester.makepyfile(test_grants=GRANT_CHECKS)
+    target = write_target(pytester.path, demo.toml(), name="demo")
+    result = pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider",
+                                           "--reports-dir", str(pytester.path / "reports"),
+                                           "test_grants.py", str(CHECKS))
+    result.assert_outcomes(passed=7)  # 5 kuma checks see last night's UP; 2 grant checks
+    assert result.ret == 0
+    assert demo.latest() == [
+        "Kuma PG Dump Permission Guard: UP 'OK: 2/2 checks passed (grants, sql)'",
+        "Kuma PG Backup Local: UP 'OK: 5/5 checks passed (dumps, drill, host, kuma)'",
+        "Kuma PG Backup GDrive: DOWN 'no check covering offsite ran (7 selected in total)'",
+    ]
