@@ -78,3 +78,21 @@ def test_no_target_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess()
     assert result.ret == 4
     result.stderr.fnmatch_lines(["ERROR: no target file*--target FILE*"])
+
+
+def test_target_with_a_space_keeps_the_checkouts_ini(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """`pytest --target FILE` (FILE outside the checkout) runs the checks, not the self-tests.
+
+    pytest picks its rootdir before plugin options exist and would take FILE for a test path.
+    """
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    target = write(outside, GOOD)
+    pytester.makeini("[pytest]\ntestpaths = checks\naddopts = -p no:cacheprovider\n")
+    pytester.mkdir("checks")
+    pytester.mkdir("tests")
+    (pytester.path / "checks" / "test_check.py").write_text("def test_c(target): assert target.name == 't'\n")
+    (pytester.path / "tests" / "test_self.py").write_text("def test_self(): raise AssertionError('self-test ran')\n")
+    result = pytester.runpytest_subprocess("--target", str(target))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"rootdir: {pytester.path}", "configfile: tox.ini"])

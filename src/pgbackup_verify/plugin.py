@@ -15,7 +15,7 @@ from pgbackup_verify.errors import UserError
 from pgbackup_verify.fixtures.core import RUN_FACTS_KEY
 from pgbackup_verify.history import HISTORY_FILE, HISTORY_PATH_KEY
 from pgbackup_verify.many import make_scheduler, summary_lines, wants_target_scheduling
-from pgbackup_verify.settings import HELP, Settings, lock_path, resolve
+from pgbackup_verify.settings import HELP, Settings, lock_path, reroot_without_target_values, resolve
 from pgbackup_verify.summary import CONCERNS, RunSummary, SummaryRecorder, routing_properties, write_json
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -37,6 +37,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(flag, dest=dest, default=None, help=HELP[key], **kw)
         parser.addini(ini, HELP[key])
     group.addoption("--json", dest="pgbv_json", default=None, help=HELP["json"])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    reroot_without_target_values(early_config, args)
 
 
 @pytest.hookimpl(tryfirst=True)

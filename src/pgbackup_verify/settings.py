@@ -74,3 +74,32 @@ def resolve(config: pytest.Config) -> Settings:
 def lock_path(config: pytest.Config) -> Path | None:
     raw, _ = _pick(config, "pgbv_lock", "pgbackup_verify_lock", LOCK_ENV)
     return Path(str(raw)) if raw else None
+
+
+def reroot_without_target_values(config: pytest.Config, args: list[str]) -> None:
+    """Make `pytest --target FILE` behave like `pytest --target=FILE`.
+
+    pytest chooses its rootdir and ini file before plugins' options exist, so it takes the FILE
+    of `--target FILE` for a test path: a target file outside the checkout then hides the
+    checkout's pytest.ini (its testpaths and addopts), and the self-tests got collected as checks.
+    Redo that choice without the target values, once the option is known.
+    """
+    ns = config.known_args_namespace
+    values = {str(v) for v in (getattr(ns, "pgbv_target", None) or [])}
+    if not values:
+        return
+    try:
+        from _pytest.config.findpaths import determine_setup
+
+        rootpath, inipath, inicfg, _ = determine_setup(
+            inifile=ns.inifilename, override_ini=ns.override_ini,
+            args=[a for a in ns.file_or_dir if a not in values], rootdir_cmd_arg=ns.rootdir or None,
+            invocation_dir=config.invocation_params.dir)
+    except (ImportError, TypeError, ValueError):  # another pytest's internals: keep its choice
+        return
+    if (rootpath, inipath) == (config.rootpath, config.inipath):
+        return
+    config._rootpath, config._inipath, config._inicfg = rootpath, inipath, inicfg
+    config._inicache.clear()
+    ns.confcutdir = str(inipath.parent if inipath else rootpath)
+    args[:0] = [str(a) for a in config.getini("addopts")]
