@@ -88,11 +88,13 @@ def test_offsite_pg_dump_is_complete(offsite_listing: Listing, offsite_scan: Arc
     g = scan.gzip
     assert g is not None
     where = f"{scan.archive.name} member {scan.matches[0]}"
-    evidence("PG member payload", g.describe())
+    footer = "found" if g.footer_found else "missing"
+    evidence("PG member payload", f"{g.payload_bytes} B from {g.compressed_bytes} B gzip, "
+                                  f"{'valid' if g.valid else g.error}, footer {footer}")
     _require(g.valid, f"offsite PG dump {where}: FAILED ({g.error}); fix: re-run the upload job from a good dump")
     _require(g.payload_bytes > 0, f"offsite PG dump {where}: FAILED (empty payload, {g.compressed_bytes} B gzip of "
                                  "nothing: pg_dump failed that night); fix: fix the dump job, then re-upload")
-    _require(g.footer, f"offsite PG dump {where}: FAILED (no '-- PostgreSQL database dump complete' footer: "
+    _require(g.footer_found, f"offsite PG dump {where}: FAILED (no '-- PostgreSQL database dump complete' footer: "
                       "truncated dump); fix: fix the dump job, then re-upload")
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from pgbackup_verify import offsite, scene
 from pgbackup_verify.config import OffsiteSection
-from pgbackup_verify.gzipverify import verify_pg_gzip
+from pgbackup_verify.gzipscan import scan_stream
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_offsite.py"
 OFFSITE_CHECKS = 5
@@ -56,7 +56,7 @@ def test_last_nights_archive_passes(pytester, write_target, backups: Path, remot
     result = _run(pytester, write_target, backups, remote)
     result.assert_outcomes(passed=OFFSITE_CHECKS)
     out = result.stdout.str()
-    assert "valid gzip" in out and "footer present" in out
+    assert "B gzip, valid, footer found" in out
     assert f"vs local {dump} {dump.stat().st_size} B (0.0%" in out
 
 
@@ -132,15 +132,15 @@ def test_member_is_a_stream_for_the_restore_drill(backups: Path, remote: Path) -
     assert b"PostgreSQL database dump" in head
 
 
-def test_gzip_verifier_reads_pg_dump_15_18_footer_and_catches_truncation() -> None:
+def test_member_scan_reads_pg_dump_15_18_footer_and_catches_truncation() -> None:
     body = b"CREATE TABLE t ();\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict 9Zx\n\n"
-    good = verify_pg_gzip(io.BytesIO(gzip.compress(body)))
-    assert (good.valid, good.footer, good.payload_bytes) == (True, True, len(body))
-    cut = verify_pg_gzip(io.BytesIO(gzip.compress(body)[:-6]))
+    good = scan_stream(io.BytesIO(gzip.compress(body)), "member")
+    assert (good.valid, good.footer_found, good.payload_bytes) == (True, True, len(body))
+    cut = scan_stream(io.BytesIO(gzip.compress(body)[:-6]), "member")
     assert not cut.valid and "truncated" in cut.error
-    no_footer = verify_pg_gzip(io.BytesIO(gzip.compress(body[:30])))
-    assert no_footer.valid and not no_footer.footer
-    assert verify_pg_gzip(io.BytesIO(EMPTY_GZIP)).payload_bytes == 0
+    no_footer = scan_stream(io.BytesIO(gzip.compress(body[:30])), "member")
+    assert no_footer.valid and not no_footer.footer_found
+    assert scan_stream(io.BytesIO(EMPTY_GZIP), "member").payload_bytes == 0
 
 
 def test_empty_remote_fails_every_check(pytester, write_target, backups: Path, remote: Path) -> None:

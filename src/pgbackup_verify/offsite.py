@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import IO
 
 from pgbackup_verify.config import OffsiteSection
-from pgbackup_verify.gzipverify import GzipFacts, verify_pg_gzip
+from pgbackup_verify.gzipscan import DumpScan, scan_stream
 
 
 class RcloneError(Exception):
@@ -126,7 +126,7 @@ class ArchiveScan:
     matches: list[str] = field(default_factory=list)  # safe regular members matching the member glob
     member_size: int | None = None
     member_mtime: float | None = None
-    gzip: GzipFacts | None = None
+    gzip: DumpScan | None = None
     error: str = ""  # the archive could not be read to its end
 
 
@@ -186,7 +186,7 @@ def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
                         f = tf.extractfile(m)
                         assert f is not None
                         scan.member_size, scan.member_mtime = m.size, float(m.mtime)
-                        scan.gzip = verify_pg_gzip(f)
+                        scan.gzip = scan_stream(f, f"{archive.name}:{m.name}")
     except READ_ERRORS as e:
         scan.error = f"archive unreadable after {scan.members} members: {e}"
     except RcloneError as e:
