@@ -38,3 +38,9 @@ class UserError(Exception):
     """A problem the operator fixes; str() is one line naming the object and what to do."""
 
     exit_code = CONFIG_ERROR
+
+
+class ConfigError(UserError):
+    """A user mistake in the target file or the options; str() is the one line to show."""
+
+    exit_code = CONFIG_ERROR

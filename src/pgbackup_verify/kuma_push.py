@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from pgbackup_verify import kuma_report as kr
-from pgbackup_verify.config import KUMA_MARKERS, ConfigError, KumaSection, _build, _validate_kuma
+from pgbackup_verify.config import KUMA_MARKERS, ConfigError, KumaSection, _build
 
 REPORTER = "pgbackup_verify_kuma_reporter"
 CONFIG_ENV = "PGBACKUP_VERIFY_KUMA_CONFIG"
@@ -53,7 +53,7 @@ def _kuma_file(path: Path) -> list[kr.PushMonitor]:
         raise ConfigError(f"kuma config '{path}': cannot be read ({e}); fix it") from None
     try:
         section = _build(KumaSection, raw.get("kuma"), "kuma", path.resolve().parent)
-        _validate_kuma(section)
+        section.validate()
     except ConfigError as e:
         raise ConfigError(f"kuma config '{path}': {e}") from None
     return kr.monitors_of(section, None)

@@ -1,0 +1,135 @@
+"""The operations sections of a target file: the backup host, the offsite copy and Uptime Kuma.
+
+Same shape as `sections`: frozen dataclasses of documented keys, each with its own validate().
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgbackup_verify.errors import ConfigError
+from pgbackup_verify.sections import Section, key
+
+SHELLCHECK_SEVERITIES = ("error", "warning", "info", "style", "off")
+
+
+@dataclass(frozen=True)
+class HostSection(Section):
+    # Paths here live on the backup host (maybe remote), so they are strings, not checked locally.
+    cron_jobs: tuple[str, ...] = key("scripts (absolute paths on the host) that cron must run", default=())
+    crontabs: tuple[str, ...] = key("crontab files on the host to read (default: root's `crontab -l`, "
+                                    "/etc/crontab and /etc/cron.d/*)", default=())
+    retired_scripts: tuple[str, ...] = key("globs of retired scripts no active cron entry may run "
+                                           "(paths containing '.retired' always count)", default=())
+    backup_scripts: tuple[str, ...] = key("backup scripts whose hardening is audited", default=())
+    script_owner: str = key("user that must own the backup scripts", default="root")
+    shellcheck_severity: str = key("lowest shellcheck severity that fails (error, warning, info, style, off)",
+                                   default="warning")
+    free_space_multiple: float = key("free space on the backup filesystem must hold this many latest dumps",
+                                     default=2.0)
+    service: str = key("systemd service of the database that must be running", default="")
+    container: str = key("docker container of the database that must be running", default="")
+    process: str = key("process name (comm) of the database that must be running, e.g. postgres",
+                       default="")
+    process_args: str = key("text the process's command line must contain, e.g. its data directory",
+                            default="")
+
+    def validate(self) -> None:
+        if self.shellcheck_severity not in SHELLCHECK_SEVERITIES:
+            raise ConfigError(f"[host].shellcheck_severity: '{self.shellcheck_severity}' is not one of "
+                              f"{', '.join(SHELLCHECK_SEVERITIES)}")
+        if self.free_space_multiple <= 0:
+            raise ConfigError("[host].free_space_multiple: must be greater than 0; use e.g. 2 for two dumps")
+        for name in ("cron_jobs", "crontabs", "backup_scripts"):
+            for p in getattr(self, name):
+                if not p.startswith("/"):
+                    raise ConfigError(f"[host].{name}: '{p}' is not an absolute path on the host; write it in full")
+        if self.process_args and not self.process:
+            raise ConfigError("[host].process_args: needs [host].process (the process name) too")
+
+
+@dataclass(frozen=True)
+class OffsiteSection(Section):
+    remote: str = key("rclone remote path holding the archives, e.g. gdrive:backups or :local:/srv/offsite")
+    archive_glob: str = key("glob of the nightly archives in that path", default="vps-backup-*.tar.gz")
+    member: str = key("glob of the PostgreSQL dump inside an archive", default="*/postgresql-directus.sql.gz")
+    max_age_hours: float = key("newest archive must be younger than this", default=26.0)
+    min_archive_bytes: int = key("newest archive must be at least this big", default=1024)
+    size_tolerance: float = key("allowed size difference of the member vs the local dump of the same night "
+                                "(0.05 = 5%)", default=0.05)
+    rclone: str = key("rclone binary", default="rclone")
+
+    def validate(self) -> None:
+        if ":" not in self.remote:
+            raise ConfigError(f"[offsite].remote: '{self.remote}' is not an rclone path; write REMOTE:PATH "
+                              "(e.g. gdrive:backups or :local:/srv/offsite)")
+        if not 0 <= self.size_tolerance < 1:
+            raise ConfigError(f"[offsite].size_tolerance: {self.size_tolerance} is not in [0, 1); "
+                              "use e.g. 0.05 for 5%")
+        if self.max_age_hours <= 0:
+            raise ConfigError("[offsite].max_age_hours: must be greater than 0")
+
+
+KUMA_MARKERS = ("grants", "dumps", "drill", "kuma", "host", "offsite")
+
+
+@dataclass(frozen=True)
+class KumaPushSection:
+    monitor: str = key("name of the Kuma push monitor (as shown in Kuma)")
+    token_env: str = key("environment variable holding its push token (the token never goes in this file)")
+    covers: tuple[str, ...] = key(f"markers ({', '.join(KUMA_MARKERS)}, ...) or check modules (test_grants) "
+                                  "it covers")
+
+    def validate(self, where: str) -> None:
+        if not self.token_env.isidentifier():
+            raise ConfigError(f"{where}.token_env: '{self.token_env}' is not an environment variable name")
+        if not self.covers:
+            raise ConfigError(f"{where}.covers: empty; list the markers or check modules this monitor reports")
+        for c in self.covers:
+            # Other markers (e.g. a [[sql_check]] concern) are allowed; a near miss of a known one is a
+            # typo. An unknown group that matches nothing still pushes DOWN ("no check covering ...").
+            close = difflib.get_close_matches(c, KUMA_MARKERS, n=1, cutoff=0.75)
+            if c not in KUMA_MARKERS and not c.startswith("test_") and (close or not c.isidentifier()):
+                hint = (f"did you mean '{close[0]}'?" if close
+                        else f"use a marker ({', '.join(KUMA_MARKERS)}, ...) or test_<module>")
+                raise ConfigError(f"{where}.covers: unknown check group '{c}'; {hint}")
+
+
+@dataclass(frozen=True)
+class KumaSection(Section):
+    url: str = key("base URL of Uptime Kuma, e.g. http://127.0.0.1:3001")
+    push: tuple[KumaPushSection, ...] = key("push monitors fed at the end of every run ([[kuma.push]])",
+                                            default=())
+    monitors: tuple[str, ...] = key("more monitors (names) the kuma checks must find healthy", default=())
+    read: str = key("how the kuma checks read Kuma: 'db' (kuma.db, read-only) or 'socket'", default="")
+    db: Path | None = key("Kuma's SQLite file kuma.db, opened read-only (read = 'db')", path="file",
+                          default=None)
+    username_env: str = key("env var with the Kuma user name (read = 'socket')", default="KUMA_USERNAME")
+    password_env: str = key("env var with the Kuma password (read = 'socket')", default="KUMA_PASSWORD")
+    grace_seconds: int = key("a monitor's last UP may be this much older than its interval", default=300)
+    stale_days: float = key("active with no UP for longer than this: stale, advise pausing it", default=7.0)
+    push_timeout: float = key("seconds per push attempt (one retry)", default=5.0)
+
+    @property
+    def read_path(self) -> str:
+        """kuma.db when it is given (exact history, no credentials), else the Socket.IO API."""
+        return self.read or ("db" if self.db else "socket")
+
+    def validate(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"[kuma].url: '{self.url}' is not an http(s) URL; use e.g. http://127.0.0.1:3001")
+        if self.read not in ("", "db", "socket"):
+            raise ConfigError(f"[kuma].read: '{self.read}' is neither 'db' nor 'socket'")
+        if self.read == "db" and not self.db:
+            raise ConfigError("[kuma].db: required when read = 'db'; give the path of kuma.db or use "
+                              "read = 'socket'")
+        if self.push_timeout <= 0 or self.stale_days <= 0 or self.grace_seconds < 0:
+            raise ConfigError("[kuma].push_timeout, stale_days must be > 0 and grace_seconds >= 0")
+        names = [p.monitor for p in self.push]
+        for i, p in enumerate(self.push):
+            where = f"[kuma.push #{i + 1}]"
+            if names.count(p.monitor) > 1:
+                raise ConfigError(f"{where}.monitor: '{p.monitor}' is listed twice; keep one entry per monitor")
+            p.validate(where)
