@@ -42,3 +42,23 @@ def test_two_targets_in_parallel(pytester: pytest.Pytester, write_target, backup
     assert workers["alpha"] != workers["beta"]
     result.stdout.fnmatch_lines(["pgbackup-verify target alpha: OK (14 passed)",
                                  "pgbackup-verify target beta: FAILED (1 failed, 13 passed)"])
+
+
+def test_worker_figures_and_exit_codes_reach_the_controller(pytester: pytest.Pytester, write_target,
+                                                            backups: Path, tmp_path: Path) -> None:
+    """Under -n 2 the dump figures land in the history store and an unreachable database still exits 10."""
+    import json
+
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    write_target(backups, name="alpha").rename(targets / "alpha.toml")
+    write_target(backups, name="beta", dsn="host=127.0.0.1 port=1 dbname=x user=y connect_timeout=2") \
+        .rename(targets / "beta.toml")
+    dumps = str(CHECKS / "test_dumps.py")
+    grants = str(CHECKS / "test_grants.py")
+    result = pytester.runpytest_subprocess("--target", str(targets), "-n", "2", "-p", "no:cacheprovider",
+                                           dumps, grants)
+    assert result.ret == 10, result.stdout.str()[-2000:]
+    lines = [json.loads(x) for x in (pytester.path / "reports" / "history.jsonl").read_text().splitlines()]
+    alpha = next(x for x in lines if x["target"] == "alpha")
+    assert alpha["facts"]["payload_bytes"] > 10000 and "dump_age_hours" in alpha["facts"]

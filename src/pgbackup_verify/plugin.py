@@ -162,6 +162,12 @@ def pytest_html_report_title(report: object) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        # An xdist worker: hand the figures and user-error codes to the controller (testnodedown).
+        workeroutput["pgbackup_verify"] = {"facts": config.stash.get(RUN_FACTS_KEY, {}),
+                                           "user_errors": sorted(config.stash.get(USER_ERRORS_KEY, set()))}
+        return
     codes = config.stash.get(USER_ERRORS_KEY, set())
     if codes and session.exitstatus in (0, 1):
         session.exitstatus = max(codes)
@@ -179,6 +185,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             # The checks' verdict stands; losing one history line must not turn into a traceback.
             run.notes.append(f"run history not written to {path} ({e.strerror}); fix the reports directory")
     report.add_html_environment(config, config.stash.get(SETTINGS_KEY, None), config.stash.get(RUN_FACTS_KEY, {}))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist controller: merge a worker's run facts and user-error exit codes into this run's."""
+    data = getattr(node, "workeroutput", {}).get("pgbackup_verify")
+    config: pytest.Config = node.config  # type: ignore[attr-defined]
+    if not data or RUN_FACTS_KEY not in config.stash:
+        return
+    for target, facts in data["facts"].items():
+        config.stash[RUN_FACTS_KEY].setdefault(target, {}).update(facts)
+    config.stash[USER_ERRORS_KEY].update(data["user_errors"])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
