@@ -12,18 +12,10 @@ from pgbackup_verify import hostfacts
 from pgbackup_verify.config import HostSection, Target
 from pgbackup_verify.cron import Crontab, mentioned_paths
 from pgbackup_verify.evidence import human_bytes
+from pgbackup_verify.evidence import require as _require
+from pgbackup_verify.evidence import verdict as _verdict
 
 pytestmark = pytest.mark.host
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        pytest.fail(message, pytrace=False)
-
-
-def _verdict(problems: list[str]) -> None:
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
 
 
 def _sources(tabs: list[Crontab]) -> str:

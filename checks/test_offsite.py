@@ -9,20 +9,13 @@ import pytest
 
 from pgbackup_verify.config import OffsiteSection, Target
 from pgbackup_verify.evidence import human_bytes
+from pgbackup_verify.evidence import require as _require
+from pgbackup_verify.evidence import verdict as _verdict
 from pgbackup_verify.hostfacts import BackupDirFacts, DumpFile
 from pgbackup_verify.offsite import Archive, ArchiveScan, Listing
 
 pytestmark = pytest.mark.offsite
 
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        pytest.fail(message, pytrace=False)
-
-
-def _verdict(problems: list[str]) -> None:
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
 
 SAME_NIGHT_S = 24 * 3600
 

@@ -37,3 +37,15 @@ def human_bytes(n: int | float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def require(ok: bool, message: str) -> None:
+    """Fail the check with its finding as the whole report (no traceback) unless `ok`."""
+    if not ok:
+        pytest.fail(message, pytrace=False)
+
+
+def verdict(problems: list[str]) -> None:
+    """Fail the check with one line per problem, if there are any."""
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
