@@ -83,3 +83,16 @@ def test_tolerant_read_finds_push_monitors_of_a_broken_file(tmp_path: Path) -> N
     assert (m.name, m.token_env, m.covers, m.url) == ("PG Backup Local", "KUMA_PUSH_LOCAL",
                                                        ("dumps", "test_drill"), "http://127.0.0.1:3001")
     assert tolerant_monitors(tmp_path / "absent.toml") == []
+
+
+def test_socket_read_without_a_login_is_one_line_and_exit_13(pytester, write_target, backups, monkeypatch) -> None:
+    monkeypatch.delenv("KUMA_USERNAME", raising=False)
+    monkeypatch.delenv("KUMA_PASSWORD", raising=False)
+    target = write_target(backups, extra='\n[kuma]\nurl = "http://127.0.0.1:9"\nmonitors = ["PG Backup Local"]\n')
+    checks = Path(__file__).resolve().parent.parent / "checks" / "test_kuma.py"
+    result = pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", str(checks))
+    assert result.ret == 13, result.stdout.str()[-1500:]
+    result.stdout.fnmatch_lines(["KumaCredentialsMissing: Kuma login for http://127.0.0.1:9: env KUMA_USERNAME / "
+                                 "KUMA_PASSWORD not set; export the Kuma login or set ?kuma?.db to read kuma.db "
+                                 "instead"])
+    assert "Traceback" not in result.stdout.str()

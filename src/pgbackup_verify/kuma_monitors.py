@@ -19,12 +19,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pgbackup_verify.config import KumaSection
+from pgbackup_verify.errors import KUMA_CREDENTIALS_MISSING, UserError
 
 STATUS = {0: "DOWN", 1: "UP", 2: "PENDING", 3: "MAINTENANCE"}
 
 
 class KumaReadError(Exception):
     """Kuma could not be read; str() is one line naming the source and what to do."""
+
+
+class KumaCredentialsMissing(UserError):
+    """The socket read path needs a login the environment does not hold (exit 13)."""
+
+    exit_code = KUMA_CREDENTIALS_MISSING
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,8 @@ def read_db(path: str, wanted: list[Wanted]) -> list[MonitorFacts]:
 def read_socket(k: KumaSection, wanted: list[Wanted], timeout: float = 15.0) -> list[MonitorFacts]:
     user, password = os.environ.get(k.username_env), os.environ.get(k.password_env)
     if not user or not password:
-        raise KumaReadError(f"env {k.username_env} / {k.password_env} not set: export the Kuma login "
-                            "or set [kuma].db to read kuma.db instead")
+        raise KumaCredentialsMissing(f"Kuma login for {k.url}: env {k.username_env} / {k.password_env} not set; "
+                                     "export the Kuma login or set [kuma].db to read kuma.db instead")
     from uptime_kuma_api import UptimeKumaApi, UptimeKumaException
 
     try:

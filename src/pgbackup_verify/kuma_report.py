@@ -16,10 +16,9 @@ from pathlib import Path
 import requests
 
 from pgbackup_verify.config import KumaSection, Target
+from pgbackup_verify.errors import KUMA_CREDENTIALS_MISSING, KUMA_PUSH_FAILED
 
 MSG_LIMIT = 190  # Kuma shows msg in one line; keep it readable (issue: < ~200 chars)
-KUMA_PUSH_FAILED = 12  # exit code: a push did not land (keeps a failed run's 1)
-KUMA_CREDENTIALS_MISSING = 13  # exit code: a push token env var is unset
 
 
 @dataclass(frozen=True)
