@@ -140,4 +140,5 @@ def test_unreadable_kuma_is_one_line_error(pytester, kuma, monkeypatch):
     monkeypatch.delenv("KUMA_USERNAME", raising=False)
     result = run_checks(pytester, kuma, ["PG Backup Local"], 'read = "socket"')
     result.assert_outcomes(errors=5)
-    assert "not set: export the Kuma login or set [kuma].db" in result.stdout.str()
+    assert result.ret == 13
+    assert "not set; export the Kuma login or set [kuma].db" in result.stdout.str()
