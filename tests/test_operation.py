@@ -134,3 +134,9 @@ def test_demo_on_an_existing_server_leaves_it_as_found(cluster: ThrowawayCluster
     assert main(["demo", "--server", cluster.dsn(), "-p", "no:cacheprovider", "-q", "-m", "sql"]) == 0
     assert objects() == before
     assert (tmp_path / "reports" / "latest.json").is_file()
+
+
+def test_lock_holds_for_a_parallel_run(pytester: pytest.Pytester, target_file: Path, tmp_path: Path) -> None:
+    """With -n 2 only the controller takes the lock; the workers run under it."""
+    result = run(pytester, "--target", str(target_file), "--lock", str(tmp_path / "pgbv.lock"), "-n", "2")
+    result.assert_outcomes(passed=1)
