@@ -57,3 +57,23 @@ def test_a_check_no_monitor_covers_counts_for_every_monitor() -> None:
         assert v.status == "down" and "registry lock" in v.msg, v
     out.outcome["s::registry lock"] = "passed"
     assert [judge(m, out, 10).status for m in (guard, local)] == ["up", "up"]
+
+
+def test_xdist_controller_routes_sql_checks_like_a_single_process(pytester, monkeypatch) -> None:
+    """Under -n the controller sees reports, not items: the sql marker must still route the check."""
+    from kuma_helpers import DUMP_CHECKS, GRANT_CHECKS, write_target
+
+    pytester.makepyfile(test_grants=GRANT_CHECKS, test_dumps=DUMP_CHECKS.format(ok=True),
+                        test_sql="import pytest\npytestmark = pytest.mark.sql\n\ndef test_lock(): pass\n")
+    monkeypatch.setenv("KUMA_PUSH_GUARD", "tok-guard")
+    monkeypatch.setenv("KUMA_PUSH_LOCAL", "tok-local")
+    kuma = ('\n[kuma]\nurl = "http://127.0.0.1:9"\n[[kuma.push]]\nmonitor = "Guard"\n'
+            'token_env = "KUMA_PUSH_GUARD"\ncovers = ["grants", "sql"]\n[[kuma.push]]\nmonitor = "Local"\n'
+            'token_env = "KUMA_PUSH_LOCAL"\ncovers = ["dumps"]\n')
+    target = write_target(pytester.path, kuma)
+    for extra in ([], ["-n", "2"]):
+        result = pytester.runpytest_subprocess("--target", str(target), "--kuma-dry-run", "-p", "no:cacheprovider",
+                                               "test_grants.py", "test_dumps.py", "test_sql.py", *extra)
+        result.assert_outcomes(passed=5)
+        result.stdout.fnmatch_lines(["Guard: *status=up msg='OK: 3/3 checks passed (grants, sql)'*",
+                                     "Local: *status=up msg='OK: 2/2 checks passed (dumps)'*"])

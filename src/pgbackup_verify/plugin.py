@@ -48,7 +48,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     """Refuse an overlapping run before anything else happens (no report, no Kuma push)."""
     path = lock_path(config)
-    if path is None or hasattr(config, "workerinput") or os.environ.get("PYTEST_XDIST_WORKER"):
+    if path is None or hasattr(config, "workerinput"):
         return None  # xdist workers run under their controller's lock
     try:
         config.stash[LOCK_FD_KEY] = runlock.acquire(path)

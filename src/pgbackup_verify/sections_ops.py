@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pgbackup_verify.errors import ConfigError
 from pgbackup_verify.sections import Section, key
+from pgbackup_verify.summary import CONCERNS
 
 SHELLCHECK_SEVERITIES = ("error", "warning", "info", "style", "off")
 
@@ -72,7 +73,7 @@ class OffsiteSection(Section):
             raise ConfigError("[offsite].max_age_hours: must be greater than 0")
 
 
-KUMA_MARKERS = ("grants", "dumps", "drill", "kuma", "host", "offsite")
+KUMA_MARKERS = tuple(CONCERNS)  # one list of concern markers for the plugin, the report and Kuma
 
 
 @dataclass(frozen=True)
