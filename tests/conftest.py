@@ -15,6 +15,15 @@ from pgbackup_verify.cluster import ThrowawayCluster
 pytest_plugins = ["pytester"]
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Clusters of an earlier self-test run that was killed would keep running: stop them."""
+    if not hasattr(session.config, "workerinput"):
+        from pgbackup_verify.cluster import CLUSTER_PREFIX, sweep_stale
+
+        for line in sweep_stale(f"{CLUSTER_PREFIX}*"):
+            print(line)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[ThrowawayCluster]:
     """One throwaway cluster per test session (roles are cluster-wide, so not the shared server)."""

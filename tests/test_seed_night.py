@@ -37,3 +37,29 @@ def test_seed_night_fails_grant_and_payload_checks_with_the_fix(tmp_path: Path) 
     assert "latest dump payload: FAILED (directus_" in out
     assert "0 bytes decompressed, 20 bytes on disk, minimum 10000" in out
     assert "pgbackup-verify: FAILED targets=demo" in out
+
+
+@pytest.mark.slow
+def test_a_killed_demo_is_swept_by_the_next_run(tmp_path: Path) -> None:
+    """SIGKILL mid-run leaves a running cluster and the demo dir; the next demo run removes both."""
+    import signal
+    import tempfile
+
+    from pgbackup_verify.cluster import CLUSTER_PREFIX
+
+    before = set(Path(tempfile.gettempdir()).glob("pgbv-*demo-*"))
+    cmd = [str(BIN / "pgbackup-verify"), "demo", "--no-kuma", "-p", "no:cacheprovider", "-m", "drill"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("demo target:"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = set(Path(tempfile.gettempdir()).glob("pgbv-*demo-*")) - before
+    assert any(p.name.startswith(f"{CLUSTER_PREFIX}demo-") for p in left), left
+    again = demo(tmp_path, "--no-kuma", "-m", "sql")
+    assert again.returncode == 0, again.stdout[-2000:]
+    for p in left:
+        assert f"swept leftover {p}" in again.stdout
+        assert not p.exists()

@@ -78,11 +78,55 @@ class RootSafeExecutor(PostgreSQLExecutor):
         return self
 
 
+OWNER_FILE = "owner.pid"
+
+
+def mark_owner(root: Path) -> None:
+    """Record which process made `root`, so a later run can tell a crashed run's leftovers."""
+    (root / OWNER_FILE).write_text(str(os.getpid()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_cluster_dir(root: Path) -> None:
+    """Stop a (possibly orphaned) cluster living in `root` and remove the directory."""
+    data = root / "data"
+    if (data / "postmaster.pid").exists():
+        subprocess.run([str(pg_bindir() / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate", "-w"],
+                       check=False, capture_output=True, timeout=60, **_run_as())
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def sweep_stale(pattern: str, base: Path | None = None) -> list[str]:
+    """Stop and remove dirs matching `pattern` whose creating process is gone (a killed demo or
+    test run); return one log line per directory removed. Dirs of live processes are left alone."""
+    removed = []
+    for root in sorted(Path(base or tempfile.gettempdir()).glob(pattern)):
+        owner = root / OWNER_FILE
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being created
+        if pid != os.getpid() and not _alive(pid):
+            stop_cluster_dir(root)
+            removed.append(f"swept leftover {root} (its process {pid} is gone)")
+    return removed
+
+
 class ThrowawayCluster:
     """A local cluster in its own temp dir, removed on stop(). Superuser is `postgres`."""
 
     def __init__(self, base: Path | None = None, port: int | None = None, tag: str = "") -> None:
         self.root = Path(tempfile.mkdtemp(prefix=f"{CLUSTER_PREFIX}{tag}", dir=base))
+        mark_owner(self.root)
         chown_for_cluster(self.root)
         self.port = port or port_for.select_random()
         self.host = "127.0.0.1"

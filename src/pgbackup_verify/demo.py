@@ -22,7 +22,7 @@ import psycopg
 import psycopg.conninfo
 
 from pgbackup_verify import scene
-from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.cluster import CLUSTER_PREFIX, ThrowawayCluster, mark_owner, sweep_stale
 
 DUMP_ROLE = "directus"
 DBNAME = "directus"
@@ -238,7 +238,11 @@ def main(argv: list[str]) -> int:
     args, pytest_args = parser.parse_known_args(argv)
     from pgbackup_verify.cli import run_checks
 
+    # A demo killed mid-run leaves its cluster running and its dir behind: clear those first.
+    for line in sweep_stale(f"{CLUSTER_PREFIX}demo-*") + sweep_stale("pgbv-demo-*"):
+        print(line)
     workdir = Path(tempfile.mkdtemp(prefix="pgbv-demo-"))
+    mark_owner(workdir)
     demo = build(workdir, args.fault, args.server)
     kuma = None
     try:

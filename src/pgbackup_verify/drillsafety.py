@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pgbackup_verify.cluster import CLUSTER_PREFIX, _run_as, pg_bindir
+from pgbackup_verify.cluster import CLUSTER_PREFIX, stop_cluster_dir
 
 log = logging.getLogger("pgbackup_verify.drill")
 CLUSTER_TAG = "drill-"
@@ -152,15 +151,6 @@ class Janitor:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-
-
-def stop_cluster_dir(root: Path) -> None:
-    """Stop a (possibly orphaned) drill cluster and remove its directory."""
-    data = root / "data"
-    if (data / "postmaster.pid").exists():
-        subprocess.run([str(pg_bindir() / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate", "-w"],
-                       check=False, capture_output=True, timeout=60, **_run_as())
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def local_leftovers(work_dir: Path) -> list[Path]:
