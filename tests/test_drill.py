@@ -392,3 +392,22 @@ def test_long_restore_reports_progress_with_bytes_and_share_read(backups, write_
     assert facts.outcome.problems == [] and facts.rows["public.big"] == (40000, 40000)
     sent, read, size, seconds = calls[0]
     assert 0 < sent < len(text) and 0 < read <= size == newest(backups).stat().st_size and seconds >= 1.0
+
+
+def test_drill_restores_the_offsite_archive_member(pytester, backups, write_target, work_dir, tmp_path):
+    """[drill].source = "offsite": the PG member of the newest archive, streamed through a real rclone."""
+    from pgbackup_verify import scene
+
+    remote = scene.write_offsite(tmp_path / "offsite-root", backups)
+    target = write_target(backups, drill_toml(work_dir, source="offsite")
+                          + scene.offsite_toml(remote, named_remote=False))
+    result = run_checks(pytester, target)
+    result.assert_outcomes(passed=6)
+    out = result.stdout.str()
+    assert f"dump used: :local:{remote}/vps-backup-" in out and "member */postgresql-directus.sql.gz" in out
+    assert "tables: 21" in out and "error lines: none" in out
+
+
+def test_offsite_source_needs_an_offsite_section(backups, write_target, work_dir):
+    with pytest.raises(ConfigError, match=r"\[drill\]\.source: 'offsite' needs an \[offsite\] section"):
+        load_target(write_target(backups, drill_toml(work_dir, source="offsite")))

@@ -181,6 +181,9 @@ def _validate(t: Target) -> None:
         section = getattr(t, ATTRIBUTES.get(name, name))
         if section is not None:
             section.validate()
+    if t.drill and t.drill.source == "offsite" and t.offsite is None:
+        raise ConfigError("[drill].source: 'offsite' needs an [offsite] section to read the archive from; "
+                          "add one or use source = \"local\"")
 
 
 def load_target(path: str | os.PathLike[str]) -> Target:

@@ -176,6 +176,10 @@ def run_drill(target: Target, source: DumpSource | None = None, janitor: safety.
 
 def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janitor, source: DumpSource | None,
          facts: DrillFacts, progress: Progress | None, start: float) -> None:
+    if source is None and d.source == "offsite" and target.offsite is not None:
+        from pgbackup_verify.offsite import member_source  # rclone only when the drill reads offsite
+
+        source = member_source(target.offsite)
     source = source or newest_dump(target.backups)
     facts.source, facts.fmt, facts.stored_bytes = source.description, source.fmt, source.size
     if d.expect_live_catalog:

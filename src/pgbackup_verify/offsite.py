@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import io
 import json
 import re
 import subprocess
@@ -18,9 +19,10 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO
+from typing import IO, Any, BinaryIO
 
 from pgbackup_verify.config import OffsiteSection
+from pgbackup_verify.dumpsource import DumpSource, NoDumpFound
 from pgbackup_verify.gzipscan import DumpScan, scan_stream
 
 
@@ -192,3 +194,44 @@ def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
     except RcloneError as e:
         scan.error = str(e)
     return scan
+
+
+class _MemberReader(io.RawIOBase):
+    """The member's bytes; closing it ends the rclone stream behind it."""
+
+    def __init__(self, stream: BinaryIO, stack: contextlib.ExitStack) -> None:
+        self._stream, self._stack = stream, stack
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        data = self._stream.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stack.close()
+        super().close()
+
+
+def member_source(o: OffsiteSection) -> DumpSource:
+    """The PG member of the newest archive as the restore drill's input (read once, as a stream)."""
+    found = listing(o)
+    archive = found.newest
+    if archive is None:
+        raise NoDumpFound(f"no '{o.archive_glob}' archive in {o.remote}{f' ({found.error})' if found.error else ''}; "
+                          "the drill has nothing offsite to restore")
+
+    def _open() -> BinaryIO:
+        stack = contextlib.ExitStack()
+        member = stack.enter_context(open_member(o, archive))
+        if member is None:
+            stack.close()
+            raise NoDumpFound(f"archive {archive.path} holds no safe member matching '{o.member}'")
+        return io.BufferedReader(_MemberReader(member.stream, stack), 1 << 20)  # type: ignore[return-value]
+
+    fmt = "plain-gzip" if o.member.endswith(".gz") else "plain"
+    return DumpSource(description=f"{archive.path} member {o.member}", name=archive.name, fmt=fmt,
+                      size=None, payload_hint=None, open=_open, mtime=archive.mtime)

@@ -160,8 +160,12 @@ class DrillSection(Section):
     disk_factor: float = key("free disk needed = payload x this factor (throwaway mode)", default=2.0)
     stale_minutes: float = key("a leftover drill database/cluster of a live process older than this is "
                                "removed too", default=240.0)
+    source: str = key("dump the drill restores: local (newest file of [backups]) or offsite (the PG member "
+                      "of the newest [offsite] archive, streamed through rclone)", default="local")
 
     def validate(self) -> None:
+        if self.source not in ("local", "offsite"):
+            raise ConfigError(f"[drill].source: '{self.source}' is not one of local, offsite")
         if self.mode not in ("throwaway", "scratch", "off"):
             raise ConfigError(f"[drill].mode: '{self.mode}' is not one of throwaway, scratch, off")
         if self.mode == "scratch" and not self.server_dsn:
