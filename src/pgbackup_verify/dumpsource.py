@@ -1,7 +1,7 @@
 """What the drill restores: a readable dump stream plus its description.
 
-Today the source is the newest local dump; the offsite archive member (a later issue)
-will be another `DumpSource` whose `open()` streams from rclone. The drill never needs
+The source is the newest local dump (`newest_dump`) or the offsite archive member
+(`offsite.member_source`, whose `open()` streams from rclone). The drill never needs
 more than `open()`, and a `path` only to let `pg_restore -j` seek.
 """
 
