@@ -62,19 +62,6 @@ def db_name(prefix: str) -> str:
     return f"{prefix}{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
 
 
-def _wait_ready(dsn: str, seconds: float = 30.0) -> None:
-    """The executor may return while the new cluster still answers 'starting up'."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            psycopg.connect(dsn, connect_timeout=5).close()
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 class _Site:
     """Where the restore lands; create() registers its own cleanup with the janitor."""
 
@@ -92,7 +79,6 @@ class _Site:
             self.janitor.add(f"cluster {cluster.root}", cluster.stop)
             cluster.start()
             self.admin_dsn, self.env = cluster.dsn(), cluster.env()
-            _wait_ready(self.admin_dsn)
             self.where = f"throwaway cluster {cluster.root} port {cluster.port}"
         else:
             params = psycopg.conninfo.conninfo_to_dict(self.admin_dsn)

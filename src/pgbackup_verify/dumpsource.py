@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pgbackup_verify.config import BackupsSection
+from pgbackup_verify.dumps import take_inventory
+from pgbackup_verify.gzipscan import CUSTOM_MAGIC, GZIP_MAGIC
 
-GZIP_MAGIC = b"\x1f\x8b"
-CUSTOM_MAGIC = b"PGDMP"
 CUSTOM_RATIO = 6  # measured: pg_dump -Fc 119 MB for a 708 MB plain payload
 
 
@@ -79,12 +79,10 @@ def from_path(path: Path) -> DumpSource:
 
 
 def newest_dump(backups: BackupsSection) -> DumpSource:
-    """The newest file matching [backups].pattern, by modification time.
-
-    Kept minimal on purpose: the dump inventory (dumps.py) will supply this choice.
-    """
-    files = [p for p in backups.directory.glob(backups.pattern) if p.is_file()]
-    if not files:
+    """The newest file matching [backups].pattern, by modification time: the same choice as the
+    dump checks make (dumps.take_inventory), so the drill restores the dump they judged."""
+    newest = take_inventory(backups).newest
+    if newest is None:
         raise NoDumpFound(f"no file matches '{backups.pattern}' in {backups.directory}; "
                           "check [backups].directory and pattern, and that the nightly dump runs")
-    return from_path(max(files, key=lambda p: p.stat().st_mtime))
+    return from_path(newest.path)
