@@ -106,3 +106,16 @@ def test_bad_rule_is_a_config_error(pytester: pytest.Pytester, tmp_path: Path,
     result = run(pytester, target_for(tmp_path, lock_cluster, bad))
     assert result.ret == 4
     assert "[[sql_check]] 'x'.expect: 'some' is not one of no_rows, true" in result.stderr.str()
+
+
+def test_custom_checks_share_the_grant_audits_transaction(lock_cluster: ThrowawayCluster, tmp_path: Path) -> None:
+    """One REPEATABLE READ, READ ONLY transaction for the grant audit and every [[sql_check]]."""
+    from pgbackup_verify.catalog_audit import audit_catalog
+    from pgbackup_verify.config import load_target
+
+    probe = ('[[sql_check]]\nname = "moment"\nquery = "SELECT now()::text, current_setting(\'transaction_isolation\'),'
+             ' current_setting(\'transaction_read_only\')"\nexpect = "no_rows"\nfix = "none"\n')
+    result = audit_catalog(load_target(target_for(tmp_path, lock_cluster, probe)))
+    assert result.grants.queries == 5
+    assert result.sql["moment"].findings == (f"{result.started}, repeatable read, on",)
+    assert result.sql["registry lock coverage"].passed

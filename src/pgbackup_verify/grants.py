@@ -7,6 +7,7 @@ and the exact statement that fixes it; the checks only phrase the verdict.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -200,19 +201,28 @@ def _covered(concern: Concern) -> Concern:
     return Concern(concern.audited, (), ())
 
 
-def audit(target: Target) -> GrantAudit:
-    """Audit the dump role of `target`; raises db.DatabaseUnreachable (one line) if it cannot connect."""
+def audit(target: Target, conn: psycopg.Connection | None = None) -> GrantAudit:
+    """Audit the dump role of `target`; raises db.DatabaseUnreachable (one line) if it cannot connect.
+
+    With `conn`, the queries run in the caller's open read-only transaction (one snapshot
+    shared with the custom SQL checks); without, in a connection and transaction of their own.
+    """
     started = time.perf_counter()
     # `pg_dump --version` (a process start, ~50 ms) runs while the server answers.
     with ThreadPoolExecutor(1) as pool:
         found = pool.submit(pg_dump_version_output)
-        role, server, server_num, read_only, concerns, queries = _audit_catalog(target)
+        with contextlib.ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(connect_readonly(target))
+                stack.enter_context(conn.transaction())
+            role, server, server_num, read_only, concerns, queries = _audit_catalog(target, conn)
         pg_dump = local_pg_dump(server, server_num, found.result())
     return GrantAudit(role, server, read_only, *concerns, pg_dump=pg_dump, queries=queries,
                       seconds=time.perf_counter() - started)
 
 
-def _audit_catalog(target: Target) -> tuple[RoleFacts, str, int, bool, list[Concern | None], int]:
+def _audit_catalog(target: Target, conn: psycopg.Connection) -> tuple[RoleFacts, str, int, bool,
+                                                                     list[Concern | None], int]:
     params = {"role": target.database.dump_role, "exclude": list(target.database.exclude_schemas)}
     queries = 0
 
@@ -222,7 +232,7 @@ def _audit_catalog(target: Target) -> tuple[RoleFacts, str, int, bool, list[Conc
         cur.execute(sql, params)  # type: ignore[arg-type]
         return cur.fetchall() if many else cur.fetchone()
 
-    with connect_readonly(target) as conn, conn.transaction(), conn.cursor() as cur:
+    with conn.cursor() as cur:
         row = fetch(cur, grants_sql.ROLE)
         role = _role(row, target.database.dump_role)
         server, server_num, read_only = row[9].split()[0], row[10], row[11] == "on"

@@ -47,7 +47,5 @@ def run_sql_check(conn: psycopg.Connection, check: SqlCheck) -> SqlCheckResult:
 
 
 def run_sql_checks(conn: psycopg.Connection, checks: tuple[SqlCheck, ...]) -> dict[str, SqlCheckResult]:
-    """Every check in one read-only transaction (a consistent snapshot of the catalog)."""
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return {c.name: run_sql_check(conn, c) for c in checks}
+    """Every check in the caller's open read-only transaction (see catalog.audit_catalog)."""
+    return {c.name: run_sql_check(conn, c) for c in checks}
