@@ -24,7 +24,7 @@ def localize(text: str, tmp: Path) -> str:
     return (text.replace("/opt/pgbackup-verify/venv/bin", str(VENV_BIN))
             .replace("/etc/pgbackup-verify", str(tmp / "etc"))
             .replace("/var/lib/pgbackup-verify", str(tmp / "var"))
-            .replace("/run/lock", str(tmp / "run")))
+            .replace("/run/pgbackup-verify", str(tmp / "run")))
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_cron_line_runs_the_checks_and_prints_one_summary_line(installed: Path) 
 
 def test_cron_line_refuses_an_overlapping_run(installed: Path) -> None:
     _, command = cron_command(installed)
-    lock = installed / "run" / "pgbackup-verify.lock"
+    lock = installed / "run" / "run.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
@@ -73,7 +73,7 @@ def test_cron_line_refuses_an_overlapping_run(installed: Path) -> None:
     finally:
         os.close(fd)
     assert proc.returncode == 14
-    assert re.search(r"lock '.*pgbackup-verify.lock' is held by another pgbackup-verify run", proc.stderr)
+    assert re.search(r"lock .*run.lock. is held by another pgbackup-verify run", proc.stderr)
 
 
 def test_systemd_service_runs_the_same_command_as_cron() -> None:

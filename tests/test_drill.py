@@ -289,12 +289,12 @@ def test_overlapping_drills_take_turns_on_the_lock(backups, write_target, work_d
 
 
 def test_lock_held_too_long_aborts_the_drill_naming_the_lock(backups, write_target, work_dir):
-    target = load_target(write_target(backups, drill_toml(work_dir, time_limit_seconds=1)))
-    with open(work_dir / "pgbackup-verify-drill.lock", "w") as held:
+    lock = work_dir / "drill.lock"
+    target = load_target(write_target(backups, drill_toml(work_dir, time_limit_seconds=1, lock_file=str(lock))))
+    with open(lock, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         facts = run_drill(target)
-    assert facts.aborted == (f"another drill held {work_dir / 'pgbackup-verify-drill.lock'} for over 1 s; "
-                             "check for a hung pgbackup-verify run")
+    assert facts.aborted == f"another drill held {lock} for over 1 s; check for a hung pgbackup-verify run"
 
 
 def _databases(c: ThrowawayCluster) -> list[str]:

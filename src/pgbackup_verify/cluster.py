@@ -11,6 +11,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -41,6 +42,28 @@ def _run_as() -> dict[str, Any]:
     if os.geteuid() != 0:
         return {}
     return {"user": "postgres", "group": "postgres"}
+
+
+def cluster_owner_uids() -> set[int]:
+    """Who may own a cluster directory this user made: itself, and `postgres` when it runs as root."""
+    uids = {os.geteuid()}
+    if os.geteuid() == 0:
+        uids.add(pwd.getpwnam("postgres").pw_uid)
+    return uids
+
+
+def read_private(path: Path, limit: int = 4096) -> str | None:
+    """Read a small marker file without following a link; None if absent or not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
 def chown_for_cluster(path: Path) -> None:
@@ -110,10 +133,15 @@ def sweep_stale(pattern: str, base: Path | None = None) -> list[str]:
     test run); return one log line per directory removed. Dirs of live processes are left alone."""
     removed = []
     for root in sorted(Path(base or tempfile.gettempdir()).glob(pattern)):
-        owner = root / OWNER_FILE
         try:
-            pid = int(owner.read_text())
-        except (OSError, ValueError):
+            st = os.lstat(root)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in cluster_owner_uids():
+            continue  # a link or another user's look-alike in a shared tmp: never ours to stop
+        try:
+            pid = int(read_private(root / OWNER_FILE) or "")
+        except ValueError:
             continue  # not ours, or still being created
         if pid != os.getpid() and not _alive(pid):
             stop_cluster_dir(root)

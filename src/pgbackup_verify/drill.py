@@ -136,8 +136,7 @@ def run_drill(target: Target, source: DumpSource | None = None, janitor: safety.
     janitor = janitor or safety.Janitor()
     start = time.monotonic()
     try:
-        with janitor.signals(), safety.DrillLock(d.lock_file or work_dir / "pgbackup-verify-drill.lock",
-                                                 d.time_limit_seconds) as lock:
+        with janitor.signals(), safety.DrillLock(d.lock_file, d.time_limit_seconds) as lock:
             facts.lock_wait = lock.waited
             try:
                 facts.sweep_log = safety.sweep(work_dir, d.prefix, d.stale_minutes,

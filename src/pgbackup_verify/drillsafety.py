@@ -10,12 +10,12 @@ stale limit.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +24,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pgbackup_verify.cluster import CLUSTER_PREFIX, stop_cluster_dir
+from pgbackup_verify.cluster import CLUSTER_PREFIX, cluster_owner_uids, read_private, stop_cluster_dir
+from pgbackup_verify.locks import FileLock, LockBusy, LockError, private_dir
 
 log = logging.getLogger("pgbackup_verify.drill")
 CLUSTER_TAG = "drill-"
@@ -71,34 +72,32 @@ def guard_name(name: str, prefix: str) -> str:
 
 
 class DrillLock:
-    """flock on a file: overlapping suite runs take turns instead of colliding."""
+    """flock on a file: overlapping suite runs take turns instead of colliding (see locks.py)."""
 
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path | None, timeout: float) -> None:
         self.path, self.timeout, self.waited = path, timeout, 0.0
-        self._fd: int | None = None
+        self._lock: FileLock | None = None
 
     def __enter__(self) -> DrillLock:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        start = time.monotonic()
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() - start > self.timeout:
-                    os.close(self._fd)
-                    raise DrillAborted(f"another drill held {self.path} for over {self.timeout:.0f} s; "
-                                       "check for a hung pgbackup-verify run") from None
-                time.sleep(0.5)
-        self.waited = time.monotonic() - start
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, owner_mark().encode())
+        try:
+            path = self.path or default_lock_path()
+            self._lock = FileLock(path, self.timeout).acquire()
+        except LockBusy as e:
+            raise DrillAborted(f"another drill held {e.path} for over {self.timeout:.0f} s; "
+                               "check for a hung pgbackup-verify run") from None
+        except LockError as e:
+            raise DrillAborted(f"drill lock: {e} ([drill].lock_file)") from None
+        self.waited = self._lock.waited
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+        if self._lock is not None:
+            self._lock.release()
+
+
+def default_lock_path() -> Path:
+    """Not in the (world-writable) work dir: in this user's private runtime directory."""
+    return private_dir() / "drill.lock"
 
 
 class Janitor:
@@ -153,8 +152,22 @@ class Janitor:
                 signal.signal(s, h)
 
 
+def _ours(path: Path) -> bool:
+    """A real directory made by this user (or, as root, handed to `postgres` for the cluster).
+
+    The work dir is often world-writable (/tmp): a look-alike planted by another user, or a link,
+    is never swept, since stopping a "cluster" there would signal whatever pid its files name.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid in cluster_owner_uids()
+
+
 def local_leftovers(work_dir: Path) -> list[Path]:
-    return sorted([*work_dir.glob(f"{CLUSTER_PREFIX}{CLUSTER_TAG}*"), *work_dir.glob(f"{SPOOL_PREFIX}*")])
+    found = [*work_dir.glob(f"{CLUSTER_PREFIX}{CLUSTER_TAG}*"), *work_dir.glob(f"{SPOOL_PREFIX}*")]
+    return sorted(p for p in found if _ours(p))
 
 
 def server_leftovers(conn: psycopg.Connection, prefix: str) -> list[tuple[str, str | None]]:
@@ -171,8 +184,7 @@ def sweep(work_dir: Path, prefix: str, stale_minutes: float, server_dsn: str | N
     """Remove what an earlier crashed drill left behind; return one log line per object."""
     lines = []
     for root in local_leftovers(work_dir):
-        owner = root / "owner"
-        mark = owner.read_text() if owner.exists() else None
+        mark = read_private(root / "owner")
         gone, why = _owner_gone(mark, stale_minutes, root.stat().st_mtime)
         if gone:
             stop_cluster_dir(root) if root.name.startswith(CLUSTER_PREFIX) else shutil.rmtree(root, True)

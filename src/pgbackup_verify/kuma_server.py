@@ -9,7 +9,6 @@ data dir must say `{"type":"sqlite"}` before the first start (else it waits for 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import shutil
@@ -24,10 +23,13 @@ from typing import Any
 
 import requests
 
+from pgbackup_verify.locks import FileLock
+
 KUMA_PACKAGE = "uptime-kuma@2.0.0-dev.0"
 CACHE_ENV = "PGBV_CACHE"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+INSTALL_TIMEOUT = 900.0
 
 
 class KumaError(RuntimeError):
@@ -45,8 +47,7 @@ def install(cache: Path | None = None) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     root = cache / KUMA_PACKAGE.replace("@", "-")
     pkg = root / "node_modules" / "uptime-kuma"
-    with open(cache / ".install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions (xdist, CI) must not install twice
+    with FileLock(cache / ".install.lock", timeout=INSTALL_TIMEOUT):  # xdist, CI: never install twice
         if not (pkg / "server" / "server.js").is_file():
             if shutil.which("npm") is None:
                 raise KumaError("npm not found: install Node.js 20 and npm (./dev setup does it)")
@@ -55,7 +56,7 @@ def install(cache: Path | None = None) -> Path:
             tmp.mkdir()
             proc = subprocess.run(["npm", "install", "--prefix", str(tmp), "--no-audit", "--no-fund",
                                    "--omit=dev", "--loglevel=error", KUMA_PACKAGE],
-                                  capture_output=True, text=True, timeout=900)
+                                  capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
             if proc.returncode != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise KumaError(f"npm install {KUMA_PACKAGE} failed (rc {proc.returncode}): "

@@ -22,7 +22,7 @@ SETTINGS_KEY = pytest.StashKey[Settings]()
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
 USER_ERRORS_KEY = pytest.StashKey[set[int]]()
 JSON_PATH_KEY = pytest.StashKey["os.PathLike[str] | None"]()
-LOCK_FD_KEY = pytest.StashKey[int]()
+LOCK_KEY = pytest.StashKey[runlock.FileLock]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,8 +51,8 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if path is None or hasattr(config, "workerinput"):
         return None  # xdist workers run under their controller's lock
     try:
-        config.stash[LOCK_FD_KEY] = runlock.acquire(path)
-    except runlock.LockHeld as e:
+        config.stash[LOCK_KEY] = runlock.acquire(path)
+    except (runlock.LockHeld, runlock.LockUnsafe) as e:
         print(f"pgbackup-verify: {e}", file=sys.stderr)
         return e.exit_code
     return None

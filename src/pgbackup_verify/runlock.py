@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
-from pgbackup_verify.errors import LOCK_HELD, UserError
+from pgbackup_verify.errors import CONFIG_ERROR, LOCK_HELD, UserError
+from pgbackup_verify.locks import FileLock, LockBusy, LockError
+
+__all__ = ["FileLock", "LockHeld", "LockUnsafe", "acquire"]
 
 
 class LockHeld(UserError):
     exit_code = LOCK_HELD
 
 
-def acquire(path: Path) -> int:
-    """Take an exclusive flock on `path` and return the fd; the kernel drops it when we exit or die."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+class LockUnsafe(UserError):
+    exit_code = CONFIG_ERROR
+
+
+def acquire(path: Path) -> FileLock:
+    """Take the run lock at `path` (refused at once if held); the kernel drops it when we exit or die."""
+    if not path.parent.exists():
+        os.makedirs(path.parent, mode=0o700, exist_ok=True)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise LockHeld(f"lock '{path}' is held by another pgbackup-verify run (pid {holder}); this run is "
+        return FileLock(path).acquire()
+    except LockBusy as e:
+        raise LockHeld(f"lock '{path}' is held by another pgbackup-verify run (pid {e.holder}); this run is "
                        "refused: let that run finish (the lock is released when it exits)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
+    except LockError as e:
+        raise LockUnsafe(f"--lock: {e}") from None

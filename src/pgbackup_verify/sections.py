@@ -142,8 +142,8 @@ class DrillSection(Section):
                       default="restore_drill_")
     work_dir: Path | None = key("directory for throwaway clusters and spool files (default: system temp)",
                                 path="dir", default=None)
-    lock_file: Path | None = key("file locked (flock) while a drill runs (default: <work_dir>/"
-                                 "pgbackup-verify-drill.lock)", default=None)
+    lock_file: Path | None = key("file locked (flock) while a drill runs (default: drill.lock in a "
+                                 "private 0700 directory: /run/pgbackup-verify as root)", default=None)
     expected_schemas: tuple[str, ...] = key("schemas the restore must hold (default: "
                                             "[backups].expected_schemas)", default=())
     min_tables: tuple[tuple[str, int], ...] = key("table: schema -> minimum tables after restore "
