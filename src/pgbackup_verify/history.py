@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from pgbackup_verify.safefs import atomic_write, open_append
+
 HISTORY_FILE = "history.jsonl"
 HISTORY_PATH_KEY = pytest.StashKey["Path | None"]()
 MAX_RUNS_PER_TARGET = 400  # over a year of nightly runs, ~150 KB per target
@@ -107,12 +109,14 @@ def append(path: Path, records: Iterable[RunRecord], max_per_target: int = MAX_R
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     # One write() of whole lines in append mode: a crash cannot interleave a half line into an old one.
-    with path.open("a+", encoding="utf-8") as f:
-        if f.tell() > 0:
-            f.seek(f.tell() - 1)
-            if f.read(1) != "\n":
-                lines.insert(0, "\n")  # a torn last line (run killed mid-write) stays on a line of its own
-        f.write("".join(lines))
+    fd = open_append(path)  # never through a planted link
+    try:
+        size = os.fstat(fd).st_size
+        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+            lines.insert(0, "\n")  # a torn last line (run killed mid-write) stays on a line of its own
+        os.write(fd, "".join(lines).encode("utf-8"))
+    finally:
+        os.close(fd)
     _trim(path, max_per_target)
 
 
@@ -132,9 +136,7 @@ def _trim(path: Path, max_per_target: int) -> None:
             counts[t] -= 1
             continue
         keep.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(keep), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(keep))
 
 
 def _target_of(line: str) -> str:

@@ -3,7 +3,6 @@ run history (history.jsonl) the trend charts and checks read."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -12,13 +11,18 @@ import pytest
 from pgbackup_verify import charts, history, trends
 from pgbackup_verify.evidence import EVIDENCE_KEY
 from pgbackup_verify.history import RunRecord, numeric_facts
+from pgbackup_verify.safefs import UnsafeDirectory, atomic_copy, check_dir_private_enough
 from pgbackup_verify.settings import Settings
 from pgbackup_verify.summary import RANK, RunSummary
 
 
 def plan_reports(config: pytest.Config, reports_dir: Path) -> Path:
     """Point pytest-html and junitxml at reports/ unless the user chose paths already."""
-    reports_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        check_dir_private_enough(reports_dir, "reports directory")
+    except UnsafeDirectory as e:
+        raise pytest.UsageError(str(e)) from None
     stamp = time.strftime("%Y%m%dT%H%M%S")
     if config.pluginmanager.hasplugin("html") and not config.option.htmlpath:
         config.option.htmlpath = str(reports_dir / f"pgbackup-verify-{stamp}.html")
@@ -33,7 +37,7 @@ def publish_latest(config: pytest.Config, reports_dir: Path, json_path: Path | N
     for path, name in ((getattr(config.option, "htmlpath", None), "latest.html"), (config.option.xmlpath, "latest.xml"),
                        (json_path, "latest.json")):
         if path and Path(path).is_file():
-            shutil.copyfile(path, reports_dir / name)
+            atomic_copy(Path(path), reports_dir / name)  # replaces a planted link, never writes through it
 
 
 def add_html_environment(config: pytest.Config, settings: object, facts: dict[str, dict[str, object]]) -> None:

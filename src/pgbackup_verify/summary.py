@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pgbackup_verify.safefs import atomic_write
+
 # Concern markers; each maps to a Kuma push monitor in the target file.
 CONCERNS = {
     "grants": "privilege checks of the dump role (Kuma: permission guard)",
@@ -154,4 +156,4 @@ def one_line(rep: pytest.TestReport) -> str:
 def write_json(summary: RunSummary, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(summary.to_json())
+    atomic_write(path, summary.to_json())

@@ -1,0 +1,68 @@
+"""Writing files safely as root: never through a link someone planted, never half a file.
+
+`atomic_write` writes a fresh temp file (mkstemp: unpredictable name, O_EXCL, 0600) in the same
+directory and renames it over the destination; rename replaces a planted symlink instead of
+writing through it. `check_dir_private_enough` refuses a reports directory that other users may
+write into, since pytest-html and junitxml open their own files there by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+
+class UnsafeDirectory(Exception):
+    """str() names the directory and the fix."""
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_copy(src: Path, dst: Path, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+        os.chmod(tmp, mode)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def open_append(path: Path) -> int:
+    """An fd for appending to `path` (created 0644), refusing a symlink at the end of the path."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"'{path}' is not a regular file")
+    return fd
+
+
+def check_dir_private_enough(path: Path, what: str) -> None:
+    """Refuse a directory that another user can write into (the suite writes there, often as root)."""
+    st = os.stat(path)
+    if st.st_mode & 0o022 and st.st_uid == os.geteuid():
+        raise UnsafeDirectory(f"{what} '{path}' is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                              f"run: chmod go-w '{path}'")
+    if st.st_mode & 0o022 or (st.st_uid not in (0, os.geteuid())):
+        raise UnsafeDirectory(f"{what} '{path}' can be written by other users (owner uid {st.st_uid}, mode "
+                              f"{stat.S_IMODE(st.st_mode):o}); use a directory owned by this user, not shared")
+
