@@ -22,12 +22,12 @@ from pathlib import Path
 
 import psycopg
 
-from pgbackup_verify.cluster import ThrowawayCluster
 from pgbackup_verify.config import load_target
-from pgbackup_verify.drill import run_drill
-from pgbackup_verify.drillsafety import Janitor
-from pgbackup_verify.dumpsource import from_path
-from pgbackup_verify.restore import restore_plain
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.restore import restore_plain
+from pgbackup_verify.facts.drill.run import run_drill
+from pgbackup_verify.facts.drill.safety import Janitor
+from pgbackup_verify.facts.dumps.source import from_path
 
 
 def build_source(c: ThrowawayCluster, tables: int, rows: int) -> None:

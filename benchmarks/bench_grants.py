@@ -16,10 +16,10 @@ from pathlib import Path
 
 import psycopg
 
-from pgbackup_verify import grants
-from pgbackup_verify.cluster import ThrowawayCluster
 from pgbackup_verify.config import load_target
-from pgbackup_verify.db import connect_readonly
+from pgbackup_verify.facts import grants
+from pgbackup_verify.facts.db import connect_readonly
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 ROLES = ("CREATE ROLE bench_dump LOGIN", "CREATE ROLE bench_owner LOGIN", "CREATE DATABASE bench OWNER bench_owner")
 

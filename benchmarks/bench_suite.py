@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pgbackup_verify import demo
+from pgbackup_verify_demo import demo
 
 BIN = Path(sys.executable).parent
 

@@ -3,7 +3,7 @@
 
 Generates realistic `pg_dump | gzip -6` files on the fly (COPY blocks of varied rows, the
 header and the footer of a real pg_dump), then times, side by side on the same file:
-  - pgbackup_verify.gzipscan.scan_file (payload bytes, CRC/ISIZE, header, footer)
+  - pgbackup_verify.facts.dumps.gzipscan.scan_file (payload bytes, CRC/ISIZE, header, footer)
   - gzip -t, pigz -t (integrity only, what backup scripts usually run)
   - gzip -dc | wc -c (the shell way to get the payload size)
 Each runs in its own process; peak RSS comes from wait4()'s ru_maxrss. Medians of --runs.
@@ -35,7 +35,7 @@ WORDS = ("cutter governance pilot area registry lock workflow admin directus ite
 NULL = "\\N"  # COPY's NULL
 STATUSES = ("active", "pending", "archived", "draft", "published")
 GNU_TIME = "/usr/bin/time" if Path("/usr/bin/time").is_file() else None
-SCANNER = ("import sys, time\nfrom pgbackup_verify.gzipscan import scan_file\n"
+SCANNER = ("import sys, time\nfrom pgbackup_verify.facts.dumps.gzipscan import scan_file\n"
            "t = time.perf_counter(); s = scan_file(sys.argv[1]); e = time.perf_counter() - t\n"
            "assert s.valid and s.footer_found, s\nprint(e, s.payload_bytes)\n")
 

@@ -14,9 +14,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pgbackup_verify_demo.kuma_server import KumaAdmin, KumaServer, free_port, gen_token, install
+
 from pgbackup_verify.config import KumaSection
-from pgbackup_verify.kuma_monitors import read_db, read_socket, wanted_monitors
-from pgbackup_verify.kuma_server import KumaAdmin, KumaServer, free_port, gen_token, install
+from pgbackup_verify.facts.kuma import read_db, read_socket, wanted_monitors
 
 MONITORS, DAYS = 10, 30
 

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import psycopg
+from pgbackup_verify_demo import demo, scene
 
-from pgbackup_verify import demo, scene
-from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 ROWS = 1_500_000
 REPEAT = 3

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from pgbackup_verify.config import SqlCheck
-from pgbackup_verify.sqlchecks import SqlCheckResult
+from pgbackup_verify.facts.sqlchecks import SqlCheckResult
 
 pytestmark = pytest.mark.sql
 

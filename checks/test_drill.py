@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from pgbackup_verify.catalog import KINDS
 from pgbackup_verify.config import Target
-from pgbackup_verify.drill import DrillFacts, drill_config, expected_schemas
 from pgbackup_verify.evidence import Evidence, human_bytes
+from pgbackup_verify.facts.catalog import KINDS
+from pgbackup_verify.facts.drill.run import DrillFacts, drill_config, expected_schemas
 
 pytestmark = pytest.mark.drill
 

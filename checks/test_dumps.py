@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from pgbackup_verify.fixtures.dumps import LatestDump
 
 from pgbackup_verify.config import Target
-from pgbackup_verify.dumps import Coverage, DumpFile, Inventory
 from pgbackup_verify.evidence import Evidence, human_bytes
-from pgbackup_verify.gzipscan import FOOTER, HEADER, TAIL_BYTES
+from pgbackup_verify.facts.dumps.gzipscan import FOOTER, HEADER, TAIL_BYTES
+from pgbackup_verify.facts.dumps.inventory import Coverage, DumpFile, Inventory
+from pgbackup_verify.fixtures.dumps import LatestDump
 
 pytestmark = pytest.mark.dumps
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pgbackup_verify.evidence import Evidence
-from pgbackup_verify.grants import Concern, GrantAudit
+from pgbackup_verify.facts.grants import Concern, GrantAudit
 
 pytestmark = pytest.mark.grants
 

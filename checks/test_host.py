@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from pgbackup_verify import hostfacts
 from pgbackup_verify.config import HostSection, Target
-from pgbackup_verify.cron import Crontab, mentioned_paths
 from pgbackup_verify.evidence import human_bytes
 from pgbackup_verify.evidence import require as _require
 from pgbackup_verify.evidence import verdict as _verdict
+from pgbackup_verify.facts import host as hostfacts
+from pgbackup_verify.facts.cron import Crontab, mentioned_paths
 
 pytestmark = pytest.mark.host
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgbackup_verify.kuma_monitors import KumaFacts, MonitorFacts, ago
+from pgbackup_verify.facts.kuma import KumaFacts, MonitorFacts, ago
 
 pytestmark = pytest.mark.kuma
 

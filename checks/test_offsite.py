@@ -11,8 +11,8 @@ from pgbackup_verify.config import OffsiteSection, Target
 from pgbackup_verify.evidence import human_bytes
 from pgbackup_verify.evidence import require as _require
 from pgbackup_verify.evidence import verdict as _verdict
-from pgbackup_verify.hostfacts import BackupDirFacts, DumpFile
-from pgbackup_verify.offsite import Archive, ArchiveScan, Listing
+from pgbackup_verify.facts.host import BackupDirFacts, DumpFile
+from pgbackup_verify.facts.offsite import Archive, ArchiveScan, Listing
 
 pytestmark = pytest.mark.offsite
 

@@ -11,8 +11,8 @@ import pytest
 
 from pgbackup_verify.config import Target
 from pgbackup_verify.evidence import Evidence, human_bytes
-from pgbackup_verify.history import History
-from pgbackup_verify.trends import drill_budget, earlier_runs, payload_trend
+from pgbackup_verify.facts.history import History
+from pgbackup_verify.facts.trends import drill_budget, earlier_runs, payload_trend
 
 
 def _not_measured(fact: str, concern: str) -> None:

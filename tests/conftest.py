@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgbackup_verify_demo import demo
+from pgbackup_verify_demo.fixtures import kuma_server
 
-from pgbackup_verify import demo
-from pgbackup_verify import fixtures as factories
-from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 pytest_plugins = ["pytester"]
 
@@ -18,7 +18,7 @@ pytest_plugins = ["pytester"]
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Clusters of an earlier self-test run that was killed would keep running: stop them."""
     if not hasattr(session.config, "workerinput"):
-        from pgbackup_verify.cluster import CLUSTER_PREFIX, sweep_stale
+        from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, sweep_stale
 
         for line in sweep_stale(f"{CLUSTER_PREFIX}*"):
             print(line)
@@ -67,4 +67,4 @@ def write_target(tmp_path: Path, seed_cluster: ThrowawayCluster):
 
 
 # A real Uptime Kuma (npm, cached) for the Kuma self-tests; one per session, one admin login.
-kuma = factories.kuma_server()
+kuma = kuma_server()

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from pgbackup_verify import demo
+from pgbackup_verify_demo import demo
 
 MARKERS_INI = """[pytest]
 markers =

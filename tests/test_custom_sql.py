@@ -7,10 +7,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgbackup_verify_demo import demo
 
-from pgbackup_verify import demo
 from pgbackup_verify.cli import checks_dir
-from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 CHECK = str(checks_dir() / "test_custom_sql.py")
 
@@ -110,8 +110,8 @@ def test_bad_rule_is_a_config_error(pytester: pytest.Pytester, tmp_path: Path,
 
 def test_custom_checks_share_the_grant_audits_transaction(lock_cluster: ThrowawayCluster, tmp_path: Path) -> None:
     """One REPEATABLE READ, READ ONLY transaction for the grant audit and every [[sql_check]]."""
-    from pgbackup_verify.catalog_audit import audit_catalog
     from pgbackup_verify.config import load_target
+    from pgbackup_verify.facts.audit import audit_catalog
 
     probe = ('[[sql_check]]\nname = "moment"\nquery = "SELECT now()::text, current_setting(\'transaction_isolation\'),'
              ' current_setting(\'transaction_read_only\')"\nexpect = "no_rows"\nfix = "none"\n')

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pgbackup_verify_demo import demo
 
-from pgbackup_verify import demo
-from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 VENV_BIN = Path(sys.executable).parent

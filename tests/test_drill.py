@@ -17,15 +17,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgbackup_verify_demo import demo
 
-from pgbackup_verify import demo
 from pgbackup_verify.cli import checks_dir
-from pgbackup_verify.cluster import ThrowawayCluster
 from pgbackup_verify.config import ConfigError, load_target
-from pgbackup_verify.drill import run_drill
-from pgbackup_verify.drillsafety import DrillAborted, guard_name, stop_cluster_dir
-from pgbackup_verify.dumpscan import MetaCommandRefused, PlainDumpScanner, split_name
-from pgbackup_verify.dumpsource import DumpSource, from_path
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.run import run_drill
+from pgbackup_verify.facts.drill.safety import DrillAborted, guard_name, stop_cluster_dir
+from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner, split_name
+from pgbackup_verify.facts.dumps.source import DumpSource, from_path
 
 CHECK = str(checks_dir() / "test_drill.py")
 
@@ -396,7 +396,7 @@ def test_long_restore_reports_progress_with_bytes_and_share_read(backups, write_
 
 def test_drill_restores_the_offsite_archive_member(pytester, backups, write_target, work_dir, tmp_path):
     """[drill].source = "offsite": the PG member of the newest archive, streamed through a real rclone."""
-    from pgbackup_verify import scene
+    from pgbackup_verify_demo import scene
 
     remote = scene.write_offsite(tmp_path / "offsite-root", backups)
     target = write_target(backups, drill_toml(work_dir, source="offsite")

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from pgbackup_verify_demo import demo
 
-from pgbackup_verify import demo, dumps
-from pgbackup_verify.cluster import ThrowawayCluster
 from pgbackup_verify.config import load_target
-from pgbackup_verify.gzipscan import FOOTER, scan_file, scan_stream
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.dumps import inventory as dumps
+from pgbackup_verify.facts.dumps.gzipscan import FOOTER, scan_file, scan_stream
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_dumps.py"
 ALL = 9

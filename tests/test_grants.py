@@ -11,11 +11,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgbackup_verify_demo import demo
 
-from pgbackup_verify import demo, grants
-from pgbackup_verify.cluster import ThrowawayCluster
 from pgbackup_verify.config import Target, load_target
-from pgbackup_verify.db import connect_readonly
+from pgbackup_verify.facts import grants
+from pgbackup_verify.facts.db import connect_readonly
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_grants.py"
 TEMPLATE = "gr_healthy"

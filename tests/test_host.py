@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pgbackup_verify_demo import scene
 
-from pgbackup_verify import cron, scene
-from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.facts import cron
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_host.py"
 HOST_CHECKS = 9

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kuma_helpers import GRANT_CHECKS, MARKERS_INI, write_target
-
-from pgbackup_verify import kuma_demo
+from pgbackup_verify_demo import kuma_demo
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_kuma.py"
 

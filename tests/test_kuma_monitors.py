@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from kuma_helpers import MARKERS_INI, Pushed, kuma_toml, new_monitor, write_target
-
-from pgbackup_verify.kuma_server import push
+from pgbackup_verify_demo.kuma_server import push
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_kuma.py"
 HOUR = 3600

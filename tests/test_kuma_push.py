@@ -12,8 +12,7 @@ import time
 
 import pytest
 from kuma_helpers import DUMP_CHECKS, GRANT_CHECKS, MARKERS_INI, beats, kuma_toml, new_monitor, write_target
-
-from pgbackup_verify.kuma_server import free_port
+from pgbackup_verify_demo.kuma_server import free_port
 
 UP, DOWN = 1, 0
 
@@ -247,13 +246,13 @@ def test_under_xdist_the_controller_counts_the_workers_checks(pytester, kuma, su
 @pytest.mark.parametrize("broken", [False, True])
 def test_any_pytest_suite_can_push_with_its_own_kuma_file(pytester, kuma, suite, two_monitors, monkeypatch,
                                                           broken):
-    """`-p pgbackup_verify.kuma_push --kuma-config FILE`, without the rest of pgbackup-verify."""
+    """`-p pgbackup_verify.kuma.plugin --kuma-config FILE`, without the rest of pgbackup-verify."""
     guard, _ = two_monitors
     suite()
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     cfg = pytester.path / "kuma.toml"
     cfg.write_text(kuma_toml(kuma.url, [(guard, ["grants"])], extra="stale_days = -1" if broken else ""))
-    result = pytester.runpytest_subprocess("-p", "pgbackup_verify.kuma_push", "--kuma-config", str(cfg),
+    result = pytester.runpytest_subprocess("-p", "pgbackup_verify.kuma.plugin", "--kuma-config", str(cfg),
                                            "-p", "no:cacheprovider")
     if broken:
         assert result.ret == 4

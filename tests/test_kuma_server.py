@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from pgbackup_verify.kuma_server import push
+from pgbackup_verify_demo.kuma_server import push
 
 
 def test_kuma_runs_with_admin_and_accepts_pushes(kuma):

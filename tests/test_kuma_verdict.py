@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pgbackup_verify.kuma_report import Outcomes, PushMonitor, judge
+from pgbackup_verify.kuma.verdict import Outcomes, PushMonitor, judge
 
 LOCAL = PushMonitor("PG Backup Local", "KUMA_PUSH_LOCAL", ("dumps",), "http://127.0.0.1:1", 1.0)
 

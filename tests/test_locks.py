@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgbackup_verify_demo import demo
 
-from pgbackup_verify import demo, drillsafety, locks
+from pgbackup_verify import locks
 from pgbackup_verify.cli import checks_dir
-from pgbackup_verify.cluster import CLUSTER_PREFIX, ThrowawayCluster, stop_cluster_dir, sweep_stale
 from pgbackup_verify.config import load_target
-from pgbackup_verify.drill import run_drill
+from pgbackup_verify.facts.drill import safety as drillsafety
+from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, ThrowawayCluster, stop_cluster_dir, sweep_stale
+from pgbackup_verify.facts.drill.run import run_drill
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another local user")
 SYSTEM_PYTHON = "/usr/bin/python3"

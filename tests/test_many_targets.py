@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from pgbackup_verify_demo import scene
 
-from pgbackup_verify import scene
-from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks"
 PER_TARGET = 9 + 5  # host + offsite checks

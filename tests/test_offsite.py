@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from pgbackup_verify_demo import scene
 
-from pgbackup_verify import offsite, scene
 from pgbackup_verify.config import OffsiteSection
-from pgbackup_verify.gzipscan import scan_stream
+from pgbackup_verify.facts import offsite
+from pgbackup_verify.facts.dumps.gzipscan import scan_stream
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_offsite.py"
 OFFSITE_CHECKS = 5

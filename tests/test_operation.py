@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from pgbackup_verify_demo import demo
 
-from pgbackup_verify import demo
 from pgbackup_verify.cli import checks_dir
-from pgbackup_verify.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 SQL_CHECK = str(checks_dir() / "test_custom_sql.py")
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgbackup_verify_demo import demo
 from playwright.sync_api import Browser, sync_playwright
 
-from pgbackup_verify import demo, history
 from pgbackup_verify.cli import checks_dir
-from pgbackup_verify.cluster import ThrowawayCluster
-from pgbackup_verify.history import RunRecord
+from pgbackup_verify.facts import history
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.history import RunRecord
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "reports"
 ARTIFACT = ARTIFACTS / "browser-test-failing-run.png"

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from pgbackup_verify_demo import demo
 
-from pgbackup_verify import charts, demo, history
-from pgbackup_verify.history import History, RunRecord
-from pgbackup_verify.htmlreport import split_message
-from pgbackup_verify.summary import CONCERNS, CheckResult, RunSummary
+from pgbackup_verify.facts import history
+from pgbackup_verify.facts.history import History, RunRecord
+from pgbackup_verify.report import charts
+from pgbackup_verify.report.html import split_message
+from pgbackup_verify.report.summary import CONCERNS, CheckResult, RunSummary
 
 
 def result(name: str, concern: str, outcome: str, message: str = "", evidence=(), target: str = "t") -> CheckResult:

@@ -45,7 +45,7 @@ def test_a_killed_demo_is_swept_by_the_next_run(tmp_path: Path) -> None:
     import signal
     import tempfile
 
-    from pgbackup_verify.cluster import CLUSTER_PREFIX
+    from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX
 
     before = set(Path(tempfile.gettempdir()).glob("pgbv-*demo-*"))
     cmd = [str(BIN / "pgbackup-verify"), "demo", "--no-kuma", "-p", "no:cacheprovider", "-m", "drill"]

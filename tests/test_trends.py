@@ -2,7 +2,7 @@
 (and say so), fail on a blown restore budget or a payload off its trend, and pass when in line.
 
 The dump and drill fixtures fill `run_facts` in real runs; here a tiny plugin puts the figures in
-directly (the contract documented in pgbackup_verify.history), and history lines are written as
+directly (the contract documented in pgbackup_verify.facts.history), and history lines are written as
 earlier runs would have written them.
 """
 
@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from pgbackup_verify_demo import demo
 
-from pgbackup_verify import demo, history
 from pgbackup_verify.cli import checks_dir
-from pgbackup_verify.history import RunRecord
+from pgbackup_verify.facts import history
+from pgbackup_verify.facts.history import RunRecord
 
 CHECK = str(checks_dir() / "test_trends.py")
 MIB = 1024 * 1024

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -27,12 +29,18 @@ def run_checks(args: list[str]) -> int:
     return int(pytest.main([*paths, *quiet, *args]))
 
 
+def _subcommand(name: str) -> Callable[[list[str]], int] | None:
+    """A subcommand another distribution registers (`pgbackup_verify.commands`), e.g. the repo's demo."""
+    for ep in entry_points(group="pgbackup_verify.commands", name=name):
+        return ep.load()  # type: ignore[no-any-return]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["demo"]:
-        from pgbackup_verify import demo
-
-        return demo.main(argv[1:])
+    command = _subcommand(argv[0]) if argv and not argv[0].startswith("-") else None
+    if command is not None:
+        return int(command(argv[1:]))
     if not argv or (argv[0] in ("-h", "--help") and len(argv) == 1):
         print(__doc__.strip())
         print("pytest options are passed through; see `pgbackup-verify --target FILE --help`.")

@@ -9,14 +9,17 @@ from collections.abc import Generator
 import pytest
 
 from pgbackup_verify import fixtures as factories
-from pgbackup_verify import history, report, runlock
+from pgbackup_verify import runlock
 from pgbackup_verify.config import ConfigError
+from pgbackup_verify.config.concerns import CONCERNS
+from pgbackup_verify.config.settings import HELP, Settings, lock_path, reroot_without_target_values, resolve
 from pgbackup_verify.errors import UserError
-from pgbackup_verify.fixtures.core import RUN_FACTS_KEY
-from pgbackup_verify.history import HISTORY_FILE, HISTORY_PATH_KEY
-from pgbackup_verify.many import make_scheduler, summary_lines, wants_target_scheduling
-from pgbackup_verify.settings import HELP, Settings, lock_path, reroot_without_target_values, resolve
-from pgbackup_verify.summary import CONCERNS, RunSummary, SummaryRecorder, routing_properties, write_json
+from pgbackup_verify.facts import history
+from pgbackup_verify.facts.history import HISTORY_FILE
+from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY
+from pgbackup_verify.report import files as report
+from pgbackup_verify.report.summary import RunSummary, SummaryRecorder, routing_properties, write_json
+from pgbackup_verify.xdist import make_scheduler, summary_lines, wants_target_scheduling
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SUMMARY_KEY = pytest.StashKey[RunSummary]()

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgbackup_verify.gzipscan import DumpScan, scan_stream
+from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 
 # TOC entry descriptions of more than one word; the schema column follows the description.
 _MULTIWORD = ("TABLE DATA", "SEQUENCE SET", "SEQUENCE OWNED BY", "FK CONSTRAINT", "DEFAULT ACL",

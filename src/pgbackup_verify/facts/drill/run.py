@@ -17,14 +17,14 @@ import psycopg
 import psycopg.conninfo
 from psycopg import sql
 
-from pgbackup_verify import drillsafety as safety
-from pgbackup_verify.catalog import Catalog, read_catalog
-from pgbackup_verify.cluster import CLUSTER_PREFIX, ThrowawayCluster
 from pgbackup_verify.config import DrillSection, Target
-from pgbackup_verify.db import DatabaseUnreachable, connect_readonly
-from pgbackup_verify.dumpscan import split_name
-from pgbackup_verify.dumpsource import DumpSource, NoDumpFound, newest_dump
-from pgbackup_verify.restore import Progress, RestoreOutcome, restore_custom, restore_plain
+from pgbackup_verify.facts.catalog import Catalog, read_catalog
+from pgbackup_verify.facts.db import DatabaseUnreachable, connect_readonly
+from pgbackup_verify.facts.drill import safety
+from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, ThrowawayCluster
+from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
+from pgbackup_verify.facts.dumps.plainscan import split_name
+from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound, newest_dump
 
 
 @dataclass
@@ -162,7 +162,7 @@ def run_drill(target: Target, source: DumpSource | None = None, janitor: safety.
 def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janitor, source: DumpSource | None,
          facts: DrillFacts, progress: Progress | None, start: float) -> None:
     if source is None and d.source == "offsite" and target.offsite is not None:
-        from pgbackup_verify.offsite import member_source  # rclone only when the drill reads offsite
+        from pgbackup_verify.facts.offsite import member_source  # rclone only when the drill reads offsite
 
         source = member_source(target.offsite)
     source = source or newest_dump(target.backups)

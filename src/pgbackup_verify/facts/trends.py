@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 
 from pgbackup_verify.config import Target, TrendsSection
-from pgbackup_verify.history import History, RunRecord
+from pgbackup_verify.facts.history import History, RunRecord
 
 DAY = 86400.0
 

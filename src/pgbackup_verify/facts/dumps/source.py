@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pgbackup_verify.config import BackupsSection
-from pgbackup_verify.dumps import take_inventory
-from pgbackup_verify.gzipscan import CUSTOM_MAGIC, GZIP_MAGIC
+from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, GZIP_MAGIC
+from pgbackup_verify.facts.dumps.inventory import take_inventory
 
 CUSTOM_RATIO = 6  # measured: pg_dump -Fc 119 MB for a 708 MB plain payload
 

@@ -22,12 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from pgbackup_verify.safefs import atomic_write, open_append
 
 HISTORY_FILE = "history.jsonl"
-HISTORY_PATH_KEY = pytest.StashKey["Path | None"]()
 MAX_RUNS_PER_TARGET = 400  # over a year of nightly runs, ~150 KB per target
 KNOWN_FACTS = ("payload_bytes", "dump_age_hours", "drill_seconds", "tables_restored")
 

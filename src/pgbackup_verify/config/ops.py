@@ -9,9 +9,9 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgbackup_verify.config.concerns import CONCERNS
+from pgbackup_verify.config.sections import Section, key
 from pgbackup_verify.errors import ConfigError
-from pgbackup_verify.sections import Section, key
-from pgbackup_verify.summary import CONCERNS
 
 SHELLCHECK_SEVERITIES = ("error", "warning", "info", "style", "off")
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import psycopg
 
-from pgbackup_verify import grants_sql
 from pgbackup_verify.config import Target
-from pgbackup_verify.db import connect_readonly
+from pgbackup_verify.facts import grants_sql
+from pgbackup_verify.facts.db import connect_readonly
 
 RELKINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "f": "foreign table"}
 # Up to this many missing objects in a schema get one GRANT each; more (or all) get one

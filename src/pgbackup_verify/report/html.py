@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pgbackup_verify.summary import CheckResult, RunSummary
+    from pgbackup_verify.report.summary import CheckResult, RunSummary
 
 STATUS_RANK = {"FAILED": 0, "SKIPPED": 1, "OK": 2}
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import testinfra
 
-from pgbackup_verify import cron
 from pgbackup_verify.config import HostSection
+from pgbackup_verify.facts import cron
 
 ROOT_CRONTAB = "crontab -l -u root"
 SYSTEM_CRONTAB = "/etc/crontab"

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pgbackup_verify import charts, history, trends
+from pgbackup_verify.config.settings import Settings
 from pgbackup_verify.evidence import EVIDENCE_KEY
-from pgbackup_verify.history import RunRecord, numeric_facts
+from pgbackup_verify.facts import history, trends
+from pgbackup_verify.facts.history import RunRecord, numeric_facts
+from pgbackup_verify.report import charts
+from pgbackup_verify.report.summary import RANK, RunSummary
 from pgbackup_verify.safefs import UnsafeDirectory, atomic_copy, check_dir_private_enough
-from pgbackup_verify.settings import Settings
-from pgbackup_verify.summary import RANK, RunSummary
 
 
 def plan_reports(config: pytest.Config, reports_dir: Path) -> Path:

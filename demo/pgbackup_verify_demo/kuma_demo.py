@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pgbackup_verify.kuma_server import KumaAdmin, KumaServer, free_port, gen_token, install
+from pgbackup_verify_demo.kuma_server import KumaAdmin, KumaServer, free_port, gen_token, install
 
 # monitor -> (token env var, checks it covers), as in target.example.toml
 SEED_MONITORS = {

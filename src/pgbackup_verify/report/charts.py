@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgbackup_verify.evidence import human_bytes
-from pgbackup_verify.history import History
-from pgbackup_verify.trends import slope_per_day
+from pgbackup_verify.facts.history import History
+from pgbackup_verify.facts.trends import slope_per_day
 
 W, H = 520, 180
 LEFT, RIGHT, TOP, BOTTOM = 72, 14, 14, 30

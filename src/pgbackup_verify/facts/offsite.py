@@ -22,8 +22,8 @@ from datetime import datetime
 from typing import IO, Any, BinaryIO
 
 from pgbackup_verify.config import OffsiteSection
-from pgbackup_verify.dumpsource import DumpSource, NoDumpFound
-from pgbackup_verify.gzipscan import DumpScan, scan_stream
+from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
+from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound
 
 
 class RcloneError(Exception):

@@ -19,9 +19,9 @@ from typing import IO, BinaryIO
 
 from isal import igzip
 
-from pgbackup_verify.drillsafety import SPOOL_PREFIX, Janitor
-from pgbackup_verify.dumpscan import MetaCommandRefused, PlainDumpScanner
-from pgbackup_verify.dumpsource import DumpSource
+from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
+from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
+from pgbackup_verify.facts.dumps.source import DumpSource
 
 Progress = Callable[[int, int, int | None, float], None]  # payload sent, stored read, stored size, seconds
 _PSQL_MSG = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|PANIC|WARNING|error|warning|fatal):\s*(.*)$")

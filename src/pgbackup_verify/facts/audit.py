@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgbackup_verify import grants
 from pgbackup_verify.config import Target
-from pgbackup_verify.db import connect_readonly
-from pgbackup_verify.sqlchecks import SqlCheckResult, run_sql_checks
+from pgbackup_verify.facts import grants
+from pgbackup_verify.facts.db import connect_readonly
+from pgbackup_verify.facts.sqlchecks import SqlCheckResult, run_sql_checks
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Modelled on testinfra's NagiosReporter: a reporter object registered in pytest_c
 xdist workers) counts outcomes in pytest_runtest_logreport and acts in pytest_sessionfinish.
 Never silent: failures, errors, all covered checks skipped, zero selected checks, an internal error, an interrupted run
 (Ctrl-C or SIGTERM) and a broken target file all push `down`. Usable by any suite:
-`pytest -p pgbackup_verify.kuma_push --kuma-config FILE` (a TOML file with a [kuma] section).
+`pytest -p pgbackup_verify.kuma.plugin --kuma-config FILE` (a TOML file with a [kuma] section).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from pgbackup_verify import kuma_report as kr
-from pgbackup_verify.config import KUMA_MARKERS, ConfigError, KumaSection, _build
+from pgbackup_verify.config import KUMA_MARKERS, ConfigError, KumaSection
+from pgbackup_verify.config.loader import _build
+from pgbackup_verify.kuma import verdict as kr
 
 REPORTER = "pgbackup_verify_kuma_reporter"
 CONFIG_ENV = "PGBACKUP_VERIFY_KUMA_CONFIG"
@@ -89,8 +90,8 @@ def load_monitors(config: pytest.Config) -> tuple[list[kr.PushMonitor], str | No
             return _kuma_file(paths[0]), None
         if not paths:
             return [], None
+        from pgbackup_verify.config.settings import resolve
         from pgbackup_verify.plugin import SETTINGS_KEY
-        from pgbackup_verify.settings import resolve
 
         settings = config.stash.get(SETTINGS_KEY, None) or resolve(config)
         return kr.monitors_for(list(settings.targets)), None

@@ -21,8 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgbackup_verify.errors import ConfigError
-from pgbackup_verify.sections import (
+from pgbackup_verify.config.ops import (
+    KUMA_MARKERS,
+    SHELLCHECK_SEVERITIES,
+    HostSection,
+    KumaPushSection,
+    KumaSection,
+    OffsiteSection,
+)
+from pgbackup_verify.config.sections import (
     SQL_EXPECT,
     BackupsSection,
     DatabaseSection,
@@ -31,14 +38,7 @@ from pgbackup_verify.sections import (
     TargetSection,
     TrendsSection,
 )
-from pgbackup_verify.sections_ops import (
-    KUMA_MARKERS,
-    SHELLCHECK_SEVERITIES,
-    HostSection,
-    KumaPushSection,
-    KumaSection,
-    OffsiteSection,
-)
+from pgbackup_verify.errors import ConfigError
 
 __all__ = [
     "ATTRIBUTES", "EXAMPLE", "KUMA_MARKERS", "LIST_SECTIONS", "SECTIONS", "SHELLCHECK_SEVERITIES",

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgbackup_verify import customfmt
 from pgbackup_verify.config import BackupsSection
-from pgbackup_verify.gzipscan import CUSTOM_MAGIC, DumpScan, scan_file
+from pgbackup_verify.facts.dumps import customfmt
+from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, DumpScan, scan_file
 
 # Names that only interrupted or half-finished writers leave behind.
 STRAY_GLOBS = ("*.raw", "*.tmp", "*.part", "*.partial", "*.incomplete", "*.inprogress", "*.swp")

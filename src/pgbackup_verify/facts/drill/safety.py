@@ -24,10 +24,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pgbackup_verify.cluster import CLUSTER_PREFIX, cluster_owner_uids, read_private, stop_cluster_dir
+from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, cluster_owner_uids, read_private, stop_cluster_dir
 from pgbackup_verify.locks import FileLock, LockBusy, LockError, private_dir
 
-log = logging.getLogger("pgbackup_verify.drill")
+log = logging.getLogger("pgbackup_verify.facts.drill.run")
 CLUSTER_TAG = "drill-"
 SPOOL_PREFIX = "pgbv-drill-spool-"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import psycopg
 import psycopg.conninfo
 
-from pgbackup_verify import scene
-from pgbackup_verify.cluster import CLUSTER_PREFIX, ThrowawayCluster, mark_owner, sweep_stale
+from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, ThrowawayCluster, mark_owner, sweep_stale
+from pgbackup_verify_demo import scene
 
 DUMP_ROLE = "directus"
 DBNAME = "directus"
@@ -247,7 +247,7 @@ def main(argv: list[str]) -> int:
     kuma = None
     try:
         if args.kuma:
-            from pgbackup_verify import kuma_demo
+            from pgbackup_verify_demo import kuma_demo
 
             kuma = kuma_demo.start(workdir)
             demo.target_file.write_text(demo.target_file.read_text() + kuma.toml())

@@ -11,18 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pgbackup_verify.config.concerns import CONCERNS
 from pgbackup_verify.safefs import atomic_write
 
-# Concern markers; each maps to a Kuma push monitor in the target file.
-CONCERNS = {
-    "grants": "privilege checks of the dump role (Kuma: permission guard)",
-    "dumps": "checks of the dump files in the backup directory (Kuma: local backup)",
-    "drill": "restore drill of the latest dump",
-    "kuma": "Uptime Kuma monitor checks",
-    "host": "checks of the backup host (cron, scripts, services)",
-    "offsite": "checks of the offsite archive",
-    "sql": "custom SQL checks declared in the target file ([[sql_check]])",
-}
 RANK = {"failed": 0, "error": 1, "skipped": 2, "passed": 3}
 ROUTING_KEYS = ("target", "concern")  # user_properties set at collection, not evidence
 
@@ -105,7 +96,7 @@ class RunSummary:
 
     def html(self, extra: str = "", targets: list[str] | None = None) -> str:
         """Per target and concern: status, the one-line cause, the evidence; failing concerns first."""
-        from pgbackup_verify.htmlreport import render
+        from pgbackup_verify.report.html import render
 
         return render(self, CONCERNS, targets, extra)
 
