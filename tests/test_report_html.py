@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 from pgbackup_verify_demo import demo
 
+from pgbackup_verify.evidence import Evidence
 from pgbackup_verify.facts import history
 from pgbackup_verify.facts.history import History, RunRecord
-from pgbackup_verify.report import charts
-from pgbackup_verify.report.html import split_message
+from pgbackup_verify.report import charts, render
+from pgbackup_verify.report.html import split_message, summary_data
 from pgbackup_verify.report.summary import CONCERNS, CheckResult, RunSummary
+
+SRC = Path(render.__file__).resolve().parents[1]
 
 
 def result(name: str, concern: str, outcome: str, message: str = "", evidence=(), target: str = "t") -> CheckResult:
@@ -136,3 +139,83 @@ def test_dump_role_can_read_every_table(target, evidence):
     html = (pytester.path / "reports" / "latest.html").read_text()
     assert "<code>GRANT SELECT ON sandbox_tac.a, sandbox_tac.b TO directus;</code>" in html
     assert "data-concern='grants'" in html and "tables audited" in html
+
+
+def test_summary_data_orders_concerns_failing_first_then_by_target_and_concern() -> None:
+    """The template's data without a browser: blocks, counts, the split finding, what was not checked."""
+    run = summary(
+        result("test_b_ok", "dumps", "passed", evidence=[("a", "1"), ("b", "2"), ("c", "3")], target="b"),
+        result("test_a_ok", "dumps", "passed", evidence=[("x", "y" * 500)], target="a"),
+        result("test_a_skip", "kuma", "skipped", "no [kuma] section", target="a"),
+        result("test_b_grants", "grants", "failed", "usage: FAILED (s); fix (as admin): GRANT USAGE ON SCHEMA s TO d;",
+               [("schemas", "s")], target="b"),
+        result("test_b_grants_skip", "grants", "skipped", "not applicable", target="b"),
+        result("test_a_drill", "drill", "error", "", target="a"))
+    data = summary_data(run, CONCERNS, ["a", "b", "c"])
+    assert [(b.status, b.target, b.concern) for b in data.blocks] == [
+        ("FAILED", "a", "drill"), ("FAILED", "b", "grants"), ("SKIPPED", "a", "kuma"),
+        ("OK", "a", "dumps"), ("OK", "b", "dumps")]
+    drill, grants, kuma, dumps_a, dumps_b = data.blocks
+    assert (data.status, data.failed, data.passed, data.skipped, data.targets) == ("FAILED", 2, 2, 2, ["a", "b", "c"])
+    assert drill.failed[0].cause == "error" and drill.failed[0].fix == ""  # an empty finding says what happened
+    check = grants.failed[0]
+    assert (check.outcome, check.cause, check.fix, check.who) == (
+        "failed", "usage: FAILED (s)", "GRANT USAGE ON SCHEMA s TO d;", "admin")
+    assert check.evidence == [("schemas", "s")] and grants.evidence_line == ""
+    assert grants.count == "1 of 2 checks failed" and [k.reason for k in grants.skipped] == ["not applicable"]
+    assert kuma.count == "0 of 1 checks passed, 1 skipped" and kuma.evidence_line == ""
+    assert dumps_b.evidence_line == "a=1; b=2"  # two items per check keep the healthy line short
+    assert len(dumps_a.evidence_line) == 400
+    assert [(u.target, u.concerns) for u in data.unchecked] == [
+        ("a", ["grants", "host", "offsite", "sql"]), ("b", ["drill", "kuma", "host", "offsite", "sql"]),
+        ("c", list(CONCERNS))]
+
+
+def test_report_parts_are_plain_strings_that_cross_to_the_xdist_controller() -> None:
+    """A worker's evidence extras travel through execnet, which refuses Markup (a str subclass)."""
+    import execnet
+
+    ev = Evidence()
+    ev("findings", "<script>x</script>")
+    html = ev.html()
+    assert type(html) is str and execnet.loads(execnet.dumps(html)) == html
+    assert "<code>&lt;script&gt;x&lt;/script&gt;</code>" in html
+    for part in (summary(result("test_a", "dumps", "passed")).html(),
+                 render.render_text("kuma.html.j2", ok=False, line="m: PUSH FAILED msg='<b>'")):
+        assert type(part) is str
+    assert render.render_text("kuma.html.j2", ok=False, line="m: PUSH FAILED msg='<b>'") == (
+        "<p style='color:red'>Uptime Kuma m: PUSH FAILED msg=&#39;&lt;b&gt;&#39;</p>")
+
+
+def test_templates_and_static_files_are_package_data_inlined_unescaped() -> None:
+    """Every template compiles, and the page's CSS and JS are inlined as written (the JS has `&&`)."""
+    names = render.ENV.list_templates()
+    assert {"summary.html.j2", "charts.html.j2", "trends.html.j2", "evidence.html.j2", "kuma.html.j2"} <= set(names)
+    for name in names:
+        render.ENV.get_template(name)
+    html = summary(result("test_a", "dumps", "failed", "a: FAILED (x); fix: y")).html()
+    js = (SRC / "report" / "static" / "report.js").read_text().strip()
+    css = (SRC / "report" / "static" / "report.css").read_text().strip()
+    assert "&&" in js and f"<script>{js}</script>" in html and f"<style>{css}</style>" in html
+    trends = charts.trends_html(History([]), ["t"], {}, 30)
+    assert f"<style>{(SRC / 'report' / 'static' / 'trends.css').read_text().strip()}</style>" in trends
+
+
+def test_markup_is_built_in_templates_only() -> None:
+    """No hand escaping or HTML strings in Python; render.py is the one place that trusts markup."""
+    for path in SRC.rglob("*.py"):
+        text = path.read_text()
+        assert "html.escape" not in text and "import html\n" not in text, path
+        if path.name != "render.py":
+            assert "Markup(" not in text, path
+
+
+def test_chart_data_scales_points_and_the_budget_line() -> None:
+    one = charts.chart(charts.Series("t", [(1.7e9, 10.0, "FAILED")], str, limit=15.0, limit_label="budget 15 s",
+                                     zero=True))
+    assert one.line == [] and one.last == "" and len(one.points) == 1
+    assert one.points[0].color == charts.FAILED_COLOR and one.points[0].x == charts.LEFT + one.plot_width / 2
+    assert one.limit is not None and one.limit.label == "budget 15 s"
+    assert one.top <= one.limit.y < one.points[0].y <= one.top + one.plot_height  # the budget is above the value
+    far = charts.chart(charts.Series("t", [(1.7e9, 10.0, "OK"), (1.7e9 + 86400, 12.0, "OK")], str, limit=100.0))
+    assert far.limit is None and len(far.line) == 2 and far.last  # a budget off the scale is not drawn

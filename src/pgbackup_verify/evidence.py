@@ -7,7 +7,6 @@ report sections; this module only collects them.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import pytest
@@ -26,9 +25,9 @@ class Evidence:
         return "\n".join(f"{k}: {v}" for k, v in self.items)
 
     def html(self) -> str:
-        rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
-                       f"<td><code>{html.escape(v)}</code></td></tr>" for k, v in self.items)
-        return f"<table class='pgbv-evidence'>{rows}</table>"
+        from pgbackup_verify.report.render import render_text
+
+        return render_text("evidence.html.j2", items=self.items)
 
 
 def human_bytes(n: int | float) -> str:

@@ -201,11 +201,9 @@ class KumaReporter:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
-        import html
+        from pgbackup_verify.report.render import render_text
 
-        for r in self.results:
-            color = "green" if r.ok else "red"
-            prefix.append(f"<p style='color:{color}'>Uptime Kuma {html.escape(describe(r))}</p>")
+        prefix.extend(render_text("kuma.html.j2", ok=r.ok, line=describe(r)) for r in self.results)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self.results:
