@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from kuma_helpers import MARKERS_INI, write_target
@@ -41,7 +40,8 @@ def test_baseline(target):
 
 SUBJECTS = {
     "pass": "def test_subject(target):\n    pass\n",
-    "fail": "def test_subject(target):\n    assert False, 'latest dump: FAILED (20 B vs 10000 B); fix: rerun the job'\n",
+    "fail": "def test_subject(target):\n"
+            "    assert False, 'latest dump: FAILED (20 B vs 10000 B); fix: rerun the job'\n",
     "setup error": "def test_subject(target, broken_setup):\n    pass\n",
     "fail + teardown error": "def test_subject(target, broken_teardown):\n"
                              "    assert False, 'latest dump: FAILED (20 B vs 10000 B); fix: rerun the job'\n",
@@ -140,7 +140,7 @@ def test_every_output_says_the_same(pytester: pytest.Pytester, monkeypatch: pyte
     assert o.html_status == row.status
     assert o.kuma == ("up" if row.status == "OK" else "down", row.kuma)
     if row.ran:
-        assert o.target_line is not None and o.target_line.startswith(f"pgbackup-verify target selftest: {row.status} (")
+        assert (o.target_line or "").startswith(f"pgbackup-verify target selftest: {row.status} (")
         assert o.history is not None and o.history["status"] == row.status
     else:  # nothing ran: no target verdict to give, nothing for the trend of a target
         assert o.target_line is None and o.history is None
@@ -215,3 +215,15 @@ def test_the_fold_is_the_same_under_xdist(pytester: pytest.Pytester, monkeypatch
     assert o.target_line == "pgbackup-verify target selftest: FAILED (2 failed, 1 passed)"
     assert o.kuma == ("down", "2 failed of 3: test_subject, test_unreachable")
     assert o.doc["status"] == o.html_status == o.history["status"] == "FAILED"  # type: ignore[index]
+
+
+def test_collect_only_gives_no_verdict_and_no_trend_point(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".ini", pytest=MARKERS_INI)
+    pytester.makepyfile(test_dumps=HEAD + SUBJECTS["pass"])
+    target = write_target(pytester.path, "")
+    result = pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", "--collect-only",
+                                           "test_dumps.py")
+    assert result.ret == 0
+    assert "pgbackup-verify: OK" not in result.stdout.str() and "pgbackup-verify: FAILED" not in result.stdout.str()
+    assert "pgbackup-verify target" not in result.stdout.str()
+    assert not (pytester.path / "reports" / "history.jsonl").exists()

@@ -202,6 +202,8 @@ def pytest_testnodedown(node: object, error: object) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     run = config.stash.get(SUMMARY_KEY, None)
+    if config.option.collectonly:
+        run = None  # nothing was judged: no verdict lines (the checks would all read `not run`)
     for line in summary_lines(run.fold) if run is not None else []:
         terminalreporter.write_line(line)
     for name, values in config.stash.get(RUN_FACTS_KEY, {}).items():

@@ -12,7 +12,7 @@ from pgbackup_verify.config.settings import Settings
 from pgbackup_verify.evidence import EVIDENCE_KEY
 from pgbackup_verify.facts import history, trends
 from pgbackup_verify.facts.history import RunRecord, numeric_facts
-from pgbackup_verify.outcome import ERROR, FAILED
+from pgbackup_verify.outcome import ERROR, FAILED, NOT_RUN
 from pgbackup_verify.report import charts
 from pgbackup_verify.report.summary import RunSummary
 from pgbackup_verify.safefs import UnsafeDirectory, atomic_copy, check_dir_private_enough
@@ -92,8 +92,8 @@ def history_records(run: RunSummary, facts: dict[str, dict[str, object]], target
     for name in targets:
         results = run.fold.results(name)
         figures = numeric_facts(facts.get(name, {}))
-        if not results and not figures:
-            continue
+        if all(r.outcome == NOT_RUN for r in results) and not figures:
+            continue  # nothing looked at this target (--collect-only, interrupted before it): no trend point
         records.append(RunRecord(
             time=run.started, target=name, status=run.fold.status(name), outcomes=run.fold.counts(name),
             failed=[r.label or r.name for r in results if r.outcome in (FAILED, ERROR)], facts=figures))
