@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -211,6 +212,11 @@ def test_long_running_check():
     assert proc.returncode == 2, out
     assert beats(kuma, guard.id)[0][:2] == (DOWN, "run interrupted by SIGTERM")
     assert f"{guard.name}: pushed status=down" in out
+    # The reports say what Kuma was told: the run's one fold knows the signal too.
+    doc = json.loads((tmp_path / "reports" / "latest.json").read_text())
+    assert (doc["status"], doc["abort"]) == ("FAILED", "run interrupted by SIGTERM")
+    assert [c["outcome"] for c in doc["checks"]] == ["not run"]
+    assert 'abort="run interrupted by SIGTERM"' in out
 
 
 def test_internal_error_pushes_down(pytester, kuma, suite, two_monitors):

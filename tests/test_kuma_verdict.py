@@ -1,19 +1,35 @@
-"""What a push monitor is told: the verdict rules alone (the real pushes are in test_kuma_push)."""
+"""What a push monitor is told: the verdict rules alone (the real pushes are in test_kuma_push).
+
+The outcomes go through the run's fold (pgbackup_verify.outcome) as pytest TestReports, phase by phase.
+"""
 
 from __future__ import annotations
 
-from pgbackup_verify.kuma.verdict import Outcomes, PushMonitor, judge
+import pytest
+
+from pgbackup_verify.kuma.verdict import PushMonitor, judge
+from pgbackup_verify.outcome import ROUTING_ATTR, RunFold
 
 LOCAL = PushMonitor("PG Backup Local", "KUMA_PUSH_LOCAL", ("dumps",), "http://127.0.0.1:1", 1.0)
 
 
-def outcomes(results: dict[str, str], target: str | None = "demo") -> Outcomes:
-    o = Outcomes()
+def phase(fold: RunFold, nodeid: str, when: str, outcome: str, groups: set[str] | None = None,
+          target: str = "demo", text: str = "boom") -> None:
+    longrepr = None if outcome == "passed" else (("x.py", 1, f"Skipped: {text}") if outcome == "skipped" else text)
+    rep = pytest.TestReport(nodeid, ("x.py", 1, nodeid), {}, outcome, longrepr, when)  # type: ignore[arg-type]
+    setattr(rep, ROUTING_ATTR, {"target": target, "concern": "dumps", "markers": sorted(groups or {"dumps"})})
+    fold.record(rep)
+
+
+def outcomes(results: dict[str, str], target: str | None = "demo") -> RunFold:
+    o = RunFold()
     for name, outcome in results.items():
         nodeid = f"checks/test_dumps.py::{name}[{target}]" if target else f"checks/test_dumps.py::{name}"
-        o.select(nodeid, {"dumps", "test_dumps"}, target)
-        o.record(nodeid, "setup", "passed")
-        o.record(nodeid, "call", outcome)
+        o.select(nodeid, target or "", "dumps", {"dumps"})
+        phase(o, nodeid, "setup", "passed", target=target or "")
+        phase(o, nodeid, "call", outcome, target=target or "")
+        phase(o, nodeid, "teardown", "passed", target=target or "")
+    o.finish(1 if "failed" in results.values() else 0)
     return o
 
 
@@ -31,14 +47,35 @@ def test_many_failures_fit_in_one_short_msg():
 
 def test_setup_error_counts_as_error_and_teardown_error_spoils_a_pass():
     o = outcomes({"test_a": "passed"})
-    o.select("checks/test_dumps.py::test_b[demo]", {"dumps"}, "demo")
-    o.record("checks/test_dumps.py::test_b[demo]", "setup", "failed")
-    o.record("checks/test_dumps.py::test_a[demo]", "teardown", "failed")
+    o.select("checks/test_dumps.py::test_b[demo]", "demo", "dumps", {"dumps"})
+    phase(o, "checks/test_dumps.py::test_b[demo]", "setup", "failed")
+    phase(o, "checks/test_dumps.py::test_a[demo]", "teardown", "failed")
     assert judge(LOCAL, o, 1).msg == "2 errors of 2: test_a, test_b"
 
 
+def test_a_failed_call_then_a_teardown_error_is_one_failed_check():
+    """The Kuma message says what the report and JSON say: failed (the teardown error is in its detail)."""
+    o = outcomes({"test_a": "failed", "test_b": "passed"})
+    phase(o, "checks/test_dumps.py::test_a[demo]", "teardown", "failed", text="cleanup: FAILED (left a file)")
+    assert judge(LOCAL, o, 1).msg == "1 failed of 2: test_a"
+    check = o.checks["checks/test_dumps.py::test_a[demo]"]
+    assert (check.outcome, check.message) == ("failed", "boom")
+    assert check.detail == "boom\nteardown error: cleanup: FAILED (left a file)"
+
+
+def test_a_selected_check_that_never_reported_is_not_run():
+    o = outcomes({"test_a": "passed"})
+    o.select("checks/test_dumps.py::test_b[demo]", "demo", "dumps", {"dumps"})
+    phase(o, "checks/test_dumps.py::test_b[demo]", "setup", "passed")
+    v = judge(LOCAL, o, 1)
+    assert (v.status, v.msg) == ("down", "1 not run of 2: test_b")
+
+
 def test_abort_reason_wins_over_outcomes():
-    v = judge(LOCAL, outcomes({"test_a": "passed"}), 1, abort="run interrupted by SIGTERM")
+    o = outcomes({"test_a": "passed"})
+    o.interrupt("SIGTERM")
+    o.finish(2)
+    v = judge(LOCAL, o, 1)
     assert (v.status, v.msg) == ("down", "run interrupted by SIGTERM")
 
 
@@ -46,17 +83,21 @@ def test_a_check_no_monitor_covers_counts_for_every_monitor() -> None:
     """Never silent: a failing check whose marker the target file forgot to route still turns DOWN."""
     guard = PushMonitor("Guard", "T1", ("grants",), "http://k", 5.0)
     local = PushMonitor("Local", "T2", ("dumps",), "http://k", 5.0)
-    out = Outcomes()
-    out.claimed = {"grants", "dumps"}
-    for nodeid, groups, outcome in (("g::a", {"grants"}, "passed"), ("d::b", {"dumps"}, "passed"),
-                                    ("s::registry lock", {"sql"}, "failed")):
-        out.select(nodeid, groups, None)
-        out.outcome[nodeid] = outcome
+    claimed = {"grants", "dumps"}
+
+    def run(sql_outcome: str) -> RunFold:
+        out = RunFold()
+        for nodeid, groups, outcome in (("g::a", {"grants"}, "passed"), ("d::b", {"dumps"}, "passed"),
+                                        ("s::registry lock", {"sql"}, sql_outcome)):
+            for when, result in (("setup", "passed"), ("call", outcome), ("teardown", "passed")):
+                phase(out, nodeid, when, result, groups, target="")
+        out.finish(1 if sql_outcome == "failed" else 0)
+        return out
+
     for m in (guard, local):
-        v = judge(m, out, 10)
+        v = judge(m, run("failed"), 10, claimed)
         assert v.status == "down" and "registry lock" in v.msg, v
-    out.outcome["s::registry lock"] = "passed"
-    assert [judge(m, out, 10).status for m in (guard, local)] == ["up", "up"]
+    assert [judge(m, run("passed"), 10, claimed).status for m in (guard, local)] == ["up", "up"]
 
 
 def test_xdist_controller_routes_sql_checks_like_a_single_process(pytester, monkeypatch) -> None:

@@ -3,6 +3,7 @@ and verdict line naming its target, one target's fault never spilling into the o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -42,13 +43,15 @@ def test_two_targets_in_parallel(pytester: pytest.Pytester, write_target, backup
     assert workers["alpha"] != workers["beta"]
     result.stdout.fnmatch_lines(["pgbackup-verify target alpha: OK (14 passed)",
                                  "pgbackup-verify target beta: FAILED (1 failed, 13 passed)"])
+    # history.jsonl records the same per-target verdicts as the lines.
+    records = [json.loads(x) for x in (pytester.path / "reports" / "history.jsonl").read_text().splitlines()]
+    assert {r["target"]: (r["status"], r["failed"]) for r in records} == {
+        "alpha": ("OK", []), "beta": ("FAILED", ["newest offsite archive is fresh and big enough"])}
 
 
 def test_worker_figures_and_exit_codes_reach_the_controller(pytester: pytest.Pytester, write_target,
                                                             backups: Path, tmp_path: Path) -> None:
     """Under -n 2 the dump figures land in the history store and an unreachable database still exits 10."""
-    import json
-
     targets = tmp_path / "targets"
     targets.mkdir()
     write_target(backups, name="alpha").rename(targets / "alpha.toml")

@@ -81,11 +81,18 @@ def test_unreachable_database_is_one_line_and_exit_10(pytester: pytest.Pytester,
     (tmp_path / "b").mkdir()
     t = demo.write_target_file(tmp_path / "t.toml", "host=127.0.0.1 port=1 dbname=x user=y connect_timeout=2",
                                tmp_path / "b", name="t")
-    result = run(pytester, "--target", str(t))
+    result = run(pytester, "--target", str(t), "--json", "out.json")
     assert result.ret == 10
     result.stdout.fnmatch_lines(["DatabaseUnreachable: database 127.0.0.1:1/x as y of target 't' is unreachable*"
                                  "check ?database?.dsn and that the server runs"])
     assert "Traceback" not in result.stdout.str()
+    # The check could not look (its fixture hit the user error): one error, the same in every output.
+    result.stdout.fnmatch_lines(["pgbackup-verify target t: FAILED (1 error)",
+                                 "pgbackup-verify: FAILED targets=t failed=0 error=1 skipped=0 passed=0 exit=10 *"])
+    doc = json.loads((pytester.path / "out.json").read_text())
+    assert (doc["status"], doc["exit_status"], doc["checks"][0]["outcome"], doc["checks"][0]["kind"]) == \
+        ("FAILED", 10, "error", "setup")
+    assert doc["checks"][0]["message"].startswith("DatabaseUnreachable: database 127.0.0.1:1/x as y")
 
 
 def test_refused_login_is_exit_11_without_the_password(pytester: pytest.Pytester, tmp_path: Path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
 
@@ -17,14 +18,14 @@ from pgbackup_verify.errors import UserError
 from pgbackup_verify.facts import history
 from pgbackup_verify.facts.history import HISTORY_FILE
 from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY
+from pgbackup_verify.outcome import USER_ERROR_ATTR
 from pgbackup_verify.report import files as report
-from pgbackup_verify.report.summary import RunSummary, SummaryRecorder, routing_properties, write_json
+from pgbackup_verify.report.summary import RunSummary, recorder, routing_properties, write_json
 from pgbackup_verify.xdist import make_scheduler, summary_lines, wants_target_scheduling
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
-USER_ERRORS_KEY = pytest.StashKey[set[int]]()
-JSON_PATH_KEY = pytest.StashKey["os.PathLike[str] | None"]()
+JSON_PATH_KEY = pytest.StashKey[Path | None]()
 LOCK_KEY = pytest.StashKey[runlock.FileLock]()
 
 
@@ -71,9 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(e)) from None
     config.stash[SETTINGS_KEY] = settings
     config.stash[RUN_FACTS_KEY] = {}
-    config.stash[SUMMARY_KEY] = RunSummary()
-    config.pluginmanager.register(SummaryRecorder(config.stash[SUMMARY_KEY]), "pgbackup-verify-summary")
-    config.stash[USER_ERRORS_KEY] = set()
+    config.stash[SUMMARY_KEY] = recorder(config).summary  # the run's one fold, shared with the Kuma plugin
     json_path = None
     if settings.reports_dir and not hasattr(config, "workerinput"):
         json_path = report.plan_reports(config, settings.reports_dir)
@@ -136,8 +135,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.excinfo is not None and isinstance(call.excinfo.value, UserError):
         # An operator's problem (unreachable database...): one line, no traceback.
         rep.longrepr = f"{type(call.excinfo.value).__name__}: {call.excinfo.value}"
-        item.config.stash[USER_ERRORS_KEY].add(call.excinfo.value.exit_code)
-    elif (call.excinfo is not None and call.excinfo.errisinstance(AssertionError) and "target" in item.fixturenames
+        setattr(rep, USER_ERROR_ATTR, call.excinfo.value.exit_code)  # the fold sets the run's exit code
+    elif (call.excinfo is not None and call.excinfo.errisinstance(AssertionError)
+          and "target" in getattr(item, "fixturenames", ())
           and item.config.option.tbstyle == "auto" and str(call.excinfo.value)):
         # A failed check's message is the finding (named object, measured vs limit, the fix);
         # the assertion's introspection would only bury it. --tb=long brings it back.
@@ -152,7 +152,7 @@ def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: 
                                 session: pytest.Session) -> None:
     run = session.config.stash.get(SUMMARY_KEY, None)
     settings = session.config.stash.get(SETTINGS_KEY, None)
-    if run is not None and run.results and settings is not None:
+    if run is not None and settings is not None and settings.targets:  # an aborted run says so too
         extra = report.trends_section(settings, session.config.stash.get(HISTORY_PATH_KEY, None))
         prefix.append(run.html(extra, [t.name for t in settings.targets]))
 
@@ -163,19 +163,18 @@ def pytest_html_report_title(report: object) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
-        # An xdist worker: hand the figures and user-error codes to the controller (testnodedown).
-        workeroutput["pgbackup_verify"] = {"facts": config.stash.get(RUN_FACTS_KEY, {}),
-                                           "user_errors": sorted(config.stash.get(USER_ERRORS_KEY, set()))}
+        # An xdist worker: hand the figures to the controller (testnodedown); outcomes travel on reports.
+        workeroutput["pgbackup_verify"] = {"facts": config.stash.get(RUN_FACTS_KEY, {})}
         return
-    codes = config.stash.get(USER_ERRORS_KEY, set())
-    if codes and session.exitstatus in (0, 1):
-        session.exitstatus = max(codes)
     if SUMMARY_KEY in config.stash:
-        config.stash[SUMMARY_KEY].exit_status = int(session.exitstatus)
+        run = config.stash[SUMMARY_KEY]
+        if session.exitstatus in (0, 1):
+            session.exitstatus = run.fold.exit_code(int(session.exitstatus))
+        run.finish(int(exitstatus), int(session.exitstatus))
     # Before pytest-html renders (its sessionfinish is trylast): the charts include this run.
     path = config.stash.get(HISTORY_PATH_KEY, None)
     settings = config.stash.get(SETTINGS_KEY, None)
@@ -192,23 +191,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: object, error: object) -> None:
-    """xdist controller: merge a worker's run facts and user-error exit codes into this run's."""
+    """xdist controller: merge a worker's run facts into this run's."""
     data = getattr(node, "workeroutput", {}).get("pgbackup_verify")
     config: pytest.Config = node.config  # type: ignore[attr-defined]
     if not data or RUN_FACTS_KEY not in config.stash:
         return
     for target, facts in data["facts"].items():
         config.stash[RUN_FACTS_KEY].setdefault(target, {}).update(facts)
-    config.stash[USER_ERRORS_KEY].update(data["user_errors"])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    for line in summary_lines(terminalreporter.stats):
+    run = config.stash.get(SUMMARY_KEY, None)
+    if config.option.collectonly:
+        run = None  # nothing was judged: no verdict lines (the checks would all read `not run`)
+    for line in summary_lines(run.fold) if run is not None else []:
         terminalreporter.write_line(line)
     for name, values in config.stash.get(RUN_FACTS_KEY, {}).items():
         if values:
             terminalreporter.write_line(f"pgbackup-verify {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
-    run = config.stash.get(SUMMARY_KEY, None)
     settings = config.stash.get(SETTINGS_KEY, None)
     if run is not None and settings and settings.targets and not hasattr(config, "workerinput"):
         latest = settings.reports_dir / "latest.html" if settings.reports_dir else None

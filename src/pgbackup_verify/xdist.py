@@ -4,12 +4,11 @@ line per target, so several hosts can be checked in parallel (`pytest -n auto`) 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Any
 
 import pytest
 
-SHOWN = ("failed", "error", "passed", "skipped")
+from pgbackup_verify.outcome import RunFold
 
 
 def target_of(item: pytest.Item) -> str | None:
@@ -31,7 +30,7 @@ def make_scheduler(config: pytest.Config, log: Any, target_names: list[str]) -> 
 
     xdist's own `loadgroup` cannot be used: it rewrites item node ids, which pytest 9.2 no longer allows.
     """
-    from xdist.scheduler import LoadScopeScheduling
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
 
     names = sorted(target_names, key=len, reverse=True)
 
@@ -46,18 +45,6 @@ def make_scheduler(config: pytest.Config, log: Any, target_names: list[str]) -> 
     return TargetScheduling(config, log)
 
 
-def summary_lines(stats: dict[str, list[Any]]) -> list[str]:
-    """One verdict line per target, from the terminal reporter's stats (xdist workers' reports included)."""
-    per: dict[str, Counter[str]] = {}
-    for outcome in SHOWN:
-        for rep in stats.get(outcome, []):
-            props = getattr(rep, "user_properties", [])
-            name = next((v for k, v in props if k == "target"), None)
-            if name is not None:
-                per.setdefault(str(name), Counter())[outcome] += 1
-    lines = []
-    for name in sorted(per):
-        c = per[name]
-        verdict = "FAILED" if c["failed"] or c["error"] else "OK"
-        lines.append(f"pgbackup-verify target {name}: {verdict} ({', '.join(f'{c[k]} {k}' for k in SHOWN if c[k])})")
-    return lines
+def summary_lines(fold: RunFold) -> list[str]:
+    """One verdict line per target, from the run's fold (xdist workers' reports included)."""
+    return [fold.target_line(name) for name in fold.targets()]

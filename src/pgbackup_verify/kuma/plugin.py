@@ -1,7 +1,8 @@
 """pytest plugin: at the end of every run, tell each Uptime Kuma push monitor the truth.
 
 Modelled on testinfra's NagiosReporter: a reporter object registered in pytest_configure (not on
-xdist workers) counts outcomes in pytest_runtest_logreport and acts in pytest_sessionfinish.
+xdist workers) acts in pytest_sessionfinish, judging each monitor from the run's one outcome fold
+(pgbackup_verify.outcome), the same fold the summary line, JSON, HTML and history read.
 Never silent: failures, errors, all covered checks skipped, zero selected checks, an internal error, an interrupted run
 (Ctrl-C or SIGTERM) and a broken target file all push `down`. Usable by any suite:
 `pytest -p pgbackup_verify.kuma.plugin --kuma-config FILE` (a TOML file with a [kuma] section).
@@ -22,15 +23,15 @@ from typing import Any
 
 import pytest
 
-from pgbackup_verify.config import KUMA_MARKERS, ConfigError, KumaSection
+from pgbackup_verify.config import ConfigError, KumaSection
 from pgbackup_verify.config.loader import _build
 from pgbackup_verify.kuma import verdict as kr
+from pgbackup_verify.outcome import ABORTS, RunFold
+from pgbackup_verify.report.summary import recorder
 
 REPORTER = "pgbackup_verify_kuma_reporter"
 CONFIG_ENV = "PGBACKUP_VERIFY_KUMA_CONFIG"
 DONE_KEY = pytest.StashKey[bool]()
-ABORTS = {2: "run interrupted", 3: "internal error in the suite; see the report",
-          4: "usage error: the run did not start", 5: "no check collected or selected"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -124,10 +125,8 @@ class KumaReporter:
         self.monitors = monitors
         self.dry_run = bool(config.getoption("kuma_dry_run", False))
         self.started = time.monotonic()
-        self.outcomes = kr.Outcomes()
-        self.collect_errors: list[str] = []
+        self.run = recorder(config).fold  # the run's one fold: the same verdict as the reports
         self.results: list[kr.PushResult] = []
-        self.signal: str | None = None
         self.finished = False
         self._old_term: Any = None
         try:
@@ -136,56 +135,27 @@ class KumaReporter:
             self._old_term = None
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal:  # a second SIGTERM must not break the DOWN push already under way
+        if self.run.signal:  # a second SIGTERM must not break the DOWN push already under way
             return
-        self.signal = "SIGTERM"
+        self.run.interrupt("SIGTERM")
         raise KeyboardInterrupt("SIGTERM")  # pytest then ends the session as interrupted
 
     def ping_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
 
-    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed:
-            self.collect_errors.append(report.nodeid or "collection")
-
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        for item in session.items:
-            groups = {m.name for m in item.iter_markers()}
-            groups.add(item.path.stem)
-            params = getattr(getattr(item, "callspec", None), "params", {})
-            t = params.get("target")
-            self.outcomes.select(item.nodeid, groups, getattr(t, "name", None) if t is not None else None)
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.nodeid not in self.outcomes.groups:
-            # Under xdist the controller collects nothing: take markers and module from the report.
-            module = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-            groups = {k for k in report.keywords if k in KUMA_MARKERS} | {module}
-            param = report.nodeid.rsplit("[", 1)[1].rstrip("]") if report.nodeid.endswith("]") else ""
-            names = {n for m in self.monitors for n in m.targets or ()}
-            target = next((n for n in names if n in param.split("-")), None)
-            self.outcomes.select(report.nodeid, groups, target)
-        self.outcomes.record(report.nodeid, report.when, report.outcome)
-
-    def abort_reason(self, exitstatus: int) -> str | None:
-        if exitstatus in (0, 1):
-            return None
-        if self.signal:
-            return f"run interrupted by {self.signal}"
-        if self.collect_errors:
-            return f"{len(self.collect_errors)} collection error(s): {', '.join(self.collect_errors)}"
-        return ABORTS.get(exitstatus, f"run ended with exit code {exitstatus}")
-
-    def finish(self, abort: str | None) -> None:
+    def finish(self, refused: str | None = None) -> None:
         self.finished = True
+        if refused:
+            self.run.refuse(refused)
         ping = self.ping_ms()
-        self.outcomes.claimed = {c for m in self.monitors for c in m.covers}
-        verdicts = [kr.judge(m, self.outcomes, ping, abort) for m in self.monitors]
+        claimed = {c for m in self.monitors for c in m.covers}
+        verdicts = [kr.judge(m, self.run, ping, claimed) for m in self.monitors]
         self.results = push_all(verdicts, self.dry_run)
 
     @pytest.hookimpl(tryfirst=True)  # before pytest-html and junitxml write their files
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self.finish(self.abort_reason(int(exitstatus)))
+        self.run.finish(int(exitstatus))
+        self.finish()
         failed = [r for r in self.results if not r.ok]
         if failed and session.exitstatus == 0:  # a dry run still fails on an unset token env var
             session.exitstatus = max(r.exit_code for r in failed)
@@ -217,7 +187,7 @@ class KumaReporter:
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if not self.finished:  # configured, but no session ran (another plugin's usage error)
-            self.finish(ABORTS[4])
+            self.finish(refused=ABORTS[4])
             _announce([describe(r) for r in self.results])
         config.stash[DONE_KEY] = True
         if self._old_term is not None:
@@ -226,7 +196,10 @@ class KumaReporter:
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput") or _skip_run(config) or config.pluginmanager.has_plugin(REPORTER):
+    if _skip_run(config):
+        return
+    recorder(config)  # on xdist workers too: their reports carry the routing the controller judges by
+    if hasattr(config, "workerinput") or config.pluginmanager.has_plugin(REPORTER):
         return
     monitors, error = load_monitors(config)
     if error is not None:
@@ -240,8 +213,9 @@ def _push_config_error(config: pytest.Config, monitors: list[kr.PushMonitor], er
     config.stash[DONE_KEY] = True
     # Kuma shows ~200 characters: the file's name says enough, its directory is in the terminal.
     msg = "config error: " + re.sub(r"'(?:[^']*/)([^'/]+)'", r"'\1'", error)
-    outcomes = kr.Outcomes()
-    verdicts = [kr.judge(m, outcomes, 0, msg) for m in monitors]
+    run = RunFold()
+    run.refuse(msg)
+    verdicts = [kr.judge(m, run, 0) for m in monitors]
     results = push_all(verdicts, bool(config.getoption("kuma_dry_run", False)))
     _announce([describe(r) for r in results])
 

@@ -10,13 +10,27 @@ import os
 import re
 import time
 import tomllib
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
 from pgbackup_verify.config import KumaSection, Target
 from pgbackup_verify.errors import KUMA_CREDENTIALS_MISSING, KUMA_PUSH_FAILED
+from pgbackup_verify.outcome import (
+    BAD,
+    ERROR,
+    FAILED,
+    NOT_APPLICABLE,
+    NOT_RUN,
+    RANK,
+    SKIPPED,
+    XFAIL,
+    CheckResult,
+    RunFold,
+)
 
 MSG_LIMIT = 190  # Kuma shows msg in one line; keep it readable (issue: < ~200 chars)
 
@@ -50,37 +64,15 @@ class PushResult:
     attempts: int = 0
 
 
-@dataclass
-class Outcomes:
-    """Per selected check: its markers/module, target and worst outcome so far."""
+def covered_by(m: PushMonitor, run: RunFold, claimed: Iterable[str] = ()) -> list[CheckResult]:
+    """The checks this monitor answers for. A check no monitor covers counts for every monitor:
+    nothing may fail unseen because the target file forgot to route it (never silent).
 
-    groups: dict[str, set[str]] = field(default_factory=dict)
-    target: dict[str, str | None] = field(default_factory=dict)
-    outcome: dict[str, str] = field(default_factory=dict)
-
-    def select(self, nodeid: str, groups: set[str], target: str | None) -> None:
-        self.groups[nodeid] = groups
-        self.target[nodeid] = target
-        self.outcome.setdefault(nodeid, "not run")
-
-    def record(self, nodeid: str, when: str, outcome: str) -> None:
-        worst = self.outcome.get(nodeid, "not run")
-        if outcome == "failed":
-            self.outcome[nodeid] = "failed" if when == "call" else "error"
-        elif outcome == "skipped" and worst not in ("failed", "error"):
-            self.outcome[nodeid] = "skipped"
-        elif outcome == "passed" and when == "call" and worst == "not run":
-            self.outcome[nodeid] = "passed"
-
-    # Every marker/module some monitor covers; set by the push plugin before judging.
-    claimed: set[str] = field(default_factory=set)
-
-    def covered_by(self, m: PushMonitor) -> list[str]:
-        """The checks this monitor answers for. A check no monitor covers counts for every monitor:
-        nothing may fail unseen because the target file forgot to route it (never silent)."""
-        return [n for n, g in self.groups.items()
-                if (g & set(m.covers) or (self.claimed and not g & self.claimed))
-                and (m.targets is None or self.target[n] in (None, *m.targets))]
+    `claimed`: every marker/module some monitor covers."""
+    claimed = set(claimed)
+    return [c for c in run.checks.values()
+            if (c.groups & set(m.covers) or (claimed and not c.groups & claimed))
+            and (m.targets is None or c.target in ("", *m.targets))]
 
 
 def monitors_of(section: KumaSection, target: str | None) -> list[PushMonitor]:
@@ -154,37 +146,40 @@ def short_name(nodeid: str, single_target: str | None = None) -> str:
     return name.removesuffix(f"[{single_target}]") if single_target else name
 
 
-def judge(m: PushMonitor, outcomes: Outcomes, ping_ms: int, abort: str | None = None) -> Verdict:
-    """up only if every selected check the monitor covers passed; anything else is down, with why."""
+def judge(m: PushMonitor, run: RunFold, ping_ms: int, claimed: Iterable[str] = ()) -> Verdict:
+    """up only if the run was not aborted, none of the checks the monitor covers failed, errored or
+    did not run, and at least one of them passed; anything else is down, with why."""
+    abort = run.abort()
     if abort:
         return Verdict(m, "down", _short("", [abort])[:MSG_LIMIT], ping_ms)
-    covered = outcomes.covered_by(m)
-    many = len({outcomes.target[n] for n in covered}) > 1
+    covered = covered_by(m, run, claimed)
+    many = len({c.target for c in covered}) > 1
 
-    def one(n: str) -> str | None:
-        return None if many else outcomes.target[n]
+    def name(c: CheckResult) -> str:
+        return short_name(c.nodeid, None if many else c.target or None)
 
     if not covered:
         return Verdict(m, "down", f"no check covering {', '.join(m.covers)} ran "
-                                  f"({len(outcomes.groups)} selected in total)"[:MSG_LIMIT], ping_ms)
+                                  f"({len(run.checks)} selected in total)"[:MSG_LIMIT], ping_ms)
     # A check that skips itself as not applicable (a TOC check on plain dumps) must not raise a false
     # DOWN every night: skips are named, and only a monitor whose checks ALL skipped goes down.
-    skipped = [n for n in covered if outcomes.outcome[n] == "skipped"]
-    bad = [n for n in covered if outcomes.outcome[n] not in ("passed", "skipped")]
+    skipped = [c for c in covered if c.outcome == SKIPPED]
+    bad = [c for c in covered if c.outcome in BAD]
     if len(skipped) == len(covered):
         return Verdict(m, "down", _short(f"all {len(covered)} covered checks skipped: ",
-                                         [short_name(n, one(n)) for n in skipped]), ping_ms)
+                                         [name(c) for c in skipped]), ping_ms)
     if not bad:
         passed = len(covered) - len(skipped)
-        note = f", {len(skipped)} skipped" if skipped else ""
+        kinds = Counter(c.kind if c.kind in (NOT_APPLICABLE, XFAIL) else "skipped" for c in skipped)
+        note = "".join(f", {n} {'xfailed' if k == XFAIL else k}" for k, n in kinds.items())
         return Verdict(m, "up", f"OK: {passed}/{len(covered)} checks passed{note} "
                                 f"({', '.join(m.covers)})"[:MSG_LIMIT], ping_ms)
     by_kind: dict[str, list[str]] = {}
-    for n in bad:
-        by_kind.setdefault(outcomes.outcome[n], []).append(short_name(n, one(n)))
-    kinds = ", ".join(f"{len(v)} {k}{'s' if k == 'error' and len(v) > 1 else ''}" for k, v in by_kind.items())
-    names = [n for k in ("failed", "error", "not run") for n in by_kind.get(k, [])]
-    return Verdict(m, "down", _short(f"{kinds} of {len(covered)}: ", names), ping_ms)
+    for c in sorted(bad, key=lambda c: RANK[c.outcome]):
+        by_kind.setdefault(c.outcome, []).append(name(c))
+    kinds_text = ", ".join(f"{len(v)} {k}{'s' if k == ERROR and len(v) > 1 else ''}" for k, v in by_kind.items())
+    names = [n for k in (FAILED, ERROR, NOT_RUN) for n in by_kind.get(k, [])]
+    return Verdict(m, "down", _short(f"{kinds_text} of {len(covered)}: ", names), ping_ms)
 
 
 def _explain(e: requests.RequestException, timeout: float) -> str:

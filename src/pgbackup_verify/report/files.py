@@ -12,8 +12,9 @@ from pgbackup_verify.config.settings import Settings
 from pgbackup_verify.evidence import EVIDENCE_KEY
 from pgbackup_verify.facts import history, trends
 from pgbackup_verify.facts.history import RunRecord, numeric_facts
+from pgbackup_verify.outcome import ERROR, FAILED, NOT_RUN
 from pgbackup_verify.report import charts
-from pgbackup_verify.report.summary import RANK, RunSummary
+from pgbackup_verify.report.summary import RunSummary
 from pgbackup_verify.safefs import UnsafeDirectory, atomic_copy, check_dir_private_enough
 
 
@@ -84,20 +85,18 @@ def attach_evidence(item: pytest.Item, report: pytest.TestReport) -> None:
 
 
 def history_records(run: RunSummary, facts: dict[str, dict[str, object]], targets: list[str]) -> list[RunRecord]:
-    """This run's key figures and outcomes, one record per target that ran a check or measured a figure."""
+    """This run's key figures and outcomes, one record per target that ran a check or measured a figure.
+
+    The status is the fold's target verdict: an interrupted or aborted run is FAILED, never OK."""
     records = []
     for name in targets:
-        results = [r for r in run.results.values() if r.target == name]
+        results = run.fold.results(name)
         figures = numeric_facts(facts.get(name, {}))
-        if not results and not figures:
-            continue
-        outcomes = dict.fromkeys(RANK, 0)
-        for r in results:
-            outcomes[r.outcome] += 1
+        if all(r.outcome == NOT_RUN for r in results) and not figures:
+            continue  # nothing looked at this target (--collect-only, interrupted before it): no trend point
         records.append(RunRecord(
-            time=run.started, target=name, status="FAILED" if outcomes["failed"] or outcomes["error"] else "OK",
-            outcomes=outcomes, failed=[r.label or r.name for r in results if r.outcome in ("failed", "error")],
-            facts=figures))
+            time=run.started, target=name, status=run.fold.status(name), outcomes=run.fold.counts(name),
+            failed=[r.label or r.name for r in results if r.outcome in (FAILED, ERROR)], facts=figures))
     return records
 
 

@@ -1,98 +1,101 @@
 """The run's outcome in three forms: one line for cron mail / the journal, a JSON document
 for machines, and the per-concern table that opens the HTML report (failing checks first).
+
+All three read one fold (pgbackup_verify.outcome); the Recorder here feeds it from pytest's hooks.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
+from pgbackup_verify import outcome
 from pgbackup_verify.config.concerns import CONCERNS
+from pgbackup_verify.outcome import RANK, ROUTING_ATTR, ROUTING_KEYS, CheckResult, Routing, RunFold, failure_text, label
 from pgbackup_verify.safefs import atomic_write
 
-RANK = {"failed": 0, "error": 1, "skipped": 2, "passed": 3}
-ROUTING_KEYS = ("target", "concern")  # user_properties set at collection, not evidence
+__all__ = ["RANK", "ROUTING_KEYS", "CheckResult", "Recorder", "RunSummary", "failure_text", "label", "recorder",
+           "routing", "routing_properties", "write_json"]
+
+RECORDER = "pgbackup-verify-outcome"
+
+
+def routing(item: pytest.Item) -> Routing:
+    """Target, concern and markers of a check: where its outcome counts (report, target, Kuma)."""
+    callspec = getattr(item, "callspec", None)
+    target = callspec.params.get("target") if callspec else None
+    concern = next((m.name for m in item.iter_markers() if m.name in CONCERNS), "other")  # the nearest wins
+    return {"target": str(getattr(target, "name", "") or ""), "concern": concern,
+            "markers": sorted({m.name for m in item.iter_markers()})}
 
 
 def routing_properties(item: pytest.Item) -> list[tuple[str, str]]:
     """Target and concern of a check, carried on every report (and into JUnit) as properties."""
-    callspec = getattr(item, "callspec", None)
-    target = callspec.params.get("target") if callspec else None
-    concern = next((m.name for m in item.iter_markers() if m.name in CONCERNS), "other")
-    return [("target", getattr(target, "name", "")), ("concern", concern)]
+    r = routing(item)
+    return [("target", r["target"]), ("concern", r["concern"])]
 
 
-@dataclass
-class CheckResult:
-    nodeid: str
-    name: str
-    target: str
-    concern: str
-    outcome: str  # passed, failed, error, skipped
-    message: str
-    evidence: list[tuple[str, str]]
-    seconds: float
-    label: str = ""  # the check as a phrase: "payload follows its recent trend [registry lock coverage]"
-    detail: str = ""  # the whole finding when it spans lines (cause, listed objects, fix)
-
-
-@dataclass
 class RunSummary:
-    started: float = field(default_factory=time.time)
-    results: dict[str, CheckResult] = field(default_factory=dict)
-    exit_status: int | None = None
-    notes: list[str] = field(default_factory=list)  # e.g. Kuma push failures
+    """The run as reported: its fold, when it started, its exit status and notes to show."""
 
-    def record(self, rep: pytest.TestReport) -> None:
-        """Fold one phase's report in; works on the xdist controller too (it sees reports, not items)."""
-        outcome = rep.outcome if rep.when == "call" else ("error" if rep.failed else rep.outcome)
-        if rep.when != "call" and rep.passed:
-            return
-        if rep.nodeid in self.results and RANK[self.results[rep.nodeid].outcome] <= RANK[outcome]:
-            return  # keep the worst phase (a teardown error after a pass is still an error)
-        props = dict(rep.user_properties)
-        evidence = [(str(k), str(v)) for k, v in rep.user_properties if k not in ROUTING_KEYS]
-        self.results[rep.nodeid] = CheckResult(
-            nodeid=rep.nodeid, name=rep.nodeid.split("::")[-1].split("[")[0], target=str(props.get("target", "")),
-            concern=str(props.get("concern", "other")), outcome=outcome, message=one_line(rep), evidence=evidence,
-            seconds=round(rep.duration, 3), label=label(rep.nodeid, str(props.get("target", ""))),
-            detail=failure_text(rep))
+    def __init__(self, started: float | None = None, fold: RunFold | None = None) -> None:
+        self.started = time.time() if started is None else started
+        self.fold = fold or RunFold()
+        self.exit_status: int | None = None  # the process's exit status (pytest's, a user error's, Kuma's)
+        self.notes: list[str] = []  # e.g. why the run was aborted, Kuma push failures, history not written
+
+    @property
+    def results(self) -> dict[str, CheckResult]:
+        return self.fold.checks
+
+    @results.setter
+    def results(self, value: dict[str, CheckResult]) -> None:
+        self.fold.checks = value
+
+    def finish(self, pytest_exit: int, exit_status: int) -> None:
+        """At session finish: fix the run's end and say in a note why it has no full verdict."""
+        self.fold.finish(pytest_exit)
+        self.exit_status = exit_status
+        note = outcome.run_note(self.fold)
+        if note and note not in self.notes:
+            self.notes.insert(0, note)
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(RANK, 0)
-        for r in self.results.values():
-            out[r.outcome] += 1
-        return out
+        return self.fold.counts()
 
     def status(self) -> str:
-        c = self.counts()
-        if self.exit_status not in (0, None) or c["failed"] or c["error"] or not self.results:
-            return "FAILED"
-        return "OK"
+        return self.fold.status()
 
     def line(self, report_path: str | None) -> str:
         c = self.counts()
-        targets = ",".join(sorted({r.target for r in self.results.values() if r.target})) or "-"
+        targets = ",".join(self.fold.targets()) or "-"
+        shown = [k for k in c if k != outcome.NOT_RUN or c[k]]
         parts = [f"pgbackup-verify: {self.status()}", f"targets={targets}",
-                 *(f"{k}={v}" for k, v in c.items()), f"exit={self.exit_status}",
+                 *(f"{k.replace(' ', '_')}={c[k]}" for k in shown), f"exit={self.exit_status}",
                  f"seconds={time.time() - self.started:.1f}"]
         if report_path:
             parts.append(f"report={report_path}")
+        abort = self.fold.abort()
+        if abort:
+            parts.append(f"abort={json.dumps(abort)}")
         return " ".join(parts)
 
     def to_json(self) -> str:
-        doc = {"status": self.status(), "exit_status": self.exit_status, "counts": self.counts(),
+        doc = {"status": self.status(), "exit_status": self.exit_status, "abort": self.fold.abort(),
+               "counts": self.counts(),
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
                "seconds": round(time.time() - self.started, 3), "notes": self.notes,
-               "checks": [asdict(r) for r in self.ordered()]}
+               "checks": [r.as_dict() for r in self.ordered(with_not_run=True)]}
         return json.dumps(doc, indent=2)
 
-    def ordered(self) -> list[CheckResult]:
-        return sorted(self.results.values(), key=lambda r: (RANK[r.outcome], r.target, r.concern, r.nodeid))
+    def ordered(self, with_not_run: bool = False) -> list[CheckResult]:
+        """Checks worst first; the ones that never reported are left to the notes unless asked for."""
+        return sorted((r for r in self.results.values() if with_not_run or r.outcome != outcome.NOT_RUN),
+                      key=lambda r: (RANK[r.outcome], r.target, r.concern, r.nodeid))
 
     def html(self, extra: str = "", targets: list[str] | None = None) -> str:
         """Per target and concern: status, the one-line cause, the evidence; failing concerns first."""
@@ -101,47 +104,50 @@ class RunSummary:
         return render(self, CONCERNS, targets, extra)
 
 
-class SummaryRecorder:
-    """Registered in pytest_configure; on xdist the controller receives every worker's reports."""
+class Recorder:
+    """Feeds the run's one fold: registered once per pytest run (the core plugin and the Kuma plugin
+    both ask for it); on xdist the controller receives every worker's reports, stamped with routing."""
 
-    def __init__(self, summary: RunSummary) -> None:
-        self.summary = summary
+    def __init__(self) -> None:
+        self.summary = RunSummary()
+
+    @property
+    def fold(self) -> RunFold:
+        return self.summary.fold
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item,
+                                  call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        rep = yield
+        setattr(rep, ROUTING_ATTR, routing(item))  # survives xdist: the controller routes like one process
+        return rep
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        for item in session.items:
+            r = routing(item)
+            self.fold.select(item.nodeid, r["target"], r["concern"], r["markers"])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
+        """xdist controller: the selected checks, so one that never reports is `not run`, not unseen."""
+        for nodeid in ids:
+            self.fold.select(nodeid)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self.fold.record_collection(report)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if dict(report.user_properties).get("concern"):
-            self.summary.record(report)
+        self.fold.record(report)
 
 
-def label(nodeid: str, target: str) -> str:
-    """`test_dump_role_has_usage[demo]` -> `dump role has usage`; other parameters stay in brackets."""
-    name = nodeid.split("::")[-1]
-    base, _, ident = name.partition("[")
-    base = base.removeprefix("test_").replace("_", " ")
-    ident = ident.removesuffix("]")
-    if target and ident.startswith(target):
-        ident = ident[len(target):].lstrip("-")
-    return f"{base} [{ident}]" if ident else base
-
-
-def failure_text(rep: pytest.TestReport, max_lines: int = 40) -> str:
-    """The whole finding of a failed or skipped check (a multi-line one keeps its `fix:` line)."""
-    if rep.passed:
-        return ""
-    if rep.skipped and isinstance(rep.longrepr, tuple):
-        return str(rep.longrepr[2]).removeprefix("Skipped: ")
-    crash = getattr(rep.longrepr, "reprcrash", None)
-    text = (crash.message if crash is not None else str(rep.longrepr)).strip()
-    for prefix in ("AssertionError: ", "Failed: ", "assert "):
-        text = text.removeprefix(prefix)
-    text = text.split("\nassert ")[0]  # the assertion's introspection is not part of the finding
-    lines = text.splitlines()
-    if len(lines) > max_lines:
-        lines = [*lines[:max_lines], f"... {len(lines) - max_lines} more lines in the results table below"]
-    return "\n".join(lines) or rep.outcome
-
-
-def one_line(rep: pytest.TestReport) -> str:
-    return failure_text(rep).splitlines()[0] if not rep.passed else ""
+def recorder(config: pytest.Config) -> Recorder:
+    """The run's recorder, registering it on first use."""
+    plugin = config.pluginmanager.get_plugin(RECORDER)
+    if plugin is None:
+        plugin = Recorder()
+        config.pluginmanager.register(plugin, RECORDER)
+    assert isinstance(plugin, Recorder)
+    return plugin
 
 
 def write_json(summary: RunSummary, path: str | Path) -> None:
