@@ -57,6 +57,7 @@ SUBJECTS = {
                   "    raise DatabaseUnreachable(\"database x:1/y of target 'selftest' is unreachable; check it\")\n",
     "collection error": "import no_such_module\n",
     "zero selected": "def test_subject(target):\n    pass\n",
+    "all skipped": "def test_subject(target):\n    pytest.skip('no [host] section; add one')\n",
 }
 
 
@@ -91,6 +92,9 @@ ROWS = [
     Row("user error", "FAILED", 10, ("failed", ""), "1 failed of 2: test_subject", {"passed": 1, "failed": 1}),
     Row("collection error", "FAILED", 2, None, "1 collection error(s): test_dumps.py", {}, ran=False),
     Row("zero selected", "FAILED", 5, None, "no check collected or selected", {}, ("-k", "nomatch"), ran=False),
+    # Nothing judged is not a pass: every output says FAILED, and the exit is that of zero selected.
+    Row("all skipped", "FAILED", 5, ("skipped", ""), "no check judged: all 1 selected checks skipped", {"skipped": 1},
+        ("-k", "subject")),
 ]
 
 

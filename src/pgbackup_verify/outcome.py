@@ -21,7 +21,9 @@ A check (one selected test) folds its phase reports (setup, call, teardown) into
 - not run  selected but no verdict was reported (the run was interrupted, or -x stopped it).
 
 A group of checks (a target, a Kuma monitor, the run) is OK only if none failed, errored or did
-not run, and the run was not aborted. The run is also FAILED when it selected no check at all.
+not run, at least one was judged (passed), and the run was not aborted. So the run is also FAILED
+when it selected no check at all, or when every selected check skipped: nothing was judged, and
+"cannot pass silently" holds for skips too (exit 5, like zero selected).
 A Kuma monitor is stricter: it stays UP only if at least one of its checks passed (kuma/verdict).
 A run is aborted when pytest reports it interrupted (exit 2, Ctrl-C, SIGTERM), a module failed to
 collect, the suite hit an internal error (3), the run did not start (usage or config error, 4) or
@@ -54,7 +56,8 @@ ROUTING_KEYS = ("target", "concern")  # user_properties set at collection, not e
 
 ABORTS = {2: "run interrupted", 3: "internal error in the suite; see the report",
           4: "usage error: the run did not start", 5: "no check collected or selected"}
-NOT_ABORTS = (0, 1, 10, 11, 12, 13, 14)  # a verdict of the checks, a user error, a Kuma push failure
+NOT_ABORTS = (0, 1, 10, 11, 12, 13, 14)
+NO_CHECK_JUDGED = 5  # every selected check skipped: the same exit as "no check selected"  # a verdict of the checks, a user error, a Kuma push failure
 
 
 class Routing(TypedDict):
@@ -224,9 +227,12 @@ def counts(outcomes: Iterable[str]) -> dict[str, int]:
 
 def verdict(outcomes: Iterable[str], abort: str | None = None) -> str:
     """OK or FAILED of a target or the run: OK only if nothing failed, errored or did not run,
-    something was selected and the run was not aborted. Skips are allowed (and named)."""
+    something was judged (not everything skipped) and the run was not aborted. Skips next to
+    passed checks are allowed (and named)."""
     seen = list(outcomes)
-    return FAILED_STATUS if abort or not seen or any(o in BAD for o in seen) else OK_STATUS
+    if abort or not seen or any(o in BAD for o in seen) or all(o == SKIPPED for o in seen):
+        return FAILED_STATUS
+    return OK_STATUS
 
 
 def concern_status(outcomes: Iterable[str]) -> str:
@@ -303,13 +309,21 @@ class RunFold:
         self.pytest_exit = int(pytest_exit)
 
     def abort(self) -> str | None:
-        return abort_reason(self.pytest_exit, self.collect_errors, self.signal, self.refused)
+        reason = abort_reason(self.pytest_exit, self.collect_errors, self.signal, self.refused)
+        if reason is None and self.pytest_exit == 0 and self.all_skipped():
+            reason = f"no check judged: all {len(self.checks)} selected checks skipped"
+        return reason
 
     def exit_code(self, pytest_exit: int) -> int:
         """pytest's exit status, or the highest user-error code when the checks themselves ran."""
         if self.user_errors and pytest_exit in (0, 1):
             return max(self.user_errors)
+        if pytest_exit == 0 and self.all_skipped():
+            return NO_CHECK_JUDGED
         return pytest_exit
+
+    def all_skipped(self) -> bool:
+        return bool(self.checks) and all(r.outcome == SKIPPED for r in self.checks.values())
 
     def results(self, target: str | None = None) -> list[CheckResult]:
         return [r for r in self.checks.values() if target is None or r.target == target]
