@@ -23,17 +23,40 @@ import psycopg
 from pytest_postgresql.executors import PostgreSQLExecutor
 
 CLUSTER_PREFIX = "pgbv-cluster-"
+PG_LIB = Path("/usr/lib/postgresql")  # Debian/Ubuntu: one <version>/bin per installed server
 
 
-def pg_bindir() -> Path:
-    """Directory of the PostgreSQL server binaries (initdb, pg_ctl)."""
+def _version_key(path: Path) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in path.name.split("."))
+    except ValueError:
+        return None
+
+
+def pg_bindir(base: Path = PG_LIB, search_path: str | None = None) -> Path:
+    """Directory of the PostgreSQL server binaries (initdb, pg_ctl).
+
+    In order: pg_ctl or initdb on the PATH, `pg_config --bindir` when that dir holds pg_ctl (a
+    libpq-only pg_config names a server that is not installed), else the newest `<base>/<version>/bin`
+    by version number (16 > 15 > 9.6, which a text sort gets wrong). `search_path` stands for $PATH.
+    """
     for name in ("pg_ctl", "initdb"):
-        found = shutil.which(name)
+        found = shutil.which(name, path=search_path)
         if found:
             return Path(found).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
-    if candidates:
-        return candidates[0].parent
+    pg_config = shutil.which("pg_config", path=search_path)
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30, check=True)
+            bindir = Path(out.stdout.strip())
+            if out.stdout.strip() and (bindir / "pg_ctl").is_file():
+                return bindir
+        except (OSError, subprocess.SubprocessError):
+            pass  # a broken pg_config: the version dirs below still know
+    versions = [(key, d) for d in base.glob("*/bin") if (d / "pg_ctl").is_file()
+                if (key := _version_key(d.parent)) is not None]
+    if versions:
+        return max(versions)[1]
     raise FileNotFoundError("pg_ctl not found; install the PostgreSQL server package (postgresql-15)")
 
 
