@@ -22,6 +22,8 @@ import port_for
 import psycopg
 from pytest_postgresql.executors import PostgreSQLExecutor
 
+from pgbackup_verify.facts.drill import owner
+
 CLUSTER_PREFIX = "pgbv-cluster-"
 PG_LIB = Path("/usr/lib/postgresql")  # Debian/Ubuntu: one <version>/bin per installed server
 
@@ -124,22 +126,18 @@ class RootSafeExecutor(PostgreSQLExecutor):
         return self
 
 
-OWNER_FILE = "owner.pid"
+OWNER_FILE = "owner"
+LEGACY_OWNER_FILE = "owner.pid"  # a bare pid, written by older versions
 
 
 def mark_owner(root: Path) -> None:
-    """Record which process made `root`, so a later run can tell a crashed run's leftovers."""
-    (root / OWNER_FILE).write_text(str(os.getpid()))
+    """Record which process made `root` (pid and start time), so a later run can tell a crashed
+    run's leftovers from a live run's work."""
+    (root / OWNER_FILE).write_text(owner.owner_mark())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def read_owner(root: Path) -> owner.Mark | None:
+    return owner.parse_mark(read_private(root / OWNER_FILE) or read_private(root / LEGACY_OWNER_FILE))
 
 
 def stop_cluster_dir(root: Path) -> None:
@@ -162,13 +160,12 @@ def sweep_stale(pattern: str, base: Path | None = None) -> list[str]:
             continue
         if not stat.S_ISDIR(st.st_mode) or st.st_uid not in cluster_owner_uids():
             continue  # a link or another user's look-alike in a shared tmp: never ours to stop
-        try:
-            pid = int(read_private(root / OWNER_FILE) or "")
-        except ValueError:
-            continue  # not ours, or still being created
-        if pid != os.getpid() and not _alive(pid):
+        mark = read_owner(root)
+        if mark is None or not owner.on_this_host(mark):
+            continue  # not ours, still being created, or made by a host whose processes we cannot see
+        if not owner.alive(mark, made=st.st_mtime):
             stop_cluster_dir(root)
-            removed.append(f"swept leftover {root} (its process {pid} is gone)")
+            removed.append(f"swept leftover {root} (its process {mark.pid} is gone)")
     return removed
 
 

@@ -4,7 +4,6 @@ or a custom-format dump through `pg_restore -j N`. Errors come back with their d
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
@@ -19,6 +18,7 @@ from typing import IO, BinaryIO
 
 from isal import igzip
 
+from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
@@ -181,7 +181,7 @@ def _spool(source: DumpSource, work_dir: Path, janitor: Janitor) -> Path:
     """pg_restore -j must seek: a stream without a file is copied to a spool file first."""
     d = Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=work_dir))
     janitor.add(f"spool dir {d}", lambda: shutil.rmtree(d, ignore_errors=True))
-    (d / "owner").write_text(f"pid={os.getpid()}")
+    mark_owner(d)
     path = d / "dump.custom"
     with source.open() as src, path.open("wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
