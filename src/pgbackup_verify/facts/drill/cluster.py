@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import port_for
 import psycopg
@@ -97,8 +97,16 @@ def chown_for_cluster(path: Path) -> None:
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
+PG_CTL_TIMEOUT = 60  # seconds for initdb and for each pg_ctl call
+
+
 class RootSafeExecutor(PostgreSQLExecutor):
-    """pytest-postgresql's executor, with its child processes run as `postgres` under root."""
+    """pytest-postgresql's executor, with its child processes run as `postgres` under root.
+
+    pytest-postgresql has no public way to run its processes as another user, so this overrides
+    two private hooks: mirakuru's `_popen_kwargs` (the server's launch) and pytest-postgresql's
+    `_run_initdb`; pyproject.toml pins both packages' majors for that reason.
+    """
 
     @property
     def _popen_kwargs(self) -> dict[str, Any]:
@@ -107,19 +115,19 @@ class RootSafeExecutor(PostgreSQLExecutor):
         return kwargs
 
     def _run_initdb(self, command: list[str]) -> None:
-        subprocess.run(command, env=self._initdb_env(), timeout=self._timeout, check=True,
-                       capture_output=True, **_run_as())
+        env = {k: v for k, v in self.envvars.items() if k != "PGDATA"}  # initdb takes --pgdata
+        subprocess.run(command, env=env, timeout=PG_CTL_TIMEOUT, check=True, capture_output=True, **_run_as())
 
     def running(self) -> bool:
         if not os.path.exists(self.datadir):
             return False
         result = subprocess.run([self.executable, "status", "-D", self.datadir], check=False,
-                                capture_output=True, timeout=self._timeout, **_run_as())
+                                capture_output=True, timeout=PG_CTL_TIMEOUT, **_run_as())
         return result.returncode == 0
 
-    def stop(self, sig: int | None = None, exp_sig: int | None = None) -> RootSafeExecutor:
+    def stop(self, sig: int | None = None, exp_sig: int | None = None) -> Self:
         subprocess.run([self.executable, "stop", "-D", self.datadir, "-m", "f"], check=False,
-                       capture_output=True, timeout=self._timeout, **_run_as())
+                       capture_output=True, timeout=PG_CTL_TIMEOUT, **_run_as())
         # pg_ctl has stopped the server; mirakuru only reaps the launcher, which may be gone.
         with contextlib.suppress(Exception):
             super(PostgreSQLExecutor, self).stop(sig, exp_sig)
@@ -181,6 +189,7 @@ class ThrowawayCluster:
         self.user = "postgres"
         self.executor = RootSafeExecutor(
             executable=str(pg_bindir() / "pg_ctl"),
+            timeout=PG_CTL_TIMEOUT,
             host=self.host,
             port=self.port,
             datadir=str(self.root / "data"),
