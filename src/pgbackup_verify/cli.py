@@ -44,7 +44,7 @@ def run_checks(args: list[str]) -> int:
 def _subcommand(name: str) -> Callable[[list[str]], int] | None:
     """A subcommand another distribution registers (`pgbackup_verify.commands`), e.g. the repo's demo."""
     for ep in entry_points(group="pgbackup_verify.commands", name=name):
-        return ep.load()  # type: ignore[no-any-return]
+        return ep.load()
     return None
 
 

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import psycopg
 from psycopg import sql
@@ -122,12 +123,12 @@ class Janitor:
             return
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
-        def handler(signum: int, frame: object) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
             log.warning("drill interrupted by signal %d: cleaning up", signum)
             self.run_all()
             for s, h in previous.items():
                 signal.signal(s, h)
-            prev = previous[signum]
+            prev = previous[signal.Signals(signum)]
             if callable(prev):
                 prev(signum, frame)
             elif signum == signal.SIGINT:
