@@ -13,8 +13,9 @@ import pytest
 
 from pgbackup_verify.config import Target
 from pgbackup_verify.evidence import Evidence, human_bytes
-from pgbackup_verify.facts.dumps.gzipscan import FOOTER, HEADER, TAIL_BYTES
+from pgbackup_verify.facts.dumps.gzipscan import FOOTER, HEADER, TAIL_BYTES, DumpScan
 from pgbackup_verify.facts.dumps.inventory import Coverage, DumpFile, Inventory
+from pgbackup_verify.facts.history import RunFacts
 from pgbackup_verify.fixtures.dumps import LatestDump
 
 pytestmark = pytest.mark.dumps
@@ -42,7 +43,7 @@ def _latest(latest: LatestDump | None, target: Target, evidence: Evidence) -> La
 
 def test_latest_dump_is_younger_than_max_age(latest_dump: LatestDump | None, target: Target,
                                              evidence: Evidence, backup_inventory: Inventory,
-                                             run_facts: dict[str, str]) -> None:
+                                             run_facts: RunFacts) -> None:
     latest = _latest(latest_dump, target, evidence)
     run_facts["latest dump"] = (f"{latest.file.name} ({latest.age_hours:.1f} h old, "
                                 f"{human_bytes(latest.scan.payload_bytes)} payload)")
@@ -100,13 +101,13 @@ def test_latest_dump_has_pg_dump_header_and_footer(latest_dump: LatestDump | Non
 
 def test_payload_did_not_shrink_beyond_allowed_ratio(latest_dump: LatestDump | None, target: Target,
                                                      evidence: Evidence,
-                                                     previous_good_dump: tuple[DumpFile, object] | None) -> None:
+                                                     previous_good_dump: tuple[DumpFile, DumpScan] | None) -> None:
     latest = _latest(latest_dump, target, evidence)
     if previous_good_dump is None:
         pytest.skip(f"no good dump older than {latest.file.name} to compare with "
                     "(test_enough_good_dumps_kept reports on that)")
     prev, prev_scan = previous_good_dump
-    now, before = latest.scan.payload_bytes, prev_scan.payload_bytes  # type: ignore[attr-defined]
+    now, before = latest.scan.payload_bytes, prev_scan.payload_bytes
     shrink = 1 - now / before
     allowed = target.backups.max_shrink_ratio
     evidence("previous good dump", f"{prev.name}: {before} bytes payload")

@@ -114,12 +114,12 @@ def test_backup_scripts_pass_shellcheck(backup_scripts: list[hostfacts.ScriptFac
     if all(s.shellcheck is None for s in backup_scripts if s.exists):
         pytest.skip("shellcheck is not installed on the backup host; install it to audit the scripts")
     problems = []
-    for s in (s for s in backup_scripts if s.shellcheck is not None):
-        evidence(f"shellcheck {s.path}", f"{len(s.shellcheck)} finding(s) at severity >= "
+    for s, findings in ((s, s.shellcheck) for s in backup_scripts if s.shellcheck is not None):
+        evidence(f"shellcheck {s.path}", f"{len(findings)} finding(s) at severity >= "
                  f"{host_section.shellcheck_severity}")
-        if s.shellcheck:
-            shown = "; ".join(s.shellcheck[:5]) + (" ..." if len(s.shellcheck) > 5 else "")
-            problems.append(f"shellcheck {s.path}: FAILED ({len(s.shellcheck)} finding(s): {shown}); "
+        if findings:
+            shown = "; ".join(findings[:5]) + (" ..." if len(findings) > 5 else "")
+            problems.append(f"shellcheck {s.path}: FAILED ({len(findings)} finding(s): {shown}); "
                             f"fix: run `shellcheck {s.path}` and correct them")
     _verdict(problems)
 
@@ -145,16 +145,17 @@ def test_free_space_holds_the_next_dumps(backup_dir_facts: hostfacts.BackupDirFa
     d = backup_dir_facts
     multiple = (target.host_checks or HostSection()).free_space_multiple
     _require(d.exists, f"backup dir {d.path}: FAILED (missing on the host); fix: mkdir -m 700 {d.path}")
-    _require(d.free_bytes is not None,
-             f"free space of {d.path}: FAILED (`df -Pk` gave nothing); fix: check the mount")
+    free = d.free_bytes
+    if free is None:
+        pytest.fail(f"free space of {d.path}: FAILED (`df -Pk` gave nothing); fix: check the mount", pytrace=False)
     if d.latest is None:
         pytest.skip(f"no dump matching {target.backups.pattern} in {d.path} to size against (the dump checks fail)")
     need = multiple * d.latest.size
-    evidence("free space", f"{human_bytes(d.free_bytes)} on {d.filesystem}")
+    evidence("free space", f"{human_bytes(free)} on {d.filesystem}")
     evidence("needed", f"{multiple:g} x latest dump {d.latest.path} ({human_bytes(d.latest.size)}) = "
              f"{human_bytes(need)}")
-    _require(d.free_bytes >= need, (
-        f"free space for backups: FAILED ({human_bytes(d.free_bytes)} free on {d.filesystem} vs "
+    _require(free >= need, (
+        f"free space for backups: FAILED ({human_bytes(free)} free on {d.filesystem} vs "
         f"{human_bytes(need)} = {multiple:g} x latest dump); fix: free space on that filesystem or prune old dumps"))
 
 

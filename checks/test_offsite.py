@@ -34,7 +34,7 @@ def _scanned(scan: ArchiveScan | None, o: OffsiteSection) -> ArchiveScan:
     assert scan is not None  # only None without archive, and _newest() failed first then
     _require(not scan.error, f"offsite archive {scan.archive.path}: FAILED ({scan.error}); fix: re-run the upload "
                             "job, the archive is damaged")
-    _require(scan.matches, f"offsite archive {scan.archive.path}: FAILED (no member matching '{o.member}' among "
+    _require(bool(scan.matches), f"offsite archive {scan.archive.path}: FAILED (no member matching '{o.member}' among "
                           f"{scan.members}); fix: add the PG dump to the archive job or fix [offsite].member")
     return scan
 

@@ -7,21 +7,23 @@ earlier: this module sorts last) and from `<reports dir>/history.jsonl` of earli
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import pytest
 
 from pgbackup_verify.config import Target
 from pgbackup_verify.evidence import Evidence, human_bytes
-from pgbackup_verify.facts.history import History
+from pgbackup_verify.facts.history import History, RunFacts
 from pgbackup_verify.facts.trends import drill_budget, earlier_runs, payload_trend
 
 
-def _not_measured(fact: str, concern: str) -> None:
+def _not_measured(fact: str, concern: str) -> NoReturn:
     pytest.skip(f"no {fact} measured in this run (the {concern} checks did not run or could not measure); "
                 "nothing to compare")
 
 
 @pytest.mark.drill
-def test_restore_drill_fits_the_time_budget(target: Target, run_facts: dict[str, object], run_history: History,
+def test_restore_drill_fits_the_time_budget(target: Target, run_facts: RunFacts, run_history: History,
                                             evidence: Evidence) -> None:
     d = drill_budget(target, run_facts, earlier_runs(run_history, target))
     if d.seconds is None:
@@ -38,7 +40,7 @@ def test_restore_drill_fits_the_time_budget(target: Target, run_facts: dict[str,
 
 
 @pytest.mark.dumps
-def test_payload_follows_its_recent_trend(target: Target, run_facts: dict[str, object], run_history: History,
+def test_payload_follows_its_recent_trend(target: Target, run_facts: RunFacts, run_history: History,
                                           evidence: Evidence) -> None:
     p = payload_trend(target, run_facts, earlier_runs(run_history, target))
     if p.payload is None:
@@ -48,11 +50,12 @@ def test_payload_follows_its_recent_trend(target: Target, run_facts: dict[str, o
         evidence("history", f"{run_history.error}: judged as if there were none")
     if run_history.unreadable:
         evidence("history", f"{run_history.unreadable} unreadable line(s) in history.jsonl skipped")
-    if p.median is None:
+    bounds = p.bounds
+    if p.median is None or bounds is None:
         evidence("trend", f"not judged yet: {len(p.window)} earlier run(s) with a payload in the history, "
                           f"{p.min_history} needed; the trend starts with this run")
         return
-    lo, hi = p.bounds  # type: ignore[misc]
+    lo, hi = bounds
     evidence("trend", f"median {human_bytes(p.median)} of the last {len(p.window)} runs, allowed "
                       f"{human_bytes(lo)} .. {human_bytes(hi)} (factor {p.factor:g})")
     if p.growth_per_day is not None:

@@ -96,3 +96,31 @@ def test_target_with_a_space_keeps_the_checkouts_ini(pytester: pytest.Pytester, 
     result = pytester.runpytest_subprocess("--target", str(target))
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"rootdir: {pytester.path}", "configfile: tox.ini"])
+
+
+
+def test_the_cli_roots_the_run_without_the_reroot_hook(tmp_path: Path) -> None:
+    """`pgbackup-verify --target FILE` names its rootdir and ini file itself. Installed from a wheel,
+    no ini file sits above the checks, and pytest took FILE for a test path and read the ini file
+    next to it; with the private-API hook that mends plain `pytest --target FILE` switched off,
+    that ini file is still never read."""
+    import shutil
+    import subprocess
+    import sys
+
+    from pgbackup_verify.cli import checks_dir
+
+    package = tmp_path / "site-packages" / "pgbackup_verify"  # as installed: no ini file above
+    shutil.copytree(checks_dir(), package / "checks")
+    site = tmp_path / "etc"
+    site.mkdir()
+    (site / "pytest.ini").write_text("[pytest]\naddopts = --the-ini-next-to-the-target-was-read\n")
+    target = write(site, GOOD + '\n[[sql_check]]\nname = "one"\nquery = "SELECT 1"\nexpect = "no_rows"\nfix = "look"\n')
+    script = ("import sys, pathlib, pgbackup_verify.plugin as p, pgbackup_verify.cli as cli\n"
+              "p.reroot_without_target_values = lambda *a: None\n"
+              f"cli.checks_dir = lambda: pathlib.Path({str(package / 'checks')!r})\n"
+              f"sys.exit(cli.main(['--target', {str(target)!r}, '--co', '-p', 'no:cacheprovider', '-m', 'sql']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"rootdir: {package}" in proc.stdout
+    assert "<Function test_custom_sql_check[t-one]>" in proc.stdout

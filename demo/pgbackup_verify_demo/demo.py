@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 import psycopg.conninfo
@@ -77,7 +78,15 @@ def _owner(schema: str) -> str:
     return "workflow_admin" if schema == "sandbox_tac" else DUMP_ROLE
 
 
-def build_seed_database(cluster: ThrowawayCluster) -> str:
+class Server(Protocol):
+    """Where the demo database lives: a ThrowawayCluster, or an ExistingServer (CI's container)."""
+
+    def dsn(self, dbname: str = "postgres", user: str | None = None) -> str: ...
+
+    def env(self) -> dict[str, str]: ...
+
+
+def build_seed_database(cluster: Server) -> str:
     """Create the seed-shaped database in `cluster`; return the dump role's DSN."""
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         for stmt in SETUP_SQL.strip().split(";\n"):
@@ -100,13 +109,13 @@ def build_seed_database(cluster: ThrowawayCluster) -> str:
     return cluster.dsn(DBNAME, DUMP_ROLE)
 
 
-def grow(cluster: ThrowawayCluster, rows: int = 50) -> None:
+def grow(cluster: Server, rows: int = 50) -> None:
     """One day of application writes, so that nightly payloads grow like the seed's."""
     with psycopg.connect(cluster.dsn(DBNAME), autocommit=True) as conn:
         conn.execute(f"INSERT INTO public.item_00 (label) SELECT 'day ' || g FROM generate_series(1, {rows}) g")
 
 
-def dump_to(cluster: ThrowawayCluster, path: Path, role: str = DUMP_ROLE) -> int:
+def dump_to(cluster: Server, path: Path, role: str = DUMP_ROLE) -> int:
     """`pg_dump | gzip -9 > path`, as the seed's pg-backup.sh does; return pg_dump's exit code."""
     env = {**cluster.env(), "PGUSER": role}
     # umask 077, as the seed's hardened script: dumps are readable by their owner only.
@@ -121,7 +130,7 @@ def dump_to(cluster: ThrowawayCluster, path: Path, role: str = DUMP_ROLE) -> int
     return rc
 
 
-def write_nightly_dumps(cluster: ThrowawayCluster, backup_dir: Path, nights: int = 7,
+def write_nightly_dumps(cluster: Server, backup_dir: Path, nights: int = 7,
                         fault: str | None = None, now: float | None = None) -> list[Path]:
     """One dump per night for `nights` nights, newest ~1 h old, named like the seed's files."""
     now = now or time.time()
@@ -175,7 +184,7 @@ class ExistingServer:
     def __init__(self, dsn: str) -> None:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
         self.host = str(params.get("host", "127.0.0.1"))
-        self.port = int(params.get("port", 5432))
+        self.port = int(params.get("port") or 5432)
         self.user = str(params.get("user", "postgres"))
 
     def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:

@@ -130,7 +130,7 @@ def write_offsite(root: Path, backup_dir: Path, pattern: str = "directus_*.sql.g
     return remote_dir
 
 
-def demo_sections(root: Path, backup_dir: Path, data_dir: Path) -> str:
+def demo_sections(root: Path, backup_dir: Path, data_dir: Path | None) -> str:
     """Lay out the host and the offsite remote next to a demo's backups; return the TOML to append
     to its target file (`demo.write_target_file(..., extra=...)`). Needs no rclone config."""
     host = write_host(root / "host")

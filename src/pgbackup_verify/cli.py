@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -19,6 +20,16 @@ def checks_dir() -> Path:
     return Path(checks.__file__).resolve().parent
 
 
+def root_and_ini() -> list[str]:
+    """pytest picks its rootdir and ini file from the positional arguments, before any plugin's
+    options exist, so it would take the FILE of `--target FILE` for a test path and root the run
+    wherever FILE lives. Name both: the checkout's pytest.ini when the checks come from a checkout,
+    else no ini file at all (pytest reads a path that is not a regular file as "no configuration")."""
+    root = checks_dir().parent
+    ini = root / "pytest.ini"
+    return [f"--rootdir={root}", f"--config-file={ini if ini.is_file() else os.devnull}"]
+
+
 def run_checks(args: list[str]) -> int:
     """Run the checks; exit codes are pytest's (0 ok, 1 failed, 4 config error, 5 none ran)."""
     # Checks picked by file or node id replace the default set; -k/-m narrow it as usual.
@@ -26,13 +37,14 @@ def run_checks(args: list[str]) -> int:
     paths = [] if explicit else [str(checks_dir())]
     # The demo imports pytest-postgresql before pytest starts; that is harmless, so don't warn.
     quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning", "-rfE"]
-    return int(pytest.main([*paths, *quiet, *args]))
+    # The caller's own --rootdir or -c comes later on the command line, so it wins.
+    return int(pytest.main([*root_and_ini(), *paths, *quiet, *args]))
 
 
 def _subcommand(name: str) -> Callable[[list[str]], int] | None:
     """A subcommand another distribution registers (`pgbackup_verify.commands`), e.g. the repo's demo."""
     for ep in entry_points(group="pgbackup_verify.commands", name=name):
-        return ep.load()  # type: ignore[no-any-return]
+        return ep.load()
     return None
 
 

@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pgbackup_verify.config.ops import (
     KUMA_MARKERS,
@@ -34,6 +34,7 @@ from pgbackup_verify.config.sections import (
     BackupsSection,
     DatabaseSection,
     DrillSection,
+    Section,
     SqlCheck,
     TargetSection,
     TrendsSection,
@@ -79,8 +80,15 @@ class Target:
         return pf.read_text().strip() if pf else None
 
 
+class ListEntry(Protocol):
+    """One entry of an array of tables: its class also validates the entries together."""
+
+    @staticmethod
+    def validate_all(entries: tuple[Any, ...]) -> None: ...
+
+
 # Section name -> (dataclass, required). Optional sections are None when absent.
-SECTIONS: dict[str, tuple[type, bool]] = {
+SECTIONS: dict[str, tuple[type[Section], bool]] = {
     "target": (TargetSection, False),
     "database": (DatabaseSection, True),
     "backups": (BackupsSection, True),
@@ -91,7 +99,7 @@ SECTIONS: dict[str, tuple[type, bool]] = {
     "kuma": (KumaSection, False),
 }
 # Arrays of tables ([[name]]): section name -> dataclass of one entry (with validate_all(entries)).
-LIST_SECTIONS: dict[str, type] = {"sql_check": SqlCheck}
+LIST_SECTIONS: dict[str, type[ListEntry]] = {"sql_check": SqlCheck}
 # Section name -> Target attribute, where they differ.
 ATTRIBUTES = {"host": "host_checks"}
 
@@ -166,7 +174,7 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
     return cls(**values)
 
 
-def _build_list(cls: type, raw: Any, name: str, base: Path) -> tuple[Any, ...]:
+def _build_list(cls: type[ListEntry], raw: Any, name: str, base: Path) -> tuple[Any, ...]:
     if not isinstance(raw, list):
         raise ConfigError(f"[{name}]: write it as an array of tables, [[{name}]]")
     entries = tuple(_build(cls, entry, f"{name}.{i}", base) for i, entry in enumerate(raw))
@@ -204,12 +212,13 @@ def load_target(path: str | os.PathLike[str]) -> Target:
                 hint = f"did you mean [{close[0]}]?" if close else f"allowed: {', '.join(SECTIONS)}"
                 raise ConfigError(f"[{section}]: unknown section; {hint} (see {EXAMPLE})")
         base = source.resolve().parent
-        built = {
-            name: _build(cls, raw.get(name, {}), name, base) if name in raw or required else None
+        # Built generically from the tables above, so typed per field only by Target itself.
+        fields: dict[str, Any] = {
+            ATTRIBUTES.get(name, name): _build(cls, raw.get(name, {}), name, base) if name in raw or required else None
             for name, (cls, required) in SECTIONS.items()
         }
-        lists = {name: _build_list(cls, raw.get(name, []), name, base) for name, cls in LIST_SECTIONS.items()}
-        target = Target(source=source, **{ATTRIBUTES.get(k, k): v for k, v in built.items()}, **lists)
+        fields.update({name: _build_list(cls, raw.get(name, []), name, base) for name, cls in LIST_SECTIONS.items()})
+        target = Target(source=source, **fields)
         _validate(target)
     except ConfigError as e:
         raise ConfigError(f"target file '{source}': {e}") from None

@@ -82,7 +82,12 @@ def reroot_without_target_values(config: pytest.Config, args: list[str]) -> None
     pytest chooses its rootdir and ini file before plugins' options exist, so it takes the FILE
     of `--target FILE` for a test path: a target file outside the checkout then hides the
     checkout's pytest.ini (its testpaths and addopts), and the self-tests got collected as checks.
-    Redo that choice without the target values, once the option is known.
+    Redo that choice without the target values, once the option is known. (`pgbackup-verify` names
+    its rootdir and ini file on the command line, so this changes nothing there.)
+
+    pytest has no public way to redo it: this calls `_pytest.config.findpaths.determine_setup` and
+    sets Config's private `_rootpath/_inipath/_inicfg/_inicache`, hence `pytest<10` in pyproject.toml;
+    an unexpected signature leaves pytest's own choice in place.
     """
     ns = config.known_args_namespace
     values = {str(v) for v in (getattr(ns, "pgbv_target", None) or [])}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pgbackup_verify.config import Target
 from pgbackup_verify.facts import grants
-from pgbackup_verify.facts.db import connect_readonly
+from pgbackup_verify.facts.db import connect_readonly, scalar
 from pgbackup_verify.facts.sqlchecks import SqlCheckResult, run_sql_checks
 
 
@@ -26,7 +26,7 @@ def audit_catalog(target: Target) -> CatalogAudit:
     """Grant audit and [[sql_check]]s in one transaction; raises db.DatabaseUnreachable (one line)."""
     with connect_readonly(target) as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        started = str(conn.execute("SELECT now()::text").fetchone()[0])  # type: ignore[index]
+        started = str(scalar(conn, "SELECT now()::text"))
         audit = grants.audit(target, conn)
         sql = run_sql_checks(conn, target.sql_check)
     return CatalogAudit(started, audit, sql)

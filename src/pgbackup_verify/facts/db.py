@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any, LiteralString
 
 import psycopg
 import psycopg.conninfo
+from psycopg import sql
+from psycopg.abc import Params
 
 from pgbackup_verify.config import Target
 from pgbackup_verify.errors import DB_AUTH_FAILED, DB_UNREACHABLE, UserError
@@ -25,7 +28,7 @@ class DatabaseAuthFailed(DatabaseUnreachable):
     exit_code = DB_AUTH_FAILED
 
 
-def _where(params: dict[str, object]) -> str:
+def _where(params: Mapping[str, object]) -> str:
     host = params.get("host") or params.get("hostaddr") or "local socket"
     return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or '?'} as {params.get('user') or '?'}"
 
@@ -42,7 +45,7 @@ def connect_readonly(target: Target) -> Iterator[psycopg.Connection]:
     # Server-side guarantee, not just good manners: writes fail with "read-only transaction".
     params["options"] = f"{params.get('options', '')} -c default_transaction_read_only=on".strip()
     try:
-        conn = psycopg.connect(**params)  # type: ignore[arg-type]
+        conn = psycopg.connect(psycopg.conninfo.make_conninfo("", **params))
     except psycopg.OperationalError as e:
         # The first line has the cause ("Connection refused"); later lines are libpq's hints.
         reason = str(e).strip().splitlines()[0].removeprefix("connection failed: ") if str(e).strip() \
@@ -64,5 +67,13 @@ def connect_readonly(target: Target) -> Iterator[psycopg.Connection]:
         conn.close()
 
 
+def scalar(conn: psycopg.Connection, query: LiteralString | sql.Composed, params: Params | None = None) -> Any:
+    """The first value of the first row of a statement that always returns one (SHOW, count(*))."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise LookupError(f"{query!r} returned no row")
+    return row[0]
+
+
 def server_version(conn: psycopg.Connection) -> str:
-    return str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
+    return str(scalar(conn, "SHOW server_version")).split()[0]

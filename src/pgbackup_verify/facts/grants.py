@@ -114,7 +114,8 @@ def pg_dump_version_output() -> tuple[str | None, str]:
 
 def local_pg_dump(server: str, server_num: int, found: tuple[str | None, str] | None = None) -> PgDumpVersion:
     path, out = found or pg_dump_version_output()
-    local, major = "not found on PATH", ()
+    local = "not found on PATH"
+    major: tuple[int, ...] = ()
     if path:
         m = re.search(r"\)\s*(\d+)(?:\.(\d+))?", out)
         if m:
@@ -217,32 +218,37 @@ def audit(target: Target, conn: psycopg.Connection | None = None) -> GrantAudit:
                 stack.enter_context(conn.transaction())
             role, server, server_num, read_only, concerns, queries = _audit_catalog(target, conn)
         pg_dump = local_pg_dump(server, server_num, found.result())
-    return GrantAudit(role, server, read_only, *concerns, pg_dump=pg_dump, queries=queries,
-                      seconds=time.perf_counter() - started)
+    schemas, relations, sequences, default_privileges = concerns
+    return GrantAudit(role, server, read_only, schemas, relations, sequences, default_privileges, pg_dump=pg_dump,
+                      queries=queries, seconds=time.perf_counter() - started)
 
 
-def _audit_catalog(target: Target, conn: psycopg.Connection) -> tuple[RoleFacts, str, int, bool,
-                                                                     list[Concern | None], int]:
+# schemas, relations, sequences, default privileges; all None when the role does not exist.
+Concerns = tuple[Concern | None, Concern | None, Concern | None, Concern | None]
+
+
+def _audit_catalog(target: Target, conn: psycopg.Connection) -> tuple[RoleFacts, str, int, bool, Concerns, int]:
     params = {"role": target.database.dump_role, "exclude": list(target.database.exclude_schemas)}
     queries = 0
 
     def fetch(cur: psycopg.Cursor[Any], sql: str, *, many: bool = False) -> Any:
         nonlocal queries
         queries += 1
-        cur.execute(sql, params)  # type: ignore[arg-type]
+        cur.execute(sql, params)
         return cur.fetchall() if many else cur.fetchone()
 
     with conn.cursor() as cur:
         row = fetch(cur, grants_sql.ROLE)
         role = _role(row, target.database.dump_role)
         server, server_num, read_only = row[9].split()[0], row[10], row[11] == "on"
-        concerns: list[Concern | None] = [None, None, None, None]
+        concerns: Concerns = (None, None, None, None)
         if role.exists:
             q = role.ident
-            concerns = [_schemas(fetch(cur, grants_sql.SCHEMAS), q),
-                        _relations(fetch(cur, grants_sql.RELATIONS, many=True), q),
-                        _sequences(fetch(cur, grants_sql.SEQUENCES, many=True), q),
-                        _default_privileges(fetch(cur, grants_sql.DEFAULT_PRIVILEGES), q)]
+            found = (_schemas(fetch(cur, grants_sql.SCHEMAS), q),
+                     _relations(fetch(cur, grants_sql.RELATIONS, many=True), q),
+                     _sequences(fetch(cur, grants_sql.SEQUENCES, many=True), q),
+                     _default_privileges(fetch(cur, grants_sql.DEFAULT_PRIVILEGES), q))
             if role.superuser or role.reads_all:
-                concerns = [_covered(c) for c in concerns if c is not None]
+                found = (_covered(found[0]), _covered(found[1]), _covered(found[2]), _covered(found[3]))
+            concerns = found
     return role, server, server_num, read_only, concerns, queries

@@ -21,12 +21,16 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from pgbackup_verify.safefs import atomic_write, open_append
 
 HISTORY_FILE = "history.jsonl"
 MAX_RUNS_PER_TARGET = 400  # over a year of nightly runs, ~150 KB per target
 KNOWN_FACTS = ("payload_bytes", "dump_age_hours", "drill_seconds", "tables_restored")
+
+# One target's `run_facts`: fact name -> value; text for the report header, numbers also for the history.
+RunFacts = dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,13 @@ class History:
         return [(r.time, float(r.facts[fact]), r.status) for r in self.for_target(name) if fact in r.facts]
 
 
-def _is_number(v: object) -> bool:
+def _is_number(v: object) -> TypeGuard[float]:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def numeric_facts(facts: Mapping[str, object]) -> dict[str, float]:
     """The facts a fixture stored as numbers: these are the run's key figures."""
-    return {k: v for k, v in facts.items() if _is_number(v)}  # type: ignore[misc]
+    return {k: v for k, v in facts.items() if _is_number(v)}
 
 
 def read(path: Path) -> History:

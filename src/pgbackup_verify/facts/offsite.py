@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from pgbackup_verify.config import OffsiteSection
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
@@ -199,7 +199,7 @@ def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
 class _MemberReader(io.RawIOBase):
     """The member's bytes; closing it ends the rclone stream behind it."""
 
-    def __init__(self, stream: BinaryIO, stack: contextlib.ExitStack) -> None:
+    def __init__(self, stream: IO[bytes], stack: contextlib.ExitStack) -> None:
         self._stream, self._stack = stream, stack
 
     def readable(self) -> bool:
@@ -224,13 +224,13 @@ def member_source(o: OffsiteSection) -> DumpSource:
         raise NoDumpFound(f"no '{o.archive_glob}' archive in {o.remote}{f' ({found.error})' if found.error else ''}; "
                           "the drill has nothing offsite to restore")
 
-    def _open() -> BinaryIO:
+    def _open() -> io.BufferedReader:
         stack = contextlib.ExitStack()
         member = stack.enter_context(open_member(o, archive))
         if member is None:
             stack.close()
             raise NoDumpFound(f"archive {archive.path} holds no safe member matching '{o.member}'")
-        return io.BufferedReader(_MemberReader(member.stream, stack), 1 << 20)  # type: ignore[return-value]
+        return io.BufferedReader(_MemberReader(member.stream, stack), 1 << 20)
 
     fmt = "plain-gzip" if o.member.endswith(".gz") else "plain"
     return DumpSource(description=f"{archive.path} member {o.member}", name=archive.name, fmt=fmt,

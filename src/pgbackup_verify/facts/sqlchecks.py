@@ -37,7 +37,7 @@ def run_sql_check(conn: psycopg.Connection, check: SqlCheck) -> SqlCheckResult:
     try:
         with conn.transaction():
             conn.execute(f"SET LOCAL statement_timeout = {int(check.timeout_s * 1000)}")
-            rows = conn.execute(check.query).fetchall()  # type: ignore[arg-type]
+            rows = conn.execute(check.query).fetchall()
     except psycopg.Error as e:
         return SqlCheckResult(check, False, (), error=str(e).strip().splitlines()[0])
     if check.expect == "no_rows":

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 
 from pgbackup_verify.config import Target, TrendsSection
-from pgbackup_verify.facts.history import History, RunRecord
+from pgbackup_verify.facts.history import History, RunFacts, RunRecord
 
 DAY = 86400.0
 
@@ -56,20 +56,20 @@ class PayloadTrend:
         return self.payload is None or b is None or b[0] <= self.payload <= b[1]
 
 
-def drill_budget(target: Target, facts: dict[str, object], earlier: list[RunRecord]) -> DrillBudget:
+def drill_budget(target: Target, facts: RunFacts, earlier: list[RunRecord]) -> DrillBudget:
     s = settings_for(target)
     now = facts.get("drill_seconds")
-    return DrillBudget(seconds=float(now) if isinstance(now, int | float) else None,  # type: ignore[arg-type]
+    return DrillBudget(seconds=float(now) if isinstance(now, int | float) else None,
                        budget=s.restore_budget_seconds,
                        earlier=[float(r.facts["drill_seconds"]) for r in earlier if "drill_seconds" in r.facts])
 
 
-def payload_trend(target: Target, facts: dict[str, object], earlier: list[RunRecord]) -> PayloadTrend:
+def payload_trend(target: Target, facts: RunFacts, earlier: list[RunRecord]) -> PayloadTrend:
     s = settings_for(target)
     now = facts.get("payload_bytes")
     points = [(r.time, float(r.facts["payload_bytes"])) for r in earlier if "payload_bytes" in r.facts]
     points = points[-s.payload_window:]
-    return PayloadTrend(payload=float(now) if isinstance(now, int | float) else None,  # type: ignore[arg-type]
+    return PayloadTrend(payload=float(now) if isinstance(now, int | float) else None,
                         window=[v for _, v in points], min_history=s.min_history, factor=s.payload_factor,
                         growth_per_day=slope_per_day(points))
 

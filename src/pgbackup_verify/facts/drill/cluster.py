@@ -16,24 +16,49 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import port_for
 import psycopg
 from pytest_postgresql.executors import PostgreSQLExecutor
 
+from pgbackup_verify.facts.drill import owner
+
 CLUSTER_PREFIX = "pgbv-cluster-"
+PG_LIB = Path("/usr/lib/postgresql")  # Debian/Ubuntu: one <version>/bin per installed server
 
 
-def pg_bindir() -> Path:
-    """Directory of the PostgreSQL server binaries (initdb, pg_ctl)."""
+def _version_key(path: Path) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in path.name.split("."))
+    except ValueError:
+        return None
+
+
+def pg_bindir(base: Path = PG_LIB, search_path: str | None = None) -> Path:
+    """Directory of the PostgreSQL server binaries (initdb, pg_ctl).
+
+    In order: pg_ctl or initdb on the PATH, `pg_config --bindir` when that dir holds pg_ctl (a
+    libpq-only pg_config names a server that is not installed), else the newest `<base>/<version>/bin`
+    by version number (16 > 15 > 9.6, which a text sort gets wrong). `search_path` stands for $PATH.
+    """
     for name in ("pg_ctl", "initdb"):
-        found = shutil.which(name)
+        found = shutil.which(name, path=search_path)
         if found:
             return Path(found).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
-    if candidates:
-        return candidates[0].parent
+    pg_config = shutil.which("pg_config", path=search_path)
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30, check=True)
+            bindir = Path(out.stdout.strip())
+            if out.stdout.strip() and (bindir / "pg_ctl").is_file():
+                return bindir
+        except (OSError, subprocess.SubprocessError):
+            pass  # a broken pg_config: the version dirs below still know
+    versions = [(key, d) for d in base.glob("*/bin") if (d / "pg_ctl").is_file()
+                if (key := _version_key(d.parent)) is not None]
+    if versions:
+        return max(versions)[1]
     raise FileNotFoundError("pg_ctl not found; install the PostgreSQL server package (postgresql-15)")
 
 
@@ -72,8 +97,16 @@ def chown_for_cluster(path: Path) -> None:
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
+PG_CTL_TIMEOUT = 60  # seconds for initdb and for each pg_ctl call
+
+
 class RootSafeExecutor(PostgreSQLExecutor):
-    """pytest-postgresql's executor, with its child processes run as `postgres` under root."""
+    """pytest-postgresql's executor, with its child processes run as `postgres` under root.
+
+    pytest-postgresql has no public way to run its processes as another user, so this overrides
+    two private hooks: mirakuru's `_popen_kwargs` (the server's launch) and pytest-postgresql's
+    `_run_initdb`; pyproject.toml pins both packages' majors for that reason.
+    """
 
     @property
     def _popen_kwargs(self) -> dict[str, Any]:
@@ -82,41 +115,37 @@ class RootSafeExecutor(PostgreSQLExecutor):
         return kwargs
 
     def _run_initdb(self, command: list[str]) -> None:
-        subprocess.run(command, env=self._initdb_env(), timeout=self._timeout, check=True,
-                       capture_output=True, **_run_as())
+        env = {k: v for k, v in self.envvars.items() if k != "PGDATA"}  # initdb takes --pgdata
+        subprocess.run(command, env=env, timeout=PG_CTL_TIMEOUT, check=True, capture_output=True, **_run_as())
 
     def running(self) -> bool:
         if not os.path.exists(self.datadir):
             return False
         result = subprocess.run([self.executable, "status", "-D", self.datadir], check=False,
-                                capture_output=True, timeout=self._timeout, **_run_as())
+                                capture_output=True, timeout=PG_CTL_TIMEOUT, **_run_as())
         return result.returncode == 0
 
-    def stop(self, sig: int | None = None, exp_sig: int | None = None) -> RootSafeExecutor:
+    def stop(self, sig: int | None = None, exp_sig: int | None = None) -> Self:
         subprocess.run([self.executable, "stop", "-D", self.datadir, "-m", "f"], check=False,
-                       capture_output=True, timeout=self._timeout, **_run_as())
+                       capture_output=True, timeout=PG_CTL_TIMEOUT, **_run_as())
         # pg_ctl has stopped the server; mirakuru only reaps the launcher, which may be gone.
         with contextlib.suppress(Exception):
             super(PostgreSQLExecutor, self).stop(sig, exp_sig)
         return self
 
 
-OWNER_FILE = "owner.pid"
+OWNER_FILE = "owner"
+LEGACY_OWNER_FILE = "owner.pid"  # a bare pid, written by older versions
 
 
 def mark_owner(root: Path) -> None:
-    """Record which process made `root`, so a later run can tell a crashed run's leftovers."""
-    (root / OWNER_FILE).write_text(str(os.getpid()))
+    """Record which process made `root` (pid and start time), so a later run can tell a crashed
+    run's leftovers from a live run's work."""
+    (root / OWNER_FILE).write_text(owner.owner_mark())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def read_owner(root: Path) -> owner.Mark | None:
+    return owner.parse_mark(read_private(root / OWNER_FILE) or read_private(root / LEGACY_OWNER_FILE))
 
 
 def stop_cluster_dir(root: Path) -> None:
@@ -139,13 +168,12 @@ def sweep_stale(pattern: str, base: Path | None = None) -> list[str]:
             continue
         if not stat.S_ISDIR(st.st_mode) or st.st_uid not in cluster_owner_uids():
             continue  # a link or another user's look-alike in a shared tmp: never ours to stop
-        try:
-            pid = int(read_private(root / OWNER_FILE) or "")
-        except ValueError:
-            continue  # not ours, or still being created
-        if pid != os.getpid() and not _alive(pid):
+        mark = read_owner(root)
+        if mark is None or not owner.on_this_host(mark):
+            continue  # not ours, still being created, or made by a host whose processes we cannot see
+        if not owner.alive(mark, made=st.st_mtime):
             stop_cluster_dir(root)
-            removed.append(f"swept leftover {root} (its process {pid} is gone)")
+            removed.append(f"swept leftover {root} (its process {mark.pid} is gone)")
     return removed
 
 
@@ -161,6 +189,7 @@ class ThrowawayCluster:
         self.user = "postgres"
         self.executor = RootSafeExecutor(
             executable=str(pg_bindir() / "pg_ctl"),
+            timeout=PG_CTL_TIMEOUT,
             host=self.host,
             port=self.port,
             datadir=str(self.root / "data"),

@@ -4,7 +4,7 @@ or a custom-format dump through `pg_restore -j N`. Errors come back with their d
 
 from __future__ import annotations
 
-import os
+import io
 import re
 import secrets
 import shutil
@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO
 
 from isal import igzip
 
+from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
@@ -60,7 +61,7 @@ class RestoreOutcome:
 class _Counting:
     """Counts the stored bytes read, so progress works on any stream, not only on files."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: io.BufferedIOBase) -> None:
         self.raw, self.count = raw, 0
 
     def read(self, n: int = -1) -> bytes:
@@ -69,15 +70,20 @@ class _Counting:
         return b
 
     def readinto(self, buf: memoryview) -> int:
-        n = self.raw.readinto(buf)  # type: ignore[attr-defined]
-        self.count += n or 0
-        return n or 0
+        n = self.raw.readinto(buf)
+        self.count += n
+        return n
 
     def readable(self) -> bool:
         return True
 
     def close(self) -> None:
         self.raw.close()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
 
 
 def _collect(pipe: IO[bytes], sink: list[str]) -> threading.Thread:
@@ -128,13 +134,13 @@ def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_l
     start = time.monotonic()
     proc = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    janitor.add("psql", lambda: proc.poll() is None and proc.kill())
+    janitor.add("psql", lambda: _kill(proc))
     assert proc.stdin is not None and proc.stderr is not None
     lines: list[str] = []
     reader = _collect(proc.stderr, lines)
     timer = _watchdog(proc, time_limit, outcome)
     raw = _Counting(source.open())
-    stream: BinaryIO = igzip.IGzipFile(fileobj=raw) if source.fmt == "plain-gzip" else raw  # type: ignore
+    stream: igzip.IGzipFile | _Counting = igzip.IGzipFile(fileobj=raw) if source.fmt == "plain-gzip" else raw
     write, sent, last, read_all = proc.stdin.write, 0, start, False
     try:
         # A key the dump cannot know: the dump's own \unrestrict can never lift it.
@@ -181,7 +187,7 @@ def _spool(source: DumpSource, work_dir: Path, janitor: Janitor) -> Path:
     """pg_restore -j must seek: a stream without a file is copied to a spool file first."""
     d = Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=work_dir))
     janitor.add(f"spool dir {d}", lambda: shutil.rmtree(d, ignore_errors=True))
-    (d / "owner").write_text(f"pid={os.getpid()}")
+    mark_owner(d)
     path = d / "dump.custom"
     with source.open() as src, path.open("wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
@@ -195,7 +201,7 @@ def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs:
     path = source.path or _spool(source, work_dir, janitor)
     proc = subprocess.Popen(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", "-d", conninfo,
                              str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    janitor.add("pg_restore", lambda: proc.poll() is None and proc.kill())
+    janitor.add("pg_restore", lambda: _kill(proc))
     assert proc.stderr is not None
     lines: list[str] = []
     reader = _collect(proc.stderr, lines)

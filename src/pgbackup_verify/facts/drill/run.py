@@ -19,8 +19,8 @@ from psycopg import sql
 
 from pgbackup_verify.config import DrillSection, Target
 from pgbackup_verify.facts.catalog import Catalog, read_catalog
-from pgbackup_verify.facts.db import DatabaseUnreachable, connect_readonly
-from pgbackup_verify.facts.drill import safety
+from pgbackup_verify.facts.db import DatabaseUnreachable, connect_readonly, scalar
+from pgbackup_verify.facts.drill import owner, safety
 from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, ThrowawayCluster
 from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
 from pgbackup_verify.facts.dumps.plainscan import split_name
@@ -74,8 +74,7 @@ class _Site:
 
     def create(self) -> None:
         if self.d.mode == "throwaway":
-            cluster = ThrowawayCluster(base=self.work_dir, tag=safety.CLUSTER_TAG)
-            (cluster.root / "owner").write_text(safety.owner_mark())
+            cluster = ThrowawayCluster(base=self.work_dir, tag=safety.CLUSTER_TAG)  # marks its owner
             self.janitor.add(f"cluster {cluster.root}", cluster.stop)
             cluster.start()
             self.admin_dsn, self.env = cluster.dsn(), cluster.env()
@@ -91,7 +90,7 @@ class _Site:
             if self.d.mode == "scratch":
                 self.janitor.add(f"database {self.name}", self.drop)
                 conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    sql.Identifier(self.name), sql.Literal(safety.owner_mark())))
+                    sql.Identifier(self.name), sql.Literal(owner.owner_mark())))
 
     def drop(self) -> None:
         with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
@@ -100,7 +99,7 @@ class _Site:
     def dsn(self) -> str:
         params = psycopg.conninfo.conninfo_to_dict(self.admin_dsn)
         params["dbname"] = self.name
-        return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+        return psycopg.conninfo.make_conninfo("", **params)
 
 
 def _leftovers(d: DrillSection, work_dir: Path) -> list[str]:
@@ -117,8 +116,8 @@ def _row_counts(conn: psycopg.Connection, dumped: dict[str, int]) -> dict[str, t
         schema, table = split_name(qualified)
         try:
             # ONLY: an inheritance parent's COPY holds its own rows, not its children's.
-            got = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(table))).fetchone()[0]  # type: ignore[index]
+            got = scalar(conn, sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(table)))
         except psycopg.errors.UndefinedTable:
             got = None
         out[f"{schema}.{table}"] = (n, got)

@@ -1,10 +1,10 @@
 """Safety rails of the restore drill: the lock, the janitor (finalizer + signal handler),
 the sweep of leftovers of a crashed run, the disk preflight and the drill-name guard.
 
-Everything the drill creates carries the drill prefix and an owner mark (pid, host, start):
-a cluster directory holds an `owner` file, a scratch database a COMMENT. The sweep only
-ever touches such objects, and only when their owner is gone or they are older than the
-stale limit.
+Everything the drill creates carries the drill prefix and an owner mark (see owner.py: pid,
+the process's start time, host, time of marking): a cluster or spool directory holds an `owner`
+file, a scratch database a COMMENT. The sweep only ever touches such objects, and only when
+their owner is gone or they are older than the stale limit.
 """
 
 from __future__ import annotations
@@ -14,17 +14,24 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import psycopg
 from psycopg import sql
 
-from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, cluster_owner_uids, read_private, stop_cluster_dir
+from pgbackup_verify.facts.drill import owner
+from pgbackup_verify.facts.drill.cluster import (
+    CLUSTER_PREFIX,
+    OWNER_FILE,
+    cluster_owner_uids,
+    read_private,
+    stop_cluster_dir,
+)
 from pgbackup_verify.locks import FileLock, LockBusy, LockError, private_dir
 
 log = logging.getLogger("pgbackup_verify.facts.drill.run")
@@ -36,32 +43,18 @@ class DrillAborted(Exception):
     """The drill could not run (lock, disk, time, server); str() says why and what to do."""
 
 
-def owner_mark() -> str:
-    return f"pgbackup-verify drill pid={os.getpid()} host={socket.gethostname()} started={int(time.time())}"
-
-
-def _parse_mark(mark: str | None) -> tuple[int | None, str | None, float | None]:
-    fields = dict(p.split("=", 1) for p in (mark or "").split() if "=" in p)
-    try:
-        return int(fields["pid"]), fields.get("host"), float(fields["started"])
-    except (KeyError, ValueError):
-        return None, None, None
-
-
-def _owner_gone(mark: str | None, stale_minutes: float, fallback_age: float) -> tuple[bool, str]:
-    pid, host, started = _parse_mark(mark)
-    age_min = (time.time() - (started or fallback_age)) / 60
+def _owner_gone(text: str | None, stale_minutes: float, fallback_made: float) -> tuple[bool, str]:
+    """Whether a leftover's owner is gone (or the leftover is too old to wait for); and why."""
+    mark = owner.parse_mark(text)
+    made = mark.made if mark and mark.made is not None else fallback_made
+    age_min = (time.time() - made) / 60
     if age_min > stale_minutes:
         return True, f"age {age_min:.0f} min > {stale_minutes:.0f}"
-    if pid is None or host != socket.gethostname():
+    if mark is None or mark.host is None or not owner.on_this_host(mark):
         return False, f"age {age_min:.0f} min, owner unknown or on another host"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True, f"owner pid {pid} is gone"
-    except PermissionError:
-        pass
-    return False, f"owner pid {pid} still runs"
+    if not owner.alive(mark, made=made):
+        return True, f"owner pid {mark.pid} is gone"
+    return False, f"owner pid {mark.pid} still runs"
 
 
 def guard_name(name: str, prefix: str) -> str:
@@ -130,12 +123,12 @@ class Janitor:
             return
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
-        def handler(signum: int, frame: object) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
             log.warning("drill interrupted by signal %d: cleaning up", signum)
             self.run_all()
             for s, h in previous.items():
                 signal.signal(s, h)
-            prev = previous[signum]
+            prev = previous[signal.Signals(signum)]
             if callable(prev):
                 prev(signum, frame)
             elif signum == signal.SIGINT:
@@ -184,8 +177,7 @@ def sweep(work_dir: Path, prefix: str, stale_minutes: float, server_dsn: str | N
     """Remove what an earlier crashed drill left behind; return one log line per object."""
     lines = []
     for root in local_leftovers(work_dir):
-        mark = read_private(root / "owner")
-        gone, why = _owner_gone(mark, stale_minutes, root.stat().st_mtime)
+        gone, why = _owner_gone(read_private(root / OWNER_FILE), stale_minutes, root.stat().st_mtime)
         if gone:
             stop_cluster_dir(root) if root.name.startswith(CLUSTER_PREFIX) else shutil.rmtree(root, True)
             lines.append(f"swept leftover {root} ({why})")

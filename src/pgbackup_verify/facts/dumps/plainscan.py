@@ -109,7 +109,8 @@ class PlainDumpScanner:
         one by one through scan().
         """
         buf = self._carry + chunk if self._carry else chunk
-        view, out, pos, n = memoryview(buf), [], 0, len(buf)
+        out: list[bytes | memoryview] = []
+        view, pos, n = memoryview(buf), 0, len(buf)
         while pos < n:
             if self._copy is not None:
                 end = _copy_end(buf, pos)

@@ -7,12 +7,12 @@ more than `open()`, and a `path` only to let `pg_restore -j` seek.
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from pgbackup_verify.config import BackupsSection
 from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, GZIP_MAGIC
@@ -32,7 +32,7 @@ class DumpSource:
     fmt: str  # "plain-gzip" | "plain" | "custom"
     size: int | None  # bytes of the stored (compressed) stream, when known
     payload_hint: int | None  # decompressed bytes, when known (gzip footer, inventory)
-    open: Callable[[], BinaryIO]
+    open: Callable[[], io.BufferedIOBase]  # a buffered binary stream: a file opened "rb", a BufferedReader
     path: Path | None = None
     mtime: float | None = None
 
