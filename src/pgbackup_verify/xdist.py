@@ -30,11 +30,11 @@ def make_scheduler(config: pytest.Config, log: Any, target_names: list[str]) -> 
 
     xdist's own `loadgroup` cannot be used: it rewrites item node ids, which pytest 9.2 no longer allows.
     """
-    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+    from xdist.scheduler import LoadScopeScheduling
 
     names = sorted(target_names, key=len, reverse=True)
 
-    class TargetScheduling(LoadScopeScheduling):  # type: ignore[misc]
+    class TargetScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             params = nodeid[nodeid.rfind("[") + 1:-1] if nodeid.endswith("]") else ""
             for name in names:

@@ -81,7 +81,8 @@ def attach_evidence(item: pytest.Item, report: pytest.TestReport) -> None:
 
         extras = getattr(report, "extras", [])
         extras.append(pytest_html.extras.html(ev.html()))
-        report.extras = extras
+        # pytest-html's documented way to attach extras; TestReport itself declares no such attribute.
+        setattr(report, "extras", extras)  # noqa: B010
 
 
 def history_records(run: RunSummary, facts: dict[str, dict[str, object]], targets: list[str]) -> list[RunRecord]:
