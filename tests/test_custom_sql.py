@@ -119,3 +119,19 @@ def test_custom_checks_share_the_grant_audits_transaction(lock_cluster: Throwawa
     assert result.grants.queries == 5
     assert result.sql["moment"].findings == (f"{result.started}, repeatable read, on",)
     assert result.sql["registry lock coverage"].passed
+
+
+def test_target_without_any_sql_check_is_one_not_applicable_skip(
+        pytester: pytest.Pytester, tmp_path: Path, lock_cluster: ThrowawayCluster) -> None:
+    """[[sql_check]] is optional: zero entries once ended in INTERNALERROR (an empty parametrization)."""
+    (tmp_path / "b").mkdir()
+    target = tmp_path / "bare.toml"
+    target.write_text(f'[database]\ndsn = "{lock_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)}"\n'
+                      f'dump_role = "{demo.DUMP_ROLE}"\n[backups]\ndirectory = "{tmp_path / "b"}"\n')
+    grants = str(checks_dir() / "test_grants.py")
+    result = pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", CHECK, grants,
+                                           "-k", "sql or usage", "-rs")
+    assert result.ret == 0, result.stdout.str()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1, skipped=1)
+    assert "not applicable: target 'bare' declares no [[sql_check]]" in result.stdout.str()

@@ -105,9 +105,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not settings or not settings.targets or "target" not in metafunc.fixturenames:
         return
     if "sql_check" in metafunc.fixturenames:
-        pairs = [(t, c) for t in settings.targets for c in t.sql_check]
-        metafunc.parametrize(("target", "sql_check"), pairs, ids=[f"{t.name}-{c.name}" for t, c in pairs],
-                             indirect=["target"], scope="session")
+        # [[sql_check]] is optional: a target without any gets one not-applicable skip, named in the
+        # report, instead of an empty parametrization (which pytest turns into a NOTSET parameter).
+        params = [pytest.param(t, c, id=f"{t.name}-{c.name}") for t in settings.targets for c in t.sql_check]
+        params += [pytest.param(t, None, id=t.name, marks=pytest.mark.skip(
+            reason=f"not applicable: target '{t.name}' declares no [[sql_check]]"))
+            for t in settings.targets if not t.sql_check]
+        metafunc.parametrize(("target", "sql_check"), params, indirect=["target"], scope="session")
         return
     metafunc.parametrize("target", settings.targets, ids=[t.name for t in settings.targets],
                          indirect=True, scope="session")
