@@ -10,23 +10,27 @@ from pathlib import Path
 import pytest
 
 from pgbackup_verify import fixtures as factories
-from pgbackup_verify import runlock
-from pgbackup_verify.config import ConfigError
-from pgbackup_verify.config.concerns import CONCERNS
+from pgbackup_verify import hooks, runlock
+from pgbackup_verify.config import ConfigError, Target, load_target
 from pgbackup_verify.config.settings import HELP, Settings, lock_path, reroot_without_target_values, resolve
 from pgbackup_verify.errors import UserError
 from pgbackup_verify.facts import history
 from pgbackup_verify.facts.history import HISTORY_FILE
-from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY
+from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY, TARGET_FILE_ATTR
 from pgbackup_verify.outcome import USER_ERROR_ATTR
 from pgbackup_verify.report import files as report
-from pgbackup_verify.report.summary import RunSummary, recorder, routing_properties, write_json
+from pgbackup_verify.report.summary import RunSummary, concerns, recorder, routing_properties, write_json
 from pgbackup_verify.xdist import make_scheduler, summary_lines, wants_target_scheduling
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
 JSON_PATH_KEY = pytest.StashKey[Path | None]()
 LOCK_KEY = pytest.StashKey[runlock.FileLock]()
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """A site's conftest.py extends the suite through these (see hooks.py), as with pytest-html."""
+    pluginmanager.add_hookspecs(hooks)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,7 +68,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    for name, text in CONCERNS.items():
+    for name, text in concerns(config).items():
         config.addinivalue_line("markers", f"{name}: {text}")
     try:
         settings = resolve(config)
@@ -100,26 +104,54 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+def site_targets(config: pytest.Config, path: Path) -> tuple[Target, ...] | None:
+    """The target a site's conftest.py gives the checks under it (fixtures.target_from_file), or None.
+
+    Found through public APIs only: conftest modules are plugins; the nearest one above `path` whose
+    `target` fixture carries the factory's mark wins over --target, as its fixture would.
+    """
+    best: tuple[int, Path] | None = None
+    for plugin in config.pluginmanager.get_plugins():
+        marked = getattr(getattr(plugin, "target", None), TARGET_FILE_ATTR, None)
+        where = getattr(plugin, "__file__", None)
+        if marked is None or where is None:
+            continue
+        base = Path(where).resolve().parent
+        if base in path.resolve().parents and (best is None or len(base.parts) > best[0]):
+            best = (len(base.parts), marked if marked.is_absolute() else base / marked)
+    if best is None:
+        return None
+    try:
+        return (load_target(best[1]),)
+    except ConfigError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     settings = metafunc.config.stash.get(SETTINGS_KEY, None)
-    if not settings or not settings.targets or "target" not in metafunc.fixturenames:
+    if not settings or "target" not in metafunc.fixturenames:
+        return
+    targets = site_targets(metafunc.config, metafunc.definition.path) or settings.targets
+    if not targets:
         return
     if "sql_check" in metafunc.fixturenames:
         # [[sql_check]] is optional: a target without any gets one not-applicable skip, named in the
         # report, instead of an empty parametrization (which pytest turns into a NOTSET parameter).
-        params = [pytest.param(t, c, id=f"{t.name}-{c.name}") for t in settings.targets for c in t.sql_check]
+        params = [pytest.param(t, c, id=f"{t.name}-{c.name}") for t in targets for c in t.sql_check]
         params += [pytest.param(t, None, id=t.name, marks=pytest.mark.skip(
             reason=f"not applicable: target '{t.name}' declares no [[sql_check]]"))
-            for t in settings.targets if not t.sql_check]
+            for t in targets if not t.sql_check]
         metafunc.parametrize(("target", "sql_check"), params, indirect=["target"], scope="session")
         return
-    metafunc.parametrize("target", settings.targets, ids=[t.name for t in settings.targets],
-                         indirect=True, scope="session")
+    metafunc.parametrize("target", targets, ids=[t.name for t in targets], indirect=True, scope="session")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    settings = config.stash.get(SETTINGS_KEY, None)
-    if settings and not settings.targets and any("target" in getattr(i, "fixturenames", ()) for i in items):
+    def without_target(i: pytest.Item) -> bool:
+        callspec = getattr(i, "callspec", None)
+        return "target" in getattr(i, "fixturenames", ()) and (callspec is None or "target" not in callspec.params)
+
+    if any(without_target(i) for i in items):
         raise pytest.UsageError(
             "no target file: the checks need one; pass --target FILE, set PGBACKUP_VERIFY_TARGET "
             "or the pgbackup_verify_target ini key (see target.example.toml)")
@@ -158,7 +190,7 @@ def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: 
     settings = session.config.stash.get(SETTINGS_KEY, None)
     if run is not None and settings is not None and settings.targets:  # an aborted run says so too
         extra = report.trends_section(settings, session.config.stash.get(HISTORY_PATH_KEY, None))
-        prefix.append(run.html(extra, [t.name for t in settings.targets]))
+        prefix.append(run.html(concerns(session.config), extra, [t.name for t in settings.targets]))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -190,7 +222,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         except OSError as e:
             # The checks' verdict stands; losing one history line must not turn into a traceback.
             run.notes.append(f"run history not written to {path} ({e.strerror}); fix the reports directory")
-    report.add_html_environment(config, config.stash.get(SETTINGS_KEY, None), config.stash.get(RUN_FACTS_KEY, {}))
+    if settings is not None and SUMMARY_KEY in config.stash and not hasattr(config, "workerinput"):
+        run = config.stash[SUMMARY_KEY]
+        for t in settings.targets:
+            for fields in config.hook.pytest_pgbackup_verify_report_fields(config=config, target=t):
+                run.fields.setdefault(t.name, []).extend((str(k), str(v)) for k, v in fields)
+        report.add_html_environment(config, settings, config.stash.get(RUN_FACTS_KEY, {}), run.fields)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -42,8 +42,10 @@ def publish_latest(config: pytest.Config, reports_dir: Path, json_path: Path | N
             atomic_copy(Path(path), reports_dir / name)  # replaces a planted link, never writes through it
 
 
-def add_html_environment(config: pytest.Config, settings: object, facts: dict[str, dict[str, object]]) -> None:
-    """Header facts (target file, host, dump role, server version) into pytest-html's environment table."""
+def add_html_environment(config: pytest.Config, settings: object, facts: dict[str, dict[str, object]],
+                         fields: dict[str, list[tuple[str, str]]] | None = None) -> None:
+    """Header facts (target file, host, dump role, server version, a site's fields) into pytest-html's
+    environment table."""
     if settings is None or not config.pluginmanager.hasplugin("html"):
         return
     from pytest_metadata.plugin import metadata_key
@@ -55,6 +57,9 @@ def add_html_environment(config: pytest.Config, settings: object, facts: dict[st
         meta[f"target {t.name}"] = f"{t.source} (host {t.host}, dump role {t.database.dump_role})"
     for name, values in facts.items():
         for k, v in values.items():
+            meta[f"{name} {k}"] = v
+    for name, pairs in (fields or {}).items():
+        for k, v in pairs:
             meta[f"{name} {k}"] = v
 
 

@@ -18,19 +18,39 @@ from pgbackup_verify.config.concerns import CONCERNS
 from pgbackup_verify.outcome import RANK, ROUTING_ATTR, ROUTING_KEYS, CheckResult, Routing, RunFold, failure_text, label
 from pgbackup_verify.safefs import atomic_write
 
-__all__ = ["RANK", "ROUTING_KEYS", "CheckResult", "Recorder", "RunSummary", "failure_text", "label", "recorder",
-           "routing", "routing_properties", "write_json"]
+__all__ = ["CONCERNS_KEY", "RANK", "ROUTING_KEYS", "CheckResult", "Recorder", "RunSummary", "concerns",
+           "failure_text", "label", "recorder", "routing", "routing_properties", "write_json"]
 
 RECORDER = "pgbackup-verify-outcome"
+CONCERNS_KEY = pytest.StashKey[dict[str, str]]()  # this run's concerns: shipped ones + a site's (hook)
+
+
+def concerns(config: pytest.Config) -> dict[str, str]:
+    """The run's concern registry: the shipped CONCERNS plus what `pytest_pgbackup_verify_concerns` added."""
+    if CONCERNS_KEY not in config.stash:
+        registry = dict(CONCERNS)
+        if hasattr(config.hook, "pytest_pgbackup_verify_concerns"):  # absent: the Kuma plugin used alone
+            config.hook.pytest_pgbackup_verify_concerns(concerns=registry)
+        config.stash[CONCERNS_KEY] = {**registry, **CONCERNS}  # a site adds; the shipped ones stay as they are
+    return config.stash[CONCERNS_KEY]
 
 
 def routing(item: pytest.Item) -> Routing:
-    """Target, concern and markers of a check: where its outcome counts (report, target, Kuma)."""
+    """Target, concern and markers of a check: where its outcome counts (report, target, Kuma).
+
+    The markers are the Kuma routing keys; `pytest_pgbackup_verify_kuma_route` may add more."""
     callspec = getattr(item, "callspec", None)
     target = callspec.params.get("target") if callspec else None
-    concern = next((m.name for m in item.iter_markers() if m.name in CONCERNS), "other")  # the nearest wins
-    return {"target": str(getattr(target, "name", "") or ""), "concern": concern,
-            "markers": sorted({m.name for m in item.iter_markers()})}
+    known = concerns(item.config)
+    concern = next((m.name for m in item.iter_markers() if m.name in known), "other")  # the nearest wins
+    name = str(getattr(target, "name", "") or "")
+    markers = {m.name for m in item.iter_markers()}
+    if hasattr(item.config.hook, "pytest_pgbackup_verify_kuma_route"):  # absent: the Kuma plugin used alone
+        for extra in item.config.hook.pytest_pgbackup_verify_kuma_route(
+                nodeid=item.nodeid, groups=frozenset(markers | {outcome.module_of(item.nodeid)}),
+                target=name or None):
+            markers.update(str(g) for g in extra)
+    return {"target": name, "concern": concern, "markers": sorted(markers)}
 
 
 def routing_properties(item: pytest.Item) -> list[tuple[str, str]]:
@@ -47,6 +67,7 @@ class RunSummary:
         self.fold = fold or RunFold()
         self.exit_status: int | None = None  # the process's exit status (pytest's, a user error's, Kuma's)
         self.notes: list[str] = []  # e.g. why the run was aborted, Kuma push failures, history not written
+        self.fields: dict[str, list[tuple[str, str]]] = {}  # per target: a site's report fields (hook)
 
     @property
     def results(self) -> dict[str, CheckResult]:
@@ -89,6 +110,7 @@ class RunSummary:
                "counts": self.counts(),
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
                "seconds": round(time.time() - self.started, 3), "notes": self.notes,
+               "fields": {t: [list(f) for f in fs] for t, fs in self.fields.items()},
                "checks": [r.as_dict() for r in self.ordered(with_not_run=True)]}
         return json.dumps(doc, indent=2)
 
@@ -97,11 +119,12 @@ class RunSummary:
         return sorted((r for r in self.results.values() if with_not_run or r.outcome != outcome.NOT_RUN),
                       key=lambda r: (RANK[r.outcome], r.target, r.concern, r.nodeid))
 
-    def html(self, extra: str = "", targets: list[str] | None = None) -> str:
-        """Per target and concern: status, the one-line cause, the evidence; failing concerns first."""
+    def html(self, registry: dict[str, str] | None = None, extra: str = "", targets: list[str] | None = None) -> str:
+        """Per target and concern (the run's registry, default the shipped one): status, the one-line
+        cause, the evidence; failing concerns first."""
         from pgbackup_verify.report.html import render
 
-        return render(self, CONCERNS, targets, extra)
+        return render(self, CONCERNS if registry is None else registry, targets, extra)
 
 
 class Recorder:
