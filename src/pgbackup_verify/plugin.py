@@ -12,7 +12,13 @@ import pytest
 from pgbackup_verify import fixtures as factories
 from pgbackup_verify import hooks, runlock
 from pgbackup_verify.config import ConfigError, Target, load_target
-from pgbackup_verify.config.settings import HELP, Settings, lock_path, reroot_without_target_values, resolve
+from pgbackup_verify.config.settings import (
+    HELP,
+    SETTINGS_KEY,
+    lock_path,
+    reroot_without_target_values,
+    resolve,
+)
 from pgbackup_verify.errors import UserError
 from pgbackup_verify.facts import history
 from pgbackup_verify.facts.history import HISTORY_FILE
@@ -22,7 +28,6 @@ from pgbackup_verify.report import files as report
 from pgbackup_verify.report.summary import RunSummary, concerns, recorder, routing_properties, write_json
 from pgbackup_verify.xdist import make_scheduler, summary_lines, wants_target_scheduling
 
-SETTINGS_KEY = pytest.StashKey[Settings]()
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
 JSON_PATH_KEY = pytest.StashKey[Path | None]()
 LOCK_KEY = pytest.StashKey[runlock.FileLock]()

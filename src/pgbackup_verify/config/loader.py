@@ -45,7 +45,7 @@ __all__ = [
     "ATTRIBUTES", "EXAMPLE", "KUMA_MARKERS", "LIST_SECTIONS", "SECTIONS", "SHELLCHECK_SEVERITIES",
     "SQL_EXPECT", "BackupsSection", "ConfigError", "DatabaseSection", "DrillSection", "HostSection",
     "KumaPushSection", "KumaSection", "OffsiteSection", "SqlCheck", "Target", "TargetSection",
-    "TrendsSection", "iter_target_files", "load_target",
+    "TrendsSection", "iter_target_files", "load_section", "load_target",
 ]
 
 EXAMPLE = "target.example.toml"
@@ -225,11 +225,27 @@ def load_target(path: str | os.PathLike[str]) -> Target:
     return target
 
 
-def iter_target_files(path: Path) -> list[Path]:
-    """A target file, or every *.toml in a directory of them (many hosts, one run)."""
+def load_section(path: Path, name: str) -> Any:
+    """One validated section of a TOML file (e.g. a Kuma-only file for the push plugin used alone)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"'{path}': cannot be read ({e}); fix it") from None
+    cls, _ = SECTIONS[name]
+    try:
+        section = _build(cls, raw.get(name), name, path.resolve().parent)
+        section.validate()
+    except ConfigError as e:
+        raise ConfigError(f"'{path}': {e}") from None
+    return section
+
+
+def iter_target_files(path: Path, strict: bool = True) -> list[Path]:
+    """A target file, or every *.toml in a directory of them (many hosts, one run); with strict,
+    an empty directory is a ConfigError."""
     if path.is_dir():
         files = sorted(path.glob("*.toml"))
-        if not files:
+        if not files and strict:
             raise ConfigError(f"target directory '{path}' holds no *.toml file; add one per host")
         return files
     return [path]

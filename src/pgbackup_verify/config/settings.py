@@ -35,24 +35,36 @@ class Settings:
     lock: Path | None
 
 
+SETTINGS_KEY = pytest.StashKey[Settings]()  # resolved once in the core plugin's pytest_configure
+
+
 def _pick(config: pytest.Config, opt: str, ini: str, env: str) -> tuple[object, str]:
-    value = config.getoption(opt)
+    value = config.getoption(opt, None)  # None also when the core plugin is not loaded (Kuma plugin alone)
     if value is not None and value != []:
         return value, "command line"
     if os.environ.get(env):
         return os.environ[env], f"env {env}"
-    value = config.getini(ini)
+    try:
+        value = config.getini(ini)
+    except ValueError:  # the ini key is registered by the core plugin
+        value = None
     if value:
         return value, "ini"
     return None, "default"
 
 
-def resolve(config: pytest.Config) -> Settings:
+def target_paths(config: pytest.Config) -> tuple[list[Path], str]:
+    """The target files or directories asked for, and where that came from: the one place that decides."""
     raw, source = _pick(config, "pgbv_target", "pgbackup_verify_target", TARGET_ENV)
     paths = raw if isinstance(raw, list) else ([raw] if raw else [])
+    return [Path(str(p)) for p in paths], source
+
+
+def resolve(config: pytest.Config) -> Settings:
+    paths, source = target_paths(config)
     targets: list[Target] = []
     for p in paths:
-        for f in iter_target_files(Path(str(p))):
+        for f in iter_target_files(p):
             targets.append(load_target(f))
     names = [t.name for t in targets]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -15,7 +15,6 @@ import re
 import signal
 import sys
 import time
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -23,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from pgbackup_verify.config import ConfigError, KumaSection
-from pgbackup_verify.config.loader import _build
+from pgbackup_verify.config import ConfigError, KumaSection, iter_target_files, load_section
+from pgbackup_verify.config.settings import SETTINGS_KEY, resolve, target_paths
 from pgbackup_verify.kuma import verdict as kr
 from pgbackup_verify.outcome import ABORTS, RunFold
 from pgbackup_verify.report.summary import recorder
@@ -50,32 +49,19 @@ def _skip_run(config: pytest.Config) -> bool:
 
 def _kuma_file(path: Path) -> list[kr.PushMonitor]:
     try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"kuma config '{path}': cannot be read ({e}); fix it") from None
-    try:
-        section = _build(KumaSection, raw.get("kuma"), "kuma", path.resolve().parent)
-        section.validate()
+        section: KumaSection = load_section(path, "kuma")
     except ConfigError as e:
-        raise ConfigError(f"kuma config '{path}': {e}") from None
+        raise ConfigError(f"kuma config {e}") from None
     return kr.monitors_of(section, None)
 
 
 def _paths(config: pytest.Config) -> tuple[list[Path], bool]:
+    """The Kuma file of --kuma-config, else the target files (the settings' one decision of which)."""
     own = config.getoption("kuma_config", None) or os.environ.get(CONFIG_ENV)
     if own:
         return [Path(own)], True
-    raw = config.option.pgbv_target or os.environ.get("PGBACKUP_VERIFY_TARGET")
-    if not raw:
-        try:
-            raw = config.getini("pgbackup_verify_target") or None
-        except ValueError:
-            raw = None
-    raw = raw if isinstance(raw, list) else ([raw] if raw else [])
-    files: list[Path] = []
-    for p in map(Path, map(str, raw)):
-        files.extend(sorted(p.glob("*.toml")) if p.is_dir() else [p])
-    return files, False
+    paths, _ = target_paths(config)
+    return [f for p in paths for f in iter_target_files(p, strict=False)], False
 
 
 def load_monitors(config: pytest.Config) -> tuple[list[kr.PushMonitor], str | None]:
@@ -83,17 +69,12 @@ def load_monitors(config: pytest.Config) -> tuple[list[kr.PushMonitor], str | No
 
     On a broken file only its [kuma] tables are read, so the monitors still hear about it.
     """
-    if not hasattr(config.option, "pgbv_target"):  # core plugin not loaded: only --kuma-config
-        config.option.pgbv_target = None
     paths, own = _paths(config)
     try:
         if own:
             return _kuma_file(paths[0]), None
         if not paths:
             return [], None
-        from pgbackup_verify.config.settings import resolve
-        from pgbackup_verify.plugin import SETTINGS_KEY
-
         settings = config.stash.get(SETTINGS_KEY, None) or resolve(config)
         return kr.monitors_for(list(settings.targets)), None
     except ConfigError as e:
