@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from pgbackup_verify.config import SqlCheck
+from pgbackup_verify.evidence import require
 from pgbackup_verify.facts.sqlchecks import SqlCheckResult
 
 pytestmark = pytest.mark.sql
@@ -17,4 +18,4 @@ def test_custom_sql_check(sql_check: SqlCheck, sql_check_results: dict[str, SqlC
     result = sql_check_results[sql_check.name]
     evidence("rule", sql_check.expect)
     evidence("findings", "; ".join(result.findings) or "none")
-    assert result.passed, result.message()
+    require(result.passed, result.message())

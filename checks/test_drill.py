@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pgbackup_verify.config import Target
-from pgbackup_verify.evidence import Evidence, human_bytes
+from pgbackup_verify.evidence import Evidence, fail, human_bytes
 from pgbackup_verify.facts.catalog import KINDS
 from pgbackup_verify.facts.drill.run import DrillFacts, drill_config, expected_schemas
 
@@ -33,7 +33,7 @@ def _ran(f: DrillFacts, evidence: Evidence) -> DrillFacts:
         pytest.skip(f"restore drill not run: {f.skipped}")
     _record(evidence, f)
     if f.aborted:
-        pytest.fail(f"restore drill: FAILED (did not complete: {f.aborted})", pytrace=False)
+        fail(f"restore drill: FAILED (did not complete: {f.aborted})")
     assert f.outcome is not None and f.restored is not None
     return f
 
@@ -45,12 +45,11 @@ def test_restore_finished_without_errors(drill: DrillFacts, evidence: Evidence) 
         evidence("warnings", "; ".join(f.outcome.warnings))
     problems = f.outcome.problems
     if f.outcome.refused:
-        pytest.fail(f"restore drill errors: FAILED (dump refused: {f.outcome.refused}); fix: a pg_dump never "
-                    "writes meta-commands; find what wrote or edited this dump and take a clean one", pytrace=False)
+        fail(f"restore drill errors: FAILED (dump refused: {f.outcome.refused}); fix: a pg_dump never "
+                    "writes meta-commands; find what wrote or edited this dump and take a clean one")
     if problems:
         shown = "\n  ".join(problems[:10])
-        pytest.fail(f"restore drill errors: FAILED ({len(problems)} error lines vs 0):\n  {shown}\n{FIX_DUMP}",
-                    pytrace=False)
+        fail(f"restore drill errors: FAILED ({len(problems)} error lines vs 0):\n  {shown}\n{FIX_DUMP}")
 
 
 def test_every_expected_schema_is_restored(drill: DrillFacts, target: Target, evidence: Evidence) -> None:
@@ -59,13 +58,13 @@ def test_every_expected_schema_is_restored(drill: DrillFacts, target: Target, ev
     expected = set(expected_schemas(target)) | (f.live.schemas if f.live else set())
     evidence("expected schemas", ",".join(sorted(expected)) or "none configured")
     if not expected:
-        pytest.fail("restore drill schemas: FAILED (no expectation); fix: set [drill].expected_schemas "
-                    "(or [backups].expected_schemas) or [drill].expect_live_catalog = true", pytrace=False)
+        fail("restore drill schemas: FAILED (no expectation); fix: set [drill].expected_schemas "
+                    "(or [backups].expected_schemas) or [drill].expect_live_catalog = true")
     missing = sorted(expected - f.restored.schemas)
     if missing:
-        pytest.fail(f"restore drill schemas: FAILED (missing after restore: {', '.join(missing)}); "
+        fail(f"restore drill schemas: FAILED (missing after restore: {', '.join(missing)}); "
                     f"fix: grant the dump role USAGE on {', '.join(missing)} or stop excluding them "
-                    "from pg_dump, then check the next dump", pytrace=False)
+                    "from pg_dump, then check the next dump")
 
 
 def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Target, evidence: Evidence) -> None:
@@ -86,9 +85,8 @@ def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Tar
     if missing:
         short.append(f"missing tables: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
     if short:
-        pytest.fail(f"restore drill tables: FAILED ({'; '.join(short)}); fix: make the dump include "
-                    "every table (dump role SELECT, no --exclude-table) or lower [drill].min_tables",
-                    pytrace=False)
+        fail(f"restore drill tables: FAILED ({'; '.join(short)}); fix: make the dump include "
+                    "every table (dump role SELECT, no --exclude-table) or lower [drill].min_tables")
 
 
 def test_sequences_views_functions_are_restored(drill: DrillFacts, target: Target, evidence: Evidence) -> None:
@@ -107,7 +105,7 @@ def test_sequences_views_functions_are_restored(drill: DrillFacts, target: Targe
             if missing:
                 problems.append(f"{kind} missing: {', '.join(missing[:20])}")
     if problems:
-        pytest.fail(f"restore drill objects: FAILED ({'; '.join(problems)}); {FIX_DUMP}", pytrace=False)
+        fail(f"restore drill objects: FAILED ({'; '.join(problems)}); {FIX_DUMP}")
 
 
 def test_every_table_has_the_rows_read_from_the_dump(drill: DrillFacts, evidence: Evidence) -> None:
@@ -119,8 +117,8 @@ def test_every_table_has_the_rows_read_from_the_dump(drill: DrillFacts, evidence
     lost = [f"{t}: {'table missing' if got is None else f'{got} rows'} restored vs {n} in the dump"
             for t, (n, got) in sorted(f.rows.items()) if got != n]
     if lost:
-        pytest.fail(f"restore drill row fidelity: FAILED ({'; '.join(lost[:20])}); fix: find what drops "
-                    "rows on load (triggers, rules, constraints in the dump) and repair the dump", pytrace=False)
+        fail(f"restore drill row fidelity: FAILED ({'; '.join(lost[:20])}); fix: find what drops "
+                    "rows on load (triggers, rules, constraints in the dump) and repair the dump")
 
 
 def test_drill_left_nothing_behind(drill: DrillFacts, evidence: Evidence) -> None:
@@ -130,5 +128,5 @@ def test_drill_left_nothing_behind(drill: DrillFacts, evidence: Evidence) -> Non
     evidence("cleanup", "; ".join(drill.cleanup_problems) or "ok")
     left = drill.leftovers + drill.cleanup_problems
     if left:
-        pytest.fail(f"restore drill cleanup: FAILED (left behind: {'; '.join(left)}); fix: remove them by hand "
-                    "(dropdb / rm -rf); the next drill's sweep also removes them", pytrace=False)
+        fail(f"restore drill cleanup: FAILED (left behind: {'; '.join(left)}); fix: remove them by hand "
+                    "(dropdb / rm -rf); the next drill's sweep also removes them")

@@ -12,11 +12,10 @@ import time
 import pytest
 
 from pgbackup_verify.config import Target
-from pgbackup_verify.evidence import Evidence, human_bytes
+from pgbackup_verify.evidence import Evidence, fail, human_bytes, require
 from pgbackup_verify.facts.dumps.gzipscan import FOOTER, HEADER, TAIL_BYTES, DumpScan
-from pgbackup_verify.facts.dumps.inventory import Coverage, DumpFile, Inventory
+from pgbackup_verify.facts.dumps.inventory import Coverage, DumpFile, Inventory, LatestDump
 from pgbackup_verify.facts.history import RunFacts
-from pgbackup_verify.fixtures.dumps import LatestDump
 
 pytestmark = pytest.mark.dumps
 
@@ -27,9 +26,9 @@ JOB_LOG_FIX = ("check pg_dump's stderr in the backup job log (a failing pg_dump 
 def _latest(latest: LatestDump | None, target: Target, evidence: Evidence) -> LatestDump:
     b = target.backups
     if latest is None:
-        pytest.fail(f"latest dump: FAILED (no file matching '{b.pattern}' in {b.directory}); "
+        fail(f"latest dump: FAILED (no file matching '{b.pattern}' in {b.directory}); "
                     "fix: check [backups].directory and .pattern, and that the nightly backup job runs "
-                    "(crontab -l, systemctl list-timers)", pytrace=False)
+                    "(crontab -l, systemctl list-timers)")
     s = latest.scan
     evidence("file", f"{latest.file.path} ({latest.file.size} bytes on disk, {human_bytes(latest.file.size)})")
     evidence("written", time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(latest.file.mtime)))
@@ -51,10 +50,10 @@ def test_latest_dump_is_younger_than_max_age(latest_dump: LatestDump | None, tar
     largest = backup_inventory.largest
     if largest and largest.path != latest.file.path:
         evidence("largest file (not the newest)", largest.name)
-    assert latest.age_hours <= limit, (
+    require(latest.age_hours <= limit, (
         f"latest dump age: FAILED ({latest.file.name}: {latest.age_hours:.1f} h old vs limit {limit:g} h); "
         "fix: the nightly backup did not run or writes elsewhere: check the cron job/timer "
-        "(crontab -l, systemctl list-timers) and its log, then run the backup once by hand")
+        "(crontab -l, systemctl list-timers) and its log, then run the backup once by hand"))
 
 
 def test_latest_dump_payload_reaches_minimum(latest_dump: LatestDump | None, target: Target,
@@ -62,9 +61,9 @@ def test_latest_dump_payload_reaches_minimum(latest_dump: LatestDump | None, tar
     latest = _latest(latest_dump, target, evidence)
     s, minimum = latest.scan, target.backups.min_payload_bytes
     why = "" if s.valid else f", {s.error}"
-    assert s.payload_bytes >= minimum, (
+    require(s.payload_bytes >= minimum, (
         f"latest dump payload: FAILED ({latest.file.name}: {s.payload_bytes} bytes decompressed, "
-        f"{latest.file.size} bytes on disk, minimum {minimum}{why}); fix: {JOB_LOG_FIX}")
+        f"{latest.file.size} bytes on disk, minimum {minimum}{why}); fix: {JOB_LOG_FIX}"))
 
 
 def test_latest_dump_gzip_stream_is_valid(latest_dump: LatestDump | None, target: Target,
@@ -80,7 +79,7 @@ def test_latest_dump_gzip_stream_is_valid(latest_dump: LatestDump | None, target
     else:
         fix = ("the backup job did not write gzip data under this name: make it pipe pg_dump through gzip, "
                "or set [backups].pattern to the files it really writes")
-    assert s.valid, f"latest dump {what}: FAILED ({latest.file.name}: {s.error}); fix: {fix}"
+    require(s.valid, f"latest dump {what}: FAILED ({latest.file.name}: {s.error}); fix: {fix}")
 
 
 def test_latest_dump_has_pg_dump_header_and_footer(latest_dump: LatestDump | None, target: Target,
@@ -93,10 +92,10 @@ def test_latest_dump_has_pg_dump_header_and_footer(latest_dump: LatestDump | Non
         problems.append(f"first line {s.header_line!r} vs expected {HEADER!r}")
     if not s.footer_found:
         problems.append(f"no {FOOTER!r} line in the last {TAIL_BYTES} bytes of {s.payload_bytes} payload bytes")
-    assert not problems, (
+    require(not problems, (
         f"latest dump header/footer: FAILED ({latest.file.name}: {'; '.join(problems)}); fix: pg_dump did not "
         "write a complete dump (stopped early, killed, out of disk or another program wrote the file): "
-        + JOB_LOG_FIX)
+        + JOB_LOG_FIX))
 
 
 def test_payload_did_not_shrink_beyond_allowed_ratio(latest_dump: LatestDump | None, target: Target,
@@ -112,11 +111,11 @@ def test_payload_did_not_shrink_beyond_allowed_ratio(latest_dump: LatestDump | N
     allowed = target.backups.max_shrink_ratio
     evidence("previous good dump", f"{prev.name}: {before} bytes payload")
     evidence("change", f"{-shrink:+.1%} (allowed shrink {allowed:.0%})")
-    assert shrink <= allowed, (
+    require(shrink <= allowed, (
         f"payload shrink: FAILED ({latest.file.name}: {now} bytes vs previous good {prev.name}: {before} bytes, "
         f"shrank {shrink:.1%}, allowed {allowed:.0%}); fix: find what is missing (compare "
         f"`zcat FILE | grep -E '^(CREATE TABLE|COPY)'` of both dumps); if data was removed on purpose, "
-        "raise [backups].max_shrink_ratio for one night")
+        "raise [backups].max_shrink_ratio for one night"))
 
 
 def test_no_night_missing_in_retention_window(night_coverage: Coverage, target: Target, evidence: Evidence) -> None:
@@ -125,10 +124,10 @@ def test_no_night_missing_in_retention_window(night_coverage: Coverage, target: 
         evidence(f"night {n.date}", n.good or ("no good dump: " + ("; ".join(n.bad) or "no dump file")))
     missing = night_coverage.missing
     shown = ", ".join(f"{n.date} ({'; '.join(n.bad) if n.bad else 'no dump'})" for n in missing)
-    assert not missing, (
+    require(not missing, (
         f"retention coverage: FAILED ({len(missing)} of {len(nights)} nights without a good dump: {shown}; "
         f"window {target.backups.retention_days} days); fix: read the backup job log of those nights, "
-        "fix the cause and make sure the job runs every night (crontab -l, systemctl list-timers)")
+        "fix the cause and make sure the job runs every night (crontab -l, systemctl list-timers)"))
 
 
 def test_enough_good_dumps_kept(good_dumps: list[DumpFile], target: Target, evidence: Evidence,
@@ -136,10 +135,10 @@ def test_enough_good_dumps_kept(good_dumps: list[DumpFile], target: Target, evid
     minimum = target.backups.min_good_dumps
     evidence("dump files", str(len(backup_inventory.dumps)))
     evidence("good dumps (newest first)", ", ".join(d.name for d in good_dumps) or "none")
-    assert len(good_dumps) >= minimum, (
+    require(len(good_dumps) >= minimum, (
         f"good dumps kept: FAILED ({len(good_dumps)} good of {len(backup_inventory.dumps)} dump files vs "
         f"minimum {minimum}); fix: check that the rotation (e.g. `find -mtime +N -delete`) keeps at least "
-        f"{minimum} nights and that past nights' backups succeeded (job log)")
+        f"{minimum} nights and that past nights' backups succeeded (job log)"))
 
 
 def test_no_stray_partial_artifacts(backup_inventory: Inventory, target: Target, evidence: Evidence) -> None:
@@ -148,11 +147,11 @@ def test_no_stray_partial_artifacts(backup_inventory: Inventory, target: Target,
     shown = ", ".join(f"{s.path.name} ({s.reason}, {s.size} bytes)" for s in strays)
     if strays:
         evidence("strays", shown)
-    assert not strays, (
+    require(not strays, (
         f"stray partial artifacts: FAILED ({len(strays)} in {backup_inventory.directory}: {shown}); fix: they come "
         "from interrupted or failed backup runs: read the job log of their night, then remove them "
         f"(rm {' '.join(str(s.path) for s in strays[:3])}{' ...' if len(strays) > 3 else ''}); "
-        "make the job write to a temporary name and clean up on failure")
+        "make the job write to a temporary name and clean up on failure"))
 
 
 def test_custom_format_toc_lists_expected_schemas(custom_dump_toc: tuple | None, target: Target,
@@ -162,15 +161,15 @@ def test_custom_format_toc_lists_expected_schemas(custom_dump_toc: tuple | None,
                     "names plain SQL dumps, and the newest is not a pg_dump -Fc archive)")
     dump, toc = custom_dump_toc
     evidence("file", f"{dump.path} ({dump.size} bytes)")
-    assert toc.readable, (
+    require(toc.readable, (
         f"custom-format TOC: FAILED ({dump.name}: pg_restore --list failed: {toc.error}); fix: the archive is "
-        "damaged or not a pg_dump -Fc file: " + JOB_LOG_FIX)
+        "damaged or not a pg_dump -Fc file: " + JOB_LOG_FIX))
     evidence("TOC entries", str(toc.entries))
     evidence("schemas in TOC", ", ".join(toc.schemas))
     expected = target.backups.expected_schemas
     missing = toc.missing(expected)
-    assert not missing, (
+    require(not missing, (
         f"custom-format TOC: FAILED ({dump.name}: schema(s) {', '.join(missing)} missing from the TOC of "
         f"{toc.entries} entries vs expected {', '.join(expected)}); fix: check the backup job's pg_dump -n/-N "
         "options and that the dump role has USAGE on them (GRANT USAGE ON SCHEMA ... TO <dump role>), "
-        "or drop them from [backups].expected_schemas if left out on purpose")
+        "or drop them from [backups].expected_schemas if left out on purpose"))

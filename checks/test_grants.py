@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgbackup_verify.evidence import Evidence
+from pgbackup_verify.evidence import Evidence, fail
 from pgbackup_verify.facts.grants import Concern, GrantAudit
 
 pytestmark = pytest.mark.grants
@@ -17,8 +17,8 @@ EVIDENCE_MAX = 500
 def _role_present(audit: GrantAudit) -> None:
     """Without the role there is nothing to audit: that is a failure, never a silent pass."""
     if not audit.role.exists:
-        pytest.fail(f"dump role {audit.role.ident}: FAILED (role does not exist vs must exist); "
-                    f"fix: {' '.join(audit.role.fixes)}", pytrace=False)
+        fail(f"dump role {audit.role.ident}: FAILED (role does not exist vs must exist); "
+                    f"fix: {' '.join(audit.role.fixes)}")
 
 
 def _judge(check: str, what: str, lack: str, concern: Concern | None, audit: GrantAudit, evidence: Evidence) -> None:
@@ -39,9 +39,9 @@ def _judge(check: str, what: str, lack: str, concern: Concern | None, audit: Gra
     lines = listed[:SHOWN] + ([f"... and {len(concern.missing) - SHOWN} more (see evidence)"]
                               if len(concern.missing) > SHOWN else [])
     owners = sorted({m.owner for m in concern.missing})
-    pytest.fail(f"{check}: FAILED ({len(concern.missing)} of {concern.audited} {what} {lack} "
+    fail(f"{check}: FAILED ({len(concern.missing)} of {concern.audited} {what} {lack} "
                 f"{audit.role.ident} vs 0 allowed); fix (as {' or '.join(owners)} or a superuser): "
-                + " ".join(concern.fixes) + "\n  " + "\n  ".join(lines), pytrace=False)
+                + " ".join(concern.fixes) + "\n  " + "\n  ".join(lines))
 
 
 def test_dump_role_can_connect(grant_audit: GrantAudit, evidence: Evidence) -> None:
@@ -56,8 +56,8 @@ def test_dump_role_can_connect(grant_audit: GrantAudit, evidence: Evidence) -> N
                                      ("VALID UNTIL passed", r.expired),
                                      (f"no CONNECT on database {r.database}", not r.can_connect and not r.superuser))
                     if bad]
-        pytest.fail(f"dump role can connect: FAILED ({', '.join(problems)} vs login + CONNECT); "
-                    f"fix: {' '.join(r.fixes)}", pytrace=False)
+        fail(f"dump role can connect: FAILED ({', '.join(problems)} vs login + CONNECT); "
+                    f"fix: {' '.join(r.fixes)}")
 
 
 def test_dump_role_has_usage_on_every_schema(grant_audit: GrantAudit, evidence: Evidence) -> None:
@@ -87,5 +87,5 @@ def test_local_pg_dump_not_older_than_server(grant_audit: GrantAudit, evidence: 
     evidence("local pg_dump", f"{v.path or 'none on PATH'}: {v.local}")
     evidence("server", v.server)
     if not v.ok:
-        pytest.fail(f"local pg_dump not older than server: FAILED (pg_dump {v.local} vs server {v.server}); "
-                    f"fix: {v.fix}", pytrace=False)
+        fail(f"local pg_dump not older than server: FAILED (pg_dump {v.local} vs server {v.server}); "
+                    f"fix: {v.fix}")

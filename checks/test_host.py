@@ -9,9 +9,7 @@ from typing import Any
 import pytest
 
 from pgbackup_verify.config import HostSection, Target
-from pgbackup_verify.evidence import human_bytes
-from pgbackup_verify.evidence import require as _require
-from pgbackup_verify.evidence import verdict as _verdict
+from pgbackup_verify.evidence import fail, human_bytes, require, verdict
 from pgbackup_verify.facts import host as hostfacts
 from pgbackup_verify.facts.cron import Crontab, mentioned_paths
 
@@ -48,7 +46,7 @@ def test_cron_schedules_every_backup_job(crontabs: list[Crontab], host_section: 
         else:
             problems.append(f"cron entry for {job}: FAILED (no active entry runs it in {_sources(crontabs)}); "
                             f"fix: add e.g. `0 2 * * * {job}` to root's crontab with `crontab -e`")
-    _verdict(problems)
+    verdict(problems)
 
 
 def test_every_cron_schedule_parses(crontabs: list[Crontab], evidence) -> None:
@@ -56,7 +54,7 @@ def test_every_cron_schedule_parses(crontabs: list[Crontab], evidence) -> None:
     evidence("crontabs read", _sources(crontabs))
     bad = [f"cron schedule at {e.where}: FAILED ('{e.schedule}': {e.error}); fix: correct the line, cron "
            "skips it silently" for e in entries if e.error]
-    _verdict(bad)
+    verdict(bad)
 
 
 def test_no_cron_entry_runs_a_missing_or_retired_script(crontabs: list[Crontab], backup_host: Any,
@@ -73,7 +71,7 @@ def test_no_cron_entry_runs_a_missing_or_retired_script(crontabs: list[Crontab],
                 problems.append(f"cron entry at {e.where}: FAILED (script {path} does not exist); fix: restore "
                                 "the script or remove the line with `crontab -e`")
     evidence("scripts run by cron", f"{checked} checked in {_sources(crontabs)}")
-    _verdict(problems)
+    verdict(problems)
 
 
 def test_backup_scripts_are_root_owned_and_not_writable_by_others(backup_scripts: list[hostfacts.ScriptFacts],
@@ -92,7 +90,7 @@ def test_backup_scripts_are_root_owned_and_not_writable_by_others(backup_scripts
         if s.mode & 0o022:
             problems.append(f"backup script {s.path}: FAILED (mode {s.mode:04o} is group/world-writable); "
                             f"fix: chmod go-w {s.path}")
-    _verdict(problems)
+    verdict(problems)
 
 
 def test_backup_scripts_use_pipefail(backup_scripts: list[hostfacts.ScriptFacts], evidence) -> None:
@@ -102,7 +100,7 @@ def test_backup_scripts_use_pipefail(backup_scripts: list[hostfacts.ScriptFacts]
         if not s.pipefail_line:
             problems.append(f"backup script {s.path}: FAILED (no `set -o pipefail`: a failing pg_dump piped into "
                             "gzip still exits 0); fix: add `set -euo pipefail` after the shebang")
-    _verdict(problems)
+    verdict(problems)
 
 
 def test_backup_scripts_pass_shellcheck(backup_scripts: list[hostfacts.ScriptFacts], host_section: HostSection,
@@ -110,7 +108,7 @@ def test_backup_scripts_pass_shellcheck(backup_scripts: list[hostfacts.ScriptFac
     if host_section.shellcheck_severity == "off":
         pytest.skip("[host].shellcheck_severity is off")
     if any(s.shellcheck_error for s in backup_scripts):
-        pytest.fail("; ".join(s.shellcheck_error for s in backup_scripts if s.shellcheck_error), pytrace=False)
+        fail("; ".join(s.shellcheck_error for s in backup_scripts if s.shellcheck_error))
     if all(s.shellcheck is None for s in backup_scripts if s.exists):
         pytest.skip("shellcheck is not installed on the backup host; install it to audit the scripts")
     problems = []
@@ -121,12 +119,12 @@ def test_backup_scripts_pass_shellcheck(backup_scripts: list[hostfacts.ScriptFac
             shown = "; ".join(findings[:5]) + (" ..." if len(findings) > 5 else "")
             problems.append(f"shellcheck {s.path}: FAILED ({len(findings)} finding(s): {shown}); "
                             f"fix: run `shellcheck {s.path}` and correct them")
-    _verdict(problems)
+    verdict(problems)
 
 
 def test_backup_dir_and_dumps_are_not_world_readable(backup_dir_facts: hostfacts.BackupDirFacts, evidence) -> None:
     d = backup_dir_facts
-    _require(d.exists, f"backup dir {d.path}: FAILED (missing on the host); fix: mkdir -m 700 {d.path}")
+    require(d.exists, f"backup dir {d.path}: FAILED (missing on the host); fix: mkdir -m 700 {d.path}")
     evidence("backup dir", f"{d.path}, owner {d.owner}, mode {d.mode:04o}, {len(d.dumps)} dump(s)")
     problems = []
     if d.mode & 0o007:
@@ -137,24 +135,24 @@ def test_backup_dir_and_dumps_are_not_world_readable(backup_dir_facts: hostfacts
         shown = ", ".join(f"{f.path} {f.mode:04o}" for f in open_dumps[:5])
         problems.append(f"dumps readable by others: FAILED ({len(open_dumps)} file(s): {shown}); fix: chmod o-r "
                         f"them and put `umask 077` at the top of the backup script")
-    _verdict(problems)
+    verdict(problems)
 
 
 def test_free_space_holds_the_next_dumps(backup_dir_facts: hostfacts.BackupDirFacts, target: Target,
                                          evidence) -> None:
     d = backup_dir_facts
     multiple = (target.host_checks or HostSection()).free_space_multiple
-    _require(d.exists, f"backup dir {d.path}: FAILED (missing on the host); fix: mkdir -m 700 {d.path}")
+    require(d.exists, f"backup dir {d.path}: FAILED (missing on the host); fix: mkdir -m 700 {d.path}")
     free = d.free_bytes
     if free is None:
-        pytest.fail(f"free space of {d.path}: FAILED (`df -Pk` gave nothing); fix: check the mount", pytrace=False)
+        fail(f"free space of {d.path}: FAILED (`df -Pk` gave nothing); fix: check the mount")
     if d.latest is None:
         pytest.skip(f"no dump matching {target.backups.pattern} in {d.path} to size against (the dump checks fail)")
     need = multiple * d.latest.size
     evidence("free space", f"{human_bytes(free)} on {d.filesystem}")
     evidence("needed", f"{multiple:g} x latest dump {d.latest.path} ({human_bytes(d.latest.size)}) = "
              f"{human_bytes(need)}")
-    _require(free >= need, (
+    require(free >= need, (
         f"free space for backups: FAILED ({human_bytes(free)} free on {d.filesystem} vs "
         f"{human_bytes(need)} = {multiple:g} x latest dump); fix: free space on that filesystem or prune old dumps"))
 
@@ -167,4 +165,4 @@ def test_database_service_is_running(backup_host: Any, host_section: HostSection
         evidence(f.kind, f"{f.name}: {f.detail}")
     down = [f"database {f.kind} {f.name}: FAILED ({f.detail}); fix: start it (the nightly pg_dump needs it)"
             for f in facts if not f.running]
-    _verdict(down)
+    verdict(down)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from pgbackup_verify.evidence import verdict
 from pgbackup_verify.facts.kuma import KumaFacts, MonitorFacts, ago
 
 pytestmark = pytest.mark.kuma
@@ -22,11 +23,6 @@ def _watched(facts: KumaFacts) -> list[MonitorFacts]:
     return [m for m in _found(facts) if m.effectively_active]
 
 
-def _fail(problems: list[str]) -> None:
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
-
-
 def test_every_named_monitor_exists_in_kuma(kuma_facts, evidence):
     problems = []
     for m in kuma_facts.monitors:
@@ -37,7 +33,7 @@ def test_every_named_monitor_exists_in_kuma(kuma_facts, evidence):
             problems.append(f"Kuma monitor '{m.wanted}': FAILED (not found by name or push token in "
                             f"{kuma_facts.source}); fix: create the push monitor in Kuma or correct its name / "
                             "token env var in [kuma]")
-    _fail(problems)
+    verdict(problems)
 
 
 def test_every_monitor_is_effectively_active(kuma_facts, evidence):
@@ -48,7 +44,7 @@ def test_every_monitor_is_effectively_active(kuma_facts, evidence):
             where = "the monitor" if m.paused_by == "itself" else m.paused_by
             problems.append(f"Kuma monitor '{m.wanted}': FAILED (paused by {where}: pushes are refused and "
                             f"nobody is alerted); fix: resume {where} in Kuma, or drop it from [kuma] if retired")
-    _fail(problems)
+    verdict(problems)
 
 
 def test_latest_heartbeat_is_up(kuma_facts, evidence):
@@ -64,7 +60,7 @@ def test_latest_heartbeat_is_up(kuma_facts, evidence):
         if b.status != 1:
             problems.append(f"Kuma monitor '{m.wanted}': FAILED (latest heartbeat {b.state} at "
                             f"{b.time:%Y-%m-%d %H:%M} UTC, {b.msg[:120]!r} vs UP); fix: repair what it reports")
-    _fail(problems)
+    verdict(problems)
 
 
 def test_last_up_is_younger_than_interval_plus_grace(kuma_facts, target, evidence):
@@ -86,7 +82,7 @@ def test_last_up_is_younger_than_interval_plus_grace(kuma_facts, target, evidenc
             problems.append(f"Kuma monitor '{m.wanted}': FAILED (last UP {ago(m.last_up, kuma_facts.now)} ago "
                             f"vs limit {limit} s = interval {m.interval} s + grace {grace} s; Kuma may still "
                             "show it green after a restart); fix: run the job that pushes it and check its cron")
-    _fail(problems)
+    verdict(problems)
 
 
 def test_no_active_monitor_is_stale(kuma_facts, target, evidence):
@@ -106,4 +102,4 @@ def test_no_active_monitor_is_stale(kuma_facts, target, evidence):
             problems.append(f"Kuma monitor '{m.wanted}': FAILED (stale: {last}, {idle:.1f} days vs {days:g} days); "
                             "fix: if its job is retired, pause the monitor in Kuma (it raises false DOWNs), "
                             "else repair the job")
-    _fail(problems)
+    verdict(problems)

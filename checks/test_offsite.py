@@ -8,10 +8,9 @@ import time
 import pytest
 
 from pgbackup_verify.config import OffsiteSection, Target
-from pgbackup_verify.evidence import human_bytes
-from pgbackup_verify.evidence import require as _require
-from pgbackup_verify.evidence import verdict as _verdict
-from pgbackup_verify.facts.host import BackupDirFacts, DumpFile
+from pgbackup_verify.evidence import fail, human_bytes, require, verdict
+from pgbackup_verify.facts.dumps.inventory import DumpFile
+from pgbackup_verify.facts.host import BackupDirFacts
 from pgbackup_verify.facts.offsite import Archive, ArchiveScan, Listing
 
 pytestmark = pytest.mark.offsite
@@ -22,19 +21,18 @@ SAME_NIGHT_S = 24 * 3600
 
 def _newest(listing: Listing) -> Archive:
     if listing.error:
-        pytest.fail(f"offsite listing: FAILED ({listing.error}); fix: check [offsite].remote and the rclone config",
-                    pytrace=False)
+        fail(f"offsite listing: FAILED ({listing.error}); fix: check [offsite].remote and the rclone config")
     if listing.newest is None:
-        pytest.fail(f"offsite archive: FAILED (no '{listing.archive_glob}' in {listing.remote}); fix: check the "
-                    "nightly upload job and [offsite].archive_glob", pytrace=False)
+        fail(f"offsite archive: FAILED (no '{listing.archive_glob}' in {listing.remote}); fix: check the "
+                    "nightly upload job and [offsite].archive_glob")
     return listing.newest
 
 
 def _scanned(scan: ArchiveScan | None, o: OffsiteSection) -> ArchiveScan:
     assert scan is not None  # only None without archive, and _newest() failed first then
-    _require(not scan.error, f"offsite archive {scan.archive.path}: FAILED ({scan.error}); fix: re-run the upload "
+    require(not scan.error, f"offsite archive {scan.archive.path}: FAILED ({scan.error}); fix: re-run the upload "
                             "job, the archive is damaged")
-    _require(bool(scan.matches), f"offsite archive {scan.archive.path}: FAILED (no member matching '{o.member}' among "
+    require(bool(scan.matches), f"offsite archive {scan.archive.path}: FAILED (no member matching '{o.member}' among "
                           f"{scan.members}); fix: add the PG dump to the archive job or fix [offsite].member")
     return scan
 
@@ -53,7 +51,7 @@ def test_newest_offsite_archive_is_fresh_and_big_enough(offsite_listing: Listing
     if a.size < o.min_archive_bytes:
         problems.append(f"offsite archive size: FAILED ({a.name} {a.size} B vs at least {o.min_archive_bytes} B); "
                         "fix: check what the upload job packed")
-    _verdict(problems)
+    verdict(problems)
 
 
 def test_offsite_archive_holds_no_hostile_member(offsite_listing: Listing, offsite_scan: ArchiveScan | None,
@@ -61,7 +59,7 @@ def test_offsite_archive_holds_no_hostile_member(offsite_listing: Listing, offsi
     _newest(offsite_listing)
     assert offsite_scan is not None
     evidence("members", f"{offsite_scan.members} in {offsite_scan.archive.name}")
-    _require(not offsite_scan.hostile, (
+    require(not offsite_scan.hostile, (
         f"offsite archive {offsite_scan.archive.path}: FAILED ({len(offsite_scan.hostile)} hostile member(s), not "
         f"followed: {'; '.join(offsite_scan.hostile[:5])}); fix: rebuild the archive with relative paths and no "
         "links, and find out who wrote these"))
@@ -84,10 +82,10 @@ def test_offsite_pg_dump_is_complete(offsite_listing: Listing, offsite_scan: Arc
     footer = "found" if g.footer_found else "missing"
     evidence("PG member payload", f"{g.payload_bytes} B from {g.compressed_bytes} B gzip, "
                                   f"{'valid' if g.valid else g.error}, footer {footer}")
-    _require(g.valid, f"offsite PG dump {where}: FAILED ({g.error}); fix: re-run the upload job from a good dump")
-    _require(g.payload_bytes > 0, f"offsite PG dump {where}: FAILED (empty payload, {g.compressed_bytes} B gzip of "
+    require(g.valid, f"offsite PG dump {where}: FAILED ({g.error}); fix: re-run the upload job from a good dump")
+    require(g.payload_bytes > 0, f"offsite PG dump {where}: FAILED (empty payload, {g.compressed_bytes} B gzip of "
                                  "nothing: pg_dump failed that night); fix: fix the dump job, then re-upload")
-    _require(g.footer_found, f"offsite PG dump {where}: FAILED (no '-- PostgreSQL database dump complete' footer: "
+    require(g.footer_found, f"offsite PG dump {where}: FAILED (no '-- PostgreSQL database dump complete' footer: "
                       "truncated dump); fix: fix the dump job, then re-upload")
 
 
@@ -107,13 +105,13 @@ def test_offsite_pg_dump_matches_the_local_dump(offsite_listing: Listing, offsit
     when = scan.member_mtime or a.mtime
     local = _same_night(backup_dir_facts.dumps, when)
     if local is None:
-        pytest.fail(
+        fail(
         f"local dump of the same night: FAILED (none in {target.backups.directory} within 24 h of "
-        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(when))}); fix: check the local dump job", pytrace=False)
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(when))}); fix: check the local dump job")
     size = scan.member_size or 0
     diff = abs(size - local.size) / max(local.size, 1)
     evidence("sizes", f"offsite {scan.matches[0]} {size} B vs local {local.path} {local.size} B "
              f"({diff:.1%}, tolerance {o.size_tolerance:.0%})")
-    _require(diff <= o.size_tolerance, (
+    require(diff <= o.size_tolerance, (
         f"offsite PG dump size: FAILED ({size} B vs local {local.path} {local.size} B, {diff:.1%} off vs "
         f"{o.size_tolerance:.0%}); fix: compare the two dumps, the upload packed a different or broken file"))

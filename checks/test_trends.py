@@ -12,8 +12,8 @@ from typing import NoReturn
 import pytest
 
 from pgbackup_verify.config import Target
-from pgbackup_verify.evidence import Evidence, human_bytes
-from pgbackup_verify.facts.history import History, RunFacts
+from pgbackup_verify.evidence import Evidence, human_bytes, require
+from pgbackup_verify.facts.history import DRILL_SECONDS, PAYLOAD_BYTES, History, RunFacts
 from pgbackup_verify.facts.trends import drill_budget, earlier_runs, payload_trend
 
 
@@ -27,16 +27,16 @@ def test_restore_drill_fits_the_time_budget(target: Target, run_facts: RunFacts,
                                             evidence: Evidence) -> None:
     d = drill_budget(target, run_facts, earlier_runs(run_history, target))
     if d.seconds is None:
-        _not_measured("drill_seconds", "restore drill")
+        _not_measured(DRILL_SECONDS, "restore drill")
     evidence("drill seconds", f"{d.seconds:.1f}")
     evidence("restore budget", f"{d.budget:g} s ([trends].restore_budget_seconds)")
     med = d.earlier_median
     evidence("earlier drills", f"{len(d.earlier)} runs, median {med:.1f} s" if med is not None
              else "none in the history yet")
-    assert d.within, (
+    require(d.within, (
         f"restore time budget: FAILED (drill took {d.seconds:.1f} s vs budget {d.budget:g} s); fix: make the "
         "restore faster (custom-format dumps restored with pg_restore -j N, faster scratch disk) or, if this "
-        "restore time is acceptable, raise [trends].restore_budget_seconds")
+        "restore time is acceptable, raise [trends].restore_budget_seconds"))
 
 
 @pytest.mark.dumps
@@ -44,7 +44,7 @@ def test_payload_follows_its_recent_trend(target: Target, run_facts: RunFacts, r
                                           evidence: Evidence) -> None:
     p = payload_trend(target, run_facts, earlier_runs(run_history, target))
     if p.payload is None:
-        _not_measured("payload_bytes", "dump")
+        _not_measured(PAYLOAD_BYTES, "dump")
     evidence("payload", f"{human_bytes(p.payload)} ({p.payload:.0f} bytes)")
     if run_history.error:
         evidence("history", f"{run_history.error}: judged as if there were none")
@@ -60,8 +60,8 @@ def test_payload_follows_its_recent_trend(target: Target, run_facts: RunFacts, r
                       f"{human_bytes(lo)} .. {human_bytes(hi)} (factor {p.factor:g})")
     if p.growth_per_day is not None:
         evidence("growth", f"{human_bytes(p.growth_per_day)}/day over the window")
-    assert p.within, (
+    require(p.within, (
         f"payload trend: FAILED ({human_bytes(p.payload)} vs median {human_bytes(p.median)} of the last "
         f"{len(p.window)} runs, allowed {human_bytes(lo)} .. {human_bytes(hi)}); fix: compare the newest dump's "
         "tables with the previous one (zcat NEW.sql.gz | grep -c '^COPY ' vs the same on the previous dump) "
-        "and check the dump job's log; if the new size is expected, raise [trends].payload_factor for a run")
+        "and check the dump job's log; if the new size is expected, raise [trends].payload_factor for a run"))

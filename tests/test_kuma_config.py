@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pgbackup_verify.config import ConfigError, load_target
-from pgbackup_verify.kuma.verdict import tolerant_monitors
+from pgbackup_verify.kuma.routing import tolerant_monitors
 
 BASE = """
 [database]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from pgbackup_verify.kuma.verdict import PushMonitor, judge
+from pgbackup_verify.kuma.routing import PushMonitor
+from pgbackup_verify.kuma.verdict import judge
 from pgbackup_verify.outcome import ROUTING_ATTR, RunFold
 
 LOCAL = PushMonitor("PG Backup Local", "KUMA_PUSH_LOCAL", ("dumps",), "http://127.0.0.1:1", 1.0)

@@ -8,6 +8,7 @@ report sections; this module only collects them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import pytest
 
@@ -38,13 +39,21 @@ def human_bytes(n: int | float) -> str:
     return f"{n} B"
 
 
+# The one way a shipped check fails: its finding (`name: FAILED (measured vs limit); fix`) is the
+# whole report, with no traceback or assertion introspection around it.
+
+def fail(message: str) -> NoReturn:
+    """Fail the check with its finding."""
+    pytest.fail(message, pytrace=False)
+
+
 def require(ok: bool, message: str) -> None:
-    """Fail the check with its finding as the whole report (no traceback) unless `ok`."""
+    """Fail the check with its finding unless `ok`."""
     if not ok:
-        pytest.fail(message, pytrace=False)
+        fail(message)
 
 
 def verdict(problems: list[str]) -> None:
     """Fail the check with one line per problem, if there are any."""
     if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+        fail("\n".join(problems))

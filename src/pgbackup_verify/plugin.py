@@ -180,7 +180,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     elif (call.excinfo is not None and call.excinfo.errisinstance(AssertionError)
           and "target" in getattr(item, "fixturenames", ())
           and item.config.option.tbstyle == "auto" and str(call.excinfo.value)):
-        # A failed check's message is the finding (named object, measured vs limit, the fix);
+        # A site check that fails with a bare `assert cond, "finding"` (the shipped ones use evidence.fail):
         # the assertion's introspection would only bury it. --tb=long brings it back.
         rep.longrepr = str(call.excinfo.value).split("\nassert ")[0]
     report.attach_evidence(item, rep)

@@ -11,12 +11,6 @@ import pytest
 from pgbackup_verify.outcome import RunFold
 
 
-def target_of(item: pytest.Item) -> str | None:
-    callspec = getattr(item, "callspec", None)
-    target = callspec.params.get("target") if callspec else None
-    return getattr(target, "name", None)
-
-
 def wants_target_scheduling(config: pytest.Config) -> bool:
     """`-n N` without an explicit --dist: keep each target's checks on one worker, so its session
     fixtures (host connection, offsite scan) run once per target and targets run side by side."""

@@ -27,7 +27,9 @@ from pgbackup_verify.safefs import atomic_write, open_append
 
 HISTORY_FILE = "history.jsonl"
 MAX_RUNS_PER_TARGET = 400  # over a year of nightly runs, ~150 KB per target
-KNOWN_FACTS = ("payload_bytes", "dump_age_hours", "drill_seconds", "tables_restored")
+# The key figures, named once: fixtures store them, trends judge them, charts draw them.
+PAYLOAD_BYTES, DUMP_AGE_HOURS, DRILL_SECONDS, TABLES_RESTORED = (
+    "payload_bytes", "dump_age_hours", "drill_seconds", "tables_restored")
 
 # One target's `run_facts`: fact name -> value; text for the report header, numbers also for the history.
 RunFacts = dict[str, object]

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import testinfra
 
 from pgbackup_verify.config import HostSection
 from pgbackup_verify.facts import cron
+from pgbackup_verify.facts.dumps.inventory import DumpFile
 
 ROOT_CRONTAB = "crontab -l -u root"
 SYSTEM_CRONTAB = "/etc/crontab"
@@ -97,14 +99,6 @@ def script_facts(host: Host, path: str, severity: str = "warning") -> ScriptFact
 
 
 @dataclass(frozen=True)
-class DumpFile:
-    path: str
-    mode: int
-    size: int
-    mtime: float
-
-
-@dataclass(frozen=True)
 class BackupDirFacts:
     path: str
     exists: bool
@@ -128,7 +122,7 @@ def backup_dir_facts(host: Host, directory: str, pattern: str) -> BackupDirFacts
     dumps = []
     for line in res.stdout.splitlines():
         mode, size, mtime, path = line.split("\t", 3)
-        dumps.append(DumpFile(path, int(mode, 8), int(size), float(mtime)))
+        dumps.append(DumpFile(Path(path), int(size), float(mtime), int(mode, 8)))
     dumps.sort(key=lambda x: x.mtime)
     free, fs = None, ""
     df = host.run("df -Pk %s", directory)

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 
 from pgbackup_verify.config import Target, TrendsSection
-from pgbackup_verify.facts.history import History, RunFacts, RunRecord
+from pgbackup_verify.facts.history import DRILL_SECONDS, PAYLOAD_BYTES, History, RunFacts, RunRecord
 
 DAY = 86400.0
 
@@ -58,16 +58,16 @@ class PayloadTrend:
 
 def drill_budget(target: Target, facts: RunFacts, earlier: list[RunRecord]) -> DrillBudget:
     s = settings_for(target)
-    now = facts.get("drill_seconds")
+    now = facts.get(DRILL_SECONDS)
     return DrillBudget(seconds=float(now) if isinstance(now, int | float) else None,
                        budget=s.restore_budget_seconds,
-                       earlier=[float(r.facts["drill_seconds"]) for r in earlier if "drill_seconds" in r.facts])
+                       earlier=[float(r.facts[DRILL_SECONDS]) for r in earlier if DRILL_SECONDS in r.facts])
 
 
 def payload_trend(target: Target, facts: RunFacts, earlier: list[RunRecord]) -> PayloadTrend:
     s = settings_for(target)
-    now = facts.get("payload_bytes")
-    points = [(r.time, float(r.facts["payload_bytes"])) for r in earlier if "payload_bytes" in r.facts]
+    now = facts.get(PAYLOAD_BYTES)
+    points = [(r.time, float(r.facts[PAYLOAD_BYTES])) for r in earlier if PAYLOAD_BYTES in r.facts]
     points = points[-s.payload_window:]
     return PayloadTrend(payload=float(now) if isinstance(now, int | float) else None,
                         window=[v for _, v in points], min_history=s.min_history, factor=s.payload_factor,

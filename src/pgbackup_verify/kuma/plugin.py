@@ -24,6 +24,7 @@ import pytest
 
 from pgbackup_verify.config import ConfigError, KumaSection, iter_target_files, load_section
 from pgbackup_verify.config.settings import SETTINGS_KEY, resolve, target_paths
+from pgbackup_verify.kuma import client, routing
 from pgbackup_verify.kuma import verdict as kr
 from pgbackup_verify.outcome import ABORTS, RunFold
 from pgbackup_verify.report.summary import recorder
@@ -47,12 +48,12 @@ def _skip_run(config: pytest.Config) -> bool:
                                               "show_fixtures_per_test"))
 
 
-def _kuma_file(path: Path) -> list[kr.PushMonitor]:
+def _kuma_file(path: Path) -> list[routing.PushMonitor]:
     try:
         section: KumaSection = load_section(path, "kuma")
     except ConfigError as e:
         raise ConfigError(f"kuma config {e}") from None
-    return kr.monitors_of(section, None)
+    return routing.monitors_of(section, None)
 
 
 def _paths(config: pytest.Config) -> tuple[list[Path], bool]:
@@ -64,7 +65,7 @@ def _paths(config: pytest.Config) -> tuple[list[Path], bool]:
     return [f for p in paths for f in iter_target_files(p, strict=False)], False
 
 
-def load_monitors(config: pytest.Config) -> tuple[list[kr.PushMonitor], str | None]:
+def load_monitors(config: pytest.Config) -> tuple[list[routing.PushMonitor], str | None]:
     """The push monitors and, if the configuration is broken, its one-line error.
 
     On a broken file only its [kuma] tables are read, so the monitors still hear about it.
@@ -76,9 +77,9 @@ def load_monitors(config: pytest.Config) -> tuple[list[kr.PushMonitor], str | No
         if not paths:
             return [], None
         settings = config.stash.get(SETTINGS_KEY, None) or resolve(config)
-        return kr.monitors_for(list(settings.targets)), None
+        return routing.monitors_for(list(settings.targets)), None
     except ConfigError as e:
-        return [m for p in paths for m in kr.tolerant_monitors(p)], str(e)
+        return [m for p in paths for m in routing.tolerant_monitors(p)], str(e)
 
 
 def _announce(lines: list[str]) -> None:
@@ -86,28 +87,28 @@ def _announce(lines: list[str]) -> None:
         sys.stderr.write(f"pgbackup-verify kuma: {line}\n")
 
 
-def push_all(verdicts: list[kr.Verdict], dry_run: bool) -> list[kr.PushResult]:
+def push_all(verdicts: list[kr.Verdict], dry_run: bool) -> list[client.PushResult]:
     """All monitors at once: a hung Kuma costs one timeout + retry, not one per monitor."""
     if len(verdicts) <= 1:
-        return [kr.send(v, dry_run=dry_run) for v in verdicts]
+        return [client.send(v, dry_run=dry_run) for v in verdicts]
     with ThreadPoolExecutor(max_workers=min(8, len(verdicts))) as pool:
-        return list(pool.map(lambda v: kr.send(v, dry_run=dry_run), verdicts))
+        return list(pool.map(lambda v: client.send(v, dry_run=dry_run), verdicts))
 
 
-def describe(r: kr.PushResult) -> str:
+def describe(r: client.PushResult) -> str:
     v = r.verdict
     state = "PUSH FAILED" if not r.ok else ("would push" if "dry run" in r.detail else "pushed")
     return f"{v.monitor.name}: {state} status={v.status} msg='{v.msg}' ping={v.ping_ms} ms -> {r.detail}"
 
 
 class KumaReporter:
-    def __init__(self, config: pytest.Config, monitors: list[kr.PushMonitor]) -> None:
+    def __init__(self, config: pytest.Config, monitors: list[routing.PushMonitor]) -> None:
         self.config = config
         self.monitors = monitors
         self.dry_run = bool(config.getoption("kuma_dry_run", False))
         self.started = time.monotonic()
         self.run = recorder(config).fold  # the run's one fold: the same verdict as the reports
-        self.results: list[kr.PushResult] = []
+        self.results: list[client.PushResult] = []
         self.finished = False
         self._old_term: Any = None
         try:
@@ -190,7 +191,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(KumaReporter(config, monitors), REPORTER)
 
 
-def _push_config_error(config: pytest.Config, monitors: list[kr.PushMonitor], error: str) -> None:
+def _push_config_error(config: pytest.Config, monitors: list[routing.PushMonitor], error: str) -> None:
     config.stash[DONE_KEY] = True
     # Kuma shows ~200 characters: the file's name says enough, its directory is in the terminal.
     msg = "config error: " + re.sub(r"'(?:[^']*/)([^'/]+)'", r"'\1'", error)

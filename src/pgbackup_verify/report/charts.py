@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from markupsafe import Markup
 
 from pgbackup_verify.evidence import human_bytes
-from pgbackup_verify.facts.history import History
+from pgbackup_verify.facts.history import DRILL_SECONDS, DUMP_AGE_HOURS, PAYLOAD_BYTES, TABLES_RESTORED, History
 from pgbackup_verify.facts.trends import slope_per_day
 from pgbackup_verify.report.render import render
 
@@ -134,13 +134,13 @@ def _budget_note(budget: float | None, highest: float) -> str:
 def figures(history: History, name: str, budget: float | None, runs: int) -> list[Figure]:
     """Payload size and drill time of the last `runs` runs of a target, each with a caption."""
     out = []
-    payload = history.series(name, "payload_bytes")[-runs:]
+    payload = history.series(name, PAYLOAD_BYTES)[-runs:]
     if payload:
         growth = slope_per_day([(t, v) for t, v, _ in payload])
         g = f", growth {human_bytes(growth)}/day" if growth is not None else ""
         out.append(Figure(chart(Series("payload size", payload, human_bytes)),
                           f"latest {human_bytes(payload[-1][1])} over {len(payload)} runs{g}"))
-    drill = history.series(name, "drill_seconds")[-runs:]
+    drill = history.series(name, DRILL_SECONDS)[-runs:]
     if drill:
         label = f"budget {budget:g} s" if budget is not None else ""
         series = Series("restore drill time", drill, lambda v: f"{v:.1f} s", budget, label, zero=True)
@@ -156,10 +156,10 @@ def recent_runs(history: History, name: str, last: int = 10) -> list[RunRow]:
         f = r.facts
         rows.append(RunRow(
             when=_date(r.time), status=r.status, checks=", ".join(f"{v} {k}" for k, v in r.outcomes.items() if v),
-            payload=human_bytes(f["payload_bytes"]) if "payload_bytes" in f else "-",
-            dump_age=f"{f['dump_age_hours']:.1f} h" if "dump_age_hours" in f else "-",
-            drill=f"{f['drill_seconds']:.1f} s" if "drill_seconds" in f else "-",
-            tables=f"{f['tables_restored']:.0f}" if "tables_restored" in f else "-",
+            payload=human_bytes(f[PAYLOAD_BYTES]) if PAYLOAD_BYTES in f else "-",
+            dump_age=f"{f[DUMP_AGE_HOURS]:.1f} h" if DUMP_AGE_HOURS in f else "-",
+            drill=f"{f[DRILL_SECONDS]:.1f} s" if DRILL_SECONDS in f else "-",
+            tables=f"{f[TABLES_RESTORED]:.0f}" if TABLES_RESTORED in f else "-",
             failed=", ".join(r.failed)))
     return rows
 

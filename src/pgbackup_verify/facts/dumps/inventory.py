@@ -30,9 +30,12 @@ STRAY_GLOBS = ("*.raw", "*.tmp", "*.part", "*.partial", "*.incomplete", "*.inpro
 
 @dataclass(frozen=True)
 class DumpFile:
+    """A dump file: in the local inventory, or listed on the backup host (then its mode is known too)."""
+
     path: Path
     size: int
     mtime: float
+    mode: int = 0
 
     @property
     def name(self) -> str:
@@ -45,6 +48,15 @@ class DumpFile:
 
     def age_hours(self, now: float) -> float:
         return (now - self.mtime) / 3600
+
+
+@dataclass(frozen=True)
+class LatestDump:
+    """The newest dump, read once: what the dump checks judge."""
+
+    file: DumpFile
+    scan: DumpScan
+    age_hours: float
 
 
 @dataclass(frozen=True)

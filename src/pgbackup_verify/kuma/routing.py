@@ -1,0 +1,88 @@
+"""Which checks each Kuma push monitor answers for: the monitors of the target files, merged per
+monitor, and (for a broken target file) the [kuma] tables read on their own."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgbackup_verify.config import KumaSection, Target
+from pgbackup_verify.outcome import CheckResult, RunFold
+
+
+@dataclass(frozen=True)
+class PushMonitor:
+    """One push destination: the checks it covers, for one target (None: every check)."""
+
+    name: str
+    token_env: str
+    covers: tuple[str, ...]
+    url: str
+    timeout: float
+    targets: tuple[str, ...] | None = None  # None: checks of every target count
+
+
+def covered_by(m: PushMonitor, run: RunFold, claimed: Iterable[str] = ()) -> list[CheckResult]:
+    """The checks this monitor answers for. A check no monitor covers counts for every monitor:
+    nothing may fail unseen because the target file forgot to route it (never silent).
+
+    `claimed`: every marker/module some monitor covers."""
+    claimed = set(claimed)
+    return [c for c in run.checks.values()
+            if (c.groups & set(m.covers) or (claimed and not c.groups & claimed))
+            and (m.targets is None or c.target in ("", *m.targets))]
+
+
+def monitors_of(section: KumaSection, target: str | None) -> list[PushMonitor]:
+    return [PushMonitor(p.monitor, p.token_env, p.covers, section.url.rstrip("/"), section.push_timeout,
+                        (target,) if target else None) for p in section.push]
+
+
+def monitors_for(targets: tuple[Target, ...] | list[Target]) -> list[PushMonitor]:
+    """One push per Kuma monitor: target files sharing a monitor (same url and token env) are merged,
+    else the last host's push would overwrite a failed host's DOWN."""
+    multi = len(targets) > 1
+    merged: dict[tuple[str, str], PushMonitor] = {}
+    for t in targets:
+        for m in monitors_of(t.kuma, t.name if multi else None) if t.kuma else []:
+            key = (m.url, m.token_env)
+            if key in merged:
+                old = merged[key]
+                covers = tuple(dict.fromkeys(old.covers + m.covers))
+                both = None if old.targets is None or m.targets is None else old.targets + m.targets
+                m = PushMonitor(old.name, old.token_env, covers, old.url, min(old.timeout, m.timeout), both)
+            merged[key] = m
+    return list(merged.values())
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\s\"-]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def tolerant_monitors(path: Path) -> list[PushMonitor]:
+    """Push monitors of a target file that failed validation: parse only its [kuma] tables.
+
+    A broken [database] or a TOML syntax error elsewhere must not hide the monitors that
+    have to hear about it. Returns [] when even the [kuma] part is unusable.
+    """
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    keep, inside = [], False
+    for line in lines:
+        m = _HEADER.match(line)
+        if m:
+            inside = m.group(1).replace(" ", "").split(".")[0] == "kuma"
+        if inside:
+            keep.append(line)
+    try:
+        kuma = tomllib.loads("\n".join(keep)).get("kuma", {})
+        url = str(kuma["url"]).rstrip("/")
+        timeout = float(kuma.get("push_timeout", 5.0))
+        return [PushMonitor(str(p["monitor"]), str(p["token_env"]), tuple(p.get("covers", ())), url, timeout)
+                for p in kuma.get("push", [])]
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return []
