@@ -12,6 +12,8 @@ from typing import NoReturn
 
 import pytest
 
+from pgbackup_verify.report.render import render_text
+
 EVIDENCE_KEY = pytest.StashKey["Evidence"]()
 
 
@@ -26,8 +28,6 @@ class Evidence:
         return "\n".join(f"{k}: {v}" for k, v in self.items)
 
     def html(self) -> str:
-        from pgbackup_verify.report.render import render_text
-
         return render_text("evidence.html.j2", items=self.items)
 
 

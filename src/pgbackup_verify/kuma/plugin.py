@@ -27,6 +27,7 @@ from pgbackup_verify.config.settings import SETTINGS_KEY, resolve, target_paths
 from pgbackup_verify.kuma import client, routing
 from pgbackup_verify.kuma import verdict as kr
 from pgbackup_verify.outcome import ABORTS, RunFold
+from pgbackup_verify.report.render import render_text
 from pgbackup_verify.report.summary import recorder
 
 REPORTER = "pgbackup_verify_kuma_reporter"
@@ -153,8 +154,6 @@ class KumaReporter:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
-        from pgbackup_verify.report.render import render_text
-
         prefix.extend(render_text("kuma.html.j2", ok=r.ok, line=describe(r)) for r in self.results)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:

@@ -18,7 +18,8 @@ from pgbackup_verify.report.render import render_text
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from pgbackup_verify.report.summary import CheckResult, RunSummary
+    from pgbackup_verify.outcome import CheckResult
+    from pgbackup_verify.report.summary import RunSummary
 
 STATUS_RANK = {"FAILED": 0, "SKIPPED": 1, "OK": 2}
 EVIDENCE_LINE_CHARS = 400  # a healthy concern stays one line, however much its checks recorded

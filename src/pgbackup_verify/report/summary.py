@@ -16,6 +16,7 @@ import pytest
 from pgbackup_verify import outcome
 from pgbackup_verify.config.concerns import CONCERNS
 from pgbackup_verify.outcome import RANK, ROUTING_ATTR, ROUTING_KEYS, CheckResult, Routing, RunFold, failure_text, label
+from pgbackup_verify.report.html import render as render_html
 from pgbackup_verify.safefs import atomic_write
 
 __all__ = ["CONCERNS_KEY", "RANK", "ROUTING_KEYS", "CheckResult", "Recorder", "RunSummary", "concerns",
@@ -122,9 +123,7 @@ class RunSummary:
     def html(self, registry: dict[str, str] | None = None, extra: str = "", targets: list[str] | None = None) -> str:
         """Per target and concern (the run's registry, default the shipped one): status, the one-line
         cause, the evidence; failing concerns first."""
-        from pgbackup_verify.report.html import render
-
-        return render(self, CONCERNS if registry is None else registry, targets, extra)
+        return render_html(self, CONCERNS if registry is None else registry, targets, extra)
 
 
 class Recorder:
