@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,7 +145,66 @@ def test_demo_on_an_existing_server_leaves_it_as_found(cluster: ThrowawayCluster
     assert (tmp_path / "reports" / "latest.json").is_file()
 
 
-def test_lock_holds_for_a_parallel_run(pytester: pytest.Pytester, target_file: Path, tmp_path: Path) -> None:
-    """With -n 2 only the controller takes the lock; the workers run under it."""
-    result = run(pytester, "--target", str(target_file), "--lock", str(tmp_path / "pgbv.lock"), "-n", "2")
-    result.assert_outcomes(passed=1)
+# Two checks that each hold their xdist worker until the test releases them, saying who they are.
+LOCK_PROBE = """
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+SIGNALS = Path(os.environ["PGBV_LOCK_PROBE_DIR"])
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_runs_under_the_lock(target, n):
+    (SIGNALS / f"started-{n}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not (SIGNALS / "release").exists():
+        assert time.monotonic() < deadline, "the self-test never released this check"
+        time.sleep(0.05)
+"""
+
+
+def test_lock_holds_for_a_parallel_run(pytester: pytest.Pytester, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With -n 2 only the controller takes the lock and holds it while both workers run checks under it:
+    a second run meanwhile is refused (exit 14) naming the controller, and no worker was refused."""
+    lock, signals = tmp_path / "pgbv.lock", tmp_path / "signals"
+    signals.mkdir()
+    (tmp_path / "b").mkdir()
+    # No database needed: the probe only asks for the target.
+    t = demo.write_target_file(tmp_path / "t.toml", "host=127.0.0.1 port=1 dbname=x user=y", tmp_path / "b",
+                               name="t")
+    pytester.makepyfile(test_lock_probe=LOCK_PROBE)
+    monkeypatch.setenv("PGBV_LOCK_PROBE_DIR", str(signals))
+    args = ["-p", "no:cacheprovider", "--target", str(t), "--lock", str(lock)]
+    out, err = tmp_path / "first.out", tmp_path / "first.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        first = pytester.popen([sys.executable, "-m", "pytest", *args, "-n", "2", "test_lock_probe.py"],
+                               stdout=stdout, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((signals / f"started-{n}").exists() for n in (1, 2)):
+            assert first.poll() is None, f"the run ended before both workers ran a check:\n{out.read_text()}"
+            assert time.monotonic() < deadline, f"both workers never ran a check:\n{out.read_text()}"
+            time.sleep(0.05)
+        workers = {(signals / f"started-{n}").read_text() for n in (1, 2)}
+        assert len(workers) == 2 and str(first.pid) not in workers  # two workers, side by side
+        assert lock.is_file(), "the run took no lock"
+        assert lock.read_text() == str(first.pid)  # the controller holds the lock, not a worker
+        second = pytester.runpytest_subprocess(*args, "--collect-only", "test_lock_probe.py")
+        assert second.ret == 14
+        assert f"lock '{lock}' is held by another pgbackup-verify run (pid {first.pid})" in second.stderr.str()
+    finally:
+        (signals / "release").touch()
+        first.wait(timeout=120)
+    output = out.read_text() + err.read_text()
+    assert first.returncode == 0, output
+    assert "pgbackup-verify: OK targets=t failed=0 error=0 skipped=0 passed=2 exit=0" in output
+    assert "is held by another" not in output and "LockHeld" not in output  # no worker was refused
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the run ended
+    finally:
+        os.close(fd)

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 from pgbackup_verify_demo import demo
 
+from pgbackup_verify.config import concerns as registry
 from pgbackup_verify.evidence import Evidence
 from pgbackup_verify.facts import history
 from pgbackup_verify.facts.history import History, RunRecord
@@ -111,6 +113,22 @@ def test_charts_draw_the_retention_window_only(runs: int) -> None:
 
 def test_every_concern_has_a_description() -> None:
     assert set(CONCERNS) == {"grants", "dumps", "drill", "kuma", "host", "offsite", "sql"}
+
+
+def test_each_concern_shows_its_description_in_the_summary() -> None:
+    """Whatever its status, a concern's line carries its description from the registry."""
+    assert CONCERNS is registry.CONCERNS  # the report reads the registry the config declares, not a copy
+    outcomes = ["passed", "failed", "skipped", "error"]
+    run = summary(*(result(f"test_{c}_check", c, outcomes[i % len(outcomes)], "x: FAILED (y); fix: z")
+                    for i, c in enumerate(registry.CONCERNS)))
+    html = run.html(targets=["t"])
+    for concern, description in registry.CONCERNS.items():
+        assert description.strip(), concern
+        block = re.search(rf"<div class='pgbv-concern [^']*' data-target='t' data-concern='{concern}'>(.*?)</div>",
+                          html, re.S)
+        assert block is not None, concern
+        assert f"<span class='pgbv-desc'>{escape(description)}</span>" in block.group(1), concern
+    assert "not checked in this run" not in html
 
 
 def test_any_check_module_plugs_into_the_summary(pytester: pytest.Pytester, tmp_path: Path) -> None:

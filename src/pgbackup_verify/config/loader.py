@@ -117,7 +117,8 @@ def _convert(value: Any, tp: Any, where: str, base: Path, path_kind: str | None)
     if origin is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
         table = where.replace("[", "").replace("]", "")  # "[kuma].push" -> "kuma.push"
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected an array of tables [[{table}]], got {value!r}")
+            # Not the value: a single [kuma.push] table may hold a pasted push token.
+            raise ConfigError(f"{where}: write it as an array of tables, [[{table}]]")
         return tuple(_build(typing.get_args(tp)[0], v, f"{table} #{i + 1}", base) for i, v in enumerate(value))
     if origin is tuple and typing.get_args(tp)[0] is not str:  # a TOML table of name -> integer
         if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
