@@ -13,19 +13,20 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 class UnsafeDirectory(Exception):
     """str() names the directory and the fix."""
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+def _replace(path: Path, write: Callable[[BinaryIO], None], mode: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(raw)
+            write(f)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -34,17 +35,21 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         raise
 
 
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+
+    def write(f: BinaryIO) -> None:
+        f.write(raw)
+
+    _replace(path, write, mode)
+
+
 def atomic_copy(src: Path, dst: Path, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-        os.chmod(tmp, mode)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    def copy(out: BinaryIO) -> None:
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)  # streamed: a report may be large
+
+    _replace(dst, copy, mode)
 
 
 def open_append(path: Path) -> int:
