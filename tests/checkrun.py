@@ -20,6 +20,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks"
@@ -53,6 +54,12 @@ class TargetResult:
 
     def failed(self) -> set[str]:
         return {c["name"] for c in self.checks if c["outcome"] == "failed"}
+
+    def fnmatch_line(self, pattern: str) -> None:
+        """Like pytester's fnmatch_lines for one pattern: some line of the target's text matches it."""
+        lines = self.text.splitlines()
+        assert any(fnmatch(line, pattern) for line in lines), f"target {self.name}: no line matches {pattern!r}:\n" \
+            + "\n".join(lines)
 
     @property
     def text(self) -> str:
