@@ -86,6 +86,12 @@ class ChecksRun:
     def __repr__(self) -> str:  # a failing test shows this, not the whole output
         return f"ChecksRun(exit {self.ret}, {len(self.doc['checks'])} checks of {sorted(self.targets())})"
 
+    def facts_line(self, target: str) -> str:
+        """The terminal's `pgbackup-verify NAME: fact value, ...` line of one target's run facts."""
+        prefix = f"pgbackup-verify {target}: "
+        [line] = [ln for ln in self.stdout.splitlines() if ln.startswith(prefix)]
+        return line
+
     def targets(self) -> set[str]:
         return {c["target"] for c in self.doc["checks"]}
 
