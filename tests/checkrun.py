@@ -77,6 +77,7 @@ class ChecksRun:
     stdout: str
     stderr: str
     doc: dict
+    workdir: Path
 
     def __getitem__(self, target: str) -> TargetResult:
         checks = [c for c in self.doc["checks"] if c["target"] == target]
@@ -116,4 +117,4 @@ def run_checks(workdir: Path, targets: Iterable[Path], check_files: Iterable[str
     proc = subprocess.run(cmd, cwd=workdir, env=pytester_env(workdir, env), capture_output=True, text=True,
                           timeout=timeout, check=False)
     assert report.is_file(), f"no JSON report (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
-    return ChecksRun(proc.returncode, proc.stdout, proc.stderr, json.loads(report.read_text()))
+    return ChecksRun(proc.returncode, proc.stdout, proc.stderr, json.loads(report.read_text()), workdir)
