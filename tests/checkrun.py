@@ -35,8 +35,8 @@ class TargetResult:
     checks: list[dict]
 
     def select(self, *only: str) -> list[dict]:
-        """Like `-k a or b`: the checks whose name contains one of `only` (all when none given)."""
-        return [c for c in self.checks if not only or any(o in c["name"] for o in only)]
+        """Like `-k a or b`: the checks whose name (or [[sql_check]] name) contains one of `only`; all if none."""
+        return [c for c in self.checks if not only or any(o in f"{c['name']} {c['label']}" for o in only)]
 
     def outcomes(self, *only: str) -> dict[str, int]:
         counts = Counter(c["outcome"] for c in self.select(*only))
