@@ -317,6 +317,7 @@ def _server_answers(root: Path) -> bool:
     return (root / "data" / "postmaster.pid").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_mid_restore_then_run_again_leaves_nothing_behind(backups, write_target, work_dir, tmp_path, sig):
     edit_dump(newest(backups), "COPY public.item_03 ", "SELECT pg_sleep(120);\nCOPY public.item_03 ")
