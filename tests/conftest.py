@@ -14,6 +14,58 @@ from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 pytest_plugins = ["pytester"]
 
+# Under xdist (`./dev test` runs -n 2) each entry below is ONE unit of work for one worker, sent
+# in this order (the longest first, so no worker is left with a long tail); every other test is
+# a unit of its own, slow ones first.
+#   "demo": the demo runs and what must not overlap with them: the demo sweeps /tmp of dead demo
+#   dirs (a killed demo's leftovers must stay for the run that proves the sweep), and its drills
+#   hold the host's default drill lock, which the default-lock tests wait on for only 1 s.
+#   "kuma": everything using the session's real Kuma, so only one worker starts one.
+#   Modules whose tests share one checks run over many targets (a module-scoped fixture) stay
+#   together, so that run happens once.
+XDIST_UNITS: dict[str, tuple[str, ...]] = {
+    "demo": ("tests/test_seed_night.py::", "tests/test_report_browser.py::", "tests/test_operation.py::test_demo_",
+             "tests/test_locks.py::test_default_drill_lock_", "tests/test_locks.py::test_a_non_root_run_after_"),
+    "kuma": ("tests/test_kuma_push.py::", "tests/test_kuma_monitors.py::", "tests/test_kuma_demo.py::",
+             "tests/test_kuma_server.py::"),
+    **{m: (f"tests/{m}::",) for m in ("test_drill.py", "test_grants.py", "test_host.py", "test_custom_sql.py",
+                                      "test_dumps.py", "test_offsite.py", "test_trends.py")},
+}
+
+
+def xdist_unit(nodeid: str) -> str | None:
+    return next((unit for unit, prefixes in XDIST_UNITS.items() if nodeid.startswith(prefixes)), None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The order in which xdist hands out the units (see XDIST_UNITS); a plain run is reordered alike."""
+    rank = {unit: i for i, unit in enumerate(XDIST_UNITS)}
+
+    def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
+        index, item = pair
+        unit = xdist_unit(item.nodeid)
+        if unit is not None:
+            return (rank[unit], 0, index)
+        return (len(rank), 0 if item.get_closest_marker("slow") else 1, index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`-n N` without an explicit --dist: the units of XDIST_UNITS, in collection order."""
+    args = [str(a) for a in config.invocation_params.args]
+    if config.option.dist != "load" or any(a == "--dist" or a.startswith(("--dist=", "-d")) for a in args):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SelfTestScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid) or nodeid
+
+    config.option.loadscopereorder = False  # keep the collection order: the longest units come first
+    return SelfTestScheduling(config, log)
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Clusters of an earlier self-test run that was killed would keep running: stop them."""

@@ -2,61 +2,74 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
+from checkrun import ChecksRun, run_checks
 from pgbackup_verify_demo import demo
 
 from pgbackup_verify.cli import checks_dir
+from pgbackup_verify.config import ConfigError, load_target
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 CHECK = str(checks_dir() / "test_custom_sql.py")
 
 
+@dataclass(frozen=True)
+class LockDbs:
+    """Two copies of the seed database in the shared seed cluster: every function locked, and one not."""
+
+    cluster: ThrowawayCluster
+    locked: str
+    lockless: str
+
+    def dsn(self, db: str) -> str:
+        return self.cluster.dsn(db, demo.DUMP_ROLE)
+
+
+def copy_seed_database(c: ThrowawayCluster, name: str) -> None:
+    """CREATE DATABASE ... TEMPLATE needs the template idle: a session just closed may still be leaving."""
+    with psycopg.connect(c.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        for attempt in range(50):
+            try:
+                conn.execute(f"CREATE DATABASE {name} TEMPLATE {demo.DBNAME} OWNER {demo.DUMP_ROLE}")
+                return
+            except psycopg.errors.ObjectInUse:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
-def lock_cluster() -> Iterator[ThrowawayCluster]:
-    """A seed database of our own: the tests below change its functions."""
-    with ThrowawayCluster(tag="sql-") as c:
-        demo.build_seed_database(c)
-        yield c
+def lock_dbs(seed_cluster: ThrowawayCluster) -> Iterator[LockDbs]:
+    """Databases of our own (the tests change their functions), not a cluster of our own."""
+    dbs = LockDbs(seed_cluster, "sql_locked", "sql_lockless")
+    for db in (dbs.locked, dbs.lockless):
+        copy_seed_database(seed_cluster, db)
+    set_lock(seed_cluster, dbs.lockless, False)
+    yield dbs
+    with psycopg.connect(seed_cluster.dsn(), autocommit=True) as conn:
+        for db in (dbs.locked, dbs.lockless):
+            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 def run(pytester: pytest.Pytester, target: Path, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", CHECK, *args)
 
 
-def target_for(tmp_path: Path, c: ThrowawayCluster, extra: str = "") -> Path:
-    (tmp_path / "b").mkdir(exist_ok=True)
-    return demo.write_target_file(tmp_path / "t.toml", c.dsn(demo.DBNAME, demo.DUMP_ROLE), tmp_path / "b",
-                                  extra=extra)
+def target_for(d: Path, dsn: str, extra: str = "", name: str = "t") -> Path:
+    (d / "b").mkdir(parents=True, exist_ok=True)
+    return demo.write_target_file(d / f"{name}.toml", dsn, d / "b", name=name, extra=extra)
 
 
-def set_lock(c: ThrowawayCluster, locked: bool) -> None:
-    with psycopg.connect(c.dsn(demo.DBNAME), autocommit=True) as conn:
+def set_lock(c: ThrowawayCluster, db: str, locked: bool) -> None:
+    with psycopg.connect(c.dsn(db), autocommit=True) as conn:
         conn.execute(demo.registry_function_sql("refresh_pivot_results", locked=locked))
-
-
-def test_registry_lock_coverage_passes_when_every_function_takes_the_lock(
-        pytester: pytest.Pytester, tmp_path: Path, lock_cluster: ThrowawayCluster) -> None:
-    set_lock(lock_cluster, True)
-    result = run(pytester, target_for(tmp_path, lock_cluster))
-    result.assert_outcomes(passed=1)
-
-
-def test_function_without_the_lock_fails_named_with_the_fix(
-        pytester: pytest.Pytester, tmp_path: Path, lock_cluster: ThrowawayCluster) -> None:
-    set_lock(lock_cluster, False)
-    try:
-        result = run(pytester, target_for(tmp_path, lock_cluster))
-    finally:
-        set_lock(lock_cluster, True)
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*registry lock coverage: FAILED (1 row(s): refresh_pivot_results, does not take "
-        "incomex.registry_refresh.v1); fix: make each listed function start with PERFORM "
-        "pg_advisory_xact_lock(hashtext('incomex.registry_refresh.v1'));*"])
 
 
 BROKEN_AND_TRUE = """
@@ -74,48 +87,67 @@ fix = "ALTER ROLE workflow_admin LOGIN;"
 concern = "grants"
 """
 
+WRITER = '[[sql_check]]\nname = "writer"\nquery = "CREATE TABLE public.sneaky (x int)"\n' \
+         'expect = "no_rows"\nfix = "do not write"\n'
 
-def test_query_error_and_true_rule_fail_each_on_its_own(
-        pytester: pytest.Pytester, tmp_path: Path, lock_cluster: ThrowawayCluster) -> None:
-    result = run(pytester, target_for(tmp_path, lock_cluster, BROKEN_AND_TRUE))
+
+@pytest.fixture(scope="module")
+def sql_run(lock_dbs: LockDbs, tmp_path_factory: pytest.TempPathFactory) -> ChecksRun:
+    """One checks run over a target per case: the locked and the lockless database, the broken and the
+    writing rules."""
+    root = tmp_path_factory.mktemp("sql-cases")
+    targets = [target_for(root, lock_dbs.dsn(lock_dbs.locked), name="locked"),
+               target_for(root, lock_dbs.dsn(lock_dbs.lockless), name="lockless"),
+               target_for(root, lock_dbs.dsn(lock_dbs.locked), BROKEN_AND_TRUE, name="broken"),
+               target_for(root, lock_dbs.dsn(lock_dbs.locked), WRITER, name="writer")]
+    return run_checks(root / "run", targets, [CHECK])
+
+
+def test_registry_lock_coverage_passes_when_every_function_takes_the_lock(sql_run: ChecksRun) -> None:
+    sql_run["locked"].assert_outcomes(passed=1)
+
+
+def test_function_without_the_lock_fails_named_with_the_fix(sql_run: ChecksRun) -> None:
+    sql_run["lockless"].assert_outcomes(failed=1)
+    sql_run["lockless"].fnmatch_line(
+        "*registry lock coverage: FAILED (1 row(s): refresh_pivot_results, does not take "
+        "incomex.registry_refresh.v1); fix: make each listed function start with PERFORM "
+        "pg_advisory_xact_lock(hashtext('incomex.registry_refresh.v1'));*")
+
+
+def test_query_error_and_true_rule_fail_each_on_its_own(sql_run: ChecksRun) -> None:
+    result = sql_run["broken"]
     result.assert_outcomes(passed=1, failed=2)
-    result.stdout.fnmatch_lines(["*broken query: ERROR (query failed: relation \"no_such_table\" does not exist)*"])
-    result.stdout.fnmatch_lines(
-        ["*dump role may log in: FAILED (returned no row); fix: ALTER ROLE workflow_admin LOGIN;*"])
+    result.fnmatch_line("*broken query: ERROR (query failed: relation \"no_such_table\" does not exist)*")
+    result.fnmatch_line("*dump role may log in: FAILED (returned no row); fix: ALTER ROLE workflow_admin LOGIN;*")
 
 
-def test_concern_routes_a_custom_check_with_the_builtin_ones(
-        pytester: pytest.Pytester, tmp_path: Path, lock_cluster: ThrowawayCluster) -> None:
-    result = run(pytester, target_for(tmp_path, lock_cluster, BROKEN_AND_TRUE), "-m", "grants")
+def test_concern_routes_a_custom_check_with_the_builtin_ones(pytester: pytest.Pytester, tmp_path: Path,
+                                                             lock_dbs: LockDbs) -> None:
+    result = run(pytester, target_for(tmp_path, lock_dbs.dsn(lock_dbs.locked), BROKEN_AND_TRUE), "-m", "grants")
     result.assert_outcomes(failed=1, deselected=2)
 
 
-def test_custom_check_cannot_write(pytester: pytest.Pytester, tmp_path: Path,
-                                   lock_cluster: ThrowawayCluster) -> None:
-    writer = '[[sql_check]]\nname = "writer"\nquery = "CREATE TABLE public.sneaky (x int)"\n' \
-             'expect = "no_rows"\nfix = "do not write"\n'
-    result = run(pytester, target_for(tmp_path, lock_cluster, writer), "-k", "writer")
-    result.assert_outcomes(failed=1, deselected=1)
-    result.stdout.fnmatch_lines(
-        ["*writer: ERROR (query failed: cannot execute CREATE TABLE in a read-only transaction)*"])
+def test_custom_check_cannot_write(sql_run: ChecksRun) -> None:
+    result = sql_run["writer"]
+    result.assert_outcomes("writer", failed=1)
+    result.fnmatch_line("*writer: ERROR (query failed: cannot execute CREATE TABLE in a read-only transaction)*")
 
 
-def test_bad_rule_is_a_config_error(pytester: pytest.Pytester, tmp_path: Path,
-                                    lock_cluster: ThrowawayCluster) -> None:
+def test_bad_rule_is_a_config_error(tmp_path: Path) -> None:
     bad = '[[sql_check]]\nname = "x"\nquery = "SELECT 1"\nexpect = "some"\nfix = "f"\n'
-    result = run(pytester, target_for(tmp_path, lock_cluster, bad))
-    assert result.ret == 4
-    assert "[[sql_check]] 'x'.expect: 'some' is not one of no_rows, true" in result.stderr.str()
+    with pytest.raises(ConfigError) as e:  # exit 4 with this one line: see test_config.py
+        load_target(target_for(tmp_path, "host=127.0.0.1 port=1 dbname=x user=y", bad))
+    assert "[[sql_check]] 'x'.expect: 'some' is not one of no_rows, true" in str(e.value)
 
 
-def test_custom_checks_share_the_grant_audits_transaction(lock_cluster: ThrowawayCluster, tmp_path: Path) -> None:
+def test_custom_checks_share_the_grant_audits_transaction(lock_dbs: LockDbs, tmp_path: Path) -> None:
     """One REPEATABLE READ, READ ONLY transaction for the grant audit and every [[sql_check]]."""
-    from pgbackup_verify.config import load_target
     from pgbackup_verify.facts.audit import audit_catalog
 
     probe = ('[[sql_check]]\nname = "moment"\nquery = "SELECT now()::text, current_setting(\'transaction_isolation\'),'
              ' current_setting(\'transaction_read_only\')"\nexpect = "no_rows"\nfix = "none"\n')
-    result = audit_catalog(load_target(target_for(tmp_path, lock_cluster, probe)))
+    result = audit_catalog(load_target(target_for(tmp_path, lock_dbs.dsn(lock_dbs.locked), probe)))
     assert result.grants.queries == 5
     assert result.sql["moment"].findings == (f"{result.started}, repeatable read, on",)
     assert result.sql["registry lock coverage"].passed

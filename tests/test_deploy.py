@@ -28,15 +28,22 @@ def localize(text: str, tmp: Path) -> str:
 
 
 @pytest.fixture
-def installed(tmp_path: Path, seed_cluster: ThrowawayCluster) -> Path:
+def layout(tmp_path: Path) -> Path:
+    """The install directories of the example, under a temp dir; no target yet (the text checks need none)."""
     (tmp_path / "etc" / "targets").mkdir(parents=True)
     (tmp_path / "var").mkdir()
     (tmp_path / "run").mkdir()
     (tmp_path / "etc" / "env").write_text("export KUMA_EXAMPLE=1\n")
     (tmp_path / "b").mkdir()
-    demo.write_target_file(tmp_path / "etc" / "targets" / "directus.toml",
-                           seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE), tmp_path / "b", name="directus")
     return tmp_path
+
+
+@pytest.fixture
+def installed(layout: Path, seed_cluster: ThrowawayCluster) -> Path:
+    """The layout with a target of the seed database: for the tests that really run the cron line."""
+    demo.write_target_file(layout / "etc" / "targets" / "directus.toml",
+                           seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE), layout / "b", name="directus")
+    return layout
 
 
 def cron_command(tmp: Path) -> tuple[str, str]:
@@ -46,8 +53,8 @@ def cron_command(tmp: Path) -> tuple[str, str]:
     return " ".join(fields[:5]), localize(fields[5], tmp)
 
 
-def test_cron_schedule_is_five_valid_fields(installed: Path) -> None:
-    schedule, _ = cron_command(installed)
+def test_cron_schedule_is_five_valid_fields(layout: Path) -> None:
+    schedule, _ = cron_command(layout)
     minute, hour, dom, month, dow = schedule.split()
     assert 0 <= int(minute) < 60 and 0 <= int(hour) < 24
     assert (dom, month, dow) == ("*", "*", "*")
@@ -84,11 +91,11 @@ def test_systemd_service_runs_the_same_command_as_cron() -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_systemd_units_verify(installed: Path) -> None:
-    units = installed / "units"
+def test_systemd_units_verify(layout: Path) -> None:
+    units = layout / "units"
     units.mkdir()
     for name in ("pgbackup-verify.service", "pgbackup-verify.timer"):
-        (units / name).write_text(localize((DEPLOY / name).read_text(), installed))
+        (units / name).write_text(localize((DEPLOY / name).read_text(), layout))
     proc = subprocess.run(["systemd-analyze", "verify", *(str(units / n) for n in os.listdir(units))],
                           capture_output=True, text=True, timeout=60)
     problems = [ln for ln in proc.stderr.splitlines() if "pgbackup-verify" in ln]

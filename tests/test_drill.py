@@ -13,10 +13,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
+from checkrun import ChecksRun, TargetResult, run_checks
 from pgbackup_verify_demo import demo
 
 from pgbackup_verify.cli import checks_dir
@@ -57,7 +59,12 @@ def scratch(c: ThrowawayCluster) -> dict[str, str]:
 
 
 def drill_toml(work_dir: Path, **keys: object) -> str:
-    """A [drill] section; every drill of a test works in its own directory (lock, clusters)."""
+    """A [drill] section; every drill of a test works in its own directory (lock, clusters).
+
+    Its lock too: the default lock is one per host user, so drills of parallel self-tests (xdist
+    workers) would wait on each other and a short time limit would be spent waiting.
+    """
+    keys.setdefault("lock_file", work_dir / "drill.lock")
     lines = ["[drill]", f'work_dir = "{work_dir}"', *(f"{k} = {_toml(v)}" for k, v in keys.items())]
     return "\n".join(lines) + "\n"
 
@@ -80,58 +87,15 @@ def edit_dump(path: Path, old: str, new: str, count: int = 1) -> None:
     path.write_bytes(gzip.compress(text.replace(old, new, count).encode()))
 
 
-def run_checks(pytester: pytest.Pytester, target: Path, *args: str) -> pytest.RunResult:
+def run_one(pytester: pytest.Pytester, target: Path, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", "-rA", *args, CHECK)
 
 
-def test_healthy_dump_restores_and_every_drill_check_passes(pytester, backups, write_target, work_dir):
-    target = write_target(backups, drill_toml(work_dir, min_tables={"public": 12}, min_views=3))
-    result = run_checks(pytester, target)
-    result.assert_outcomes(passed=6)
-    out = result.stdout.str()
-    assert f"dump used: {newest(backups)}" in out
-    assert "schemas: cutter_governance,public,sandbox_tac" in out
-    assert "tables: 21" in out and "error lines: none" in out
-    assert "restore db: restore_drill_" in out
-    assert not list(work_dir.glob("pgbv-cluster-*")), "the drill cluster must be gone"
-
-
-def test_drill_config_errors_name_the_key(tmp_path, backups, write_target):
-    for extra, key in [('[drill]\nmode = "elsewhere"\n', "[drill].mode"),
-                       ('[drill]\nmode = "scratch"\n', "[drill].server_dsn"),
-                       ('[drill]\nprefix = "prod_"\n', "[drill].prefix"),
-                       ('[drill]\nmin_tables = { public = "many" }\n', "[drill].min_tables"),
-                       ('[drill]\ndisk_factor = 0.5\n', "[drill].disk_factor")]:
-        with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
-            load_target(write_target(backups, extra))
-
-
-def test_dump_missing_a_schema_and_a_table_fails_naming_them(pytester, backups, write_target, work_dir,
-                                                              seed_cluster, cluster):
-    pg_dump(seed_cluster, backups / "directus_9999-01-01_0200.sql.gz",
-            "--exclude-schema=sandbox_tac", "--exclude-table=public.item_05")
-    target = write_target(backups, drill_toml(work_dir, min_tables={"public": 12}, expect_live_catalog=True,
-                                                **scratch(cluster)))
-    result = run_checks(pytester, target)
-    result.assert_outcomes(passed=3, failed=3)
-    out = result.stdout.str()
-    assert "restore drill schemas: FAILED (missing after restore: sandbox_tac)" in out
-    assert "public: 11 tables vs minimum 12" in out
-    assert "missing tables: public.item_05, sandbox_tac.item_00" in out
-    assert "views missing: sandbox_tac.item_summary" in out
-
-
-def test_statement_that_errors_fails_the_drill_and_shows_the_line(pytester, backups, write_target, work_dir,
-                                                                  cluster):
-    dump = newest(backups)
-    bad = "ALTER TABLE public.no_such_table ADD COLUMN x integer;"
-    edit_dump(dump, "CREATE TABLE public.item_03 (", f"{bad}\n\nCREATE TABLE public.item_03 (")
-    line_no = gzip.decompress(dump.read_bytes()).decode().splitlines().index(bad) + 1
-    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, **scratch(cluster))))
-    out = result.stdout.str()
-    assert "restore drill errors: FAILED (1 error lines vs 0)" in out
-    assert (f'dump line {line_no}: ERROR: relation "public.no_such_table" does not exist | line: {bad}') in out
-    result.assert_outcomes(passed=3, failed=3)  # ON_ERROR_STOP: later tables never arrived
+def drill_work_dir() -> Path:
+    """Under /tmp (the postgres OS user must reach it)."""
+    d = Path(tempfile.mkdtemp(prefix="pgbv-drilltest-"))
+    d.chmod(0o711)
+    return d
 
 
 DROP_EVEN_ROWS = """CREATE FUNCTION public.drop_even_rows() RETURNS trigger LANGUAGE plpgsql
@@ -139,35 +103,148 @@ DROP_EVEN_ROWS = """CREATE FUNCTION public.drop_even_rows() RETURNS trigger LANG
 CREATE TRIGGER drop_even BEFORE INSERT ON public.item_03 FOR EACH ROW EXECUTE FUNCTION public.drop_even_rows();
 
 COPY public.item_03 """
+BAD_STATEMENT = "ALTER TABLE public.no_such_table ADD COLUMN x integer;"
+WARN = "DO $$BEGIN RAISE WARNING 'drill probe'; END$$;"
+META = {"own-line": "\\! touch {marker}\n", "after-statement": "SELECT 1; \\! touch {marker}\n"}
 
 
-def test_rows_lost_on_the_way_fail_row_fidelity_with_both_counts(pytester, backups, write_target, work_dir,
-                                                                  cluster):
+@dataclass(repr=False)
+class Drills:
+    """One checks run over a target per drill case: own backups copy, own work dir (lock, clusters)."""
+
+    run: ChecksRun
+    backups: dict[str, Path]
+    work: dict[str, Path]
+    facts: dict[str, dict]
+
+    def __getitem__(self, case: str) -> TargetResult:
+        return self.run[case]
+
+
+@pytest.fixture(scope="module")
+def drills(seed_cluster: ThrowawayCluster, cluster: ThrowawayCluster, healthy_backups: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drills]:
+    from pgbackup_verify_demo import scene
+
+    root = tmp_path_factory.mktemp("drill-cases")
+    dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
+    backups, work, facts, toml = {}, {}, {}, {}
+
+    def case(name: str, **keys: object) -> Path:
+        b = backups[name] = root / name / "backups"
+        shutil.copytree(healthy_backups, b)
+        w = work[name] = drill_work_dir()
+        facts[name] = {}
+        toml[name] = lambda: drill_toml(w, **keys)
+        return b
+
+    case("healthy", min_tables={"public": 12}, min_views=3)
+
+    b = case("missing-schema", min_tables={"public": 12}, expect_live_catalog=True, **scratch(cluster))
+    pg_dump(seed_cluster, b / "directus_9999-01-01_0200.sql.gz", "--exclude-schema=sandbox_tac",
+            "--exclude-table=public.item_05")
+
+    b = case("statement-error", **scratch(cluster))
+    edit_dump(newest(b), "CREATE TABLE public.item_03 (", f"{BAD_STATEMENT}\n\nCREATE TABLE public.item_03 (")
+    facts["statement-error"]["line_no"] = gzip.decompress(newest(b).read_bytes()).decode().splitlines().index(
+        BAD_STATEMENT) + 1
+
     # The COPY block is intact (200 rows are read from the dump); a trigger the dump also
     # carries silently discards half of them on load. Nothing errors: only counting tells.
-    edit_dump(newest(backups), "COPY public.item_03 ", DROP_EVEN_ROWS)
-    warn = "DO $$BEGIN RAISE WARNING 'drill probe'; END$$;"
-    edit_dump(newest(backups), "COPY public.item_04 ", f"{warn}\nCOPY public.item_04 ")
-    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, **scratch(cluster))))
+    b = case("rows-lost", **scratch(cluster))
+    edit_dump(newest(b), "COPY public.item_03 ", DROP_EVEN_ROWS)
+    edit_dump(newest(b), "COPY public.item_04 ", f"{WARN}\nCOPY public.item_04 ")
+
+    for meta_id, meta in META.items():
+        b = case(f"meta-{meta_id}", **scratch(cluster))
+        marker = work[f"meta-{meta_id}"] / "pwned"
+        line = meta.format(marker=marker)
+        edit_dump(newest(b), "COPY public.item_03 ", f"{line}COPY public.item_03 ")
+        facts[f"meta-{meta_id}"] = {"marker": marker, "line": line}
+
+    b = case("time-limit", time_limit_seconds=3, **scratch(cluster))
+    edit_dump(newest(b), "COPY public.item_03 ", "SELECT pg_sleep(120);\nCOPY public.item_03 ")
+
+    # [drill].source = "offsite": the PG member of the newest archive, streamed through a real rclone.
+    b = case("offsite", source="offsite")
+    remote = scene.write_offsite(root / "offsite-root", b)
+    facts["offsite"]["remote"] = remote
+    offsite_part = scene.offsite_toml(remote, named_remote=False)
+
+    targets = [demo.write_target_file(root / name / "t.toml", dsn, backups[name], name=name,
+                                      extra=toml[name]() + (offsite_part if name == "offsite" else ""))
+               for name in backups]
+    try:
+        yield Drills(run_checks(root / "run", targets, [CHECK]), backups, work, facts)
+    finally:
+        for w in work.values():
+            for leftover in w.glob("pgbv-cluster-*"):  # only after a failure: never leave a server running
+                stop_cluster_dir(leftover)
+            shutil.rmtree(w, ignore_errors=True)
+
+
+def test_healthy_dump_restores_and_every_drill_check_passes(drills):
+    result = drills["healthy"]
+    result.assert_outcomes(passed=6)
+    out = result.text
+    assert f"dump used: {newest(drills.backups['healthy'])}" in out
+    assert "schemas: cutter_governance,public,sandbox_tac" in out
+    assert "tables: 21" in out and "error lines: none" in out
+    assert "restore db: restore_drill_" in out
+    assert not list(drills.work["healthy"].glob("pgbv-cluster-*")), "the drill cluster must be gone"
+
+
+def test_drill_config_errors_name_the_key(tmp_path):
+    for extra, key in [('[drill]\nmode = "elsewhere"\n', "[drill].mode"),
+                       ('[drill]\nmode = "scratch"\n', "[drill].server_dsn"),
+                       ('[drill]\nprefix = "prod_"\n', "[drill].prefix"),
+                       ('[drill]\nmin_tables = { public = "many" }\n', "[drill].min_tables"),
+                       ('[drill]\ndisk_factor = 0.5\n', "[drill].disk_factor")]:
+        with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+            load_target(config_only_target(tmp_path, extra))
+
+
+def config_only_target(tmp_path: Path, extra: str) -> Path:
+    """A target file for load_target alone: nothing connects, so no cluster and no dumps are needed."""
+    return demo.write_target_file(tmp_path / "selftest.toml", "host=127.0.0.1 port=1 dbname=directus user=directus",
+                                  tmp_path, name="selftest", extra=extra)
+
+
+def test_dump_missing_a_schema_and_a_table_fails_naming_them(drills):
+    result = drills["missing-schema"]
+    result.assert_outcomes(passed=3, failed=3)
+    out = result.text
+    assert "restore drill schemas: FAILED (missing after restore: sandbox_tac)" in out
+    assert "public: 11 tables vs minimum 12" in out
+    assert "missing tables: public.item_05, sandbox_tac.item_00" in out
+    assert "views missing: sandbox_tac.item_summary" in out
+
+
+def test_statement_that_errors_fails_the_drill_and_shows_the_line(drills):
+    result, line_no = drills["statement-error"], drills.facts["statement-error"]["line_no"]
+    out = result.text
+    assert "restore drill errors: FAILED (1 error lines vs 0)" in out
+    assert (f'dump line {line_no}: ERROR: relation "public.no_such_table" does not exist | line: {BAD_STATEMENT}'
+            in out)
+    result.assert_outcomes(passed=3, failed=3)  # ON_ERROR_STOP: later tables never arrived
+
+
+def test_rows_lost_on_the_way_fail_row_fidelity_with_both_counts(drills):
+    result = drills["rows-lost"]
     result.assert_outcomes(passed=5, failed=1)
-    out = result.stdout.str()
+    out = result.text
     assert "restore drill row fidelity: FAILED (public.item_03: 100 rows restored vs 200 in the dump)" in out
-    assert f"WARNING: drill probe | line: {warn}" in out  # warnings are shown with their line, not counted
+    assert f"WARNING: drill probe | line: {WARN}" in out  # warnings are shown with their line, not counted
 
 
-@pytest.mark.parametrize("meta", ["\\! touch {marker}\n", "SELECT 1; \\! touch {marker}\n"],
-                         ids=["own-line", "after-statement"])
-def test_psql_meta_command_in_dump_is_refused_and_never_runs(pytester, backups, write_target, work_dir, meta,
-                                                             cluster):
-    marker = work_dir / "pwned"
-    line = meta.format(marker=marker)
-    edit_dump(newest(backups), "COPY public.item_03 ", f"{line}COPY public.item_03 ")
-    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, **scratch(cluster))))
-    out = result.stdout.str()
+@pytest.mark.parametrize("meta", list(META))
+def test_psql_meta_command_in_dump_is_refused_and_never_runs(drills, meta):
+    f = drills.facts[f"meta-{meta}"]
+    out = drills[f"meta-{meta}"].text
     assert "restore drill errors: FAILED (dump refused: dump line" in out
-    assert f"psql meta-command refused: {line.strip()}" in out
-    assert not marker.exists(), "a meta-command from the dump ran"
-    assert result.ret == 1
+    assert f"psql meta-command refused: {f['line'].strip()}" in out
+    assert not f["marker"].exists(), "a meta-command from the dump ran"
+    assert drills.run.ret == 1  # check failures only: no crash, no user-error code
 
 
 @pytest.mark.parametrize("lines", [
@@ -240,6 +317,7 @@ def _server_answers(root: Path) -> bool:
     return (root / "data" / "postmaster.pid").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_mid_restore_then_run_again_leaves_nothing_behind(backups, write_target, work_dir, tmp_path, sig):
     edit_dump(newest(backups), "COPY public.item_03 ", "SELECT pg_sleep(120);\nCOPY public.item_03 ")
@@ -261,11 +339,9 @@ def test_killed_mid_restore_then_run_again_leaves_nothing_behind(backups, write_
     assert not root.exists() and not list(work_dir.glob("pgbv-*"))
 
 
-def test_time_limit_stops_the_drill_and_fails_it(pytester, backups, write_target, work_dir, cluster):
-    edit_dump(newest(backups), "COPY public.item_03 ", "SELECT pg_sleep(120);\nCOPY public.item_03 ")
-    result = run_checks(pytester, write_target(backups, drill_toml(work_dir, time_limit_seconds=3, **scratch(cluster))))
-    assert "psql stopped by the time limit ([drill].time_limit_seconds) after" in result.stdout.str()
-    assert result.ret == 1 and not list(work_dir.glob("pgbv-cluster-*"))
+def test_time_limit_stops_the_drill_and_fails_it(drills):
+    assert "psql stopped by the time limit ([drill].time_limit_seconds) after" in drills["time-limit"].text
+    assert drills.run.ret == 1 and not list(drills.work["time-limit"].glob("pgbv-cluster-*"))
 
 
 def test_disk_preflight_refuses_a_restore_that_cannot_fit(backups, write_target, work_dir):
@@ -312,7 +388,7 @@ def test_scratch_database_mode_leaves_the_server_as_it_found_it(pytester, cluste
                      f"'pgbackup-verify drill pid={gone.pid} host={socket.gethostname()} started={int(time.time())}'")
     target = write_target(backups, drill_toml(work_dir, mode="scratch", server_dsn=cluster.dsn(),
                                               expect_live_catalog=True))
-    result = run_checks(pytester, target)
+    result = run_one(pytester, target)
     result.assert_outcomes(passed=6)
     out = result.stdout.str()
     assert f"swept leftover database restore_drill_20000101_000000_1 (owner pid {gone.pid} is gone)" in out
@@ -394,20 +470,15 @@ def test_long_restore_reports_progress_with_bytes_and_share_read(backups, write_
     assert 0 < sent < len(text) and 0 < read <= size == newest(backups).stat().st_size and seconds >= 1.0
 
 
-def test_drill_restores_the_offsite_archive_member(pytester, backups, write_target, work_dir, tmp_path):
+def test_drill_restores_the_offsite_archive_member(drills):
     """[drill].source = "offsite": the PG member of the newest archive, streamed through a real rclone."""
-    from pgbackup_verify_demo import scene
-
-    remote = scene.write_offsite(tmp_path / "offsite-root", backups)
-    target = write_target(backups, drill_toml(work_dir, source="offsite")
-                          + scene.offsite_toml(remote, named_remote=False))
-    result = run_checks(pytester, target)
+    result, remote = drills["offsite"], drills.facts["offsite"]["remote"]
     result.assert_outcomes(passed=6)
-    out = result.stdout.str()
+    out = result.text
     assert f"dump used: :local:{remote}/vps-backup-" in out and "member */postgresql-directus.sql.gz" in out
     assert "tables: 21" in out and "error lines: none" in out
 
 
-def test_offsite_source_needs_an_offsite_section(backups, write_target, work_dir):
+def test_offsite_source_needs_an_offsite_section(tmp_path, work_dir):
     with pytest.raises(ConfigError, match=r"\[drill\]\.source: 'offsite' needs an \[offsite\] section"):
-        load_target(write_target(backups, drill_toml(work_dir, source="offsite")))
+        load_target(config_only_target(tmp_path, drill_toml(work_dir, source="offsite")))

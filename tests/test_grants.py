@@ -4,13 +4,14 @@ and the fix it names really repairs the database."""
 from __future__ import annotations
 
 import gzip
-import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
+from checkrun import ChecksRun, TargetResult, run_checks
 from pgbackup_verify_demo import demo
 
 from pgbackup_verify.config import Target, load_target
@@ -115,45 +116,78 @@ def make_db(cluster: ThrowawayCluster, name: str, sql: str = "") -> str:
     return name
 
 
-def target_file(tmp_path: Path, dsn: str, dump_role: str = "gr_dump", extra: str = "") -> Path:
-    f = tmp_path / "grants.toml"
-    f.write_text(f'[target]\nname = "g"\n[database]\ndsn = "{dsn}"\ndump_role = "{dump_role}"\n{extra}\n'
+def target_file(tmp_path: Path, dsn: str, dump_role: str = "gr_dump", extra: str = "", name: str = "g") -> Path:
+    f = tmp_path / f"{name}.toml"
+    f.write_text(f'[target]\nname = "{name}"\n[database]\ndsn = "{dsn}"\ndump_role = "{dump_role}"\n{extra}\n'
                  f'[backups]\ndirectory = "{tmp_path}"\n')
     return f
 
 
-def run_checks(pytester: pytest.Pytester, f: Path) -> pytest.RunResult:
+def run_one(pytester: pytest.Pytester, f: Path) -> pytest.RunResult:
     return pytester.runpytest_subprocess("--target", str(f), "-p", "no:cacheprovider", str(CHECKS))
 
 
-def test_healthy_target_passes_every_grant_check(pytester: pytest.Pytester, grant_cluster: ThrowawayCluster,
-                                                 tmp_path: Path) -> None:
-    db = make_db(grant_cluster, "gr_ok")
-    result = run_checks(pytester, target_file(tmp_path, grant_cluster.dsn(db, "gr_dump")))
-    result.assert_outcomes(passed=6)
-    assert "dump role gr_dump" in result.stdout.str()  # run facts in the summary
+@dataclass(repr=False)
+class Grants:
+    """One checks run over a target per case below; each case is its own database (or cluster)."""
+
+    run: ChecksRun
+    targets: dict[str, Path]
+
+    def __getitem__(self, case: str) -> TargetResult:
+        return self.run[case]
 
 
-def test_healthy_seed_database_passes_every_grant_check(pytester: pytest.Pytester, write_target,
-                                                        tmp_path: Path) -> None:
-    result = run_checks(pytester, write_target(tmp_path))
-    result.assert_outcomes(passed=6)
+@pytest.fixture(scope="module")
+def grant_run(grant_cluster: ThrowawayCluster, seed_cluster: ThrowawayCluster,
+              seed_night: tuple[ThrowawayCluster, Path], tmp_path_factory: pytest.TempPathFactory) -> Grants:
+    root = tmp_path_factory.mktemp("grant-cases")
+    targets = {"healthy": target_file(root, grant_cluster.dsn(make_db(grant_cluster, "gr_ok"), "gr_dump"),
+                                      name="healthy")}
+    seed = demo.write_target_file(root / "seed.toml", seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE), root,
+                                  name="seed")
+    targets["seed"] = seed
+    for fault, (sql, _, _) in FAULTS.items():
+        db = make_db(grant_cluster, "gr_" + fault.replace("-", "_"), sql)
+        # An auditor may connect as another role than the one audited (needed when CONNECT is gone).
+        targets[fault] = target_file(root, grant_cluster.dsn(db, "postgres" if "connect" in fault else "gr_dump"),
+                                     name=fault)
+    db = make_db(grant_cluster, "gr_excluded", f"REVOKE USAGE ON SCHEMA {P} FROM gr_dump;"
+                                               f" REVOKE SELECT ON ALL TABLES IN SCHEMA {P} FROM gr_dump")
+    targets["excluded"] = target_file(root, grant_cluster.dsn(db, "gr_dump"), extra='exclude_schemas = ["Pilot Area"]',
+                                      name="excluded")
+    targets["ghost"] = target_file(root, grant_cluster.dsn(make_db(grant_cluster, "gr_ghost_db")), "gr_ghost",
+                                   name="ghost")
+    night_cluster, backups = seed_night
+    targets["seed-night"] = demo.write_target_file(root / "seed-night.toml",
+                                                   night_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE), backups,
+                                                   name="seed-night")
+    # The target named "g", as every single-target run here used to be named.
+    targets["g"] = target_file(root, "host=127.0.0.1 port=1 dbname=directus user=directus connect_timeout=2")
+    return Grants(run_checks(root / "run", list(targets.values()), [CHECKS]), targets)
+
+
+def test_healthy_target_passes_every_grant_check(grant_run: Grants) -> None:
+    grant_run["healthy"].assert_outcomes(passed=6)
+    assert "dump role gr_dump" in grant_run.run.facts_line("healthy")  # run facts in the summary
+
+
+def test_healthy_seed_database_passes_every_grant_check(grant_run: Grants) -> None:
+    grant_run["seed"].assert_outcomes(passed=6)
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_fault_fails_its_check_naming_object_and_fix(pytester: pytest.Pytester, grant_cluster: ThrowawayCluster,
-                                                     tmp_path: Path, fault: str) -> None:
-    sql, check, expected = FAULTS[fault]
-    db = make_db(grant_cluster, "gr_" + fault.replace("-", "_"), sql)
-    # An auditor may connect as another role than the one audited (needed when CONNECT is gone).
-    f = target_file(tmp_path, grant_cluster.dsn(db, "postgres" if "connect" in fault else "gr_dump"))
-    result = run_checks(pytester, f)
+def test_fault_fails_its_check_naming_object_and_fix(grant_run: Grants, grant_cluster: ThrowawayCluster,
+                                                     fault: str) -> None:
+    _, check, expected = FAULTS[fault]
+    result = grant_run[fault]
     result.assert_outcomes(passed=5, failed=1)
-    out = result.stdout.str()
-    assert re.search(rf"^FAILED .*::{check}\[g\]", out, re.M), f"{check} did not fail"
+    assert result.failed() == {check}, f"{check} did not fail"
     for text in expected:
-        assert text in out, f"{text!r} not in the output of fault {fault}"
+        assert text in result.text, f"{text!r} not in the output of fault {fault}"
     # The statements the audit names really repair the database.
+    f = grant_run.targets[fault]
+    db = "gr_" + fault.replace("-", "_")
     audit = grants.audit(load_target(f))
     with psycopg.connect(grant_cluster.dsn(db), autocommit=True) as conn:
         for c in (audit.schemas, audit.relations, audit.sequences, audit.default_privileges):
@@ -169,13 +203,9 @@ def grants_all_ok(a: grants.GrantAudit) -> bool:
                              for c in (a.schemas, a.relations, a.sequences, a.default_privileges))
 
 
-def test_excluded_schema_is_not_audited(pytester: pytest.Pytester, grant_cluster: ThrowawayCluster,
-                                        tmp_path: Path) -> None:
-    db = make_db(grant_cluster, "gr_excluded", f"REVOKE USAGE ON SCHEMA {P} FROM gr_dump;"
-                                               f" REVOKE SELECT ON ALL TABLES IN SCHEMA {P} FROM gr_dump")
-    f = target_file(tmp_path, grant_cluster.dsn(db, "gr_dump"), extra='exclude_schemas = ["Pilot Area"]')
-    run_checks(pytester, f).assert_outcomes(passed=6)
-    audit = grants.audit(load_target(f))
+def test_excluded_schema_is_not_audited(grant_run: Grants) -> None:
+    grant_run["excluded"].assert_outcomes(passed=6)
+    audit = grants.audit(load_target(grant_run.targets["excluded"]))
     assert (audit.schemas.audited, audit.relations.audited) == (1, 1)  # type: ignore[union-attr]
 
 
@@ -185,12 +215,9 @@ def test_pg_read_all_data_member_covers_everything(grant_cluster: ThrowawayClust
     assert audit.role.reads_all and grants_all_ok(audit)
 
 
-def test_missing_dump_role_fails_every_check_never_silent(pytester: pytest.Pytester,
-                                                         grant_cluster: ThrowawayCluster, tmp_path: Path) -> None:
-    db = make_db(grant_cluster, "gr_ghost_db")
-    result = run_checks(pytester, target_file(tmp_path, grant_cluster.dsn(db), "gr_ghost"))
-    result.assert_outcomes(passed=1, failed=5)  # only pg_dump's version does not need the role
-    assert "fix: CREATE ROLE gr_ghost LOGIN;" in result.stdout.str()
+def test_missing_dump_role_fails_every_check_never_silent(grant_run: Grants) -> None:
+    grant_run["ghost"].assert_outcomes(passed=1, failed=5)  # only pg_dump's version does not need the role
+    assert "fix: CREATE ROLE gr_ghost LOGIN;" in grant_run["ghost"].text
 
 
 @pytest.mark.parametrize(("client", "expected"), [
@@ -209,7 +236,7 @@ def test_older_or_missing_local_pg_dump_fails(pytester: pytest.Pytester, grant_c
         (shim / "pg_dump").chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim}:/bin" if client else str(shim))
     db = make_db(grant_cluster, "gr_version")
-    result = run_checks(pytester, target_file(tmp_path, grant_cluster.dsn(db, "gr_dump")))
+    result = run_one(pytester, target_file(tmp_path, grant_cluster.dsn(db, "gr_dump")))
     result.assert_outcomes(passed=5, failed=1)
     assert expected in result.stdout.str()
     assert "fix: apt-get install postgresql-client-15" in result.stdout.str()
@@ -242,21 +269,20 @@ def seed_night(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Throw
         yield c, d
 
 
-def test_seed_night_end_to_end(pytester: pytest.Pytester, seed_night: tuple[ThrowawayCluster, Path]) -> None:
+def test_seed_night_end_to_end(grant_run: Grants, seed_night: tuple[ThrowawayCluster, Path]) -> None:
     cluster, backups = seed_night
     newest = max(backups.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)
     assert newest.stat().st_size < 64 and gzip.decompress(newest.read_bytes()) == b""  # the 20-byte file
     dump = subprocess.run(["pg_dump", "-d", demo.DBNAME], env={**cluster.env(), "PGUSER": "directus"},
                           capture_output=True, text=True, check=False)
     assert dump.returncode != 0 and "permission denied for schema sandbox_tac" in dump.stderr
-    f = demo.write_target_file(pytester.path / "seed.toml", cluster.dsn(demo.DBNAME, demo.DUMP_ROLE), backups)
-    result = run_checks(pytester, f)
+    result = grant_run["seed-night"]
     result.assert_outcomes(passed=5, failed=1)
-    result.stdout.fnmatch_lines(["*test_dump_role_has_usage_on_every_schema*",
-                                 "dump role USAGE on every schema: FAILED (1 of 3 schemas without USAGE for directus"
-                                 " vs 0 allowed); fix (as workflow_admin or a superuser): "
-                                 "GRANT USAGE ON SCHEMA sandbox_tac TO directus;",
-                                 "  schema sandbox_tac (owner workflow_admin) lacks USAGE"])
+    assert result.failed() == {"test_dump_role_has_usage_on_every_schema"}
+    assert ("dump role USAGE on every schema: FAILED (1 of 3 schemas without USAGE for directus"
+            " vs 0 allowed); fix (as workflow_admin or a superuser): "
+            "GRANT USAGE ON SCHEMA sandbox_tac TO directus;\n"
+            "  schema sandbox_tac (owner workflow_admin) lacks USAGE") in result.text
     # Running the named fix makes the real pg_dump succeed again.
     with psycopg.connect(cluster.dsn(demo.DBNAME), autocommit=True) as conn:
         conn.execute("GRANT USAGE ON SCHEMA sandbox_tac TO directus")
@@ -275,12 +301,11 @@ def test_role_attribute_faults_name_the_alter_role(grant_cluster: ThrowawayClust
     assert expired.role.fixes == ("ALTER ROLE gr_expired VALID UNTIL 'infinity';",)
 
 
-def test_unreachable_database_is_one_line_per_check(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    f = target_file(tmp_path, "host=127.0.0.1 port=1 dbname=directus user=directus connect_timeout=2")
-    result = run_checks(pytester, f)
+def test_unreachable_database_is_one_line_per_check(grant_run: Grants) -> None:
+    result = grant_run["g"]
     result.assert_outcomes(errors=6)
-    out = result.stdout.str()
-    assert "database 127.0.0.1:1/directus as directus of target 'g' is unreachable" in out
+    assert "database 127.0.0.1:1/directus as directus of target 'g' is unreachable" in result.text
+    out = grant_run.run.stdout
     assert "Traceback" not in out and "another exception occurred" not in out
 
 

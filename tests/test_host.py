@@ -5,40 +5,22 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pgbackup_verify_demo import scene
+from checkrun import ChecksRun, TargetResult, run_checks
+from pgbackup_verify_demo import demo, scene
 
+from pgbackup_verify.config import HostSection
 from pgbackup_verify.facts import cron
+from pgbackup_verify.facts import host as hostfacts
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_host.py"
 HOST_CHECKS = 9
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> scene.HostScene:
-    return scene.write_host(tmp_path / "host")
-
-
-@pytest.fixture
-def run_host_checks(pytester: pytest.Pytester, write_target, backups: Path, host: scene.HostScene,
-                    cluster: ThrowawayCluster) -> Callable[..., pytest.RunResult]:
-    def run(data_dir: Path | None = None, **toml: float) -> pytest.RunResult:
-        extra = host.toml(data_dir or Path(cluster.executor.datadir), **toml)
-        target = write_target(backups, extra=extra)
-        return pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", "-rA", str(CHECKS))
-
-    return run
-
-
-def test_healthy_host_passes_every_check(run_host_checks, host: scene.HostScene) -> None:
-    result = run_host_checks()
-    result.assert_outcomes(passed=HOST_CHECKS)
-    out = result.stdout.str()
-    assert "0 2 * * *" in out and "set -euo pipefail" in out and "pid " in out
 
 
 def _drop_line(path: Path, needle: str) -> None:
@@ -94,47 +76,109 @@ FAULTS: dict[str, tuple[Callable[[scene.HostScene, Path], None], list[str], str]
 }
 
 
+def slug(case: str) -> str:
+    return case.replace(" ", "-")
+
+
+@dataclass(repr=False)
+class Hosts:
+    """One checks run over one target per case: each its own host scene and its own backups copy."""
+
+    run: ChecksRun
+    scenes: dict[str, scene.HostScene]
+    backups: dict[str, Path]
+    targets: dict[str, Path]
+    stopped_dir: Path
+    stopped_seen_running: bool
+
+    def __getitem__(self, case: str) -> TargetResult:
+        return self.run[slug(case)]
+
+
+@pytest.fixture(scope="module")
+def hosts(seed_cluster: ThrowawayCluster, cluster: ThrowawayCluster, healthy_backups: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Hosts:
+    root = tmp_path_factory.mktemp("host-cases")
+    dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
+    running = Path(cluster.executor.datadir)
+    # The database of the "stopped" case: a real cluster, seen running, then stopped before the run.
+    stopped = ThrowawayCluster(tag="hostcheck-").start()
+    stopped_dir = Path(stopped.executor.datadir)
+    seen_running = database_process(stopped_dir)
+    stopped.stop()
+    cases: dict[str, tuple[Callable[[scene.HostScene, Path], None] | None, dict]] = {
+        "healthy": (None, {}), "free space": (None, {"free_space_multiple": 1e12}),
+        "stopped database": (None, {"data_dir": stopped_dir}), "no host section": (None, {"host": False}),
+        "unreachable host": (None, {"host": "ssh://nobody@127.0.0.1:1"}),
+        **{fault: (inject, {}) for fault, (inject, _, _) in FAULTS.items()}}
+    scenes, backups, targets = {}, {}, {}
+    for case, (inject, opts) in cases.items():
+        d = root / slug(case)
+        h = scenes[case] = scene.write_host(d / "host")
+        b = backups[case] = d / "backups"
+        shutil.copytree(healthy_backups, b)
+        if inject:
+            inject(h, b)
+        if opts.get("host") is False:
+            extra = ""
+        elif isinstance(opts.get("host"), str):
+            extra = '\n[host]\ncron_jobs = ["/x.sh"]\n'
+        else:
+            extra = h.toml(opts.get("data_dir", running), free_space_multiple=opts.get("free_space_multiple", 2.0))
+        t = targets[case] = demo.write_target_file(d / "t.toml", dsn, b, name=slug(case), extra=extra)
+        if isinstance(opts.get("host"), str):
+            t.write_text(t.read_text().replace("[target]\n", f'[target]\nhost = "{opts["host"]}"\n', 1))
+    run = run_checks(root / "run", list(targets.values()), [CHECKS])
+    return Hosts(run, scenes, backups, targets, stopped_dir, seen_running)
+
+
+def database_process(data_dir: Path) -> bool:
+    """The library's answer for `postgres -D data_dir` on this host (the check's facts)."""
+    section = HostSection(process="postgres", process_args=f"-D {data_dir}")
+    [facts] = hostfacts.database_running(hostfacts.get_host("local://"), section)
+    return facts.running
+
+
+def test_healthy_host_passes_every_check(hosts: Hosts) -> None:
+    hosts["healthy"].assert_outcomes(passed=HOST_CHECKS)
+    out = hosts["healthy"].text
+    assert "0 2 * * *" in out and "set -euo pipefail" in out and "pid " in out
+    assert "Traceback" not in hosts.run.stdout
+
+
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_each_host_fault_fails_its_check(fault: str, run_host_checks, host: scene.HostScene, backups: Path) -> None:
-    inject, failing, message = FAULTS[fault]
-    inject(host, backups)
-    result = run_host_checks()
+def test_each_host_fault_fails_its_check(fault: str, hosts: Hosts) -> None:
+    _, failing, message = FAULTS[fault]
+    result, host, backups = hosts[fault], hosts.scenes[fault], hosts.backups[fault]
     result.assert_outcomes(passed=HOST_CHECKS - len(failing), failed=len(failing))
-    for name in failing:
-        result.stdout.fnmatch_lines([f"FAILED *checks/test_host.py::{name}[[]selftest]*"])
+    assert result.failed() == set(failing)
     expected = message.format(gd=host.to_gdrive, pg=host.pg_backup, retired=host.retired, crontab=host.crontab,
                               scripts=host.scripts, backups=backups)
-    assert expected in result.stdout.str()
+    assert expected in result.text
 
 
-def test_too_little_free_space_fails(run_host_checks) -> None:
-    result = run_host_checks(free_space_multiple=1e12)
+def test_too_little_free_space_fails(hosts: Hosts) -> None:
+    result = hosts["free space"]
     result.assert_outcomes(passed=HOST_CHECKS - 1, failed=1)
-    result.stdout.fnmatch_lines(["*free space for backups: FAILED (* free on * vs * = 1e+12 x latest dump); "
-                                 "fix: free space on that filesystem or prune old dumps*"])
+    result.fnmatch_line("*free space for backups: FAILED (* free on * vs * = 1e+12 x latest dump); "
+                        "fix: free space on that filesystem or prune old dumps*")
 
 
-def test_stopped_database_fails(pytester: pytest.Pytester, write_target, backups: Path,
-                                host: scene.HostScene) -> None:
-    db = ThrowawayCluster(tag="hostcheck-").start()
-    try:
-        target = write_target(backups, extra=host.toml(Path(db.executor.datadir)))
-        args = ("--target", str(target), "-p", "no:cacheprovider", str(CHECKS), "-k", "database_service")
-        pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
-    finally:
-        db.stop()
-    result = pytester.runpytest_subprocess(*args)
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*database process postgres with '-D {db.executor.datadir}': FAILED "
-                                 "(no such process); fix: start it*"])
+def test_stopped_database_fails(hosts: Hosts) -> None:
+    """The same data dir passes while its postgres runs (seen by the check's own facts) and fails once stopped."""
+    datadir = hosts.stopped_dir
+    assert hosts.stopped_seen_running and not database_process(datadir)
+    result = hosts["stopped database"]
+    result.assert_outcomes("database_service", failed=1)
+    assert (f"database process postgres with '-D {datadir}': FAILED (no such process); fix: start it"
+            in result.text)
+    hosts["healthy"].assert_outcomes("database_service", passed=1)  # the running session cluster end to end
 
 
-def test_host_checks_skip_visibly_without_a_host_section(pytester: pytest.Pytester, write_target,
-                                                         backups: Path) -> None:
-    result = pytester.runpytest_subprocess("--target", str(write_target(backups)), "-p", "no:cacheprovider",
-                                           "-rs", str(CHECKS))
+def test_host_checks_skip_visibly_without_a_host_section(hosts: Hosts) -> None:
+    result = hosts["no host section"]
     result.assert_outcomes(passed=2, skipped=HOST_CHECKS - 2)  # dir mode and free space need no [host]
-    result.stdout.fnmatch_lines(["SKIPPED*no [[]host] section in *; add one to check cron and scripts"])
+    result.fnmatch_line("*no [[]host] section in *; add one to check cron and scripts")
 
 
 @pytest.mark.parametrize(("schedule", "error"), [
@@ -180,11 +224,8 @@ def test_host_section_mistakes_are_one_line(tmp_path: Path, toml: str, expected:
     assert expected in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_unreachable_host_is_one_line(pytester: pytest.Pytester, write_target, backups: Path) -> None:
-    target = write_target(backups, extra='\n[host]\ncron_jobs = ["/x.sh"]\n')
-    target.write_text(target.read_text().replace("[target]\n", '[target]\nhost = "ssh://nobody@127.0.0.1:1"\n', 1))
-    result = pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", str(CHECKS),
-                                           "-k", "cron_schedules_every")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*backup host 'ssh://nobody@127.0.0.1:1': FAILED (cannot run a command: *); "
-                                 "fix: check [[]target].host and the access to it*"])
+def test_unreachable_host_is_one_line(hosts: Hosts) -> None:
+    result = hosts["unreachable host"]
+    result.assert_outcomes("cron_schedules_every", errors=1)
+    result.fnmatch_line("*backup host 'ssh://nobody@127.0.0.1:1': FAILED (cannot run a command: *); "
+                        "fix: check [[]target].host and the access to it*")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from kuma_helpers import MARKERS_INI, Pushed, kuma_toml, new_monitor, write_target
+from checkrun import ChecksRun, TargetResult, run_checks
+from kuma_helpers import MARKERS_INI, Pushed, kuma_toml, write_target
 from pgbackup_verify_demo.kuma_server import push
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_kuma.py"
@@ -26,20 +28,84 @@ def backdate(kuma, monitor_id: int, status: int, age: timedelta, msg: str) -> No
                    "VALUES (?, ?, ?, ?, 1, NULL, 0, 0)", (monitor_id, status, msg, when))
 
 
-@pytest.fixture
-def monitor(kuma, monkeypatch):
+@dataclass(repr=False)
+class Monitors:
+    """One checks run over a target per case, each naming its own monitor(s) of the session's Kuma."""
+
+    run: ChecksRun
+    monitors: dict[str, Pushed]
+
+    def __getitem__(self, case: str) -> TargetResult:
+        return self.run[case]
+
+
+def _monitor(kuma, label: str, **kw) -> Pushed:
     """A fresh push monitor with a long interval, so Kuma's own timer stays out of the test."""
-
-    def _make(label: str, **kw) -> Pushed:
-        kw.setdefault("interval", HOUR)
-        return new_monitor(kuma, monkeypatch, f"{label} {secrets.token_hex(3)}", "KUMA_PUSH_CHECKED", **kw)
-
-    return _make
+    kw.setdefault("interval", HOUR)
+    name = f"{label} {secrets.token_hex(3)}"
+    mid, token = kuma.admin.add_push_monitor(name, **kw)
+    return Pushed(name, mid, token, "KUMA_PUSH_" + secrets.token_hex(4).upper())
 
 
-def run_checks(pytester, kuma, names: list[str], extra: str = "", push: list | None = None) -> pytest.RunResult:
+@pytest.fixture(scope="module")
+def kuma_run(kuma, tmp_path_factory: pytest.TempPathFactory) -> Monitors:
+    root = tmp_path_factory.mktemp("kuma-cases")
+    monitors: dict[str, Pushed] = {}
+    parts: dict[str, str] = {}
+    for read in ("db", "socket"):
+        m = monitors[f"healthy-{read}"] = _monitor(kuma, "PG Backup Local")
+        assert push(kuma.url, m.token, "up", "OK: 7/7 checks passed")["ok"]
+        parts[f"healthy-{read}"] = kuma_toml(kuma.url, [], f"monitors = {[m.name]!r}\n"
+                                             + (db_read(kuma) if read == "db" else 'read = "socket"'))
+
+    m = monitors["renamed"] = _monitor(kuma, "Renamed in Kuma")
+    push(kuma.url, m.token, "up", "ok")
+    listed = Pushed("PG Dump Permission Guard", m.id, m.token, m.env)
+    parts["renamed"] = kuma_toml(kuma.url, [(listed, ["kuma"])], f"monitors = []\n{db_read(kuma)}")
+
+    parts["missing"] = kuma_toml(kuma.url, [], f"monitors = ['PG Backup Nowhere']\n{db_read(kuma)}")
+
+    m = monitors["paused"] = _monitor(kuma, "PG Backup GDrive")
+    push(kuma.url, m.token, "up", "ok")
+    kuma.admin.pause(m.id)
+    parts["paused"] = kuma_toml(kuma.url, [], f"monitors = {[m.name]!r}\n{db_read(kuma)}")
+
+    for read in ("db", "socket"):
+        group = kuma.admin.add_group(f"Backups {secrets.token_hex(3)}")
+        m = monitors[f"paused-group-{read}"] = _monitor(kuma, "PG Backup Local", parent=group)
+        push(kuma.url, m.token, "up", "ok")
+        kuma.admin.pause(group)
+        parts[f"paused-group-{read}"] = kuma_toml(kuma.url, [], f"monitors = {[m.name]!r}\n"
+                                                  + (db_read(kuma) if read == "db" else 'read = "socket"'))
+
+    m = monitors["down"] = _monitor(kuma, "PG Backup Local")
+    push(kuma.url, m.token, "down", "1 failed of 7: test_latest_dump_is_complete")
+    parts["down"] = kuma_toml(kuma.url, [], f"monitors = {[m.name]!r}\n{db_read(kuma)}")
+
+    # The seed's 41 h: the last beat is UP, but far older than the interval (Kuma's timer was reset).
+    m = monitors["silent"] = _monitor(kuma, "PG Dump Permission Guard")
+    backdate(kuma, m.id, 1, timedelta(hours=3), "OK: 5/5 checks passed")
+    parts["silent"] = kuma_toml(kuma.url, [], f"monitors = {[m.name]!r}\n{db_read(kuma)}")
+
+    # The seed's retired job: active, DOWN every day for weeks, last UP long ago.
+    m = monitors["stale"] = _monitor(kuma, "PG Backup Workflow")
+    backdate(kuma, m.id, 1, timedelta(days=12), "ok")
+    backdate(kuma, m.id, 0, timedelta(minutes=5), "No heartbeat in the time window")
+    parts["stale"] = kuma_toml(kuma.url, [], f"monitors = {[m.name]!r}\n{db_read(kuma)}")
+
+    (root / "run").mkdir()
+    (root / "run" / "pytest.ini").write_text(MARKERS_INI)
+    targets = []
+    for case, part in parts.items():
+        (root / case).mkdir()
+        targets.append(write_target(root / case, part, name=case))
+    env = {"KUMA_USERNAME": kuma.username, "KUMA_PASSWORD": kuma.password, listed.env: listed.token}
+    return Monitors(run_checks(root / "run", targets, [CHECKS], env=env), monitors)
+
+
+def run_checks_alone(pytester, kuma, names: list[str], extra: str = "") -> pytest.RunResult:
     pytester.makefile(".ini", pytest=MARKERS_INI)
-    part = kuma_toml(kuma.url, push or [], extra=f"monitors = {names!r}\n{extra}")
+    part = kuma_toml(kuma.url, [], extra=f"monitors = {names!r}\n{extra}")
     target = write_target(pytester.path, part)
     return pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", "-rA",
                                          "--reports-dir", str(pytester.path / "reports"), str(CHECKS))
@@ -50,94 +116,66 @@ def db_read(kuma) -> str:
 
 
 @pytest.mark.parametrize("read", ["db", "socket"])
-def test_healthy_monitor_passes_every_check(pytester, kuma, monitor, monkeypatch, read):
-    m = monitor("PG Backup Local")
-    assert push(kuma.url, m.token, "up", "OK: 7/7 checks passed")["ok"]
-    if read == "socket":
-        monkeypatch.setenv("KUMA_USERNAME", kuma.username)
-        monkeypatch.setenv("KUMA_PASSWORD", kuma.password)
-        extra = 'read = "socket"'
-    else:
-        extra = db_read(kuma)
-    result = run_checks(pytester, kuma, [m.name], extra)
+def test_healthy_monitor_passes_every_check(kuma_run, kuma, read):
+    m, result = kuma_run.monitors[f"healthy-{read}"], kuma_run[f"healthy-{read}"]
     result.assert_outcomes(passed=5)
-    out = result.stdout.str()
+    out = result.text
     assert f"{m.name}: found by name" in out and "UP " in out and "last UP " in out
-    assert kuma.password not in out and m.token not in out
+    assert kuma.password not in kuma_run.run.stdout and m.token not in kuma_run.run.stdout
 
 
-def test_monitor_found_by_push_token_under_another_name(pytester, kuma, monitor):
-    m = monitor("Renamed in Kuma")
-    push(kuma.url, m.token, "up", "ok")
-    listed = Pushed("PG Dump Permission Guard", m.id, m.token, m.env)
-    result = run_checks(pytester, kuma, [], db_read(kuma), push=[(listed, ["kuma"])])
-    result.assert_outcomes(passed=5)
-    assert f"found by push token (named '{m.name}' in Kuma)" in result.stdout.str()
+def test_monitor_found_by_push_token_under_another_name(kuma_run):
+    m = kuma_run.monitors["renamed"]
+    kuma_run["renamed"].assert_outcomes(passed=5)
+    assert f"found by push token (named '{m.name}' in Kuma)" in kuma_run["renamed"].text
 
 
-def test_missing_monitor_fails(pytester, kuma):
-    result = run_checks(pytester, kuma, ["PG Backup Nowhere"], db_read(kuma))
+def test_missing_monitor_fails(kuma_run):
+    kuma_run["missing"].assert_outcomes(passed=4, failed=1)
+    assert "Kuma monitor 'PG Backup Nowhere': FAILED (not found by name or push token" in kuma_run["missing"].text
+
+
+def test_paused_monitor_fails(kuma_run):
+    m, result = kuma_run.monitors["paused"], kuma_run["paused"]
     result.assert_outcomes(passed=4, failed=1)
-    assert "Kuma monitor 'PG Backup Nowhere': FAILED (not found by name or push token" in result.stdout.str()
-
-
-def test_paused_monitor_fails(pytester, kuma, monitor):
-    m = monitor("PG Backup GDrive")
-    push(kuma.url, m.token, "up", "ok")
-    kuma.admin.pause(m.id)
-    result = run_checks(pytester, kuma, [m.name], db_read(kuma))
-    result.assert_outcomes(passed=4, failed=1)
-    assert f"Kuma monitor '{m.name}': FAILED (paused by the monitor" in result.stdout.str()
-    assert "fix: resume the monitor in Kuma" in result.stdout.str()
+    assert f"Kuma monitor '{m.name}': FAILED (paused by the monitor" in result.text
+    assert "fix: resume the monitor in Kuma" in result.text
 
 
 @pytest.mark.parametrize("read", ["db", "socket"])
-def test_monitor_in_paused_group_fails_naming_the_group(pytester, kuma, monitor, monkeypatch, read):
-    group = kuma.admin.add_group(f"Backups {secrets.token_hex(3)}")
-    m = monitor("PG Backup Local", parent=group)
-    push(kuma.url, m.token, "up", "ok")
-    kuma.admin.pause(group)
-    monkeypatch.setenv("KUMA_USERNAME", kuma.username)
-    monkeypatch.setenv("KUMA_PASSWORD", kuma.password)
-    result = run_checks(pytester, kuma, [m.name], db_read(kuma) if read == "db" else 'read = "socket"')
+def test_monitor_in_paused_group_fails_naming_the_group(kuma_run, read):
+    result = kuma_run[f"paused-group-{read}"]
     result.assert_outcomes(passed=4, failed=1)
-    assert "FAILED (paused by group 'Backups " in result.stdout.str()
+    assert "FAILED (paused by group 'Backups " in result.text
 
 
-def test_down_monitor_fails(pytester, kuma, monitor):
-    m = monitor("PG Backup Local")
-    push(kuma.url, m.token, "down", "1 failed of 7: test_latest_dump_is_complete")
-    result = run_checks(pytester, kuma, [m.name], db_read(kuma))
+def test_down_monitor_fails(kuma_run):
+    m, result = kuma_run.monitors["down"], kuma_run["down"]
     result.assert_outcomes(passed=3, failed=2)  # latest not UP, and no UP at all
-    result.stdout.fnmatch_lines([f"*Kuma monitor '{m.name}': FAILED (latest heartbeat DOWN at * UTC, "
-                                 "'1 failed of 7: test_latest_dump_is_complete' vs UP); fix: *"])
+    result.fnmatch_line(f"*Kuma monitor '{m.name}': FAILED (latest heartbeat DOWN at * UTC, "
+                        "'1 failed of 7: test_latest_dump_is_complete' vs UP); fix: *")
 
 
-def test_silent_monitor_fails_although_kuma_shows_it_up(pytester, kuma, monitor):
+def test_silent_monitor_fails_although_kuma_shows_it_up(kuma_run):
     """The seed's 41 h: the last beat is UP, but far older than the interval (Kuma's timer was reset)."""
-    m = monitor("PG Dump Permission Guard")
-    backdate(kuma, m.id, 1, timedelta(hours=3), "OK: 5/5 checks passed")
-    result = run_checks(pytester, kuma, [m.name], db_read(kuma))
+    m, result = kuma_run.monitors["silent"], kuma_run["silent"]
     result.assert_outcomes(passed=4, failed=1)
-    result.stdout.fnmatch_lines([f"*Kuma monitor '{m.name}': FAILED (last UP 3.0 h ago vs limit 3900 s = "
-                                 "interval 3600 s + grace 300 s; Kuma may still show it green*"])
+    result.fnmatch_line(f"*Kuma monitor '{m.name}': FAILED (last UP 3.0 h ago vs limit 3900 s = "
+                        "interval 3600 s + grace 300 s; Kuma may still show it green*")
 
 
-def test_stale_monitor_fails_with_advice_to_pause(pytester, kuma, monitor):
+def test_stale_monitor_fails_with_advice_to_pause(kuma_run):
     """The seed's retired job: active, DOWN every day for weeks, last UP long ago."""
-    m = monitor("PG Backup Workflow")
-    backdate(kuma, m.id, 1, timedelta(days=12), "ok")
-    backdate(kuma, m.id, 0, timedelta(minutes=5), "No heartbeat in the time window")
-    result = run_checks(pytester, kuma, [m.name], db_read(kuma))
+    m, result = kuma_run.monitors["stale"], kuma_run["stale"]
     result.assert_outcomes(passed=2, failed=3)  # latest DOWN, last UP too old, stale
-    out = result.stdout.str()
+    out = result.text
     assert f"Kuma monitor '{m.name}': FAILED (stale: last UP " in out and "12.0 days vs 7 days" in out
     assert "pause the monitor in Kuma" in out
 
 
 def test_unreadable_kuma_is_one_line_error(pytester, kuma, monkeypatch):
     monkeypatch.delenv("KUMA_USERNAME", raising=False)
-    result = run_checks(pytester, kuma, ["PG Backup Local"], 'read = "socket"')
+    result = run_checks_alone(pytester, kuma, ["PG Backup Local"], 'read = "socket"')
     result.assert_outcomes(errors=5)
     assert result.ret == 13
     assert "not set; export the Kuma login or set [kuma].db" in result.stdout.str()

@@ -6,16 +6,20 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import subprocess
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pgbackup_verify_demo import scene
+from checkrun import ChecksRun, TargetResult, run_checks
+from pgbackup_verify_demo import demo, scene
 
 from pgbackup_verify.config import OffsiteSection
 from pgbackup_verify.facts import offsite
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 from pgbackup_verify.facts.dumps.gzipscan import scan_stream
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_offsite.py"
@@ -29,36 +33,14 @@ def rclone_remote(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(k, v)
 
 
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    d = tmp_path / "offsite"
-    d.mkdir()
-    return d
-
-
 def _newest_dump(backups: Path) -> Path:
     return max(backups.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)
-
-
-def _run(pytester: pytest.Pytester, write_target, backups: Path, remote: Path) -> pytest.RunResult:
-    target = write_target(backups, extra=scene.offsite_toml(remote))
-    return pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", "-rA", str(CHECKS))
 
 
 def _hostile(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.size = kind, link, 16 if kind == tarfile.REGTYPE else 0
     return info
-
-
-def test_last_nights_archive_passes(pytester, write_target, backups: Path, remote: Path) -> None:
-    dump = _newest_dump(backups)
-    scene.write_archive(remote, dump, when=dump.stat().st_mtime + 3600)
-    result = _run(pytester, write_target, backups, remote)
-    result.assert_outcomes(passed=OFFSITE_CHECKS)
-    out = result.stdout.str()
-    assert "B gzip, valid, footer found" in out
-    assert f"vs local {dump} {dump.stat().st_size} B (0.0%" in out
 
 
 # fault -> (failing checks, expected message fragments)
@@ -83,45 +65,92 @@ FAULTS = {
 }
 
 
-@pytest.mark.parametrize("fault", list(FAULTS))
-def test_each_offsite_fault_fails_its_check(fault: str, pytester, write_target, backups: Path, remote: Path) -> None:
-    dump = _newest_dump(backups)
+@dataclass(repr=False)
+class Remotes:
+    """One checks run over a target per case, each with its own rclone local remote."""
+
+    run: ChecksRun
+    remotes: dict[str, Path]
+    dump: Path
+
+    def __getitem__(self, case: str) -> TargetResult:
+        return self.run[slug(case)]
+
+
+def slug(case: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", case).strip("-")
+
+
+def _write_case(case: str, remote: Path, dump: Path) -> None:
     when = dump.stat().st_mtime + 3600
-    if fault == "old archive":
+    if case == "last night":
+        scene.write_archive(remote, dump, when=when)
+    elif case == "old archive":
         scene.write_archive(remote, dump, when=when)
         for a in remote.iterdir():
             os.utime(a, (time.time() - 3 * 86400, time.time() - 3 * 86400))
-    elif fault == "archive without the PG member":
+    elif case == "archive without the PG member":
         scene.write_archive(remote, None, when=when)
-    elif fault == "member is the 20-byte empty gzip":
+    elif case == "member is the 20-byte empty gzip":
         assert len(EMPTY_GZIP) == 20
         scene.write_archive(remote, None, when=when, member_bytes=EMPTY_GZIP)
-    elif fault == "archive with a ../ member":
+    elif case == "archive with a ../ member":
         scene.write_archive(remote, dump, when=when, extra=[_hostile("../../etc/cron.d/evil")])
-    else:
+    elif case == "links and absolute paths":
         scene.write_archive(remote, dump, when=when, extra=[
             _hostile("/etc/passwd"), _hostile("x/shadow", tarfile.SYMTYPE, "/etc/shadow"),
             _hostile("x/h", tarfile.LNKTYPE, "/etc/hostname")])
+    # "empty remote": nothing uploaded; "missing remote": the configured path does not exist
+
+
+@pytest.fixture(scope="module")
+def offsite_run(seed_cluster: ThrowawayCluster, healthy_backups: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Remotes:
+    root = tmp_path_factory.mktemp("offsite-cases")
+    dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
+    dump = _newest_dump(healthy_backups)
+    remotes, targets = {}, []
+    for case in ["last night", *FAULTS, "empty remote", "missing remote"]:
+        remote = root / slug(case) / "offsite"
+        remote.mkdir(parents=True)
+        _write_case(case, remote, dump)
+        remotes[case] = remote / "nope" if case == "missing remote" else remote
+        targets.append(demo.write_target_file(root / slug(case) / "t.toml", dsn, healthy_backups, name=slug(case),
+                                              extra=scene.offsite_toml(remotes[case])))
+    return Remotes(run_checks(root / "run", targets, [CHECKS], env=scene.RCLONE_ENV), remotes, dump)
+
+
+def test_last_nights_archive_passes(offsite_run: Remotes) -> None:
+    result, dump = offsite_run["last night"], offsite_run.dump
+    result.assert_outcomes(passed=OFFSITE_CHECKS)
+    assert "B gzip, valid, footer found" in result.text
+    assert f"vs local {dump} {dump.stat().st_size} B (0.0%" in result.text
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_each_offsite_fault_fails_its_check(fault: str, offsite_run: Remotes) -> None:
     failing, messages = FAULTS[fault]
-    result = _run(pytester, write_target, backups, remote)
+    result = offsite_run[fault]
     result.assert_outcomes(passed=OFFSITE_CHECKS - len(failing), failed=len(failing))
-    for name in failing:
-        result.stdout.fnmatch_lines([f"FAILED *checks/test_offsite.py::{name}[[]selftest]*"])
-    out = result.stdout.str()
+    assert result.failed() == set(failing)
     for m in messages:
-        assert m in out
+        assert m in result.text
+    remote = offsite_run.remotes[fault]
     assert not (remote.parent.parent / "etc").exists()  # nothing was ever written out of the archive
+    assert not (remote.parent / "etc").exists() and not (remote / "etc").exists()
 
 
-def test_missing_remote_fails_with_rclones_reason(pytester, write_target, backups: Path, remote: Path) -> None:
-    result = _run(pytester, write_target, backups, remote / "nope")
+def test_missing_remote_fails_with_rclones_reason(offsite_run: Remotes) -> None:
+    result, remote = offsite_run["missing remote"], offsite_run.remotes["missing remote"]
     result.assert_outcomes(failed=OFFSITE_CHECKS)
-    result.stdout.fnmatch_lines([f"*offsite listing: FAILED (rclone cannot list 'offsite:{remote}/nope': *directory "
-                                 "not found); fix: check [[]offsite].remote and the rclone config*"])
+    result.fnmatch_line(f"*offsite listing: FAILED (rclone cannot list 'offsite:{remote}': *directory "
+                        "not found); fix: check [[]offsite].remote and the rclone config*")
 
 
-def test_member_is_a_stream_for_the_restore_drill(backups: Path, remote: Path) -> None:
-    dump = _newest_dump(backups)
+def test_member_is_a_stream_for_the_restore_drill(healthy_backups: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "offsite"
+    remote.mkdir()
+    dump = _newest_dump(healthy_backups)
     scene.write_archive(remote, dump, extra=[_hostile("../escape")])
     o = OffsiteSection(remote=f"{scene.REMOTE_NAME}:{remote}")
     newest = offsite.list_archives(o)[-1]
@@ -144,11 +173,11 @@ def test_member_scan_reads_pg_dump_15_18_footer_and_catches_truncation() -> None
     assert scan_stream(io.BytesIO(EMPTY_GZIP), "member").payload_bytes == 0
 
 
-def test_empty_remote_fails_every_check(pytester, write_target, backups: Path, remote: Path) -> None:
-    result = _run(pytester, write_target, backups, remote)
+def test_empty_remote_fails_every_check(offsite_run: Remotes) -> None:
+    result, remote = offsite_run["empty remote"], offsite_run.remotes["empty remote"]
     result.assert_outcomes(failed=OFFSITE_CHECKS)
-    result.stdout.fnmatch_lines([f"*offsite archive: FAILED (no 'vps-backup-*.tar.gz' in offsite:{remote}); "
-                                 "fix: check the nightly upload job and [[]offsite].archive_glob*"])
+    result.fnmatch_line(f"*offsite archive: FAILED (no 'vps-backup-*.tar.gz' in offsite:{remote}); "
+                        "fix: check the nightly upload job and [[]offsite].archive_glob*")
 
 
 @pytest.mark.parametrize(("toml", "expected"), [

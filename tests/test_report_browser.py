@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from checkrun import run_checks
 from pgbackup_verify_demo import demo
 from playwright.sync_api import Browser, sync_playwright
 
@@ -34,7 +35,7 @@ LOCK_FIX = ("make each listed function start with PERFORM "
             "pg_advisory_xact_lock(hashtext('incomex.registry_refresh.v1'));")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def lockless_dsn(cluster: ThrowawayCluster) -> Iterator[str]:
     """A database where one registry function lacks the advisory lock (the Phase C fault)."""
     name = "pgbv_report_lockless"
@@ -59,20 +60,23 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-@pytest.fixture
-def failing_report(pytester: pytest.Pytester, tmp_path: Path, lockless_dsn: str) -> Path:
+@pytest.fixture(scope="module")
+def failing_report(tmp_path_factory: pytest.TempPathFactory, lockless_dsn: str) -> Path:
     """Run the custom SQL and trend checks on a target with two faults; return its latest.html.
 
     Faults: the registry function without the lock (sql) and a payload that dropped to a third of
     its trend (dumps); the drill time is within budget (drill, passes). Eight earlier nights of
     history give the charts something to draw.
     """
+    tmp_path = tmp_path_factory.mktemp("failing-report")
+    work = tmp_path / "run"
+    work.mkdir()
     now = time.time()
-    history.append(pytester.path / "reports" / "history.jsonl", [
+    history.append(work / "reports" / "history.jsonl", [
         RunRecord(time=now - (8 - i) * 86400, target="vps-directus", status="OK", outcomes={"passed": 3},
                   failed=[], facts={"payload_bytes": 40 * MIB + i * 450_000, "drill_seconds": 28.0 + i % 3})
         for i in range(8)])
-    pytester.makepyfile(facts_plugin="""
+    (work / "facts_plugin.py").write_text("""
 import pytest
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,11 +85,11 @@ def _figures(run_facts):
 """)
     (tmp_path / "b").mkdir()
     t = demo.write_target_file(tmp_path / "t.toml", lockless_dsn, tmp_path / "b", name="vps-directus")
-    result = pytester.runpytest_subprocess("--target", str(t), "-p", "no:cacheprovider", "-p", "facts_plugin",
-                                           str(checks_dir() / "test_custom_sql.py"),
-                                           str(checks_dir() / "test_trends.py"))
-    result.assert_outcomes(passed=1, failed=2)
-    return pytester.path / "reports" / "latest.html"
+    result = run_checks(work, [t], [checks_dir() / "test_custom_sql.py", checks_dir() / "test_trends.py"],
+                        "-p", "facts_plugin")
+    result["vps-directus"].assert_outcomes(passed=1, failed=2)
+    assert result.targets() == {"vps-directus"}
+    return work / "reports" / "latest.html"
 
 
 def test_failing_report_shows_summary_cause_and_fix_in_chromium(browser: Browser, failing_report: Path) -> None:
@@ -148,11 +152,14 @@ def test_summary_reads_without_javascript(browser: Browser, failing_report: Path
     context.close()
 
 
+@pytest.mark.slow
 def test_failing_demo_run_report_in_chromium(browser: Browser, tmp_path: Path) -> None:
     """The issue's scenario end to end: `pgbackup-verify demo --fault registry-lock`, then its report."""
     reports = tmp_path / "reports"
     cli = Path(sys.executable).with_name("pgbackup-verify")
-    done = subprocess.run([str(cli), "demo", "--fault", "registry-lock", "--reports-dir", str(reports), "-q"],
+    # Without the demo's Kuma: its pushes on a failing night are proven by test_seed_night.py.
+    done = subprocess.run([str(cli), "demo", "--fault", "registry-lock", "--no-kuma", "--reports-dir", str(reports),
+                           "-q"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "pgbackup-verify: FAILED targets=demo" in done.stdout

@@ -7,13 +7,19 @@ check names the schema and the GRANT, the payload check names the file.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, OWNER_FILE
+
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
 
 
 def demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -21,13 +27,43 @@ def demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
-def test_healthy_demo_is_green(tmp_path: Path) -> None:
-    proc = demo(tmp_path)
+@dataclass
+class KilledThenHealthy:
+    killed_pid: int
+    left: set[Path]
+    again: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def killed_then_healthy(tmp_path_factory: pytest.TempPathFactory) -> KilledThenHealthy:
+    """SIGKILL a demo mid-run (it leaves a running cluster and the demo dir), then run the healthy demo.
+
+    The healthy demo a new user runs is also the next run that must sweep the killed one's leftovers.
+    """
+    tmp_path = tmp_path_factory.mktemp("demo")
+    cmd = [str(BIN / "pgbackup-verify"), "demo", "--no-kuma", "-p", "no:cacheprovider", "-m", "drill"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("demo target:"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Only what the killed demo made: other demos (parallel workers, other runs) may be alive now.
+    left = {p for p in Path(tempfile.gettempdir()).glob("pgbv-*demo-*")
+            if (p / OWNER_FILE).is_file() and (p / OWNER_FILE).read_text().strip() == str(proc.pid)}
+    return KilledThenHealthy(proc.pid, left, demo(tmp_path))
+
+
+def test_healthy_demo_is_green(killed_then_healthy: KilledThenHealthy) -> None:
+    proc = killed_then_healthy.again
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "pgbackup-verify: OK targets=demo" in proc.stdout
+    # The demo's own Kuma: every seed monitor was pushed UP.
+    for monitor in ("PG Dump Permission Guard", "PG Backup Local", "PG Backup GDrive"):
+        assert f"Kuma {monitor}: UP 'OK: " in proc.stdout, proc.stdout[-3000:]
 
 
-@pytest.mark.slow
 def test_seed_night_fails_grant_and_payload_checks_with_the_fix(tmp_path: Path) -> None:
     proc = demo(tmp_path, "--fault", "seed-night")
     out = proc.stdout
@@ -37,29 +73,16 @@ def test_seed_night_fails_grant_and_payload_checks_with_the_fix(tmp_path: Path) 
     assert "latest dump payload: FAILED (directus_" in out
     assert "0 bytes decompressed, 20 bytes on disk, minimum 10000" in out
     assert "pgbackup-verify: FAILED targets=demo" in out
+    # ...and Kuma hears about it that night: the monitor covering the grants goes DOWN naming the check.
+    assert "Kuma PG Dump Permission Guard: DOWN '1 failed of 7: test_dump_role_has_usage_on_every_schema'" in out
 
 
-@pytest.mark.slow
-def test_a_killed_demo_is_swept_by_the_next_run(tmp_path: Path) -> None:
+def test_a_killed_demo_is_swept_by_the_next_run(killed_then_healthy: KilledThenHealthy) -> None:
     """SIGKILL mid-run leaves a running cluster and the demo dir; the next demo run removes both."""
-    import signal
-    import tempfile
-
-    from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX
-
-    before = set(Path(tempfile.gettempdir()).glob("pgbv-*demo-*"))
-    cmd = [str(BIN / "pgbackup-verify"), "demo", "--no-kuma", "-p", "no:cacheprovider", "-m", "drill"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("demo target:"):
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    left = set(Path(tempfile.gettempdir()).glob("pgbv-*demo-*")) - before
+    left, again = killed_then_healthy.left, killed_then_healthy.again
     assert any(p.name.startswith(f"{CLUSTER_PREFIX}demo-") for p in left), left
-    again = demo(tmp_path, "--no-kuma", "-m", "sql")
+    assert any(p.name.startswith("pgbv-demo-") for p in left), left
     assert again.returncode == 0, again.stdout[-2000:]
     for p in left:
-        assert f"swept leftover {p}" in again.stdout
+        assert f"swept leftover {p}" in again.stdout, again.stdout[-3000:]
         assert not p.exists()
