@@ -154,11 +154,11 @@ def test_custom_checks_share_the_grant_audits_transaction(lock_dbs: LockDbs, tmp
 
 
 def test_target_without_any_sql_check_is_one_not_applicable_skip(
-        pytester: pytest.Pytester, tmp_path: Path, lock_cluster: ThrowawayCluster) -> None:
+        pytester: pytest.Pytester, tmp_path: Path, lock_dbs: LockDbs) -> None:
     """[[sql_check]] is optional: zero entries once ended in INTERNALERROR (an empty parametrization)."""
     (tmp_path / "b").mkdir()
     target = tmp_path / "bare.toml"
-    target.write_text(f'[database]\ndsn = "{lock_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)}"\n'
+    target.write_text(f'[database]\ndsn = "{lock_dbs.dsn(lock_dbs.locked)}"\n'
                       f'dump_role = "{demo.DUMP_ROLE}"\n[backups]\ndirectory = "{tmp_path / "b"}"\n')
     grants = str(checks_dir() / "test_grants.py")
     result = pytester.runpytest_subprocess("--target", str(target), "-p", "no:cacheprovider", CHECK, grants,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, OWNER_FILE
+from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, OWNER_FILE, read_private
+from pgbackup_verify.facts.drill.owner import parse_mark
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def killed_then_healthy(tmp_path_factory: pytest.TempPathFactory) -> KilledThenH
     proc.wait()
     # Only what the killed demo made: other demos (parallel workers, other runs) may be alive now.
     left = {p for p in Path(tempfile.gettempdir()).glob("pgbv-*demo-*")
-            if (p / OWNER_FILE).is_file() and (p / OWNER_FILE).read_text().strip() == str(proc.pid)}
+            if (mark := parse_mark(read_private(p / OWNER_FILE))) is not None and mark.pid == proc.pid}
     return KilledThenHealthy(proc.pid, left, demo(tmp_path))
 
 
