@@ -25,7 +25,7 @@ EXIT_CODES = {
     INTERRUPTED: "the run was interrupted",
     INTERNAL_ERROR: "internal error",
     CONFIG_ERROR: "target file or option invalid",
-    NO_CHECKS: "no check was collected or selected",
+    NO_CHECKS: "no check was collected or selected, or every selected check skipped",
     DB_UNREACHABLE: "a target database is unreachable",
     DB_AUTH_FAILED: "authentication to a target database failed",
     KUMA_PUSH_FAILED: "a push to Uptime Kuma failed",
