@@ -1,6 +1,8 @@
 """`pgbackup-verify --target FILE [pytest args]`: run the shipped checks with pytest.
 
-`pgbackup-verify demo [--fault NAME]` builds the demo target and checks it.
+Subcommands come from other installed distributions (entry points `pgbackup_verify.commands`):
+a checkout's `demo/` adds `pgbackup-verify demo [--fault NAME]`, which builds the demo target
+and checks it. The shipped package never imports the demo.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pgbackup_verify import checks
+from pgbackup_verify.errors import CONFIG_ERROR
 
 
 def checks_dir() -> Path:
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     command = _subcommand(argv[0]) if argv and not argv[0].startswith("-") else None
     if command is not None:
         return int(command(argv[1:]))
+    if argv[:1] == ["demo"]:
+        print("pgbackup-verify: the demo is not installed; it lives in a checkout's demo/ "
+              "(pip install --no-deps -e ./demo, or run ./dev demo there)", file=sys.stderr)
+        return CONFIG_ERROR
     if not argv or (argv[0] in ("-h", "--help") and len(argv) == 1):
         print(__doc__.strip())
         print("pytest options are passed through; see `pgbackup-verify --target FILE --help`.")
