@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks"
 OUTCOMES = ("passed", "failed", "skipped", "error")
@@ -118,3 +119,8 @@ def run_checks(workdir: Path, targets: Iterable[Path], check_files: Iterable[str
                           timeout=timeout, check=False)
     assert report.is_file(), f"no JSON report (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
     return ChecksRun(proc.returncode, proc.stdout, proc.stderr, json.loads(report.read_text()), workdir)
+
+
+def run_sql_check(pytester: Any, *args: str) -> Any:
+    """One pytester subprocess run of the custom SQL check alone: the cheapest whole run of the suite."""
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", str(CHECKS / "test_custom_sql.py"), *args)

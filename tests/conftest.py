@@ -108,6 +108,14 @@ def backups(healthy_backups: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def target_file(tmp_path: Path, seed_cluster: ThrowawayCluster) -> Path:
+    """A target file for the seed database (dump role `directus`), named `t`, with an empty backup dir."""
+    (tmp_path / "b").mkdir()
+    dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
+    return demo.write_target_file(tmp_path / "t.toml", dsn, tmp_path / "b", name="t")
+
+
+@pytest.fixture
 def write_target(tmp_path: Path, seed_cluster: ThrowawayCluster):
     """Write a target file for the seed database; `extra` appends TOML, `backup_dir` overrides."""
 

@@ -15,19 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgbackup_verify_demo import demo
+from checkrun import run_sql_check as run
 
 from pgbackup_verify import locks
-from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.config import load_target
 from pgbackup_verify.facts.drill import safety as drillsafety
-from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, ThrowawayCluster, stop_cluster_dir, sweep_stale
+from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, stop_cluster_dir, sweep_stale
 from pgbackup_verify.facts.drill.run import run_drill
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another local user")
 SYSTEM_PYTHON = "/usr/bin/python3"
 VICTIM_TEXT = "root:x:0:0:precious\n"
-SQL_CHECK = str(checks_dir() / "test_custom_sql.py")
 
 
 def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
@@ -52,17 +50,6 @@ def work_dir() -> Iterator[Path]:
     for leftover in d.glob(f"{CLUSTER_PREFIX}*"):
         stop_cluster_dir(leftover)
     shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def target_file(tmp_path: Path, seed_cluster: ThrowawayCluster) -> Path:
-    (tmp_path / "b").mkdir()
-    dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
-    return demo.write_target_file(tmp_path / "t.toml", dsn, tmp_path / "b", name="t")
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", SQL_CHECK, *args)
 
 
 @pytest.fixture

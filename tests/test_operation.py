@@ -10,23 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from checkrun import run_sql_check as run
 from pgbackup_verify_demo import demo
 
-from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
-
-SQL_CHECK = str(checks_dir() / "test_custom_sql.py")
-
-
-@pytest.fixture
-def target_file(tmp_path: Path, seed_cluster: ThrowawayCluster) -> Path:
-    (tmp_path / "b").mkdir()
-    dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
-    return demo.write_target_file(tmp_path / "t.toml", dsn, tmp_path / "b", name="t")
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", SQL_CHECK, *args)
 
 
 def test_green_run_writes_reports_summary_line_and_json(pytester: pytest.Pytester, target_file: Path) -> None:
