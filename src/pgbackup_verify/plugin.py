@@ -31,6 +31,7 @@ from pgbackup_verify.xdist import make_scheduler, summary_lines, wants_target_sc
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
 JSON_PATH_KEY = pytest.StashKey[Path | None]()
 LOCK_KEY = pytest.StashKey[runlock.FileLock]()
+SITE_TARGETS_KEY = pytest.StashKey[dict[Path, Target]]()  # target files named by a site's conftest
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -126,10 +127,13 @@ def site_targets(config: pytest.Config, path: Path) -> tuple[Target, ...] | None
             best = (len(base.parts), marked if marked.is_absolute() else base / marked)
     if best is None:
         return None
-    try:
-        return (load_target(best[1]),)
-    except ConfigError as e:
-        raise pytest.UsageError(str(e)) from None
+    loaded = config.stash.setdefault(SITE_TARGETS_KEY, {})
+    if best[1] not in loaded:  # read once per run, not once per check function
+        try:
+            loaded[best[1]] = load_target(best[1])
+        except ConfigError as e:
+            raise pytest.UsageError(str(e)) from None
+    return (loaded[best[1]],)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -23,6 +23,7 @@ __all__ = ["CONCERNS_KEY", "RANK", "ROUTING_KEYS", "CheckResult", "Recorder", "R
            "failure_text", "label", "recorder", "routing", "routing_properties", "write_json"]
 
 RECORDER = "pgbackup-verify-outcome"
+ROUTING_KEY = pytest.StashKey[Routing]()  # a check's routing, computed once at collection finish
 CONCERNS_KEY = pytest.StashKey[dict[str, str]]()  # this run's concerns: shipped ones + a site's (hook)
 
 
@@ -141,12 +142,14 @@ class Recorder:
     def pytest_runtest_makereport(self, item: pytest.Item,
                                   call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         rep = yield
-        setattr(rep, ROUTING_ATTR, routing(item))  # survives xdist: the controller routes like one process
+        # Stamped on every phase's report: it survives xdist, so the controller routes like one process.
+        setattr(rep, ROUTING_ATTR, item.stash.get(ROUTING_KEY, None) or routing(item))
         return rep
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
-            r = routing(item)
+            # Once per check, after every plugin's collection_modifyitems has added its markers.
+            r = item.stash[ROUTING_KEY] = routing(item)
             self.fold.select(item.nodeid, r["target"], r["concern"], r["markers"])
 
     @pytest.hookimpl(optionalhook=True)
