@@ -56,15 +56,20 @@ def test_every_expected_schema_is_restored(drill: DrillFacts, target: Target, ev
     f = _ran(drill, evidence)
     assert f.restored is not None
     expected = set(expected_schemas(target)) | (f.live.schemas if f.live else set())
-    evidence("expected schemas", ",".join(sorted(expected)) or "none configured")
-    if not expected:
+    if f.expected_from:
+        evidence("expectation", f.expected_from)
+    evidence("expected schemas", ",".join(sorted(expected)) or "none: the live database holds no user schema")
+    if not expected and f.live is None:
         fail("restore drill schemas: FAILED (no expectation); fix: set [drill].expected_schemas "
                     "(or [backups].expected_schemas) or [drill].expect_live_catalog = true")
     missing = sorted(expected - f.restored.schemas)
     if missing:
+        # Read from the live catalog, a schema may be one the dump leaves out on purpose.
+        deliberate = (" (or, if pg_dump leaves them out on purpose, list them in [database].exclude_schemas)"
+                      if f.live is not None else "")
         fail(f"restore drill schemas: FAILED (missing after restore: {', '.join(missing)}); "
                     f"fix: grant the dump role USAGE on {', '.join(missing)} or stop excluding them "
-                    "from pg_dump, then check the next dump")
+                    f"from pg_dump{deliberate}, then check the next dump")
 
 
 def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Target, evidence: Evidence) -> None:
@@ -80,13 +85,17 @@ def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Tar
         counts.append(f"{s} {got}/{minimum}")
         if got < minimum:
             short.append(f"{s}: {got} tables vs minimum {minimum}")
+    if f.expected_from:
+        evidence("expectation", f.expected_from)
     evidence("tables per schema (restored/minimum)", ", ".join(counts))
     missing = sorted(f.live.qualified_tables() - f.restored.qualified_tables()) if f.live else []
     if missing:
         short.append(f"missing tables: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
     if short:
+        lower = ("write [drill].min_tables (and expected_schemas) for what the dump must hold"
+                 if f.live is not None and not configured else "lower [drill].min_tables")
         fail(f"restore drill tables: FAILED ({'; '.join(short)}); fix: make the dump include "
-                    "every table (dump role SELECT, no --exclude-table) or lower [drill].min_tables")
+                    f"every table (dump role SELECT, no --exclude-table) or {lower}")
 
 
 def test_sequences_views_functions_are_restored(drill: DrillFacts, target: Target, evidence: Evidence) -> None:

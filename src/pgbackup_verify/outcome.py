@@ -15,7 +15,8 @@ A check (one selected test) folds its phase reports (setup, call, teardown) into
            (kind "teardown"): the check could not be judged cleanly.
 - skipped  the check skipped itself or was skipped in setup. Kinds: "" (it could not judge, e.g.
            a section is missing), "not applicable" (the reason starts with `not applicable`, e.g.
-           a custom-format TOC check on plain dumps), "xfail" (an expected failure: not a healthy
+           a custom-format TOC check on plain dumps), "not configured" (the reason starts with it: the
+           target leaves out the optional section, e.g. [host]), "xfail" (an expected failure: not a healthy
            check, so it is not judged rather than passed). Skips are named everywhere, never hidden,
            and do not fail the run.
 - not run  selected but no verdict was reported (the run was interrupted, or -x stopped it).
@@ -48,6 +49,10 @@ NOT_APPLICABLE, XFAIL, XPASS, XPASS_STRICT, SETUP, TEARDOWN = (
     "not applicable", "xfail", "xpass", "xpass strict", "setup", "teardown")
 
 OK_STATUS, FAILED_STATUS, SKIPPED_STATUS = "OK", "FAILED", "SKIPPED"
+# Kind and concern status of checks whose optional section ([host], [offsite], [kuma]) the target
+# leaves out: neither OK nor failed, and no reason to fail the run (the reason starts with it).
+NOT_CONFIGURED = "not configured"
+NOT_CONFIGURED_STATUS = "NOT CONFIGURED"
 
 # Set on reports by the pytest side (they survive xdist's report serialisation).
 ROUTING_ATTR = "pgbv_routing"  # {"target": str, "concern": str, "markers": [str]}
@@ -181,6 +186,8 @@ def read_phase(rep: PhaseReport) -> Phase:
         kind = XPASS_STRICT
     elif outcome == SKIPPED and text.lower().startswith(NOT_APPLICABLE):
         kind = NOT_APPLICABLE
+    elif outcome == SKIPPED and text.lower().startswith(NOT_CONFIGURED):
+        kind = NOT_CONFIGURED
     evidence = tuple((str(k), str(v)) for k, v in rep.user_properties if k not in ROUTING_KEYS)
     return Phase(str(rep.when), outcome, text, kind, float(rep.duration), evidence)
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pgbackup_verify.outcome import NOT_CONFIGURED, NOT_CONFIGURED_STATUS
 from pgbackup_verify.report.render import render_text
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from pgbackup_verify.outcome import CheckResult
     from pgbackup_verify.report.summary import RunSummary
 
-STATUS_RANK = {"FAILED": 0, "SKIPPED": 1, "OK": 2}
+STATUS_RANK = {"FAILED": 0, "SKIPPED": 1, "OK": 2, NOT_CONFIGURED_STATUS: 3}
 EVIDENCE_LINE_CHARS = 400  # a healthy concern stays one line, however much its checks recorded
 EVIDENCE_PER_CHECK = 2
 
@@ -104,6 +105,8 @@ def concern_block(target: str, concern: str, description: str, rs: list[CheckRes
     bad = [r for r in rs if r.outcome in ("failed", "error")]
     skipped = [r for r in rs if r.outcome == "skipped"]
     status = "FAILED" if bad else ("SKIPPED" if len(skipped) == len(rs) else "OK")
+    if status == "SKIPPED" and all(r.kind == NOT_CONFIGURED for r in rs):
+        status = NOT_CONFIGURED_STATUS  # the section is left out: not checked, and not a failure
     if bad:
         count = f"{len(bad)} of {len(rs)} checks failed"
         evidence_line = ""

@@ -40,7 +40,8 @@ class DrillFacts:
     where: str = ""
     outcome: RestoreOutcome | None = None
     restored: Catalog | None = None
-    live: Catalog | None = None  # expectations read from the live catalog, when asked
+    live: Catalog | None = None  # expectations read from the live catalog (asked, or nothing written)
+    expected_from: str = ""  # where `live` came from, for the evidence; "" when not read
     rows: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # table -> (dump, restored)
     sweep_log: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
@@ -56,6 +57,26 @@ def drill_config(target: Target) -> DrillSection:
 
 def expected_schemas(target: Target) -> tuple[str, ...]:
     return drill_config(target).expected_schemas or target.backups.expected_schemas
+
+
+LIVE_ASKED = "expected from the live catalog ([drill].expect_live_catalog = true)"
+LIVE_DEFAULT = ("expected from the live catalog: its schemas and tables, since the target file writes no "
+                "[drill].expected_schemas, [drill].min_tables or [backups].expected_schemas")
+
+
+def live_expectation(target: Target) -> str:
+    """Why the drill reads the live catalog as its expectation, or "" when it does not.
+
+    A target without written expectations (the natural minimal file) expects what the live
+    database holds, so that a schema the dump lost still fails the drill; asked for explicitly,
+    sequences, views and functions are expected by name too.
+    """
+    d = drill_config(target)
+    if d.expect_live_catalog:
+        return LIVE_ASKED
+    if not (expected_schemas(target) or d.min_tables):
+        return LIVE_DEFAULT
+    return ""
 
 
 def db_name(prefix: str) -> str:
@@ -166,9 +187,12 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         source = member_source(target.offsite)
     source = source or newest_dump(target.backups)
     facts.source, facts.fmt, facts.stored_bytes = source.description, source.fmt, source.size
-    if d.expect_live_catalog:
+    facts.expected_from = live_expectation(target)
+    if facts.expected_from:
         with connect_readonly(target) as live:
             facts.live = read_catalog(live, exclude=target.database.exclude_schemas)
+        if not d.expect_live_catalog:  # only schemas and tables were promised by default
+            facts.live = Catalog(schemas=facts.live.schemas, tables=facts.live.tables)
     if d.mode == "throwaway":
         facts.disk = safety.preflight_disk(work_dir, source.payload_estimate(), d.disk_factor)
     else:
@@ -188,4 +212,4 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
             facts.rows = _row_counts(conn, facts.outcome.rows)
 
 
-__all__ = ["CLUSTER_PREFIX", "DrillFacts", "expected_schemas", "run_drill"]
+__all__ = ["CLUSTER_PREFIX", "DrillFacts", "expected_schemas", "live_expectation", "run_drill"]
