@@ -54,8 +54,9 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [wheel] = (base / "wheels").glob("pgbackup_verify-*.whl")
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                     "--no-deps", str(wheel)], check=True, capture_output=True)
-    purelib = Path(subprocess.check_output([str(venv / "bin" / "python"), "-c",
-                                            "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True).strip())
+    purelib = Path(subprocess.check_output(
+        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        text=True).strip())
     # The dependencies: a plain path line to the self-tests' site-packages, appended after the venv's
     # own (its .pth files, the editable installs of this checkout and the demo, are not processed).
     (purelib / "zz-deps-from-selftest-venv.pth").write_text(sysconfig.get_path("purelib") + "\n")
@@ -91,8 +92,10 @@ def test_done_when_fresh_install_init_then_target_is_green_on_the_demo_host(
     assert seconds < 300
 
 
-def test_init_never_overwrites_a_file(demo_host: demo.Demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--dsn", demo_host.cluster.dsn(demo.DBNAME, demo.DUMP_ROLE), "--backups", str(demo_host.workdir / "backups")]
+def test_init_never_overwrites_a_file(demo_host: demo.Demo, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--dsn", demo_host.cluster.dsn(demo.DBNAME, demo.DUMP_ROLE),
+            "--backups", str(demo_host.workdir / "backups")]
     existing = tmp_path / "t.toml"
     existing.write_text("# mine\n")
     planted = tmp_path / "link.toml"
@@ -205,7 +208,8 @@ def test_init_on_a_differently_shaped_database_passes_there(other_host: tuple[Th
     run = run_checks(tmp_path / "run", [out], [CHECKS], "-p", "no:xdist")
     result = run["ledger-host"]
     assert run.ret == 0, result.text
-    assert result.outcomes()["passed"] >= 20 and result.outcome("test_custom_format_toc_lists_expected_schemas") == "passed"
+    assert result.outcomes()["passed"] >= 20
+    assert result.outcome("test_custom_format_toc_lists_expected_schemas") == "passed"
 
 
 def test_init_guesses_the_dump_role_and_says_so(other_host: tuple[ThrowawayCluster, Path], tmp_path: Path) -> None:
@@ -213,7 +217,6 @@ def test_init_guesses_the_dump_role_and_says_so(other_host: tuple[ThrowawayClust
     out = tmp_path / "guess.toml"
     assert initcmd.main([str(out), "--dsn", cluster.dsn("ledgerdb", "backup_ro"), "--backups", str(backups)]) == 0
     text = out.read_text()
-    # Two login roles can read everything outside `scratch`? No: scratch is not granted, so only the
-    # owner `app` reads every schema; backup_ro needs --exclude-schema to qualify.
+    # Without --exclude-schema, backup_ro lacks USAGE on `scratch`: only the owner `app` reads everything.
     assert "# guessed: the only login role without superuser that can read every schema, table and sequence\n" \
            'dump_role = "app"' in text

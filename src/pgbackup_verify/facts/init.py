@@ -8,6 +8,7 @@ where from, so an operator can judge each line instead of trusting a guess.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -220,7 +221,7 @@ def read_dumps(directory: Path, pattern: str | None = None, now: float | None = 
                         "fix --pattern or pass the directory the dump job writes to")
     fmt = "custom" if is_custom_format(dumps[0].path) else "plain"
     times = sorted({d.mtime for d in dumps})
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False) if b - a > 60]
+    gaps = [b - a for a, b in itertools.pairwise(times) if b - a > 60]
     interval = statistics.median(gaps) / 3600 if gaps else None
     cache = ScanCache()
     read = dumps[:MAX_SCANNED]
@@ -239,7 +240,7 @@ def read_dumps(directory: Path, pattern: str | None = None, now: float | None = 
         nights += 1
         night -= dt.timedelta(days=1)
     payloads = [p for _, p in good]  # newest first
-    shrink = max((1 - newer / older for newer, older in zip(payloads, payloads[1:], strict=False) if older),
+    shrink = max((1 - newer / older for newer, older in itertools.pairwise(payloads) if older),
                  default=0.0)
     toc = customfmt.read_toc(dumps[0].path).schemas if fmt == "custom" else None
     return DumpFacts(directory, pattern, how, fmt, len(dumps), interval, nights, len(good), len(read),
@@ -321,7 +322,7 @@ def render(dsn: str, db: DatabaseFacts, dumps: DumpFacts, *, name: str = "", exc
         lines += [f"# The smallest good dump is {dumps.smallest_file} bytes on disk: below it a file is a stray.",
                   f"stray_max_bytes = {max(1, dumps.smallest_file // 2)}"]
     if not_in_toc:
-        lines += [f"# In the live database but not in the newest dump's table of contents (empty, or left out of",
+        lines += ["# In the live database but not in the newest dump's table of contents (empty, or left out of",
                   f"# pg_dump): {', '.join(not_in_toc)}. If left out on purpose, add them to exclude_schemas."]
     lines += ["# Schemas the restore must hold (and a custom-format dump's table of contents must list).",
               f"expected_schemas = {_list(expected)}", "", "[drill]",
