@@ -5,7 +5,8 @@ One demo build for the module and two runs of the shipped checks over the target
 all of them (see Matrix for which run holds which). Each is green (exit 0, no INTERNALERROR); an
 absent [host], [offsite] or [kuma] is "not configured", not OK and not failed; without written
 expectations the drill expects the live schemas and tables and says so. Another run shows that
-default expectation failing on a dump that lost a schema. ([kuma] present needs a real Kuma: tests/test_kuma_*.py run it.)
+default expectation failing on a dump that lost a schema. ([kuma] present needs a real Kuma:
+tests/test_kuma_*.py run it.)
 """
 
 from __future__ import annotations
