@@ -178,7 +178,8 @@ def test_stopped_database_fails(hosts: Hosts) -> None:
 def test_host_checks_skip_visibly_without_a_host_section(hosts: Hosts) -> None:
     result = hosts["no host section"]
     result.assert_outcomes(passed=2, skipped=HOST_CHECKS - 2)  # dir mode and free space need no [host]
-    result.fnmatch_line("*no [[]host] section in *; add one to check cron and scripts")
+    result.fnmatch_line("not configured: target * has no [[]host] section (*); add one to check cron, scripts "
+                        "and the database service")
 
 
 @pytest.mark.parametrize(("schedule", "error"), [
