@@ -30,7 +30,9 @@ IN_PROGRESS_FIX = ("wait for the backup job to finish and run the checks again; 
                    "hours, look for a hung pg_dump (ps -ef, pg_stat_activity: waiting for a lock?)")
 
 
-def _latest(latest: LatestDump | None, target: Target, evidence: Evidence, inv: Inventory) -> LatestDump:
+def _latest(latest: LatestDump | None, target: Target, evidence: Evidence, inv: Inventory,
+            *, read: bool = True) -> LatestDump:
+    """The newest complete dump, or the failure saying why there is none; `read`: the check needs its bytes."""
     b = target.backups
     busy = "; ".join(p.describe() for p in (latest.in_progress if latest else inv.in_progress))
     if busy:
@@ -46,7 +48,7 @@ def _latest(latest: LatestDump | None, target: Target, evidence: Evidence, inv: 
     evidence("file", f"{latest.file.path} ({latest.file.size} bytes on disk, {human_bytes(latest.file.size)})")
     evidence("written", time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(latest.file.mtime)))
     evidence("age", f"{latest.age_hours:.1f} h")
-    if s.format == "unreadable":
+    if read and s.format == "unreadable":
         fail(f"latest dump: FAILED ({latest.file.name}: {s.error} as user {_user()}, mode "
              f"{latest.file.mode:04o}); fix: let the user running the checks read the dumps (e.g. chgrp it "
              "to a group of that user and make the job create them with mode 0640), or run the checks as "
@@ -68,7 +70,7 @@ def _user() -> str:
 def test_latest_dump_is_younger_than_max_age(latest_dump: LatestDump | None, target: Target,
                                              evidence: Evidence, backup_inventory: Inventory,
                                              run_facts: RunFacts) -> None:
-    latest = _latest(latest_dump, target, evidence, backup_inventory)
+    latest = _latest(latest_dump, target, evidence, backup_inventory, read=False)
     run_facts["latest dump"] = (f"{latest.file.name} ({latest.age_hours:.1f} h old, "
                                 f"{human_bytes(latest.scan.payload_bytes)} payload)")
     limit = target.backups.max_age_hours
@@ -150,9 +152,11 @@ def test_no_night_missing_in_retention_window(night_coverage: Coverage, target: 
         evidence(f"night {n.date}", n.good or ("no good dump: " + ("; ".join(n.bad) or "no dump file")))
     missing = night_coverage.missing
     shown = ", ".join(f"{n.date} ({'; '.join(n.bad) if n.bad else 'no dump'})" for n in missing)
+    perms = (f"let the user running the checks ({_user()}) read the dumps it cannot read; then "
+             if any(n.unreadable for n in missing) else "")
     require(not missing, (
         f"retention coverage: FAILED ({len(missing)} of {len(nights)} nights without a good dump: {shown}; "
-        f"window {target.backups.retention_days} days); fix: read the backup job log of those nights, "
+        f"window {target.backups.retention_days} days); fix: {perms}read the backup job log of those nights, "
         "fix the cause and make sure the job runs every night (crontab -l, systemctl list-timers)"))
 
 

@@ -239,6 +239,7 @@ class Night:
     date: dt.date
     good: str | None  # name of the newest good dump of that night
     bad: tuple[str, ...]  # "name (why)" of newer dumps of that night that are not good
+    unreadable: bool = False  # one of them could not even be read by this user
 
 
 @dataclass(frozen=True)
@@ -270,13 +271,14 @@ def coverage(inv: Inventory, cache: ScanCache, retention_days: int, min_payload:
         by_night.setdefault(inv.night_rule.night_of(d.mtime), []).append(d)
     nights = []
     for date in window(inv, retention_days):
-        good, bad = None, []
+        good, bad, unreadable = None, [], False
         for d, scan in _scanned(tuple(by_night.get(date, ())), cache):
             if scan.is_good(min_payload):
                 good = d.name
                 break
             bad.append(f"{d.name} ({'; '.join(scan.problems(min_payload))})")
-        nights.append(Night(date, good, tuple(bad)))
+            unreadable |= scan.format == "unreadable"
+        nights.append(Night(date, good, tuple(bad), unreadable))
     return Coverage(tuple(nights), inv.night_rule)
 
 
