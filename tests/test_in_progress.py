@@ -29,6 +29,7 @@ from pgbackup_verify_demo import demo
 from pgbackup_verify.config import load_target
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 from pgbackup_verify.facts.dumps import inventory as dumps
+from pgbackup_verify.facts.dumps import progress
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_dumps.py"
 NAME = "directus_9999-12-31_0200.sql.gz"
@@ -151,6 +152,9 @@ def test_a_growing_file_is_in_progress_even_where_its_writer_is_invisible(growin
     inv = dumps.take_inventory(load_target(t).backups)
     assert [p.why for p in inv.in_progress] == [inv.in_progress[0].why] and inv.dumps == ()
     assert inv.in_progress[0].why.startswith("open for writing by pid "), inv.in_progress
+    assert inv.in_progress[0].why.endswith(" (bash)")  # the loop's shell holds `> file`
+    # Where there is no /proc, psutil's own reading finds the same writer.
+    assert progress._open_for_writing_psutil({str(growing.resolve()): growing}) == {growing: inv.in_progress[0].why}
 
     python, why = probe(growing.parent)
     if python is None:

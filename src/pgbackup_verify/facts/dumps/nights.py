@@ -84,12 +84,6 @@ class NightRule:
         # A window starting at or after noon has its middle on the next calendar day.
         return start_day + dt.timedelta(days=1) if self.boundary >= dt.time(12, 0) else start_day
 
-    def window_of(self, night: dt.date) -> tuple[dt.datetime, dt.datetime]:
-        """Local start (inclusive) and end (exclusive) of a night's window."""
-        start_day = night - dt.timedelta(days=1) if self.boundary >= dt.time(12, 0) else night
-        start = dt.datetime.combine(start_day, self.boundary)
-        return start, dt.datetime.combine(start_day + dt.timedelta(days=1), self.boundary)
-
     def same_night(self, a: float, b: float) -> bool:
         return self.night_of(a) == self.night_of(b)
 
