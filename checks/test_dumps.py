@@ -7,6 +7,9 @@ the library measured (one scan per file per run) and fails naming the file and t
 
 from __future__ import annotations
 
+import os
+import pwd
+import shlex
 import time
 
 import pytest
@@ -14,7 +17,7 @@ import pytest
 from pgbackup_verify.config import Target
 from pgbackup_verify.evidence import Evidence, fail, human_bytes, require
 from pgbackup_verify.facts.dumps.gzipscan import FOOTER, HEADER, TAIL_BYTES, DumpScan
-from pgbackup_verify.facts.dumps.inventory import Coverage, DumpFile, Inventory, LatestDump
+from pgbackup_verify.facts.dumps.inventory import UNJUDGED, Coverage, DumpFile, Inventory, LatestDump
 from pgbackup_verify.facts.history import RunFacts
 
 pytestmark = pytest.mark.dumps
@@ -23,9 +26,21 @@ JOB_LOG_FIX = ("check pg_dump's stderr in the backup job log (a failing pg_dump 
                "leaves a valid empty .gz; run the job with `set -o pipefail`), fix the cause, re-run the backup")
 
 
-def _latest(latest: LatestDump | None, target: Target, evidence: Evidence) -> LatestDump:
+IN_PROGRESS_FIX = ("wait for the backup job to finish and run the checks again; if it has been running for "
+                   "hours, look for a hung pg_dump (ps -ef, pg_stat_activity: waiting for a lock?)")
+
+
+def _latest(latest: LatestDump | None, target: Target, evidence: Evidence, inv: Inventory,
+            *, read: bool = True) -> LatestDump:
+    """The newest complete dump, or the failure saying why there is none; `read`: the check needs its bytes."""
     b = target.backups
+    busy = "; ".join(p.describe() for p in (latest.in_progress if latest else inv.in_progress))
+    if busy:
+        evidence("in progress (not judged)", busy)
     if latest is None:
+        if inv.in_progress:
+            fail(f"latest dump: FAILED (no complete file matching '{b.pattern}' in {b.directory}: only "
+                 f"{busy}); fix: {IN_PROGRESS_FIX}")
         fail(f"latest dump: FAILED (no file matching '{b.pattern}' in {b.directory}); "
                     "fix: check [backups].directory and .pattern, and that the nightly backup job runs "
                     "(crontab -l, systemctl list-timers)")
@@ -33,6 +48,11 @@ def _latest(latest: LatestDump | None, target: Target, evidence: Evidence) -> La
     evidence("file", f"{latest.file.path} ({latest.file.size} bytes on disk, {human_bytes(latest.file.size)})")
     evidence("written", time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(latest.file.mtime)))
     evidence("age", f"{latest.age_hours:.1f} h")
+    if read and s.format == "unreadable":
+        fail(f"latest dump: FAILED ({latest.file.name}: {s.error} as user {_user()}, mode "
+             f"{latest.file.mode:04o}); fix: let the user running the checks read the dumps (e.g. chgrp it "
+             "to a group of that user and make the job create them with mode 0640), or run the checks as "
+             "the backup job's user")
     evidence("payload", f"{s.payload_bytes} bytes decompressed ({human_bytes(s.payload_bytes)}), {s.format}")
     evidence("header line", repr(s.header_line))
     if s.dumped_by:
@@ -40,10 +60,17 @@ def _latest(latest: LatestDump | None, target: Target, evidence: Evidence) -> La
     return latest
 
 
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
 def test_latest_dump_is_younger_than_max_age(latest_dump: LatestDump | None, target: Target,
                                              evidence: Evidence, backup_inventory: Inventory,
                                              run_facts: RunFacts) -> None:
-    latest = _latest(latest_dump, target, evidence)
+    latest = _latest(latest_dump, target, evidence, backup_inventory, read=False)
     run_facts["latest dump"] = (f"{latest.file.name} ({latest.age_hours:.1f} h old, "
                                 f"{human_bytes(latest.scan.payload_bytes)} payload)")
     limit = target.backups.max_age_hours
@@ -57,8 +84,8 @@ def test_latest_dump_is_younger_than_max_age(latest_dump: LatestDump | None, tar
 
 
 def test_latest_dump_payload_reaches_minimum(latest_dump: LatestDump | None, target: Target,
-                                             evidence: Evidence) -> None:
-    latest = _latest(latest_dump, target, evidence)
+                                             evidence: Evidence, backup_inventory: Inventory) -> None:
+    latest = _latest(latest_dump, target, evidence, backup_inventory)
     s, minimum = latest.scan, target.backups.min_payload_bytes
     why = "" if s.valid else f", {s.error}"
     require(s.payload_bytes >= minimum, (
@@ -67,8 +94,8 @@ def test_latest_dump_payload_reaches_minimum(latest_dump: LatestDump | None, tar
 
 
 def test_latest_dump_gzip_stream_is_valid(latest_dump: LatestDump | None, target: Target,
-                                          evidence: Evidence) -> None:
-    latest = _latest(latest_dump, target, evidence)
+                                          evidence: Evidence, backup_inventory: Inventory) -> None:
+    latest = _latest(latest_dump, target, evidence, backup_inventory)
     s = latest.scan
     evidence("read", f"{s.compressed_bytes} bytes in {s.seconds:.2f} s")
     what = "archive" if s.format == "custom" else "gzip stream"
@@ -83,8 +110,8 @@ def test_latest_dump_gzip_stream_is_valid(latest_dump: LatestDump | None, target
 
 
 def test_latest_dump_has_pg_dump_header_and_footer(latest_dump: LatestDump | None, target: Target,
-                                                   evidence: Evidence) -> None:
-    latest = _latest(latest_dump, target, evidence)
+                                                   evidence: Evidence, backup_inventory: Inventory) -> None:
+    latest = _latest(latest_dump, target, evidence, backup_inventory)
     s = latest.scan
     evidence("footer found", str(s.footer_found))
     problems = []
@@ -99,9 +126,9 @@ def test_latest_dump_has_pg_dump_header_and_footer(latest_dump: LatestDump | Non
 
 
 def test_payload_did_not_shrink_beyond_allowed_ratio(latest_dump: LatestDump | None, target: Target,
-                                                     evidence: Evidence,
+                                                     evidence: Evidence, backup_inventory: Inventory,
                                                      previous_good_dump: tuple[DumpFile, DumpScan] | None) -> None:
-    latest = _latest(latest_dump, target, evidence)
+    latest = _latest(latest_dump, target, evidence, backup_inventory)
     if previous_good_dump is None:
         pytest.skip(f"no good dump older than {latest.file.name} to compare with "
                     "(test_enough_good_dumps_kept reports on that)")
@@ -120,13 +147,16 @@ def test_payload_did_not_shrink_beyond_allowed_ratio(latest_dump: LatestDump | N
 
 def test_no_night_missing_in_retention_window(night_coverage: Coverage, target: Target, evidence: Evidence) -> None:
     nights = night_coverage.nights
+    evidence("night rule", night_coverage.rule.describe())
     for n in nights:
         evidence(f"night {n.date}", n.good or ("no good dump: " + ("; ".join(n.bad) or "no dump file")))
     missing = night_coverage.missing
     shown = ", ".join(f"{n.date} ({'; '.join(n.bad) if n.bad else 'no dump'})" for n in missing)
+    perms = (f"let the user running the checks ({_user()}) read the dumps it cannot read; then "
+             if any(n.unreadable for n in missing) else "")
     require(not missing, (
         f"retention coverage: FAILED ({len(missing)} of {len(nights)} nights without a good dump: {shown}; "
-        f"window {target.backups.retention_days} days); fix: read the backup job log of those nights, "
+        f"window {target.backups.retention_days} days); fix: {perms}read the backup job log of those nights, "
         "fix the cause and make sure the job runs every night (crontab -l, systemctl list-timers)"))
 
 
@@ -144,14 +174,25 @@ def test_enough_good_dumps_kept(good_dumps: list[DumpFile], target: Target, evid
 def test_no_stray_partial_artifacts(backup_inventory: Inventory, target: Target, evidence: Evidence) -> None:
     strays = backup_inventory.strays
     evidence("directory", f"{backup_inventory.directory} ({len(backup_inventory.dumps)} dump files)")
-    shown = ", ".join(f"{s.path.name} ({s.reason}, {s.size} bytes)" for s in strays)
+    if backup_inventory.in_progress:
+        evidence("in progress (not strays)", "; ".join(p.describe() for p in backup_inventory.in_progress))
+    shown = ", ".join(s.describe() for s in strays)
     if strays:
         evidence("strays", shown)
+    fixes = []
+    leftovers = [s for s in strays if s.kind != UNJUDGED]
+    if leftovers:
+        fixes.append("they come from interrupted or failed backup runs: read the job log of their night, then "
+                     f"remove them (rm {' '.join(shlex.quote(str(s.path)) for s in leftovers[:3])}"
+                     f"{' ...' if len(leftovers) > 3 else ''}); make the job write to a temporary name and "
+                     "clean up on failure")
+    if len(leftovers) < len(strays):
+        fixes.append("entries named like dumps that cannot be judged (not regular files, symlink loops, names "
+                     "that are not UTF-8): move them out of the backup directory or rename them, or narrow "
+                     "[backups].pattern so it names only the job's dump files")
     require(not strays, (
-        f"stray partial artifacts: FAILED ({len(strays)} in {backup_inventory.directory}: {shown}); fix: they come "
-        "from interrupted or failed backup runs: read the job log of their night, then remove them "
-        f"(rm {' '.join(str(s.path) for s in strays[:3])}{' ...' if len(strays) > 3 else ''}); "
-        "make the job write to a temporary name and clean up on failure"))
+        f"stray partial artifacts: FAILED ({len(strays)} in {backup_inventory.directory}: {shown}); "
+        f"fix: {'; and '.join(fixes)}"))
 
 
 def test_custom_format_toc_lists_expected_schemas(custom_dump_toc: tuple | None, target: Target,

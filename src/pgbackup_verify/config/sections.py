@@ -73,6 +73,9 @@ class BackupsSection(Section):
     min_good_dumps: int = key("good dumps that must be kept (nights expected)", default=7)
     stray_max_bytes: int = key("a dump file smaller than this is a stray partial artifact", default=1024)
     expected_schemas: tuple[str, ...] = key("schemas a custom-format dump's TOC must list", default=())
+    night_boundary: str = key("local time of day \"HH:MM\" at which one night ends and the next begins; "
+                              "\"auto\": the middle of the longest quiet stretch between the dumps' times",
+                              default="auto")
 
     def validate(self) -> None:
         if not 0 <= self.max_shrink_ratio < 1:
@@ -81,6 +84,11 @@ class BackupsSection(Section):
         for name in ("max_age_hours", "retention_days", "min_payload_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[backups].{name}: must be greater than 0")
+        from pgbackup_verify.facts.dumps.nights import parse_boundary  # here: facts import config
+        try:
+            parse_boundary(self.night_boundary)
+        except ValueError as e:
+            raise ConfigError(f"[backups].night_boundary: {e}") from None
 
 
 SQL_EXPECT = ("no_rows", "true")

@@ -39,7 +39,7 @@ class DumpScan:
     """What one pass over a dump showed. `valid` is about the compression layer only."""
 
     path: str  # file path or the stream's description
-    format: str  # "gzip", "plain", "custom" (pg_dump -Fc, not scanned), "empty", "unknown"
+    format: str  # "gzip", "plain", "custom" (pg_dump -Fc, not scanned), "empty", "unknown", "unreadable"
     compressed_bytes: int  # bytes read from the file/stream
     payload_bytes: int  # decompressed bytes, up to the error if any
     valid: bool  # the stream decompressed to its end with CRC and length correct
@@ -206,5 +206,6 @@ def scan_file(path: str | Path, *, compressed: bool | None = True) -> DumpScan:
         with p.open("rb", buffering=0) as f:
             return scan_stream(f, str(p), compressed=compressed)
     except OSError as e:
-        return DumpScan(str(p), "unknown", 0, 0, False, f"cannot read ({e.strerror})", False, "", False,
+        # "unreadable", not "unknown": the bytes were never seen, so nothing may be said about them.
+        return DumpScan(str(p), "unreadable", 0, 0, False, f"cannot read ({e.strerror})", False, "", False,
                         "", "", 0.0)

@@ -8,13 +8,21 @@ is found (retention coverage, min good dumps). With one good dump per night and 
 window that is ~7 scans per run: e.g. 7 x 118 MB in ~3.3 s. A night whose newest file is bad
 costs one more scan per older file of that night. A custom-format dump is read in full by
 `pg_restore -f -` (customfmt.verify_archive), which costs more than a gunzip of the same data.
+
+Nights follow `nights.NightRule` (24-hour windows anchored away from the job's usual time), never
+the calendar day. A dump still being written (open for writing by a process, or still growing) is
+set aside as in progress and the newest complete one is judged. Entries the checks cannot judge
+(non-regular files, symlink loops, names that are not UTF-8) named like dumps are findings, and
+are never opened: a FIFO would block the read.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fnmatch
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +31,8 @@ from pathlib import Path
 from pgbackup_verify.config import BackupsSection
 from pgbackup_verify.facts.dumps import customfmt
 from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, DumpScan, scan_file
+from pgbackup_verify.facts.dumps.nights import NightRule, night_rule
+from pgbackup_verify.facts.dumps.progress import InProgress, find_in_progress
 
 # Names that only interrupted or half-finished writers leave behind.
 STRAY_GLOBS = ("*.raw", "*.tmp", "*.part", "*.partial", "*.incomplete", "*.inprogress", "*.swp")
@@ -41,11 +51,6 @@ class DumpFile:
     def name(self) -> str:
         return self.path.name
 
-    @property
-    def night(self) -> dt.date:
-        """The night a dump belongs to: the local calendar day of its mtime."""
-        return dt.datetime.fromtimestamp(self.mtime).date()
-
     def age_hours(self, now: float) -> float:
         return (now - self.mtime) / 3600
 
@@ -57,22 +62,46 @@ class LatestDump:
     file: DumpFile
     scan: DumpScan
     age_hours: float
+    in_progress: tuple[InProgress, ...] = ()  # newer files still being written, not judged
+
+
+def display_name(name: str) -> str:
+    """A name safe to print and to write into UTF-8 reports: undecodable bytes shown as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+LEFTOVER = "leftover"
+UNJUDGED = "unjudged"
 
 
 @dataclass(frozen=True)
 class Stray:
+    """A file the checks flag: a leftover of a failed run, or an entry named like a dump they cannot judge."""
+
     path: Path
     size: int
     reason: str
+    kind: str = LEFTOVER
+
+    @property
+    def name(self) -> str:
+        return display_name(self.path.name)
+
+    def describe(self) -> str:
+        if self.kind == UNJUDGED:
+            return f"{self.name} ({self.reason})"
+        return f"{self.name} ({self.reason}, {self.size} bytes)"
 
 
 @dataclass(frozen=True)
 class Inventory:
     directory: Path
     pattern: str
-    dumps: tuple[DumpFile, ...]  # files matching the pattern, newest mtime first
+    dumps: tuple[DumpFile, ...]  # complete files matching the pattern, newest mtime first
     strays: tuple[Stray, ...]
     taken_at: float
+    night_rule: NightRule
+    in_progress: tuple[InProgress, ...] = ()  # matching files still being written, newest first
 
     @property
     def newest(self) -> DumpFile | None:
@@ -120,25 +149,65 @@ def scan_dump(path: Path) -> DumpScan:
     return scan_file(path, compressed=True if path.name.endswith((".gz", ".gzip")) else None)
 
 
-def take_inventory(backups: BackupsSection, now: float | None = None) -> Inventory:
-    """Stat every file of the backup directory once; read none of them."""
+def take_inventory(backups: BackupsSection, now: float | None = None,
+                   growth_wait: float | None = None) -> Inventory:
+    """Stat every entry of the backup directory once; read none of them.
+
+    `growth_wait` is the pause of the re-stat that catches a dump still growing (see progress.py).
+    """
     now = time.time() if now is None else now
-    dumps, strays = [], []
-    with os.scandir(backups.directory) as entries:
-        for entry in entries:
-            if not entry.is_file(follow_symlinks=True):
-                continue
-            st = entry.stat()
-            path = Path(entry.path)
-            is_dump = fnmatch.fnmatch(entry.name, backups.pattern)
-            if is_dump:
-                dumps.append(DumpFile(path, st.st_size, st.st_mtime))
-            reason = _stray_reason(entry.name, st.st_size, is_dump, backups.stray_max_bytes)
-            if reason:
-                strays.append(Stray(path, st.st_size, reason))
-    dumps.sort(key=lambda d: (d.mtime, d.name), reverse=True)
+    found, strays = [], []
+    try:
+        with os.scandir(backups.directory) as entries:
+            for entry in entries:
+                dump, stray = _classify(entry, backups)
+                if dump is not None:
+                    found.append(dump)
+                if stray is not None:
+                    strays.append(stray)
+    except OSError as e:
+        strays.append(Stray(Path(backups.directory), 0, f"cannot list the backup directory ({e.strerror})",
+                            UNJUDGED))
+    found.sort(key=lambda d: (d.mtime, d.name), reverse=True)
+    busy = find_in_progress(found, now, growth_wait)
+    busy_paths = {b.path for b in busy}
+    dumps = tuple(d for d in found if d.path not in busy_paths)
+    # A file being written is neither a stray nor a zero-byte leftover (yet).
+    strays = [s for s in strays if s.path not in busy_paths]
     strays.sort(key=lambda s: s.path.name)
-    return Inventory(backups.directory, backups.pattern, tuple(dumps), tuple(strays), now)
+    rule = night_rule(backups.night_boundary, (d.mtime for d in dumps))
+    return Inventory(backups.directory, backups.pattern, dumps, tuple(strays), now, rule, busy)
+
+
+def _classify(entry: os.DirEntry[str], backups: BackupsSection) -> tuple[DumpFile | None, Stray | None]:
+    """One directory entry: a dump, a stray, both (a tiny dump) or neither (not ours)."""
+    name, path = entry.name, Path(entry.path)
+    is_dump = fnmatch.fnmatch(name, backups.pattern)
+    ours = is_dump or any(fnmatch.fnmatch(name, g) for g in STRAY_GLOBS)
+    try:
+        st = entry.stat()  # follows symlinks: a link to a dump is a dump
+    except OSError as e:
+        if not ours:
+            return None, None
+        what = {errno.ELOOP: "symlink loop", errno.ENOENT: "symlink to a missing file"}.get(
+            e.errno or 0, f"cannot stat ({e.strerror})")
+        return None, Stray(path, 0, f"{what}: not judged", UNJUDGED)
+    if not stat.S_ISREG(st.st_mode):
+        if not is_dump:
+            return None, None
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        return None, Stray(path, 0, f"{kind} named like a dump, not a regular file: not read", UNJUDGED)
+    if display_name(name) != name:
+        if not ours:
+            return None, None
+        return None, Stray(path, st.st_size, "file name is not valid UTF-8: not judged", UNJUDGED)
+    dump = DumpFile(path, st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode)) if is_dump else None
+    reason = _stray_reason(name, st.st_size, is_dump, backups.stray_max_bytes)
+    return dump, Stray(path, st.st_size, reason) if reason else None
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
 def _stray_reason(name: str, size: int, is_dump: bool, stray_max: int) -> str | None:
@@ -170,11 +239,13 @@ class Night:
     date: dt.date
     good: str | None  # name of the newest good dump of that night
     bad: tuple[str, ...]  # "name (why)" of newer dumps of that night that are not good
+    unreadable: bool = False  # one of them could not even be read by this user
 
 
 @dataclass(frozen=True)
 class Coverage:
     nights: tuple[Night, ...]  # the retention window, newest night first
+    rule: NightRule
 
     @property
     def missing(self) -> tuple[Night, ...]:
@@ -184,28 +255,31 @@ class Coverage:
 def window(inv: Inventory, retention_days: int) -> list[dt.date]:
     """The nights that must each hold a good dump, newest first.
 
-    Today counts only once a dump for it exists (the job may not have run yet);
-    a missing today is the max-age check's business.
+    Tonight counts only once a complete dump for it exists (the job may not have run or finished
+    yet); a missing tonight is the max-age check's business.
     """
-    today = dt.datetime.fromtimestamp(inv.taken_at).date()
-    last = today if any(d.night == today for d in inv.dumps) else today - dt.timedelta(days=1)
+    rule = inv.night_rule
+    tonight = rule.night_of(inv.taken_at)
+    has = any(rule.night_of(d.mtime) == tonight for d in inv.dumps)
+    last = tonight if has else tonight - dt.timedelta(days=1)
     return [last - dt.timedelta(days=i) for i in range(retention_days)]
 
 
 def coverage(inv: Inventory, cache: ScanCache, retention_days: int, min_payload: int) -> Coverage:
     by_night: dict[dt.date, list[DumpFile]] = {}
     for d in inv.dumps:
-        by_night.setdefault(d.night, []).append(d)
+        by_night.setdefault(inv.night_rule.night_of(d.mtime), []).append(d)
     nights = []
     for date in window(inv, retention_days):
-        good, bad = None, []
+        good, bad, unreadable = None, [], False
         for d, scan in _scanned(tuple(by_night.get(date, ())), cache):
             if scan.is_good(min_payload):
                 good = d.name
                 break
             bad.append(f"{d.name} ({'; '.join(scan.problems(min_payload))})")
-        nights.append(Night(date, good, tuple(bad)))
-    return Coverage(tuple(nights))
+            unreadable |= scan.format == "unreadable"
+        nights.append(Night(date, good, tuple(bad), unreadable))
+    return Coverage(tuple(nights), inv.night_rule)
 
 
 def good_dumps(inv: Inventory, cache: ScanCache, min_payload: int, enough: int) -> list[DumpFile]:
