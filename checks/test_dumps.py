@@ -40,6 +40,16 @@ def _latest(latest: LatestDump | None, target: Target, evidence: Evidence) -> La
     return latest
 
 
+def _content(latest: LatestDump, evidence: Evidence) -> None:
+    """The file's content is judged once it can be read; an unreadable file is one finding, not three fixes."""
+    evidence.cause(f"dump {latest.file.path}")  # the drill of this file is not judged if it is bad
+    if latest.scan.error and latest.scan.error.startswith("cannot read"):
+        evidence.require_upstream(f"read {latest.file.path}")
+        evidence.cause(f"read {latest.file.path}")
+        fail(f"latest dump readable: FAILED ({latest.file.path}: {latest.scan.error}); fix: let the user "
+             "running the checks read it (the backup job's umask, chgrp/chmod g+r), then re-run")
+
+
 def test_latest_dump_is_younger_than_max_age(latest_dump: LatestDump | None, target: Target,
                                              evidence: Evidence, backup_inventory: Inventory,
                                              run_facts: RunFacts) -> None:
@@ -59,6 +69,7 @@ def test_latest_dump_is_younger_than_max_age(latest_dump: LatestDump | None, tar
 def test_latest_dump_payload_reaches_minimum(latest_dump: LatestDump | None, target: Target,
                                              evidence: Evidence) -> None:
     latest = _latest(latest_dump, target, evidence)
+    _content(latest, evidence)
     s, minimum = latest.scan, target.backups.min_payload_bytes
     why = "" if s.valid else f", {s.error}"
     require(s.payload_bytes >= minimum, (
@@ -69,6 +80,7 @@ def test_latest_dump_payload_reaches_minimum(latest_dump: LatestDump | None, tar
 def test_latest_dump_gzip_stream_is_valid(latest_dump: LatestDump | None, target: Target,
                                           evidence: Evidence) -> None:
     latest = _latest(latest_dump, target, evidence)
+    _content(latest, evidence)
     s = latest.scan
     evidence("read", f"{s.compressed_bytes} bytes in {s.seconds:.2f} s")
     what = "archive" if s.format == "custom" else "gzip stream"
@@ -85,6 +97,7 @@ def test_latest_dump_gzip_stream_is_valid(latest_dump: LatestDump | None, target
 def test_latest_dump_has_pg_dump_header_and_footer(latest_dump: LatestDump | None, target: Target,
                                                    evidence: Evidence) -> None:
     latest = _latest(latest_dump, target, evidence)
+    _content(latest, evidence)
     s = latest.scan
     evidence("footer found", str(s.footer_found))
     problems = []
