@@ -285,15 +285,17 @@ def is_bad(r: CheckResult) -> bool:
 
 def concern_status(outcomes: Iterable[str], kinds: Iterable[str] = ()) -> str:
     """A concern block's status: FAILED, NOT JUDGED (an upstream finding stopped its checks),
-    SKIPPED (every check skipped), PARTLY CHECKED (more skipped than judged) or OK."""
-    seen = list(outcomes)
+    SKIPPED (every check skipped; NOT CONFIGURED if its section is left out), PARTLY CHECKED (more
+    skipped than judged) or OK."""
+    seen, kinds = list(outcomes), list(kinds)
     if any(o in BAD for o in seen):
         return FAILED_STATUS
     if NOT_JUDGED in kinds:
         return NOT_JUDGED_STATUS
     skipped = sum(o == SKIPPED for o in seen)
     if seen and skipped == len(seen):
-        return SKIPPED_STATUS
+        # The section is left out: not checked, and not a failure.
+        return NOT_CONFIGURED_STATUS if kinds and all(k == NOT_CONFIGURED for k in kinds) else SKIPPED_STATUS
     return PARTLY_STATUS if skipped * 2 > len(seen) else OK_STATUS
 
 

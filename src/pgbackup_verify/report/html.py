@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pgbackup_verify.outcome import (
-    NOT_CONFIGURED,
     NOT_CONFIGURED_STATUS,
     NOT_JUDGED,
     NOT_JUDGED_STATUS,
@@ -31,7 +30,8 @@ if TYPE_CHECKING:
     from pgbackup_verify.outcome import CheckResult
     from pgbackup_verify.report.summary import RunSummary
 
-STATUS_RANK = {"FAILED": 0, NOT_JUDGED_STATUS: 1, "SKIPPED": 2, PARTLY_STATUS: 3, "OK": 4, NOT_CONFIGURED_STATUS: 5}
+# A not-judged concern is part of the failure's chain: it stands with the failed ones, in the order of cause.
+STATUS_RANK = {"FAILED": 0, NOT_JUDGED_STATUS: 0, "SKIPPED": 1, PARTLY_STATUS: 2, "OK": 3, NOT_CONFIGURED_STATUS: 4}
 EVIDENCE_LINE_CHARS = 400  # a healthy concern stays one line, however much its checks recorded
 EVIDENCE_PER_CHECK = 2
 
@@ -114,16 +114,15 @@ def concern_block(target: str, concern: str, description: str, rs: list[CheckRes
     bad = [r for r in rs if r.outcome in ("failed", "error")]
     skipped = [r for r in rs if r.outcome == "skipped"]
     status = concern_status((r.outcome for r in rs), [r.kind for r in rs])
-    if status == "SKIPPED" and all(r.kind == NOT_CONFIGURED for r in rs):
-        status = NOT_CONFIGURED_STATUS  # the section is left out: not checked, and not a failure
     unjudged = sum(r.kind == NOT_JUDGED for r in rs)
-    why = f", {unjudged} not judged (an upstream check failed)" if unjudged else ""
+    others = len(skipped) - unjudged
+    why = (f", {others} skipped" if others else "") + (
+        f", {unjudged} not judged (an upstream check failed)" if unjudged else "")
     if bad:
         count = f"{len(bad)} of {len(rs)} checks failed{why}"
         evidence_line = ""
     else:
-        count = f"{len(rs) - len(skipped)} of {len(rs)} checks passed" + (f", {len(skipped)} skipped"
-                                                                          if skipped else "") + why
+        count = f"{len(rs) - len(skipped)} of {len(rs)} checks passed{why}"
         if status == PARTLY_STATUS:
             count = f"partly checked ({judged_text(rs)}): {count}"
         # A healthy concern stays one line, like the seed's "latest success OK size=64M".
