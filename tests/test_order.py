@@ -64,7 +64,8 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, healthy: boo
                                            "--json", "out.json", "-v", "test_checks.py")
     out = result.stdout.str()
     assert result.ret == (0 if healthy else 1), out[-3000:]
-    return out, json.loads((pytester.path / "out.json").read_text()), (pytester.path / "reports/latest.html").read_text()
+    html = (pytester.path / "reports/latest.html").read_text()
+    return out, json.loads((pytester.path / "out.json").read_text()), html
 
 
 def test_upstream_failure_comes_first_and_downstream_is_not_judged(pytester: pytest.Pytester,

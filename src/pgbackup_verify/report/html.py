@@ -116,10 +116,10 @@ def concern_block(target: str, concern: str, description: str, rs: list[CheckRes
     status = concern_status((r.outcome for r in rs), [r.kind for r in rs])
     unjudged = sum(r.kind == NOT_JUDGED for r in rs)
     others = len(skipped) - unjudged
-    why = (f", {others} skipped" if others else "") + (
-        f", {unjudged} not judged (an upstream check failed)" if unjudged else "")
+    unjudged_text = f", {unjudged} not judged (an upstream check failed)" if unjudged else ""
+    why = (f", {others} skipped" if others else "") + unjudged_text
     if bad:
-        count = f"{len(bad)} of {len(rs)} checks failed{why}"
+        count = f"{len(bad)} of {len(rs)} checks failed{unjudged_text}"
         evidence_line = ""
     else:
         count = f"{len(rs) - len(skipped)} of {len(rs)} checks passed{why}"
