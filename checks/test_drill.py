@@ -12,6 +12,7 @@ from pgbackup_verify.facts.drill.run import DrillFacts, drill_config, expected_s
 
 pytestmark = pytest.mark.drill
 
+READ = "grants.read"  # upstream key of the grants checks (checks/test_grants.py)
 FIX_DUMP = "fix: repair the dump job so that its output restores, then re-run the drill"
 
 
@@ -32,6 +33,8 @@ def _ran(f: DrillFacts, evidence: Evidence) -> DrillFacts:
     if f.skipped:
         pytest.skip(f"restore drill not run: {f.skipped}")
     _record(evidence, f)
+    if f.source_path:  # a dump the dump checks found bad: what it restores is not news, their fix is
+        evidence.require_upstream(f"dump {f.source_path}")
     if f.aborted:
         fail(f"restore drill: FAILED (did not complete: {f.aborted})")
     assert f.outcome is not None and f.restored is not None
@@ -64,12 +67,15 @@ def test_every_expected_schema_is_restored(drill: DrillFacts, target: Target, ev
                     "(or [backups].expected_schemas) or [drill].expect_live_catalog = true")
     missing = sorted(expected - f.restored.schemas)
     if missing:
+        evidence.require_upstream(READ)  # the grants finding names the schemas lacking USAGE and the GRANT
         # Read from the live catalog, a schema may be one the dump leaves out on purpose.
         deliberate = (" (or, if pg_dump leaves them out on purpose, list them in [database].exclude_schemas)"
                       if f.live is not None else "")
+        grant = ("the dump role can read them (the grants checks passed): " if evidence.upstream(READ) == "passed"
+                 else "if the grants checks say the dump role lacks USAGE on them, grant it; else ")
         fail(f"restore drill schemas: FAILED (missing after restore: {', '.join(missing)}); "
-                    f"fix: grant the dump role USAGE on {', '.join(missing)} or stop excluding them "
-                    f"from pg_dump{deliberate}, then check the next dump")
+                    f"fix: {grant}stop excluding them from pg_dump (-n/-N) and check that the dump is newer than "
+                    f"them{deliberate}, then check the next dump")
 
 
 def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Target, evidence: Evidence) -> None:
@@ -92,6 +98,7 @@ def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Tar
     if missing:
         short.append(f"missing tables: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
     if short:
+        evidence.require_upstream(READ)
         lower = ("write [drill].min_tables (and expected_schemas) for what the dump must hold"
                  if f.live is not None and not configured else "lower [drill].min_tables")
         fail(f"restore drill tables: FAILED ({'; '.join(short)}); fix: make the dump include "

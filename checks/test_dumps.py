@@ -45,10 +45,14 @@ def _latest(latest: LatestDump | None, target: Target, evidence: Evidence, inv: 
                     "fix: check [backups].directory and .pattern, and that the nightly backup job runs "
                     "(crontab -l, systemctl list-timers)")
     s = latest.scan
+    if read:  # a content check that finds this file bad: the drill of it is "not judged", not a second fix
+        evidence.cause(f"dump {latest.file.path}")
     evidence("file", f"{latest.file.path} ({latest.file.size} bytes on disk, {human_bytes(latest.file.size)})")
     evidence("written", time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(latest.file.mtime)))
     evidence("age", f"{latest.age_hours:.1f} h")
     if read and s.format == "unreadable":
+        evidence.require_upstream(f"read {latest.file.path}")  # one finding, not one per content check
+        evidence.cause(f"read {latest.file.path}")
         fail(f"latest dump: FAILED ({latest.file.name}: {s.error} as user {_user()}, mode "
              f"{latest.file.mode:04o}); fix: let the user running the checks read the dumps (e.g. chgrp it "
              "to a group of that user and make the job create them with mode 0640), or run the checks as "

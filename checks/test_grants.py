@@ -12,6 +12,7 @@ pytestmark = pytest.mark.grants
 
 SHOWN = 20  # objects spelled out in a failure message; the evidence holds more
 EVIDENCE_MAX = 500
+READ = "grants.read"  # upstream key: the dump role can read everything pg_dump reads (evidence.Upstream)
 
 
 def _role_present(audit: GrantAudit) -> None:
@@ -45,6 +46,7 @@ def _judge(check: str, what: str, lack: str, concern: Concern | None, audit: Gra
 
 
 def test_dump_role_can_connect(grant_audit: GrantAudit, evidence: Evidence) -> None:
+    evidence.cause(READ)  # what pg_dump needs tonight: its failure is the cause of a bad dump
     r = grant_audit.role
     evidence("dump role", f"{r.ident} on database {r.database}")
     evidence("attributes", f"exists {r.exists}, login {r.can_login}, superuser {r.superuser}, "
@@ -61,16 +63,19 @@ def test_dump_role_can_connect(grant_audit: GrantAudit, evidence: Evidence) -> N
 
 
 def test_dump_role_has_usage_on_every_schema(grant_audit: GrantAudit, evidence: Evidence) -> None:
+    evidence.cause(READ)  # what pg_dump needs tonight: its failure is the cause of a bad dump
     _judge("dump role USAGE on every schema", "schemas", "without USAGE for", grant_audit.schemas,
            grant_audit, evidence)
 
 
 def test_dump_role_can_select_every_relation(grant_audit: GrantAudit, evidence: Evidence) -> None:
+    evidence.cause(READ)  # what pg_dump needs tonight: its failure is the cause of a bad dump
     _judge("dump role SELECT on every relation", "relations", "without SELECT for", grant_audit.relations,
            grant_audit, evidence)
 
 
 def test_dump_role_can_read_every_sequence(grant_audit: GrantAudit, evidence: Evidence) -> None:
+    evidence.cause(READ)  # what pg_dump needs tonight: its failure is the cause of a bad dump
     _judge("dump role USAGE and SELECT on every sequence", "sequences", "without USAGE and/or SELECT for",
            grant_audit.sequences, grant_audit, evidence)
 

@@ -7,6 +7,8 @@ check names the schema and the GRANT, the payload check names the file.
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -76,6 +78,19 @@ def test_seed_night_fails_grant_and_payload_checks_with_the_fix(tmp_path: Path) 
     assert "pgbackup-verify: FAILED targets=demo" in out
     # ...and Kuma hears about it that night: the monitor covering the grants goes DOWN naming the check.
     assert "Kuma PG Dump Permission Guard: DOWN '1 failed of 7: test_dump_role_has_usage_on_every_schema'" in out
+    # Ordered by cause: the grants finding opens the report, the dump's before the drill's.
+    assert out.index("dump role USAGE on every schema: FAILED") < out.index("latest dump payload: FAILED")
+    # No fix advises what is already true: the only GRANT named is the one schema lacking USAGE, and the
+    # drill of the 20-byte dump is not judged (naming the payload finding) instead of advising grants.
+    doc = json.loads((tmp_path / "reports" / "latest.json").read_text())
+    text = out + json.dumps(doc)
+    assert set(re.findall(r"GRANT USAGE ON SCHEMA (\w+)", text, re.I)) == {"sandbox_tac"}, text[-3000:]
+    assert "grant the dump role USAGE on" not in text
+    drill = [c for c in doc["checks"] if c["concern"] == "drill" and c["kind"] == "not judged"]
+    assert drill and all(c["message"].startswith("not judged: latest dump payload: FAILED (directus_")
+                         for c in drill), drill
+    assert [c["status"] for c in doc["concerns"] if c["concern"] == "drill"] == ["NOT JUDGED"]
+    assert [c["concern"] for c in doc["concerns"]][:3] == ["grants", "dumps", "drill"]
 
 
 def test_a_killed_demo_is_swept_by_the_next_run(killed_then_healthy: KilledThenHealthy) -> None:

@@ -7,19 +7,100 @@ report sections; this module only collects them.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Generator
 from dataclasses import dataclass, field
 from typing import NoReturn
 
 import pytest
 
+from pgbackup_verify.outcome import NOT_JUDGED, failure_text, order_by_cause
 from pgbackup_verify.report.render import render_text
 
 EVIDENCE_KEY = pytest.StashKey["Evidence"]()
+PASSED, FAILED = "passed", "failed"
+
+
+@dataclass
+class Upstream:
+    """What upstream checks found, per (target, key): a check that fails records its finding under the
+    keys it vouches for (`Evidence.cause`), and a downstream check whose input that is asks for it
+    (`Evidence.require_upstream`): "not judged: <the upstream finding>" instead of its own fix, which
+    would be advice about the wrong cause. Checks run in the order of cause (outcome.CAUSE_ORDER), so
+    the upstream verdict is known first; a key nobody reported on is simply unknown (None)."""
+
+    findings: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # -> (status, first line)
+
+    def report(self, target: str, keys: tuple[str, ...], status: str, text: str) -> None:
+        for key in keys:
+            if self.findings.get((target, key), ("", ""))[0] != FAILED:  # the first failure stands
+                self.findings[target, key] = (status, text)
+
+    def status(self, target: str, key: str) -> str | None:
+        return self.findings.get((target, key), (None, ""))[0]
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item,
+                                  call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        rep = yield
+        ev = item.stash.get(EVIDENCE_KEY, None)
+        if ev is not None and ev.causes and rep.when == "call" and not hasattr(rep, "wasxfail"):
+            self.report(ev.target, tuple(ev.causes), rep.outcome, finding(failure_text(rep)) if rep.failed else "")
+        return rep
+
+
+UPSTREAM_KEY = pytest.StashKey[Upstream]()
+
+
+def upstream(config: pytest.Config) -> Upstream:
+    """The run's (this process's: one target's checks stay on one xdist worker) upstream findings."""
+    if UPSTREAM_KEY not in config.stash:
+        config.stash[UPSTREAM_KEY] = Upstream()
+        config.pluginmanager.register(config.stash[UPSTREAM_KEY], "pgbackup-verify-upstream")
+    return config.stash[UPSTREAM_KEY]
+
+
+def order_checks(items: list[pytest.Item], concerns: Collection[str]) -> list[pytest.Item]:
+    """Each target's checks in the order of cause, so an upstream verdict is known downstream."""
+    def target(item: pytest.Item) -> object:
+        callspec = getattr(item, "callspec", None)
+        return getattr(callspec.params.get("target") if callspec else None, "name", None)
+
+    def concern(item: pytest.Item) -> str:
+        return next((m.name for m in item.iter_markers() if m.name in concerns), "other")  # the nearest wins
+
+    return order_by_cause(items, target, concern)
+
+
+def finding(text: str) -> str:
+    """The cause of a finding, without its fix: `name: FAILED (measured vs limit)`."""
+    first = text.strip().splitlines()[0] if text.strip() else "failed"
+    return first.split("; fix", 1)[0].strip()
 
 
 @dataclass
 class Evidence:
     items: list[tuple[str, str]] = field(default_factory=list)
+    target: str = ""  # the target's name: upstream findings are per target
+    registry: Upstream | None = None  # None outside the plugin (a check called by hand): nothing known
+    causes: list[str] = field(default_factory=list)  # keys this check vouches for (see Upstream)
+
+    def cause(self, *keys: str) -> None:
+        """If this check fails, its finding is the cause downstream checks on `keys` name."""
+        self.causes.extend(keys)
+
+    def upstream(self, key: str) -> str | None:
+        """"passed", "failed" or None (not reported in this run): for fix texts that fit the facts."""
+        return self.registry.status(self.target, key) if self.registry else None
+
+    def require_upstream(self, *keys: str) -> None:
+        """Skip as "not judged: <the upstream finding>" if an upstream check found this input bad.
+
+        The outcome fold counts such a skip as bad (outcome.is_bad): never silent, never a false fix."""
+        for key in keys:
+            if self.registry and self.upstream(key) == FAILED:
+                text = self.registry.findings[self.target, key][1]
+                self("not judged", f"{key}: {text}")
+                pytest.skip(f"{NOT_JUDGED}: {text}")
 
     def __call__(self, name: str, value: object) -> None:
         self.items.append((name, str(value)))

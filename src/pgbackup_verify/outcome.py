@@ -17,9 +17,21 @@ A check (one selected test) folds its phase reports (setup, call, teardown) into
            a section is missing), "not applicable" (the reason starts with `not applicable`, e.g.
            a custom-format TOC check on plain dumps), "not configured" (the reason starts with it: the
            target leaves out the optional section, e.g. [host]), "xfail" (an expected failure: not a healthy
-           check, so it is not judged rather than passed). Skips are named everywhere, never hidden,
-           and do not fail the run.
+           check, so it is not judged rather than passed), "not judged" (the reason starts with it:
+           an upstream check already found its input bad, e.g. the drill of a 20-byte dump after the
+           payload check failed; see evidence.require_upstream). Skips are named everywhere, never
+           hidden, and do not fail the run; a "not judged" one counts as bad (is_bad) for its target,
+           concern and Kuma monitor, never as a quiet skip.
 - not run  selected but no verdict was reported (the run was interrupted, or -x stopped it).
+
+Order by cause: what the operator fixes first comes first. CAUSE_ORDER ranks the concerns (the dump
+role's grants cause bad dumps, bad dumps cause a failed drill...); the checks run in that order within
+a target (so an upstream finding is known when a downstream check asks), and every output lists
+concerns and checks by `order_key`: the console's failures, the HTML blocks, the JSON checks and the
+first reason in a Kuma message.
+
+A concern most of whose checks skipped (more skipped than judged) is PARTLY CHECKED (N of M judged),
+not OK, in every output; it does not fail the run by itself.
 
 A group of checks (a target, a Kuma monitor, the run) is OK only if none failed, errored or did
 not run, at least one was judged (passed), and the run was not aborted. So the run is also FAILED
@@ -35,9 +47,11 @@ A failed Kuma push (12, 13) says nothing about the backups: it sets the exit cod
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypedDict
+from typing import Protocol, TypedDict, TypeVar
+
+T = TypeVar("T")
 
 PASSED, FAILED, ERROR, SKIPPED, NOT_RUN = "passed", "failed", "error", "skipped", "not run"
 BAD = (FAILED, ERROR, NOT_RUN)
@@ -53,6 +67,14 @@ OK_STATUS, FAILED_STATUS, SKIPPED_STATUS = "OK", "FAILED", "SKIPPED"
 # leaves out: neither OK nor failed, and no reason to fail the run (the reason starts with it).
 NOT_CONFIGURED = "not configured"
 NOT_CONFIGURED_STATUS = "NOT CONFIGURED"
+# Kind of a check whose input an upstream check already found bad ("not judged: <that finding>"),
+# and the status of a concern whose only problems are such checks.
+NOT_JUDGED = "not judged"
+NOT_JUDGED_STATUS = "NOT JUDGED"
+PARTLY_STATUS = "PARTLY CHECKED"
+
+# Concerns in the order of cause and effect; a site's own concerns follow, then "other".
+CAUSE_ORDER = ("grants", "dumps", "drill", "host", "offsite", "kuma", "trends", "sql")
 
 # Set on reports by the pytest side (they survive xdist's report serialisation).
 ROUTING_ATTR = "pgbv_routing"  # {"target": str, "concern": str, "markers": [str]}
@@ -188,6 +210,8 @@ def read_phase(rep: PhaseReport) -> Phase:
         kind = NOT_APPLICABLE
     elif outcome == SKIPPED and text.lower().startswith(NOT_CONFIGURED):
         kind = NOT_CONFIGURED
+    elif outcome == SKIPPED and text.lower().startswith(NOT_JUDGED):
+        kind = NOT_JUDGED
     evidence = tuple((str(k), str(v)) for k, v in rep.user_properties if k not in ROUTING_KEYS)
     return Phase(str(rep.when), outcome, text, kind, float(rep.duration), evidence)
 
@@ -242,12 +266,56 @@ def verdict(outcomes: Iterable[str], abort: str | None = None) -> str:
     return OK_STATUS
 
 
-def concern_status(outcomes: Iterable[str]) -> str:
-    """A concern block's status: FAILED, SKIPPED (every check skipped) or OK."""
-    seen = list(outcomes)
+def cause_rank(concern: str) -> int:
+    """Where a concern comes in the order of cause (CAUSE_ORDER); unknown ones after, "other" last."""
+    if concern in CAUSE_ORDER:
+        return CAUSE_ORDER.index(concern)
+    return len(CAUSE_ORDER) + (concern == "other")
+
+
+def order_key(r: CheckResult) -> tuple[int, str, int, str, str]:
+    """Checks worst first, then per target in the order of cause: the one sort of every output."""
+    return (RANK[r.outcome], r.target, cause_rank(r.concern), r.concern, r.nodeid)
+
+
+def is_bad(r: CheckResult) -> bool:
+    """Failed, errored, not run, or not judged because its input is known bad: never green."""
+    return r.outcome in BAD or r.kind == NOT_JUDGED
+
+
+def concern_status(outcomes: Iterable[str], kinds: Iterable[str] = ()) -> str:
+    """A concern block's status: FAILED, NOT JUDGED (an upstream finding stopped its checks),
+    SKIPPED (every check skipped; NOT CONFIGURED if its section is left out), PARTLY CHECKED (more
+    skipped than judged) or OK."""
+    seen, kinds = list(outcomes), list(kinds)
     if any(o in BAD for o in seen):
         return FAILED_STATUS
-    return SKIPPED_STATUS if seen and all(o == SKIPPED for o in seen) else OK_STATUS
+    if NOT_JUDGED in kinds:
+        return NOT_JUDGED_STATUS
+    skipped = sum(o == SKIPPED for o in seen)
+    if seen and skipped == len(seen):
+        # The section is left out: not checked, and not a failure.
+        return NOT_CONFIGURED_STATUS if kinds and all(k == NOT_CONFIGURED for k in kinds) else SKIPPED_STATUS
+    return PARTLY_STATUS if skipped * 2 > len(seen) else OK_STATUS
+
+
+def judged_text(rs: Sequence[CheckResult]) -> str:
+    """`2 of 9 judged`: checks that passed or failed, of the concern's checks."""
+    return f"{sum(r.outcome != SKIPPED for r in rs)} of {len(rs)} judged"
+
+
+def order_by_cause(items: Sequence[T], target_of: Callable[[T], object], concern_of: Callable[[T], str]) -> list[T]:
+    """Collected checks in the order of cause within each run of one target's checks; runs stay where
+    they are (pytest groups a session-scoped target's checks: moving them across would set it up twice)."""
+    out: list[T] = []
+    i = 0
+    while i < len(items):
+        j = i
+        while j < len(items) and target_of(items[j]) == target_of(items[i]):
+            j += 1
+        out += sorted(items[i:j], key=lambda it: cause_rank(concern_of(it)))
+        i = j
+    return out
 
 
 def count_text(c: Mapping[str, int]) -> str:
@@ -339,7 +407,8 @@ class RunFold:
         return counts(r.outcome for r in self.results(target))
 
     def status(self, target: str | None = None) -> str:
-        return verdict((r.outcome for r in self.results(target)), self.abort())
+        # A not-judged check only exists next to the failed upstream check, but is never read as green.
+        return verdict((FAILED if is_bad(r) else r.outcome for r in self.results(target)), self.abort())
 
     def targets(self) -> list[str]:
         return sorted({r.target for r in self.checks.values() if r.target})
@@ -350,15 +419,26 @@ class RunFold:
     def by_concern(self) -> dict[tuple[str, str], list[CheckResult]]:
         """Checks per (target, concern), worst first within each."""
         out: dict[tuple[str, str], list[CheckResult]] = {}
-        for r in sorted(self.checks.values(), key=lambda r: (RANK[r.outcome], r.nodeid)):
+        for r in sorted(self.checks.values(), key=order_key):
             out.setdefault((r.target, r.concern), []).append(r)
         return out
+
+    def concern_statuses(self, target: str | None = None) -> list[tuple[str, str, str, str]]:
+        """(target, concern, status, `N of M judged`) per concern in the order of cause."""
+        groups = self.by_concern()
+        keys = sorted((k for k in groups if target is None or k[0] == target),
+                      key=lambda k: (k[0], cause_rank(k[1]), k[1]))
+        return [(t, c, concern_status((r.outcome for r in groups[t, c]), [r.kind for r in groups[t, c]]),
+                 judged_text(groups[t, c])) for t, c in keys]
 
     def target_line(self, target: str) -> str:
         """`pgbackup-verify target alpha: FAILED (1 failed, 13 passed)`; an aborted run names why."""
         abort = self.abort()
         why = f"{abort}: " if abort else ""
-        return f"pgbackup-verify target {target}: {self.status(target)} ({why}{count_text(self.counts(target))})"
+        partly = [f"{c} {judged}" for _, c, status, judged in self.concern_statuses(target) if status == PARTLY_STATUS]
+        part = f"; partly checked: {', '.join(partly)}" if partly else ""
+        return (f"pgbackup-verify target {target}: {self.status(target)} "
+                f"({why}{count_text(self.counts(target))}{part})")
 
 
 def describe_not_run(fold: RunFold, limit: int = 5) -> str:

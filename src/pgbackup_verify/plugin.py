@@ -20,6 +20,7 @@ from pgbackup_verify.config.settings import (
     resolve,
 )
 from pgbackup_verify.errors import UserError
+from pgbackup_verify.evidence import order_checks
 from pgbackup_verify.facts import history
 from pgbackup_verify.facts.history import HISTORY_FILE
 from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY, TARGET_FILE_ATTR
@@ -172,6 +173,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(check.concern)
         if "target" in getattr(item, "fixturenames", ()):
             item.user_properties.extend(routing_properties(item))
+    # Upstream checks first within each target (grants, dumps, drill...): see outcome.CAUSE_ORDER.
+    items[:] = order_checks(items, concerns(config))
 
 
 @pytest.hookimpl(wrapper=True)

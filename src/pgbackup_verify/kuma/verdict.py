@@ -10,16 +10,17 @@ from dataclasses import dataclass
 
 from pgbackup_verify.kuma.routing import PushMonitor, covered_by
 from pgbackup_verify.outcome import (
-    BAD,
     ERROR,
     FAILED,
     NOT_APPLICABLE,
+    NOT_JUDGED,
     NOT_RUN,
-    RANK,
     SKIPPED,
     XFAIL,
     CheckResult,
     RunFold,
+    is_bad,
+    order_key,
 )
 
 MSG_LIMIT = 190  # Kuma shows msg in one line; keep it readable (issue: < ~200 chars)
@@ -70,7 +71,7 @@ def judge(m: PushMonitor, run: RunFold, ping_ms: int, claimed: Iterable[str] = (
     # A check that skips itself as not applicable (a TOC check on plain dumps) must not raise a false
     # DOWN every night: skips are named, and only a monitor whose checks ALL skipped goes down.
     skipped = [c for c in covered if c.outcome == SKIPPED]
-    bad = [c for c in covered if c.outcome in BAD]
+    bad = [c for c in covered if is_bad(c)]  # a "not judged" skip too: its input is known bad
     if len(skipped) == len(covered):
         return Verdict(m, "down", _short(f"all {len(covered)} covered checks skipped: ",
                                          [name(c) for c in skipped]), ping_ms)
@@ -81,10 +82,10 @@ def judge(m: PushMonitor, run: RunFold, ping_ms: int, claimed: Iterable[str] = (
         return Verdict(m, "up", f"OK: {passed}/{len(covered)} checks passed{note} "
                                 f"({', '.join(m.covers)})"[:MSG_LIMIT], ping_ms)
     by_kind: dict[str, list[str]] = {}
-    for c in sorted(bad, key=lambda c: RANK[c.outcome]):
-        by_kind.setdefault(c.outcome, []).append(name(c))
+    for c in sorted(bad, key=order_key):  # the first reason is the cause: grants before dumps before drill
+        by_kind.setdefault(NOT_JUDGED if c.kind == NOT_JUDGED else c.outcome, []).append(name(c))
     kinds_text = ", ".join(f"{len(v)} {k}{'s' if k == ERROR and len(v) > 1 else ''}" for k, v in by_kind.items())
-    names = [n for k in (FAILED, ERROR, NOT_RUN) for n in by_kind.get(k, [])]
+    names = [n for k in (FAILED, ERROR, NOT_RUN, NOT_JUDGED) for n in by_kind.get(k, [])]
     return Verdict(m, "down", _short(f"{kinds_text} of {len(covered)}: ", names), ping_ms)
 
 

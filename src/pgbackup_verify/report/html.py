@@ -13,7 +13,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pgbackup_verify.outcome import NOT_CONFIGURED, NOT_CONFIGURED_STATUS
+from pgbackup_verify.outcome import (
+    NOT_CONFIGURED_STATUS,
+    NOT_JUDGED,
+    NOT_JUDGED_STATUS,
+    PARTLY_STATUS,
+    cause_rank,
+    concern_status,
+    judged_text,
+)
 from pgbackup_verify.report.render import render_text
 
 if TYPE_CHECKING:
@@ -22,7 +30,8 @@ if TYPE_CHECKING:
     from pgbackup_verify.outcome import CheckResult
     from pgbackup_verify.report.summary import RunSummary
 
-STATUS_RANK = {"FAILED": 0, "SKIPPED": 1, "OK": 2, NOT_CONFIGURED_STATUS: 3}
+# A not-judged concern is part of the failure's chain: it stands with the failed ones, in the order of cause.
+STATUS_RANK = {"FAILED": 0, NOT_JUDGED_STATUS: 0, "SKIPPED": 1, PARTLY_STATUS: 2, "OK": 3, NOT_CONFIGURED_STATUS: 4}
 EVIDENCE_LINE_CHARS = 400  # a healthy concern stays one line, however much its checks recorded
 EVIDENCE_PER_CHECK = 2
 
@@ -69,7 +78,7 @@ class ConcernBlock:
     target: str
     concern: str
     description: str
-    status: str  # FAILED, SKIPPED (every check skipped) or OK
+    status: str  # FAILED, NOT JUDGED, SKIPPED (every check skipped), PARTLY CHECKED, OK or NOT CONFIGURED
     count: str
     failed: list[FailedCheck]
     skipped: list[SkippedCheck]
@@ -104,15 +113,18 @@ def failed_check(r: CheckResult) -> FailedCheck:
 def concern_block(target: str, concern: str, description: str, rs: list[CheckResult]) -> ConcernBlock:
     bad = [r for r in rs if r.outcome in ("failed", "error")]
     skipped = [r for r in rs if r.outcome == "skipped"]
-    status = "FAILED" if bad else ("SKIPPED" if len(skipped) == len(rs) else "OK")
-    if status == "SKIPPED" and all(r.kind == NOT_CONFIGURED for r in rs):
-        status = NOT_CONFIGURED_STATUS  # the section is left out: not checked, and not a failure
+    status = concern_status((r.outcome for r in rs), [r.kind for r in rs])
+    unjudged = sum(r.kind == NOT_JUDGED for r in rs)
+    others = len(skipped) - unjudged
+    unjudged_text = f", {unjudged} not judged (an upstream check failed)" if unjudged else ""
+    why = (f", {others} skipped" if others else "") + unjudged_text
     if bad:
-        count = f"{len(bad)} of {len(rs)} checks failed"
+        count = f"{len(bad)} of {len(rs)} checks failed{unjudged_text}"
         evidence_line = ""
     else:
-        count = f"{len(rs) - len(skipped)} of {len(rs)} checks passed" + (f", {len(skipped)} skipped"
-                                                                          if skipped else "")
+        count = f"{len(rs) - len(skipped)} of {len(rs)} checks passed{why}"
+        if status == PARTLY_STATUS:
+            count = f"partly checked ({judged_text(rs)}): {count}"
         # A healthy concern stays one line, like the seed's "latest success OK size=64M".
         evidence_line = "; ".join(f"{k}={v}" for r in rs if r.outcome == "passed"
                                   for k, v in r.evidence[:EVIDENCE_PER_CHECK])[:EVIDENCE_LINE_CHARS]
@@ -128,7 +140,8 @@ def summary_data(run: RunSummary, concerns: Mapping[str, str], targets: list[str
     for r in run.ordered():
         by_concern.setdefault((r.target, r.concern), []).append(r)
     blocks = [concern_block(t, c, concerns.get(c, ""), rs) for (t, c), rs in by_concern.items()]
-    blocks.sort(key=lambda b: (STATUS_RANK[b.status], b.target, b.concern))
+    # Worst first; within a status, in the order of cause (grants before dumps before drill...).
+    blocks.sort(key=lambda b: (STATUS_RANK[b.status], b.target, cause_rank(b.concern), b.concern))
     names = sorted({t for t, _ in by_concern} | set(targets or []))
     unchecked = [Unchecked(t, missing) for t in names
                  if (missing := [c for c in concerns if (t, c) not in by_concern])]

@@ -113,13 +113,15 @@ class RunSummary:
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
                "seconds": round(time.time() - self.started, 3), "notes": self.notes,
                "fields": {t: [list(f) for f in fs] for t, fs in self.fields.items()},
+               "concerns": [{"target": t, "concern": c, "status": st, "judged": j}
+                            for t, c, st, j in self.fold.concern_statuses()],
                "checks": [r.as_dict() for r in self.ordered(with_not_run=True)]}
         return json.dumps(doc, indent=2)
 
     def ordered(self, with_not_run: bool = False) -> list[CheckResult]:
         """Checks worst first; the ones that never reported are left to the notes unless asked for."""
         return sorted((r for r in self.results.values() if with_not_run or r.outcome != outcome.NOT_RUN),
-                      key=lambda r: (RANK[r.outcome], r.target, r.concern, r.nodeid))
+                      key=outcome.order_key)
 
     def html(self, registry: dict[str, str] | None = None, extra: str = "", targets: list[str] | None = None) -> str:
         """Per target and concern (the run's registry, default the shipped one): status, the one-line

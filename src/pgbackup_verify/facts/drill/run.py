@@ -34,6 +34,7 @@ class DrillFacts:
     skipped: str | None = None  # [drill].mode = off
     aborted: str | None = None  # the drill could not run to the end; why
     source: str = ""
+    source_path: str = ""  # the local file restored ("" for an offsite member): dump checks judged it too
     fmt: str = ""
     stored_bytes: int | None = None
     database: str = ""
@@ -187,6 +188,7 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         source = member_source(target.offsite)
     source = source or newest_dump(target.backups)
     facts.source, facts.fmt, facts.stored_bytes = source.description, source.fmt, source.size
+    facts.source_path = str(source.path or "")
     facts.expected_from = live_expectation(target)
     if facts.expected_from:
         with connect_readonly(target) as live:
