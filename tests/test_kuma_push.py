@@ -375,7 +375,8 @@ def test_config_error_reaches_every_readable_monitor_naming_the_unreadable_one(p
     assert result.ret == 4
     assert "Traceback" not in result.stderr.str()
     status, msg, _ = beats(kuma, local.id)[0]
-    assert status == DOWN and msg.startswith("config error: target file 'selftest.toml': [kuma.push #1].tokenenv: unknown key")
+    assert status == DOWN
+    assert msg.startswith("config error: target file 'selftest.toml': [kuma.push #1].tokenenv: unknown key")
     assert msg.endswith(" ([[kuma.push]] #1 unreadable, not told)") and len(msg) <= 190
     assert beats(kuma, guard.id) == []  # its token env is unknown: it cannot be told
     assert f"{local.name}: pushed status=down" in result.stderr.str()

@@ -35,7 +35,7 @@ def test_no_secret_in_any_output_under_any_flag(pytester, kuma, monkeypatch, rea
     note = kuma.admin.add_webhook_notification(f"Ops {tag}")
     fed = new_monitor(kuma, monkeypatch, f"Fed {tag}", "KUMA_PUSH_SECRET_FED", interval=3600, notifications=[note])
     # Another job's monitor: named in [kuma].monitors, its token nowhere in this process's environment.
-    other_id, other_token = kuma.admin.add_push_monitor(f"Other {tag}", interval=3600, notifications=[note])
+    _, other_token = kuma.admin.add_push_monitor(f"Other {tag}", interval=3600, notifications=[note])
     for token in (fed.token, other_token):
         assert push(kuma.url, token, "up", "OK", ping=10)["ok"]
     if fault == "malformed time":
