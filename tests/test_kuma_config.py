@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pgbackup_verify.config import ConfigError, load_target
-from pgbackup_verify.kuma.routing import tolerant_monitors
+from pgbackup_verify.kuma.routing import tolerant_monitors, tolerant_read
 
 BASE = """
 [database]
@@ -53,7 +53,7 @@ def test_kuma_section_loads_with_defaults(tmp_path: Path) -> None:
     ("", '[[kuma.push]]\nmonitor = "PG Backup Local"\ntoken_env = "X"\ncovers = ["dumps"]',
      "[kuma.push #1].monitor: 'PG Backup Local' is listed twice"),
     ("", '[[kuma.push]]\nmonitor = "G"\ntoken_env = "KUMA-TOKEN"\ncovers = ["grants"]',
-     "[kuma.push #2].token_env: 'KUMA-TOKEN' is not an environment variable name"),
+     "[kuma.push #2].token_env: not an environment variable name (it looks like a value"),
     ("", '[[kuma.push]]\nmonitor = "G"\ntoken_env = "T"\ncovers = ["grant"]',
      "[kuma.push #2].covers: unknown check group 'grant'; did you mean 'grants'?"),
     ("", '[[kuma.push]]\nmonitor = "G"\ncovers = ["grants"]', "[kuma.push #2].token_env: required key is missing"),
@@ -69,6 +69,30 @@ def test_kuma_mistake_is_named(tmp_path: Path, kuma: str, push: str, expected: s
     msg = str(e.value)
     assert expected in msg and "\n" not in msg
     assert "abc123" not in msg
+
+
+PASTED = "kR4tJ8wQz2LmN7vXb5Yc"  # shaped like a Kuma push token
+
+
+@pytest.mark.parametrize("value", [PASTED, "https://kuma.example/api/push/" + PASTED, PASTED + "-x"])
+def test_a_token_pasted_into_token_env_is_refused_without_echo(tmp_path: Path, value: str) -> None:
+    """Before: '[kuma.push #1].token_env: '<the token>' is not an environment variable name', or,
+    for a token that is an identifier, accepted and echoed as 'env <the token> is not set'."""
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace('token_env = "KUMA_PUSH_LOCAL"', f'token_env = "{value}"'))
+    with pytest.raises(ConfigError) as e:
+        load_target(path)
+    assert "/t.toml': [kuma.push #1].token_env: not an environment variable name" in str(e.value)
+    assert PASTED not in str(e.value)
+    monitors, unreadable = tolerant_read(path)  # the config-error push cannot use it either
+    assert monitors == [] and unreadable == ["[[kuma.push]] #1"]
+
+
+@pytest.mark.parametrize("name", ["KUMA_PUSH_LOCAL", "kuma_push_local", "PushTokenBackups", "T"])
+def test_variable_names_are_not_mistaken_for_tokens(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace('token_env = "KUMA_PUSH_LOCAL"', f'token_env = "{name}"'))
+    assert load_target(path).kuma.push[0].token_env == name
 
 
 def test_other_markers_may_be_covered(tmp_path: Path) -> None:

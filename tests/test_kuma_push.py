@@ -156,7 +156,7 @@ def test_unreachable_kuma_fails_the_run_but_not_the_report(pytester, kuma, suite
     assert result.ret == 12
     reason = "connection refused" if where == "stopped" else "no answer within 1 s"
     result.stdout.fnmatch_lines([f"{guard.name}: PUSH FAILED status=up * -> {reason}* after 2 attempts",
-                                 "Kuma push failed: exit code 12*"])
+                                 "Kuma push failed; exit code 12: a push to Uptime Kuma failed"])
     assert elapsed < 15, f"run took {elapsed:.1f} s with push_timeout 1 s"
     assert f"{local.name}: PUSH FAILED" in result.stdout.str()
     reports = sorted(p for p in (pytester.path / "reports").glob("pgbackup-verify-*") if p.suffix in (".html", ".xml"))
@@ -327,3 +327,56 @@ def test_dump_role_has_usage_on_every_schema():
     assert beats(kuma, local.id)[0][:2] == (UP, "OK: 1/2 checks passed, 1 skipped (dumps)")
     assert beats(kuma, guard.id)[0][:2] == (DOWN, "all 1 covered checks skipped: "
                                                   "test_dump_role_has_usage_on_every_schema")
+
+
+def test_a_check_name_longer_than_the_msg_reaches_kuma_clipped(pytester, kuma, two_monitors):
+    """Before: the shortener kept nothing and Kuma showed ' (+1 more)'."""
+    _, local = two_monitors
+    long = "test_" + "latest_dump_of_the_very_long_named_database_" * 6
+    pytester.makefile(".ini", pytest=MARKERS_INI)
+    pytester.makepyfile(test_dumps=f"""import pytest
+pytestmark = pytest.mark.dumps
+
+def {long}():
+    assert False, "latest dump: FAILED (20 B vs 10000 B); fix: rerun pg-backup.sh"
+
+def test_latest_dump_is_fresh():
+    assert False, "latest dump: FAILED (30 h vs 26 h); fix: check cron"
+""")
+    target = write_target(pytester.path, kuma_toml(kuma.url, [(local, ["dumps"])]))
+    result = run(pytester, target)
+    assert result.ret == 1
+    status, msg, _ = beats(kuma, local.id)[0]
+    assert status == DOWN and len(msg) <= 190
+    assert msg.startswith("2 failed of 2: test_latest_dump_of_the_very_long_named_database_latest_")
+    assert msg.endswith("… (+1 more)")
+
+
+def test_a_long_config_error_reaches_kuma_clipped(pytester, kuma, suite, two_monitors):
+    guard, _ = two_monitors
+    suite()
+    target = write_target(pytester.path, kuma_toml(kuma.url, [(guard, ["grants"])]))
+    unknown = "retention_of_the_nightly_archives_" * 8
+    target.write_text(target.read_text().replace("[backups]\n", f"[backups]\n{unknown} = 3\n", 1))
+    result = run(pytester, target)
+    assert result.ret == 4
+    status, msg, _ = beats(kuma, guard.id)[0]
+    assert status == DOWN and msg.startswith("config error: ") and "[backups]." in msg
+    assert msg.endswith("…") and len(msg) <= 190
+
+
+def test_config_error_reaches_every_readable_monitor_naming_the_unreadable_one(pytester, kuma, suite, two_monitors):
+    """Before: a typo inside the first [[kuma.push]] entry made the config error reach no monitor."""
+    guard, local = two_monitors
+    suite()
+    target = write_target(pytester.path, kuma_toml(kuma.url, [(guard, ["grants"]), (local, ["dumps"])]))
+    target.write_text(target.read_text().replace(f'token_env = "{guard.env}"', f'tokenenv = "{guard.env}"'))
+    result = run(pytester, target)
+    assert result.ret == 4
+    assert "Traceback" not in result.stderr.str()
+    status, msg, _ = beats(kuma, local.id)[0]
+    assert status == DOWN
+    assert msg.startswith("config error: target file 'selftest.toml': [kuma.push #1].tokenenv: unknown key")
+    assert msg.endswith(" ([[kuma.push]] #1 unreadable, not told)") and len(msg) <= 190
+    assert beats(kuma, guard.id) == []  # its token env is unknown: it cannot be told
+    assert f"{local.name}: pushed status=down" in result.stderr.str()

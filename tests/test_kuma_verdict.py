@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from pgbackup_verify.kuma.routing import PushMonitor
-from pgbackup_verify.kuma.verdict import judge
+from pgbackup_verify.kuma.verdict import MSG_LIMIT, judge
 from pgbackup_verify.outcome import ROUTING_ATTR, RunFold
 
 LOCAL = PushMonitor("PG Backup Local", "KUMA_PUSH_LOCAL", ("dumps",), "http://127.0.0.1:1", 1.0)
@@ -119,3 +119,21 @@ def test_xdist_controller_routes_sql_checks_like_a_single_process(pytester, monk
         result.assert_outcomes(passed=5)
         result.stdout.fnmatch_lines(["Guard: *status=up msg='OK: 3/3 checks passed (grants, sql)'*",
                                      "Local: *status=up msg='OK: 2/2 checks passed (dumps)'*"])
+
+
+@pytest.mark.parametrize("length", [150, 175, 189, 300, 5000])
+def test_a_first_name_too_long_for_the_msg_survives_clipped(length):
+    """Before: the shortener kept nothing and Kuma showed ' (+1 more)'."""
+    long = "test_" + "x" * (length - 5)
+    v = judge(LOCAL, outcomes({long: "failed", "test_payload": "failed"}), 1)
+    assert v.status == "down" and len(v.msg) <= MSG_LIMIT
+    assert v.msg.startswith("2 failed of 2: test_xxx")
+    assert v.msg.endswith("… (+1 more)") or v.msg == f"2 failed of 2: {long}, test_payload"
+
+
+def test_a_long_abort_reason_is_clipped_never_emptied():
+    run = RunFold()
+    run.refuse("config error: 'host.toml': [backups].an_unknown_key_" + "y" * 400 + ": unknown key")
+    v = judge(LOCAL, run, 0)
+    assert v.msg.startswith("config error: 'host.toml': [backups].an_unknown_key_yyy") and v.msg.endswith("…")
+    assert len(v.msg) == MSG_LIMIT

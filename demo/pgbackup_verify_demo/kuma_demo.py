@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pgbackup_verify_demo.kuma_server import KumaAdmin, KumaServer, free_port, gen_token, install
@@ -57,24 +56,16 @@ class DemoKuma:
         self.server.stop()
 
 
-def seed_monitors(admin: KumaAdmin, db_path: Path, interval: int = DAILY,
-                  last_run: timedelta | None = timedelta(hours=23)) -> dict[str, int]:
-    """Create the seed's monitors, export their tokens, and record last night's UP run.
-
-    Last night's heartbeat is written into Kuma's own table (a day cannot be waited for), so that
-    a first demo run sees monitors with a history, as on the seed host.
-    """
+def seed_monitors(admin: KumaAdmin, interval: int = DAILY) -> dict[str, int]:
+    """Create the seed's monitors and export their tokens. Nothing is written into Kuma's tables:
+    a brand-new monitor is healthy to the kuma checks, and the first run's push is its first beat."""
     ids = {}
+    # A DOWN must reach a person: the demo's "person" is a webhook to a closed local port.
+    note = admin.add_webhook_notification("Demo webhook (goes nowhere)")
     for name, (env, _covers) in SEED_MONITORS.items():
-        mid, token = admin.add_push_monitor(name, interval=interval)
+        mid, token = admin.add_push_monitor(name, interval=interval, notifications=[note])
         os.environ[env] = token
         ids[name] = mid
-    if last_run is not None:
-        when = (datetime.now(UTC) - last_run).strftime("%Y-%m-%d %H:%M:%S.000")
-        with sqlite3.connect(db_path, timeout=10) as db:
-            db.executemany("INSERT INTO heartbeat (monitor_id, status, msg, time, important, duration, down_count) "
-                           "VALUES (?, 1, 'OK: last night''s run', ?, 1, 0, 0)",
-                           [(mid, when) for mid in ids.values()])
     return ids
 
 
@@ -88,7 +79,7 @@ def start(workdir: Path) -> DemoKuma:
         login.touch(mode=0o600)
         login.write_text(f"{server.url}\nuser demo\npassword {password}\n")
         demo = DemoKuma(server, admin)
-        demo.ids = seed_monitors(admin, server.db_path)
+        demo.ids = seed_monitors(admin)
     except BaseException:
         server.stop()
         raise

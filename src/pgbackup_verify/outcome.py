@@ -41,7 +41,8 @@ A Kuma monitor is stricter: it stays UP only if at least one of its checks passe
 A run is aborted when pytest reports it interrupted (exit 2, Ctrl-C, SIGTERM), a module failed to
 collect, the suite hit an internal error (3), the run did not start (usage or config error, 4) or
 selected no check (5). A check raising the project's UserError (exit codes 10-11: an unreachable
-database...) is an ordinary failed/error check; the fold remembers its code for the exit status.
+database...) is an ordinary failed/error check; the fold remembers its code for the exit status,
+which is 1 instead when another check failed on its own finding (README: exit codes).
 A failed Kuma push (12, 13) says nothing about the backups: it sets the exit code, not the status.
 """
 
@@ -331,6 +332,7 @@ class RunFold:
     phases: dict[str, dict[str, Phase]] = field(default_factory=dict)
     collect_errors: list[str] = field(default_factory=list)
     user_errors: set[int] = field(default_factory=set)
+    user_error_checks: set[str] = field(default_factory=set)  # nodeids whose failure is a UserError
     signal: str | None = None  # "SIGTERM" when a signal interrupted the run
     refused: str | None = None  # the run did not start (config error...): the one-line reason
     pytest_exit: int | None = None  # pytest's own exit status, known at session finish
@@ -355,6 +357,7 @@ class RunFold:
         code = getattr(rep, USER_ERROR_ATTR, None)
         if isinstance(code, int):
             self.user_errors.add(code)
+            self.user_error_checks.add(rep.nodeid)
         phases = self.phases.setdefault(rep.nodeid, {})
         phases[str(rep.when)] = read_phase(rep)
         outcome, kind, detail = fold_phases(phases)
@@ -390,8 +393,13 @@ class RunFold:
         return reason
 
     def exit_code(self, pytest_exit: int) -> int:
-        """pytest's exit status, or the highest user-error code when the checks themselves ran."""
-        if self.user_errors and pytest_exit in (0, 1):
+        """pytest's exit status, or the highest user-error code when the checks themselves ran.
+
+        A check that failed on its own finding keeps exit 1: a user-error code (10-11, "could not
+        look") never hides "a check failed", which is what the printed lines say."""
+        found = any(r.outcome in (FAILED, ERROR) and r.nodeid not in self.user_error_checks
+                    for r in self.checks.values())
+        if self.user_errors and pytest_exit in (0, 1) and not found:
             return max(self.user_errors)
         if pytest_exit == 0 and self.all_skipped():
             return NO_CHECK_JUDGED

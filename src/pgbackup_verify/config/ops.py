@@ -6,6 +6,7 @@ Same shape as `sections`: frozen dataclasses of documented keys, each with its o
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,13 @@ class OffsiteSection(Section):
 KUMA_MARKERS = tuple(CONCERNS)  # one list of concern markers for the plugin, the report and Kuma
 
 
+def looks_like_token(name: str) -> bool:
+    """Kuma's push tokens are 10-32+ random letters and digits in mixed case; variable names are
+    words in one case joined by `_`."""
+    return (len(name) >= 10 and "_" not in name and any(c.islower() for c in name)
+            and any(c.isupper() for c in name) and any(c.isdigit() for c in name))
+
+
 @dataclass(frozen=True)
 class KumaPushSection:
     monitor: str = key("name of the Kuma push monitor (as shown in Kuma)")
@@ -84,8 +92,11 @@ class KumaPushSection:
                                   "it covers")
 
     def validate(self, where: str) -> None:
-        if not self.token_env.isidentifier():
-            raise ConfigError(f"{where}.token_env: '{self.token_env}' is not an environment variable name")
+        # The value is never echoed: the usual mistake is pasting the push token itself here.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.token_env) or looks_like_token(self.token_env):
+            raise ConfigError(f"{where}.token_env: not an environment variable name (it looks like a value; a "
+                              "push token is a secret); put the NAME of the variable here, e.g. KUMA_PUSH_LOCAL, "
+                              "and the token in the environment")
         if not self.covers:
             raise ConfigError(f"{where}.covers: empty; list the markers or check modules this monitor reports")
         for c in self.covers:

@@ -1,19 +1,31 @@
-"""Telling Kuma: one GET to the push API per monitor, bounded, one retry.
+"""Telling Kuma: one GET to the push API per monitor, all monitors at once, under one deadline.
 
-A push counts only when Kuma answers `{"ok":true}`. The token comes from the environment and is
-never put in a message, a log line or a report.
+A push counts only when Kuma answers `{"ok":true}`. The token comes from the environment, is held
+as a `Secret` and is never put in a message, a log line, a report or a traceback local.
+
+`requests`' timeout bounds each socket read, not the request: a server that trickles one header
+line every 0.25 s would hold a push for minutes. So every push runs in a daemon thread and the
+caller waits for the threads only until one wall-clock deadline for the whole push (all monitors,
+the retry included); a push still waiting then is abandoned and reported as failed.
 """
 
 from __future__ import annotations
 
-import os
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import requests
 
 from pgbackup_verify.errors import KUMA_CREDENTIALS_MISSING, KUMA_PUSH_FAILED
+from pgbackup_verify.kuma.routing import PushMonitor
+from pgbackup_verify.kuma.secret import Secret
 from pgbackup_verify.kuma.verdict import Verdict
+
+RETRIES = 1
+RETRY_PAUSE = 1.0
+JOIN_GRACE = 0.2  # how long after the deadline a push may still report (within the 1 s the issue allows)
 
 
 @dataclass
@@ -25,42 +37,84 @@ class PushResult:
     attempts: int = 0
 
 
+def deadline_for(monitors: Sequence[PushMonitor], retries: int = RETRIES) -> float:
+    """Seconds the whole push may take: every attempt's timeout plus the pauses between them
+    (the monitors are pushed in parallel, so the slowest one's budget)."""
+    return max((m.timeout * (retries + 1) + RETRY_PAUSE * retries for m in monitors), default=0.0)
+
+
 def _explain(e: requests.RequestException, timeout: float) -> str:
     if isinstance(e, requests.Timeout):
-        return f"no answer within {timeout:g} s"
+        return f"no answer within {round(timeout, 1):g} s"
     if isinstance(e, requests.ConnectionError):
         return "connection refused or host unreachable"
     return type(e).__name__
 
 
-def send(v: Verdict, dry_run: bool = False, retries: int = 1) -> PushResult:
-    """Push one verdict; the detail names the monitor and Kuma's answer, never the token."""
+def send(v: Verdict, dry_run: bool = False, retries: int = RETRIES, deadline: float | None = None) -> PushResult:
+    """Push one verdict; the detail names the monitor and Kuma's answer, never the token.
+
+    `deadline` (time.monotonic()): no attempt starts after it and none is given longer than what is left."""
     m = v.monitor
-    token = os.environ.get(m.token_env, "")
-    if not token:
+    token = Secret.from_env(m.token_env)
+    if token is None:
         return PushResult(v, False, f"env {m.token_env} is not set; export the monitor's push token",
                           KUMA_CREDENTIALS_MISSING)
     if dry_run:
         return PushResult(v, True, f"dry run: not sent (token from env {m.token_env})")
-    params = {"status": v.status, "msg": v.msg, "ping": str(v.ping_ms)}
-    detail = ""
+    deadline = deadline if deadline is not None else time.monotonic() + deadline_for([m], retries)
+    params = {"status": v.status, "msg": v.msg, "ping": str(max(1, v.ping_ms))}
+    detail = "not sent: no time left before the push deadline"
+    attempt = 0
     for attempt in range(1, retries + 2):
+        left = deadline - time.monotonic()
+        if left <= 0.05:
+            break
+        timeout = min(m.timeout, left)
         try:
-            r = requests.get(f"{m.url}/api/push/{token}", params=params, timeout=m.timeout)
+            r = requests.get(f"{m.url}/api/push/{token.reveal()}", params=params, timeout=timeout)
             try:
                 body = r.json()
             except ValueError:
                 body = {}
             if r.status_code == 200 and isinstance(body, dict) and body.get("ok") is True:
                 return PushResult(v, True, f"Kuma answered ok (attempt {attempt})", attempts=attempt)
-            kuma_msg = body.get("msg", "") if isinstance(body, dict) else ""
-            detail = f"Kuma answered HTTP {r.status_code} not ok: {kuma_msg or r.reason}"
+            kuma_msg = str(body.get("msg", "")) if isinstance(body, dict) else ""
+            detail = token.redact(f"Kuma answered HTTP {r.status_code} not ok: {kuma_msg or r.reason}")
             if r.status_code == 404:
                 detail += f" (check env {m.token_env} holds this monitor's token and that it is not paused)"
-                return PushResult(v, False, detail.replace(token, "***"), KUMA_PUSH_FAILED, attempt)
+                return PushResult(v, False, detail, KUMA_PUSH_FAILED, attempt)
         except requests.RequestException as e:
-            detail = f"{_explain(e, m.timeout)} at {m.url}"
+            detail = f"{_explain(e, timeout)} at {m.url}"
         if attempt <= retries:
-            time.sleep(1.0)
-    return PushResult(v, False, f"{detail} after {retries + 1} attempts".replace(token, "***"),
-                      KUMA_PUSH_FAILED, retries + 1)
+            time.sleep(max(0.0, min(RETRY_PAUSE, deadline - time.monotonic())))
+    return PushResult(v, False, f"{detail} after {attempt} attempt{'s' if attempt != 1 else ''}",
+                      KUMA_PUSH_FAILED, attempt)
+
+
+def push_all(verdicts: Sequence[Verdict], dry_run: bool = False, seconds: float | None = None) -> list[PushResult]:
+    """Every verdict pushed at once; back within `seconds` (default: `deadline_for`) whatever Kuma does."""
+    if dry_run or not verdicts:
+        return [send(v, dry_run=dry_run) for v in verdicts]
+    budget = seconds if seconds is not None else deadline_for([v.monitor for v in verdicts])
+    deadline = time.monotonic() + budget
+    results: list[PushResult | None] = [None] * len(verdicts)
+
+    def run(i: int, v: Verdict) -> None:
+        try:
+            results[i] = send(v, deadline=deadline)
+        except Exception as e:  # a bug here must not hide the other pushes; no token in the text
+            results[i] = PushResult(v, False, f"push crashed ({type(e).__name__})", KUMA_PUSH_FAILED)
+
+    # Daemon threads: one still stuck on a trickling server must not keep the process alive.
+    threads = [threading.Thread(target=run, args=(i, v), name=f"kuma-push-{i}", daemon=True)
+               for i, v in enumerate(verdicts)]
+    for t in threads:
+        t.start()
+    for t in threads:  # a push given up at the deadline itself says why: a moment for it to report
+        t.join(max(0.0, deadline + JOIN_GRACE - time.monotonic()))
+    done = list(results)  # a late answer after this point is ignored: the report is already decided
+    return [r if r is not None else
+            PushResult(v, False, f"abandoned: no complete answer within the push deadline of {budget:g} s "
+                                 f"at {v.monitor.url}", KUMA_PUSH_FAILED)
+            for r, v in zip(done, verdicts, strict=True)]

@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,6 +24,7 @@ import pytest
 
 from pgbackup_verify.config import ConfigError, KumaSection, iter_target_files, load_section
 from pgbackup_verify.config.settings import SETTINGS_KEY, resolve, target_paths
+from pgbackup_verify.errors import EXIT_CODES
 from pgbackup_verify.kuma import client, routing
 from pgbackup_verify.kuma import verdict as kr
 from pgbackup_verify.outcome import ABORTS, RunFold
@@ -66,21 +67,28 @@ def _paths(config: pytest.Config) -> tuple[list[Path], bool]:
     return [f for p in paths for f in iter_target_files(p, strict=False)], False
 
 
-def load_monitors(config: pytest.Config) -> tuple[list[routing.PushMonitor], str | None]:
+def load_monitors(config: pytest.Config) -> tuple[list[routing.PushMonitor], str | None, list[str]]:
     """The push monitors and, if the configuration is broken, its one-line error.
 
-    On a broken file only its [kuma] tables are read, so the monitors still hear about it.
+    On a broken file only its [kuma] tables are read, each [[kuma.push]] on its own, so every
+    monitor whose entry is readable still hears about it, and hears which entries were not.
     """
     paths, own = _paths(config)
     try:
         if own:
-            return _kuma_file(paths[0]), None
+            return _kuma_file(paths[0]), None, []
         if not paths:
-            return [], None
+            return [], None, []
         settings = config.stash.get(SETTINGS_KEY, None) or resolve(config)
-        return routing.monitors_for(list(settings.targets)), None
+        return routing.monitors_for(list(settings.targets)), None, []
     except ConfigError as e:
-        return [m for p in paths for m in routing.tolerant_monitors(p)], str(e)
+        monitors: list[routing.PushMonitor] = []
+        unreadable: list[str] = []
+        for p in paths:
+            found, lost = routing.tolerant_read(p)
+            monitors += found
+            unreadable += [f"{lost_one} of '{p.name}'" if len(paths) > 1 else lost_one for lost_one in lost]
+        return monitors, str(e), unreadable
 
 
 def _announce(lines: list[str]) -> None:
@@ -89,11 +97,8 @@ def _announce(lines: list[str]) -> None:
 
 
 def push_all(verdicts: list[kr.Verdict], dry_run: bool) -> list[client.PushResult]:
-    """All monitors at once: a hung Kuma costs one timeout + retry, not one per monitor."""
-    if len(verdicts) <= 1:
-        return [client.send(v, dry_run=dry_run) for v in verdicts]
-    with ThreadPoolExecutor(max_workers=min(8, len(verdicts))) as pool:
-        return list(pool.map(lambda v: client.send(v, dry_run=dry_run), verdicts))
+    """All monitors at once, under one deadline: a hung or trickling Kuma costs at most that."""
+    return client.push_all(verdicts, dry_run=dry_run)
 
 
 def describe(r: client.PushResult) -> str:
@@ -111,17 +116,37 @@ class KumaReporter:
         self.run = recorder(config).fold  # the run's one fold: the same verdict as the reports
         self.results: list[client.PushResult] = []
         self.finished = False
+        self.finishing = False  # the session is over: pushing, then writing reports
+        self.late_signal: str | None = None  # a signal that arrived then
         self._old_term: Any = None
+        self._old_int: Any = None
         try:
             self._old_term = signal.signal(signal.SIGTERM, self._on_term)
         except ValueError:  # not the main thread: leave signals alone
             self._old_term = None
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.finishing:
+            # The verdict is decided: interrupting now would lose the push and the reports (and
+            # print a traceback). Note it; the pushes end by their deadline, then exit 2.
+            self.late_signal = self.late_signal or name
+            return
         if self.run.signal:  # a second SIGTERM must not break the DOWN push already under way
             return
-        self.run.interrupt("SIGTERM")
-        raise KeyboardInterrupt("SIGTERM")  # pytest then ends the session as interrupted
+        self.run.interrupt(name)
+        raise KeyboardInterrupt(name)  # pytest then ends the session as interrupted
+
+    def _start_finishing(self) -> None:
+        self.finishing = True
+        try:  # Ctrl-C while pushing or writing reports: the same as SIGTERM then
+            self._old_int = signal.signal(signal.SIGINT, self._on_term)
+        except ValueError:
+            self._old_int = None
+
+    def exitstatus(self) -> int:
+        session = getattr(self, "session", None)
+        return int(session.exitstatus) if session is not None else 0
 
     def ping_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -135,14 +160,26 @@ class KumaReporter:
         verdicts = [kr.judge(m, self.run, ping, claimed) for m in self.monitors]
         self.results = push_all(verdicts, self.dry_run)
 
-    @pytest.hookimpl(tryfirst=True)  # before pytest-html and junitxml write their files
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self.run.finish(int(exitstatus))
-        self.finish()
-        failed = [r for r in self.results if not r.ok]
-        if failed and session.exitstatus == 0:  # a dry run still fails on an unset token env var
-            session.exitstatus = max(r.exit_code for r in failed)
-        self._to_reports()
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
+        """Push before every other sessionfinish (pytest-html and junitxml write their files then,
+        with the push results); a signal meanwhile no longer interrupts, it ends the run with exit 2."""
+        self._start_finishing()
+        self.session = session
+        try:
+            self.run.finish(int(exitstatus))
+            self.finish()
+            failed = [r for r in self.results if not r.ok]
+            if failed and session.exitstatus == 0:  # a dry run still fails on an unset token env var
+                session.exitstatus = max(r.exit_code for r in failed)
+            self._to_reports()
+            return (yield)
+        finally:
+            if self.late_signal:
+                session.exitstatus = 2
+                sys.stderr.write(f"pgbackup-verify: {self.late_signal} while pushing to Kuma and writing the "
+                                 f"reports: pushes finished or abandoned within the "
+                                 f"{client.deadline_for(self.monitors):g} s deadline, reports written; exit 2\n")
 
     def _to_reports(self) -> None:
         from _pytest.junitxml import xml_key
@@ -163,8 +200,10 @@ class KumaReporter:
         for r in self.results:
             terminalreporter.write_line(describe(r), red=not r.ok, green=r.ok and r.verdict.status == "up")
         if any(not r.ok for r in self.results):
-            terminalreporter.write_line(f"Kuma push failed: exit code {max(r.exit_code for r in self.results)} "
-                                        "unless a check failed (1)", red=True)
+            # The exit status as it stands now (a failed check's 1 is never replaced by a push's 12/13).
+            code = int(self.exitstatus())
+            terminalreporter.write_line(f"Kuma push failed; exit code {code}: {EXIT_CODES.get(code, 'see README')}",
+                                        red=True)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if not self.finished:  # configured, but no session ran (another plugin's usage error)
@@ -173,6 +212,8 @@ class KumaReporter:
         config.stash[DONE_KEY] = True
         if self._old_term is not None:
             signal.signal(signal.SIGTERM, self._old_term)
+        if self._old_int is not None:
+            signal.signal(signal.SIGINT, self._old_int)
 
 
 @pytest.hookimpl(trylast=True)
@@ -182,18 +223,22 @@ def pytest_configure(config: pytest.Config) -> None:
     recorder(config)  # on xdist workers too: their reports carry the routing the controller judges by
     if hasattr(config, "workerinput") or config.pluginmanager.has_plugin(REPORTER):
         return
-    monitors, error = load_monitors(config)
+    monitors, error, unreadable = load_monitors(config)
     if error is not None:
-        _push_config_error(config, monitors, error)
+        _push_config_error(config, monitors, error, unreadable)
         raise pytest.UsageError(error)
     if monitors:
         config.pluginmanager.register(KumaReporter(config, monitors), REPORTER)
 
 
-def _push_config_error(config: pytest.Config, monitors: list[routing.PushMonitor], error: str) -> None:
+def _push_config_error(config: pytest.Config, monitors: list[routing.PushMonitor], error: str,
+                       unreadable: Sequence[str] = ()) -> None:
     config.stash[DONE_KEY] = True
     # Kuma shows ~200 characters: the file's name says enough, its directory is in the terminal.
     msg = "config error: " + re.sub(r"'(?:[^']*/)([^'/]+)'", r"'\1'", error)
+    if unreadable:  # named whatever the length of the error: those monitors hear nothing
+        note = f" ({', '.join(unreadable)} unreadable, not told)"
+        msg = kr.clip(msg, kr.MSG_LIMIT - len(note)) + note
     run = RunFold()
     run.refuse(msg)
     verdicts = [kr.judge(m, run, 0) for m in monitors]
@@ -207,6 +252,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     if config.pluginmanager.has_plugin(REPORTER):
         return
-    monitors, error = load_monitors(config)
+    monitors, error, unreadable = load_monitors(config)
     if monitors:
-        _push_config_error(config, monitors, error or ABORTS[4])
+        _push_config_error(config, monitors, error or ABORTS[4], unreadable)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgbackup_verify.config import KumaSection, Target
+from pgbackup_verify.config.ops import looks_like_token
 from pgbackup_verify.outcome import CheckResult, RunFold
 
 
@@ -62,27 +63,56 @@ _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\s\"-]+?)\s*\]\]?\s*(#.*)?$")
 
 
 def tolerant_monitors(path: Path) -> list[PushMonitor]:
-    """Push monitors of a target file that failed validation: parse only its [kuma] tables.
+    return tolerant_read(path)[0]
 
-    A broken [database] or a TOML syntax error elsewhere must not hide the monitors that
-    have to hear about it. Returns [] when even the [kuma] part is unusable.
-    """
+
+def _blocks(path: Path) -> list[tuple[str, list[str]]]:
+    """The file's [kuma] and [[kuma.push]] tables, each as (header name, its lines)."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return []
-    keep, inside = [], False
+    out: list[tuple[str, list[str]]] = []
+    inside = False
     for line in lines:
         m = _HEADER.match(line)
         if m:
-            inside = m.group(1).replace(" ", "").split(".")[0] == "kuma"
+            name = m.group(1).replace(" ", "").replace('"', "")
+            inside = name.split(".")[0] == "kuma"
+            if inside:
+                out.append((name, []))
         if inside:
-            keep.append(line)
+            out[-1][1].append(line)
+    return out
+
+
+def tolerant_read(path: Path) -> tuple[list[PushMonitor], list[str]]:
+    """Push monitors of a target file that failed validation, each [[kuma.push]] read on its own,
+    and the entries that could not be read (named so the other monitors' message can say so).
+
+    A broken [database], a TOML syntax error elsewhere or one broken entry must not hide the
+    monitors that have to hear about it. No monitor at all when [kuma].url is unreadable."""
+    blocks = _blocks(path)
     try:
-        kuma = tomllib.loads("\n".join(keep)).get("kuma", {})
+        kuma = tomllib.loads("\n".join(next(b for n, b in blocks if n == "kuma"))).get("kuma", {})
         url = str(kuma["url"]).rstrip("/")
         timeout = float(kuma.get("push_timeout", 5.0))
-        return [PushMonitor(str(p["monitor"]), str(p["token_env"]), tuple(p.get("covers", ())), url, timeout)
-                for p in kuma.get("push", [])]
-    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        return []
+        if timeout <= 0:
+            timeout = 5.0
+    except (StopIteration, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return [], []
+    monitors: list[PushMonitor] = []
+    unreadable: list[str] = []
+    for i, (_name, block) in enumerate((b for b in blocks if b[0] == "kuma.push"), start=1):
+        try:
+            p = tomllib.loads("\n".join(block))["kuma"]["push"][0]
+            token_env = str(p["token_env"])
+            if not token_env.isidentifier() or looks_like_token(token_env):
+                raise ValueError("token_env")  # never the value: it may be a pasted token
+            covers = p.get("covers", ())
+            monitors.append(PushMonitor(str(p["monitor"]), token_env,
+                                        tuple(str(c) for c in covers) if isinstance(covers, list) else (),
+                                        url, timeout))
+        except (tomllib.TOMLDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
+            unreadable.append(f"[[kuma.push]] #{i}")
+    return monitors, unreadable

@@ -23,7 +23,8 @@ from pgbackup_verify.outcome import (
     order_key,
 )
 
-MSG_LIMIT = 190  # Kuma shows msg in one line; keep it readable (issue: < ~200 chars)
+MSG_LIMIT = 190  # Kuma shows msg in one line; keep it readable (far under Node's ~16 KB header limit)
+ELLIPSIS = "…"
 
 
 @dataclass
@@ -34,17 +35,30 @@ class Verdict:
     ping_ms: int
 
 
-def _short(prefix: str, names: list[str]) -> str:
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, an ellipsis saying it was cut."""
+    return text if len(text) <= limit else text[:max(0, limit - len(ELLIPSIS))].rstrip() + ELLIPSIS
+
+
+def _short(prefix: str, names: list[str], limit: int = MSG_LIMIT) -> str:
+    """`prefix` and as many names as fit, then `(+N more)`. Never empty: the first name always
+    stays (clipped if it alone is too long), and so does the start of the prefix."""
+    if not names:
+        return clip(prefix, limit)
     msg = prefix + ", ".join(names)
-    if len(msg) <= MSG_LIMIT:
+    if len(msg) <= limit:
         return msg
-    shown: list[str] = []
-    for i, n in enumerate(names):
-        more = f" (+{len(names) - i} more)"
-        if len(prefix + ", ".join([*shown, n]) + more) > MSG_LIMIT:
-            return (prefix + ", ".join(shown) + f" (+{len(names) - len(shown)} more)")[:MSG_LIMIT]
+    shown = [names[0]]
+    for n in names[1:]:
+        more = f" (+{len(names) - len(shown) - 1} more)" if len(shown) + 1 < len(names) else ""
+        if len(prefix + ", ".join([*shown, n]) + more) > limit:
+            break
         shown.append(n)
-    return msg[:MSG_LIMIT]
+    more = f" (+{len(names) - len(shown)} more)" if len(shown) < len(names) else ""
+    prefix = clip(prefix, max(limit // 2, limit - len(shown[0]) - len(more)))
+    room = limit - len(prefix) - len(more)
+    body = ", ".join(shown)
+    return prefix + clip(body, room) + more
 
 
 def short_name(nodeid: str, single_target: str | None = None) -> str:
@@ -58,7 +72,7 @@ def judge(m: PushMonitor, run: RunFold, ping_ms: int, claimed: Iterable[str] = (
     did not run, and at least one of them passed; anything else is down, with why."""
     abort = run.abort()
     if abort:
-        return Verdict(m, "down", _short("", [abort])[:MSG_LIMIT], ping_ms)
+        return Verdict(m, "down", clip(abort, MSG_LIMIT), ping_ms)
     covered = covered_by(m, run, claimed)
     many = len({c.target for c in covered}) > 1
 
@@ -66,8 +80,8 @@ def judge(m: PushMonitor, run: RunFold, ping_ms: int, claimed: Iterable[str] = (
         return short_name(c.nodeid, None if many else c.target or None)
 
     if not covered:
-        return Verdict(m, "down", f"no check covering {', '.join(m.covers)} ran "
-                                  f"({len(run.checks)} selected in total)"[:MSG_LIMIT], ping_ms)
+        return Verdict(m, "down", clip(f"no check covering {', '.join(m.covers)} ran "
+                                       f"({len(run.checks)} selected in total)", MSG_LIMIT), ping_ms)
     # A check that skips itself as not applicable (a TOC check on plain dumps) must not raise a false
     # DOWN every night: skips are named, and only a monitor whose checks ALL skipped goes down.
     skipped = [c for c in covered if c.outcome == SKIPPED]
@@ -79,8 +93,8 @@ def judge(m: PushMonitor, run: RunFold, ping_ms: int, claimed: Iterable[str] = (
         passed = len(covered) - len(skipped)
         kinds = Counter(c.kind if c.kind in (NOT_APPLICABLE, XFAIL) else "skipped" for c in skipped)
         note = "".join(f", {n} {'xfailed' if k == XFAIL else k}" for k, n in kinds.items())
-        return Verdict(m, "up", f"OK: {passed}/{len(covered)} checks passed{note} "
-                                f"({', '.join(m.covers)})"[:MSG_LIMIT], ping_ms)
+        return Verdict(m, "up", clip(f"OK: {passed}/{len(covered)} checks passed{note} "
+                                     f"({', '.join(m.covers)})", MSG_LIMIT), ping_ms)
     by_kind: dict[str, list[str]] = {}
     for c in sorted(bad, key=order_key):  # the first reason is the cause: grants before dumps before drill
         by_kind.setdefault(NOT_JUDGED if c.kind == NOT_JUDGED else c.outcome, []).append(name(c))
