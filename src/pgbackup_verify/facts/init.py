@@ -23,6 +23,7 @@ import psycopg
 
 from pgbackup_verify.config import BackupsSection
 from pgbackup_verify.facts.dumps import customfmt
+from pgbackup_verify.facts.dumps.nights import night_rule
 from pgbackup_verify.facts.dumps.inventory import (
     CUSTOM_SUFFIXES,
     STRAY_GLOBS,
@@ -234,8 +235,9 @@ def read_dumps(directory: Path, pattern: str | None = None, now: float | None = 
         raise InitError(f"none of the newest {len(read)} dump(s) matching '{pattern}' in '{directory}' is "
                         f"complete ({read[0].name}: {'; '.join(cache.scan(read[0]).problems(1))}); "
                         "init writes a target for a healthy host: repair the dump job first")
-    good_nights = {d.night for d, _ in good}
-    nights, night = 0, dumps[0].night
+    rule = night_rule("auto", [d.mtime for d in dumps])  # the checks' own rule for what a night is
+    good_nights = {rule.night_of(d.mtime) for d, _ in good}
+    nights, night = 0, rule.night_of(dumps[0].mtime)
     while night in good_nights:
         nights += 1
         night -= dt.timedelta(days=1)
