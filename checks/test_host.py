@@ -26,6 +26,10 @@ def _n(count: int) -> str:
     return "1 entry" if count == 1 else f"{count} entries"
 
 
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _retired(path: str, section: HostSection) -> bool:
     return ".retired" in path or any(fnmatch.fnmatch(path, g) for g in section.retired_scripts)
 
@@ -110,7 +114,7 @@ def test_cron_runs_every_line_as_written(crontabs: list[Crontab], backup_host: A
             if hostfacts.is_package_leftover(t.source):
                 evidence(f"skipped by cron: {t.source}", f"{t.ignored} (a package manager's copy)")
             elif t.entries:
-                shown = "; ".join(f"line {e.lineno} runs `{e.command[:80]}`" for e in t.entries[:3])
+                shown = "; ".join(f"line {e.lineno} runs `{_short(e.command)}`" for e in t.entries[:3])
                 problems.append(f"cron file {t.source}: FAILED (cron will not run this file: {t.ignored}; "
                                 f"{_n(len(t.entries))} never run: {shown}); fix: {_ignored_fix(t)}")
             continue
