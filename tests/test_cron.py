@@ -36,7 +36,7 @@ def runs(command: str, home: str | None = "/root") -> list[tuple[str, bool, str]
     (f"nice -n 19 ionice -c2 -n7 {S}", [(S, True, "")]),
     (f"nice -19 ionice -c 3 chronic -e {S}", [(S, True, "")]),
     (f"env -i PATH=/usr/bin:/bin HOME=/root {S}", [(S, True, "")]),
-    (f"env --chdir=/opt/incomex ./scripts/pg-backup.sh", [(S, True, "")]),
+    ("env --chdir=/opt/incomex ./scripts/pg-backup.sh", [(S, True, "")]),
     (f"sudo -u postgres -H {S}", [(S, True, "postgres")]),
     (f"sudo --user=postgres PGHOST=/run/postgresql {S}", [(S, True, "postgres")]),
     (f"su - postgres -s /bin/bash -c '{S}'", [(S, True, "postgres")]),
@@ -44,7 +44,7 @@ def runs(command: str, home: str | None = "/root") -> list[tuple[str, bool, str]
     (f"nohup setsid -f {S} &", [(S, True, "")]),
     # shells: -c strings are read again; a script handed to a shell needs no execute bit
     (f"bash -c '{S} >> /var/log/pg-backup.log 2>&1'", [(S, True, "")]),
-    (f"/bin/sh -ec \"cd /opt/incomex/scripts && ./pg-backup.sh\"", [(S, True, "")]),
+    ("/bin/sh -ec \"cd /opt/incomex/scripts && ./pg-backup.sh\"", [(S, True, "")]),
     (f"bash -euo pipefail -c 'sh -c \"{S}\"'", [(S, True, "")]),
     (f"bash {S} --full", [(S, False, "")]),
     (f"/usr/bin/env bash {S}", [(S, False, "")]),

@@ -146,10 +146,7 @@ def link_reason(m: tarfile.TarInfo, links: dict[str, str]) -> str:
     name = _clean(m.name)
     # A symlink's target is relative to its own directory; a hardlink's to the archive's top.
     target = f"{name.rpartition('/')[0]}/{m.linkname}" if m.issym() else m.linkname
-    own = {k: v for k, v in links.items() if k != name} if m.issym() else links
-    where = _leaves(target, own) if m.issym() or _clean(target) != name else ""
-    if m.issym() and _clean(target) == name:
-        where = "a link loop"
+    where = _leaves(target, links)
     return f"{'symlink' if m.issym() else 'hardlink'} to {m.linkname}, {where}" if where else ""
 
 
