@@ -104,7 +104,7 @@ def slug(case: str) -> str:
 
 def _write_case(case: str, remote: Path, dump: Path) -> None:
     when = dump.stat().st_mtime + 3600
-    if case == "last night":
+    if case in ("last night", "local dumps behind a symlink"):
         scene.write_archive(remote, dump, when=when)
     elif case == "links staying inside":
         scene.write_archive(remote, dump, when=when, extra=INSIDE_LINKS)
@@ -150,12 +150,17 @@ def offsite_run(seed_cluster: ThrowawayCluster, healthy_backups: Path,
     dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
     dump = _newest_dump(healthy_backups)
     remotes, targets = {}, []
-    for case in ["last night", "links staying inside", *FAULTS, "empty remote", "missing remote"]:
+    for case in ["last night", "links staying inside", "local dumps behind a symlink", *FAULTS, "empty remote",
+                 "missing remote"]:
         remote = root / slug(case) / "offsite"
         remote.mkdir(parents=True)
         _write_case(case, remote, dump)
         remotes[case] = remote / "nope" if case == "missing remote" else remote
-        targets.append(demo.write_target_file(root / slug(case) / "t.toml", dsn, healthy_backups, name=slug(case),
+        backups = healthy_backups
+        if case == "local dumps behind a symlink":  # [backups].directory is a link to the volume
+            backups = root / slug(case) / "backups"
+            backups.symlink_to(healthy_backups)
+        targets.append(demo.write_target_file(root / slug(case) / "t.toml", dsn, backups, name=slug(case),
                                               extra=scene.offsite_toml(remotes[case])))
     return Remotes(run_checks(root / "run", targets, [CHECKS], env=scene.RCLONE_ENV), remotes, dump)
 
@@ -165,6 +170,14 @@ def test_last_nights_archive_passes(offsite_run: Remotes) -> None:
     result.assert_outcomes(passed=OFFSITE_CHECKS)
     assert "B gzip, valid, footer found" in result.text
     assert f"vs local {dump} {dump.stat().st_size} B (0.0%" in result.text
+
+
+def test_local_dumps_behind_a_symlinked_backup_dir_are_compared(offsite_run: Remotes) -> None:
+    result, dump = offsite_run["local dumps behind a symlink"], offsite_run.dump
+    result.assert_outcomes(passed=OFFSITE_CHECKS)
+    link = offsite_run.run.workdir.parent / "local-dumps-behind-a-symlink" / "backups"
+    assert link.is_symlink()
+    assert f"vs local {link}/{dump.name} {dump.stat().st_size} B (0.0%" in result.text
 
 
 def test_links_staying_inside_the_archive_are_fine(offsite_run: Remotes) -> None:
