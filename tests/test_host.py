@@ -135,7 +135,7 @@ FAULTS: dict[str, tuple[Callable[[scene.HostScene, Path], None], list[str], str]
         ["test_cron_schedules_every_backup_job", "test_cron_runs_every_line_as_written"],
         "cron file {root}/cron.d/pg.backup: FAILED (cron will not run this file: the name 'pg.backup' has "
         "characters outside [A-Za-z0-9_-] (Debian's cron skips such names); 1 entry never run: line 2 runs "
-        "`{pg} >> {root}/pg-backup\n`); fix: mv {root}/cron.d/pg.backup {root}/cron.d/pg-backup"),
+        "`{pg} >>\n); fix: mv {root}/cron.d/pg.backup {root}/cron.d/pg-backup"),
     "group-writable cron.d file": (
         _move_pg_line_to_cron_d("pg-backup", mode=0o664),
         ["test_cron_schedules_every_backup_job", "test_cron_runs_every_line_as_written"],
