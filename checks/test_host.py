@@ -4,6 +4,7 @@ there is room for the next dump and the database is up. Facts come from testinfr
 from __future__ import annotations
 
 import fnmatch
+import re
 from typing import Any
 
 import pytest
@@ -11,38 +12,84 @@ import pytest
 from pgbackup_verify.config import HostSection, Target
 from pgbackup_verify.evidence import fail, human_bytes, require, verdict
 from pgbackup_verify.facts import host as hostfacts
-from pgbackup_verify.facts.cron import Crontab, mentioned_paths
+from pgbackup_verify.facts.cron import CronEntry, Crontab, mentioned_paths
 
 pytestmark = pytest.mark.host
 
 
 def _sources(tabs: list[Crontab]) -> str:
-    return ", ".join(f"{t.source} ({t.error})" if t.error else f"{t.source} ({_n(len(t.entries))})"
-                     for t in tabs)
+    return ", ".join(f"{t.source} ({t.error})" if t.error else
+                     f"{t.source} ({_n(len(t.entries))}{', ignored by cron' if t.ignored else ''})" for t in tabs)
 
 
 def _n(count: int) -> str:
     return "1 entry" if count == 1 else f"{count} entries"
 
 
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _retired(path: str, section: HostSection) -> bool:
     return ".retired" in path or any(fnmatch.fnmatch(path, g) for g in section.retired_scripts)
 
 
-def test_cron_schedules_every_backup_job(crontabs: list[Crontab], host_section: HostSection, evidence) -> None:
+def _ignored_fix(tab: Crontab) -> str:
+    path, why = tab.source, tab.ignored
+    if why.startswith("owned by"):
+        return f"chown root {path}"
+    if why.startswith("mode"):
+        return f"chmod go-w {path}"
+    if why.startswith("the name"):
+        name = path.rsplit("/", 1)[-1]
+        return f"mv {path} {path[:-len(name)]}{re.sub(r'[^A-Za-z0-9_-]+', '-', name).strip('-') or 'backup'}"
+    return f"replace {path} by a regular file"
+
+
+def _line_problem(e: CronEntry, tab: Crontab) -> tuple[str, str] | None:
+    """Why cron will not run this line as written, and the fix (None when it will)."""
+    if tab.ignored:
+        return f"cron will not run this file: {tab.ignored}", _ignored_fix(tab)
+    if e.error:
+        return f"schedule '{e.schedule}' does not parse: {e.error}", "correct the schedule with `crontab -e`"
+    pct = e.percent
+    if pct.column:
+        return (f"unescaped % at column {pct.column}: cron ends the command there and feeds the rest to its "
+                f"stdin, so the shell gets `{pct.command.strip()}`",
+                f"write every % as \\%: `{e.line(pct.escaped)}`")
+    error = e.parsed().error
+    if error:
+        return f"the shell cannot read the command ({error})", "correct the quoting with `crontab -e`"
+    return None
+
+
+def _run_problems(e: CronEntry, backup_host: Any) -> list[tuple[str, str]]:
+    return [p for p in (hostfacts.run_problem(backup_host, r) for r in e.runs() if r.path.startswith("/")) if p[0]]
+
+
+def test_cron_schedules_every_backup_job(crontabs: list[Crontab], host_section: HostSection, backup_host: Any,
+                                         evidence) -> None:
     if not host_section.cron_jobs:
         pytest.skip("no [host].cron_jobs configured; list the backup scripts cron must run")
     evidence("crontabs read", _sources(crontabs))
     problems = []
     for job in host_section.cron_jobs:
-        entries = [e for t in crontabs for e in t.entries if job in e.scripts()]
-        good = [e for e in entries if not e.error]
+        found: list[tuple[CronEntry, tuple[str, str] | None]] = []
+        for t in crontabs:
+            for e in t.entries:
+                if job in e.scripts() or job in e.scripts_as_written():
+                    bad = _line_problem(e, t)
+                    if bad is None and job not in e.scripts():
+                        bad = (f"cron cuts the command at column {e.percent.column} before it runs {job}",
+                               f"write every % as \\%: `{e.line(e.percent.escaped)}`")
+                    found.append((e, bad or next(iter(_run_problems(e, backup_host)), None)))
+        good = [e for e, bad in found if bad is None]
         if good:
             evidence(f"cron {job}", "; ".join(f"{e.where}: {e.schedule}" for e in good))
-        elif entries:
-            bad = entries[0]
-            problems.append(f"cron entry for {job}: FAILED (schedule '{bad.schedule}' at {bad.where} does not "
-                            f"parse: {bad.error}); fix: correct the schedule with `crontab -e`")
+        elif found:
+            e, bad = found[0]
+            assert bad is not None
+            problems.append(f"cron entry for {job}: FAILED ({e.where}: {bad[0]}); fix: {bad[1]}")
         else:
             problems.append(f"cron entry for {job}: FAILED (no active entry runs it in {_sources(crontabs)}); "
                             f"fix: add e.g. `0 2 * * * {job}` to root's crontab with `crontab -e`")
@@ -57,17 +104,46 @@ def test_every_cron_schedule_parses(crontabs: list[Crontab], evidence) -> None:
     verdict(bad)
 
 
+def test_cron_runs_every_line_as_written(crontabs: list[Crontab], backup_host: Any, evidence) -> None:
+    """What cron does with a line before and while running it: files it ignores, `%` cutting the
+    command, quoting the shell cannot read, and programs the entry's user may not execute."""
+    evidence("crontabs read", _sources(crontabs))
+    problems, runs = [], 0
+    for t in crontabs:
+        if t.ignored:
+            if hostfacts.is_package_leftover(t.source):
+                evidence(f"skipped by cron: {t.source}", f"{t.ignored} (a package manager's copy)")
+            elif t.entries:
+                shown = "; ".join(f"line {e.lineno} runs `{_short(e.command)}`" for e in t.entries[:3])
+                problems.append(f"cron file {t.source}: FAILED (cron will not run this file: {t.ignored}; "
+                                f"{_n(len(t.entries))} never run: {shown}); fix: {_ignored_fix(t)}")
+            continue
+        for e in t.entries:
+            bad = _line_problem(e, t)
+            if bad and not e.error:  # a bad schedule is test_every_cron_schedule_parses's finding
+                problems.append(f"cron entry at {e.where}: FAILED ({bad[0]}); fix: {bad[1]}")
+            for why, fix in _run_problems(e, backup_host):
+                problems.append(f"cron entry at {e.where}: FAILED ({why}); fix: {fix}")
+            for r in e.runs():
+                runs += 1
+                if r.via:
+                    evidence(f"{e.where} runs", f"{r.path} as {r.user or 'the entry user'} "
+                                                f"(through {' > '.join(r.via)})")
+    evidence("programs run by cron", f"{runs} in {_sources(crontabs)}")
+    verdict(problems)
+
+
 def test_no_cron_entry_runs_a_missing_or_retired_script(crontabs: list[Crontab], backup_host: Any,
                                                        host_section: HostSection, evidence) -> None:
     problems, checked = [], 0
-    for e in (e for t in crontabs for e in t.entries):
+    for e in (e for t in crontabs if not t.ignored for e in t.entries):
         for path in mentioned_paths(e.command):
             if _retired(path, host_section):
                 problems.append(f"cron entry at {e.where}: FAILED (runs retired script {path}); fix: comment the "
                                 "line out with `crontab -e` and pause its Kuma monitor")
         for path in e.scripts():
             checked += 1
-            if not backup_host.file(path).exists:
+            if path.startswith("/") and not backup_host.file(path).exists:
                 problems.append(f"cron entry at {e.where}: FAILED (script {path} does not exist); fix: restore "
                                 "the script or remove the line with `crontab -e`")
     evidence("scripts run by cron", f"{checked} checked in {_sources(crontabs)}")
@@ -125,11 +201,11 @@ def test_backup_scripts_pass_shellcheck(backup_scripts: list[hostfacts.ScriptFac
 def test_backup_dir_and_dumps_are_not_world_readable(backup_dir_facts: hostfacts.BackupDirFacts, evidence) -> None:
     d = backup_dir_facts
     require(d.exists, f"backup dir {d.path}: FAILED (missing on the host); fix: mkdir -m 700 {d.path}")
-    evidence("backup dir", f"{d.path}, owner {d.owner}, mode {d.mode:04o}, {len(d.dumps)} dump(s)")
+    evidence("backup dir", f"{d.shown}, owner {d.owner}, mode {d.mode:04o}, {len(d.dumps)} dump(s)")
     problems = []
     if d.mode & 0o007:
-        problems.append(f"backup dir {d.path}: FAILED (mode {d.mode:04o} gives others access); "
-                        f"fix: chmod o-rwx {d.path}")
+        problems.append(f"backup dir {d.shown}: FAILED (mode {d.mode:04o} gives others access); "
+                        f"fix: chmod o-rwx {d.resolved or d.path}")
     open_dumps = [f for f in d.dumps if f.mode & 0o004]
     if open_dumps:
         shown = ", ".join(f"{f.path} {f.mode:04o}" for f in open_dumps[:5])
@@ -149,7 +225,7 @@ def test_free_space_holds_the_next_dumps(backup_dir_facts: hostfacts.BackupDirFa
     if d.latest is None:
         pytest.skip(f"no dump matching {target.backups.pattern} in {d.path} to size against (the dump checks fail)")
     need = multiple * d.latest.size
-    evidence("free space", f"{human_bytes(free)} on {d.filesystem}")
+    evidence("free space", f"{human_bytes(free)} on {d.filesystem} ({d.shown})")
     evidence("needed", f"{multiple:g} x latest dump {d.latest.path} ({human_bytes(d.latest.size)}) = "
              f"{human_bytes(need)}")
     require(free >= need, (

@@ -1,13 +1,19 @@
 """The offsite copy: last night's archive is on the remote, whole, and carries a complete PG dump of the
-same size as the local one. Read through rclone as a stream; hostile tar members are never followed."""
+same night and size as the local one. Read through rclone as a stream; hostile tar members are never followed.
+
+One fault, one red line: each fault has one check that owns it (listing -> the freshness check,
+an unreadable archive -> the hostile-member check, a missing member -> the contains check, a broken
+member -> the completeness check); every later check of that archive is not judged and says why.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import NoReturn
 
 import pytest
 
-from pgbackup_verify.config import OffsiteSection, Target
+from pgbackup_verify.config import OffsiteSection
 from pgbackup_verify.evidence import fail, human_bytes, require, verdict
 from pgbackup_verify.facts.dumps.inventory import DumpFile
 from pgbackup_verify.facts.host import BackupDirFacts
@@ -17,29 +23,82 @@ pytestmark = pytest.mark.offsite
 
 
 SAME_NIGHT_S = 24 * 3600
+Finding = tuple[str, str, str]  # (finding, fix, the check that reports it)
+FRESH, HOSTILE, CONTAINS, COMPLETE = ("test_newest_offsite_archive_is_fresh_and_big_enough",
+                                      "test_offsite_archive_holds_no_hostile_member",
+                                      "test_offsite_archive_contains_the_pg_dump", "test_offsite_pg_dump_is_complete")
 
 
-def _newest(listing: Listing) -> Archive:
+def _listing_fault(listing: Listing) -> Finding | None:
     if listing.error:
-        fail(f"offsite listing: FAILED ({listing.error}); fix: check [offsite].remote and the rclone config")
+        return (f"offsite listing: FAILED ({listing.error})", "check [offsite].remote and the rclone config", FRESH)
     if listing.newest is None:
-        fail(f"offsite archive: FAILED (no '{listing.archive_glob}' in {listing.remote}); fix: check the "
-                    "nightly upload job and [offsite].archive_glob")
-    return listing.newest
+        return (f"offsite archive: FAILED (no '{listing.archive_glob}' in {listing.remote})",
+                "check the nightly upload job and [offsite].archive_glob", FRESH)
+    return None
 
 
-def _scanned(scan: ArchiveScan | None, o: OffsiteSection) -> ArchiveScan:
-    assert scan is not None  # only None without archive, and _newest() failed first then
-    require(not scan.error, f"offsite archive {scan.archive.path}: FAILED ({scan.error}); fix: re-run the upload "
-                            "job, the archive is damaged")
-    require(bool(scan.matches), f"offsite archive {scan.archive.path}: FAILED (no member matching '{o.member}' among "
-                          f"{scan.members}); fix: add the PG dump to the archive job or fix [offsite].member")
+def _read_fault(scan: ArchiveScan) -> Finding | None:
+    if scan.error:
+        return (f"offsite archive {scan.archive.path}: FAILED (could not be read: {scan.error})",
+                "re-run the upload job, the archive is damaged", HOSTILE)
+    return None
+
+
+def _member_fault(scan: ArchiveScan, o: OffsiteSection) -> Finding | None:
+    if not scan.matches:
+        return (f"offsite archive {scan.archive.path}: FAILED (no member matching '{o.member}' among "
+                f"{scan.members})", "add the PG dump to the archive job or fix [offsite].member", CONTAINS)
+    return None
+
+
+def _complete_fault(scan: ArchiveScan) -> Finding | None:
+    g = scan.gzip
+    assert g is not None
+    where = f"{scan.archive.name} member {scan.matches[0]}"
+    if not g.valid:
+        return f"offsite PG dump {where}: FAILED ({g.error})", "re-run the upload job from a good dump", COMPLETE
+    if g.payload_bytes == 0:
+        return (f"offsite PG dump {where}: FAILED (empty payload, {g.compressed_bytes} B gzip of nothing: pg_dump "
+                "failed that night)", "fix the dump job, then re-upload", COMPLETE)
+    if not g.footer_found:
+        return (f"offsite PG dump {where}: FAILED (no '-- PostgreSQL database dump complete' footer: truncated "
+                "dump)", "fix the dump job, then re-upload", COMPLETE)
+    return None
+
+
+def _fail(f: Finding) -> NoReturn:
+    fail(f"{f[0]}; fix: {f[1]}")
+
+
+def _not_judged(f: Finding) -> NoReturn:
+    pytest.skip(f"not judged: {f[0]} (reported by {f[2]})")
+
+
+def _upstream(listing: Listing, scan: ArchiveScan | None, o: OffsiteSection, me: str) -> ArchiveScan:
+    """The scan of the newest archive, once every fault before `me` in the chain listing -> read ->
+    member -> complete is ruled out: the owner of a fault fails with it, every later check skips."""
+    rank = {FRESH: 0, HOSTILE: 1, CONTAINS: 2, COMPLETE: 3}
+    fault = _listing_fault(listing)
+    if fault is None:
+        assert scan is not None  # only None without an archive
+        if not scan.member_read:
+            fault = _read_fault(scan) or _member_fault(scan, o)
+        else:
+            fault = _complete_fault(scan)
+    if fault is not None and rank[fault[2]] < rank.get(me, len(rank)):
+        _not_judged(fault)
+    assert scan is not None
     return scan
 
 
 def test_newest_offsite_archive_is_fresh_and_big_enough(offsite_listing: Listing, offsite_section: OffsiteSection,
                                                         evidence) -> None:
-    a = _newest(offsite_listing)
+    fault = _listing_fault(offsite_listing)
+    if fault:
+        _fail(fault)
+    a: Archive | None = offsite_listing.newest
+    assert a is not None
     o = offsite_section
     age_h = (time.time() - a.mtime) / 3600
     evidence("newest archive", f"{a.path}, {human_bytes(a.size)}, {age_h:.1f} h old "
@@ -55,38 +114,56 @@ def test_newest_offsite_archive_is_fresh_and_big_enough(offsite_listing: Listing
 
 
 def test_offsite_archive_holds_no_hostile_member(offsite_listing: Listing, offsite_scan: ArchiveScan | None,
-                                                 evidence) -> None:
-    _newest(offsite_listing)
-    assert offsite_scan is not None
-    evidence("members", f"{offsite_scan.members} in {offsite_scan.archive.name}")
-    require(not offsite_scan.hostile, (
-        f"offsite archive {offsite_scan.archive.path}: FAILED ({len(offsite_scan.hostile)} hostile member(s), not "
-        f"followed: {'; '.join(offsite_scan.hostile[:5])}); fix: rebuild the archive with relative paths and no "
-        "links, and find out who wrote these"))
+                                                 offsite_section: OffsiteSection, evidence) -> None:
+    scan = _upstream(offsite_listing, offsite_scan, offsite_section, HOSTILE)
+    evidence("members", f"{scan.members} in {scan.archive.name}, {scan.links_inside} link(s) staying inside")
+    problems = []
+    if scan.hostile:
+        problems.append(
+            f"offsite archive {scan.archive.path}: FAILED ({len(scan.hostile)} hostile member(s), not followed: "
+            f"{'; '.join(scan.hostile[:5])}); fix: rebuild the archive with relative paths and no links leaving "
+            "it, and find out who wrote these")
+    read = _read_fault(scan)
+    if read:  # the members after the break were never seen: not judged is not clean
+        problems.append(f"{read[0]}; fix: {read[1]}")
+    verdict(problems)
 
 
 def test_offsite_archive_contains_the_pg_dump(offsite_listing: Listing, offsite_scan: ArchiveScan | None,
                                               offsite_section: OffsiteSection, evidence) -> None:
-    _newest(offsite_listing)
-    scan = _scanned(offsite_scan, offsite_section)
+    o = offsite_section
+    scan = _upstream(offsite_listing, offsite_scan, o, CONTAINS)
+    fault = _member_fault(scan, o)
+    if fault:
+        _fail(fault)
     evidence("PG member", f"{scan.matches[0]} ({human_bytes(scan.member_size or 0)})")
+    written = scan.member_mtime
+    if not written:
+        evidence("PG member written", "no time in the tar header (age not judged)")
+        return
+    a = scan.archive
+    lag_h = (a.mtime - written) / 3600
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(written))
+    evidence("PG member written", f"{when}, {lag_h:.1f} h before the archive")
+    # Judged when the archive was packed: an upload that copies the 02:00 dump at 20:00 is fine;
+    # one that packs an older dump than the night's is not. The archive's own age is the first check's.
+    require(lag_h <= o.max_age_hours, (
+        f"offsite PG dump age: FAILED ({scan.matches[0]} in {a.name} was written {when}, {lag_h:.1f} h before the "
+        f"archive vs {o.max_age_hours:g} h); fix: the upload job packed an old dump: make it pack the dump the "
+        "nightly job just wrote, then re-upload"))
 
 
 def test_offsite_pg_dump_is_complete(offsite_listing: Listing, offsite_scan: ArchiveScan | None,
                                      offsite_section: OffsiteSection, evidence) -> None:
-    _newest(offsite_listing)
-    scan = _scanned(offsite_scan, offsite_section)
+    scan = _upstream(offsite_listing, offsite_scan, offsite_section, COMPLETE)
     g = scan.gzip
     assert g is not None
-    where = f"{scan.archive.name} member {scan.matches[0]}"
     footer = "found" if g.footer_found else "missing"
     evidence("PG member payload", f"{g.payload_bytes} B from {g.compressed_bytes} B gzip, "
                                   f"{'valid' if g.valid else g.error}, footer {footer}")
-    require(g.valid, f"offsite PG dump {where}: FAILED ({g.error}); fix: re-run the upload job from a good dump")
-    require(g.payload_bytes > 0, f"offsite PG dump {where}: FAILED (empty payload, {g.compressed_bytes} B gzip of "
-                                 "nothing: pg_dump failed that night); fix: fix the dump job, then re-upload")
-    require(g.footer_found, f"offsite PG dump {where}: FAILED (no '-- PostgreSQL database dump complete' footer: "
-                      "truncated dump); fix: fix the dump job, then re-upload")
+    fault = _complete_fault(scan)
+    if fault:
+        _fail(fault)
 
 
 def _same_night(dumps: list[DumpFile], when: float) -> DumpFile | None:
@@ -96,17 +173,17 @@ def _same_night(dumps: list[DumpFile], when: float) -> DumpFile | None:
 
 def test_offsite_pg_dump_matches_the_local_dump(offsite_listing: Listing, offsite_scan: ArchiveScan | None,
                                                 offsite_section: OffsiteSection,
-                                                backup_dir_facts: BackupDirFacts, target: Target, evidence) -> None:
-    a = _newest(offsite_listing)
-    scan = _scanned(offsite_scan, offsite_section)
+                                                backup_dir_facts: BackupDirFacts, evidence) -> None:
     o = offsite_section
+    scan = _upstream(offsite_listing, offsite_scan, o, "matches")
+    a = scan.archive
     # The member's tar mtime is the local file's mtime when the archive copied it; the archive's own
     # time is the fallback for archives that re-dumped.
     when = scan.member_mtime or a.mtime
     local = _same_night(backup_dir_facts.dumps, when)
     if local is None:
         fail(
-        f"local dump of the same night: FAILED (none in {target.backups.directory} within 24 h of "
+        f"local dump of the same night: FAILED (none in {backup_dir_facts.shown} within 24 h of "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(when))}); fix: check the local dump job")
     size = scan.member_size or 0
     diff = abs(size - local.size) / max(local.size, 1)

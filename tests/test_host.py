@@ -20,7 +20,53 @@ from pgbackup_verify.facts import host as hostfacts
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_host.py"
-HOST_CHECKS = 9
+HOST_CHECKS = 10
+
+
+def _cron_d(h: scene.HostScene, name: str, body: str, mode: int = 0o644, owner: str = "root") -> Path:
+    """A file in the scene's own cron.d (read through [host].crontabs, under cron.d's rules)."""
+    d = h.root / "cron.d"
+    d.mkdir(exist_ok=True)
+    f = d / name
+    f.write_text(body)
+    f.chmod(mode)
+    os.chown(f, pwd.getpwnam(owner).pw_uid, -1)
+    return f
+
+
+def _move_pg_line_to_cron_d(name: str, mode: int = 0o644, owner: str = "root") -> Callable[[scene.HostScene, Path],
+                                                                                           None]:
+    def inject(h: scene.HostScene, b: Path) -> None:
+        _drop_line(h.crontab, str(h.pg_backup))
+        _cron_d(h, name, f"SHELL=/bin/bash\n0 2 * * * root {h.pg_backup} >> {h.root}/pg-backup.log 2>&1\n", mode,
+                owner)
+    return inject
+
+
+def _symlinked(b: Path) -> None:
+    """The backup dir becomes a symlink to a volume holding the dumps."""
+    volume = b.parent / "volume"
+    b.rename(volume)
+    b.symlink_to(volume)
+
+
+def every_wrapper(h: scene.HostScene, b: Path) -> None:
+    """Root's crontab written the ways administrators write it: all green."""
+    pg, gd, root = h.pg_backup, h.to_gdrive, h.root
+    h.crontab.write_text(f"""SHELL=/bin/bash
+MAILTO=""
+0 2 * * * flock -w 600 {root}/run/pg-backup.lock {pg} >> {root}/pg-backup.log 2>&1
+5 2 * * * /usr/bin/flock -xn -E 75 {root}/run/pg.lock timeout -s KILL -k 5m 2h nice -n 19 ionice -c3 chronic {pg}
+10 2 * * * bash -c '{pg} >> {root}/pg-backup.log 2>&1'
+15 2 * * * cd {h.scripts} && ./pg-backup.sh > /dev/null 2>&1
+20 2 * * * env -i PATH=/usr/bin:/bin HOME=/root /usr/bin/env bash {gd}
+25 2 * * * sudo -u root -H {pg}
+30 2 * * * runitor -uuid 2f9b4e0c -every 1h -- {gd} && curl -fsS -m 10 -o /dev/null https://hc-ping.com/2f9b4e0c
+35 2 * * * {pg} > {root}/pg-$(date +\\%F).log 2>&1
+""")
+    _cron_d(h, "pg-offsite", f"0 20 * * * root nice -n 10 {gd} >> {root}/gd.log 2>&1\n")
+    # A package manager's leftover copy: cron skips it on purpose, and so do the checks.
+    _cron_d(h, "pg-offsite.dpkg-old", f"0 21 * * * root {h.scripts}/gone.sh\n")
 
 
 def _drop_line(path: Path, needle: str) -> None:
@@ -48,7 +94,8 @@ FAULTS: dict[str, tuple[Callable[[scene.HostScene, Path], None], list[str], str]
     "schedule does not parse": (
         lambda h, b: h.crontab.write_text(h.crontab.read_text().replace("0 2 * * *", "0 25 * * *")),
         ["test_cron_schedules_every_backup_job", "test_every_cron_schedule_parses"],
-        "cron entry for {pg}: FAILED (schedule '0 25 * * *' at {crontab}:5 does not parse: hour 25 is outside 0-23)"),
+        "cron entry for {pg}: FAILED ({crontab}:5: schedule '0 25 * * *' does not parse: hour 25 is outside 0-23); "
+        "fix: correct the schedule with `crontab -e`"),
     "world-writable script": (
         lambda h, b: h.pg_backup.chmod(0o777),
         ["test_backup_scripts_are_root_owned_and_not_writable_by_others"],
@@ -73,6 +120,37 @@ FAULTS: dict[str, tuple[Callable[[scene.HostScene, Path], None], list[str], str]
         lambda h, b: sorted(b.iterdir())[-1].chmod(0o644),
         ["test_backup_dir_and_dumps_are_not_world_readable"],
         "dumps readable by others: FAILED (1 file(s): {backups}/"),
+    "world-readable dump behind a symlinked backup dir": (
+        lambda h, b: (_symlinked(b), sorted(b.iterdir())[-1].chmod(0o644)) and None,
+        ["test_backup_dir_and_dumps_are_not_world_readable"],
+        "dumps readable by others: FAILED (1 file(s): {backups}/"),
+    "unescaped percent": (
+        lambda h, b: _append(h.crontab, f"0 4 * * * {h.pg_backup} > {h.root}/pg-$(date +%F).log 2>&1\n"),
+        ["test_cron_runs_every_line_as_written"],
+        "cron entry at {crontab}:7: FAILED (unescaped % at column {pct}: cron ends the command there and feeds the "
+        "rest to its stdin, so the shell gets `{pg} > {root}/pg-$(date +`); fix: write every % as \\%: "
+        "`0 4 * * * {pg} > {root}/pg-$(date +\\%F).log 2>&1`"),
+    "cron.d file with a dot in its name": (
+        _move_pg_line_to_cron_d("pg.backup"),
+        ["test_cron_schedules_every_backup_job", "test_cron_runs_every_line_as_written"],
+        "cron file {root}/cron.d/pg.backup: FAILED (cron will not run this file: the name 'pg.backup' has "
+        "characters outside [A-Za-z0-9_-] (Debian's cron skips such names); 1 entry never run: line 2 runs "
+        "`{pg} >>\n); fix: mv {root}/cron.d/pg.backup {root}/cron.d/pg-backup"),
+    "group-writable cron.d file": (
+        _move_pg_line_to_cron_d("pg-backup", mode=0o664),
+        ["test_cron_schedules_every_backup_job", "test_cron_runs_every_line_as_written"],
+        "cron entry for {pg}: FAILED ({root}/cron.d/pg-backup:2: cron will not run this file: mode 0664 is "
+        "writable by group or others); fix: chmod go-w {root}/cron.d/pg-backup"),
+    "cron.d file not owned by root": (
+        _move_pg_line_to_cron_d("pg-backup", owner="postgres"),
+        ["test_cron_schedules_every_backup_job", "test_cron_runs_every_line_as_written"],
+        "cron file {root}/cron.d/pg-backup: FAILED (cron will not run this file: owned by postgres, not root; "
+        "1 entry never run"),
+    "script without its execute bit": (
+        lambda h, b: h.pg_backup.chmod(0o644),
+        ["test_cron_schedules_every_backup_job", "test_cron_runs_every_line_as_written"],
+        "cron entry for {pg}: FAILED ({crontab}:5: {pg} (mode 0644, owner root) has no execute bit for root: "
+        "cron gets 'Permission denied'); fix: chmod u+x {pg}"),
 }
 
 
@@ -107,7 +185,8 @@ def hosts(seed_cluster: ThrowawayCluster, cluster: ThrowawayCluster, healthy_bac
     seen_running = database_process(stopped_dir)
     stopped.stop()
     cases: dict[str, tuple[Callable[[scene.HostScene, Path], None] | None, dict]] = {
-        "healthy": (None, {}), "free space": (None, {"free_space_multiple": 1e12}),
+        "healthy": (None, {}), "every wrapper": (every_wrapper, {}),
+        "symlinked backup dir": (lambda h, b: _symlinked(b), {}), "free space": (None, {"free_space_multiple": 1e12}),
         "stopped database": (None, {"data_dir": stopped_dir}), "no host section": (None, {"host": False}),
         "unreachable host": (None, {"host": "ssh://nobody@127.0.0.1:1"}),
         **{fault: (inject, {}) for fault, (inject, _, _) in FAULTS.items()}}
@@ -125,6 +204,9 @@ def hosts(seed_cluster: ThrowawayCluster, cluster: ThrowawayCluster, healthy_bac
             extra = '\n[host]\ncron_jobs = ["/x.sh"]\n'
         else:
             extra = h.toml(opts.get("data_dir", running), free_space_multiple=opts.get("free_space_multiple", 2.0))
+            if (h.root / "cron.d").is_dir():
+                tabs = [h.crontab, *sorted((h.root / "cron.d").iterdir())]
+                extra = extra.replace(f'crontabs = ["{h.crontab}"]', f"crontabs = {[str(t) for t in tabs]!r}")
         t = targets[case] = demo.write_target_file(d / "t.toml", dsn, b, name=slug(case), extra=extra)
         if isinstance(opts.get("host"), str):
             t.write_text(t.read_text().replace("[target]\n", f'[target]\nhost = "{opts["host"]}"\n', 1))
@@ -146,15 +228,37 @@ def test_healthy_host_passes_every_check(hosts: Hosts) -> None:
     assert "Traceback" not in hosts.run.stdout
 
 
+def test_every_wrapper_administrators_write_is_green(hosts: Hosts) -> None:
+    """flock with its lock file absent, bash -c, cd && ./x, env, sudo, runitor, an escaped %, a cron.d file."""
+    result, h = hosts["every wrapper"], hosts.scenes["every wrapper"]
+    result.assert_outcomes(passed=HOST_CHECKS)
+    assert f"cron {h.pg_backup}: {h.crontab}:3: 0 2 * * *; {h.crontab}:4: 5 2 * * *; {h.crontab}:5: 10 2" in result.text
+    assert f"{h.root}/cron.d/pg-offsite:1: 0 20 * * *" in result.text
+    assert (f"{h.crontab}:4 runs: {h.pg_backup} as root (through flock > timeout > nice > ionice > chronic)"
+            in result.text)
+    assert f"skipped by cron: {h.root}/cron.d/pg-offsite.dpkg-old" in result.text
+
+
+def test_a_symlinked_backup_dir_is_followed(hosts: Hosts) -> None:
+    result, b = hosts["symlinked backup dir"], hosts.backups["symlinked backup dir"]
+    result.assert_outcomes(passed=HOST_CHECKS)
+    assert b.is_symlink()
+    volume = b.resolve()
+    assert f"backup dir: {b} -> {volume}, owner root, mode 0700, 7 dump(s)" in result.text
+    assert f"({b} -> {volume})" in result.text  # free space measured where the dumps are
+
+
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_each_host_fault_fails_its_check(fault: str, hosts: Hosts) -> None:
     _, failing, message = FAULTS[fault]
     result, host, backups = hosts[fault], hosts.scenes[fault], hosts.backups[fault]
     result.assert_outcomes(passed=HOST_CHECKS - len(failing), failed=len(failing))
     assert result.failed() == set(failing)
+    pct = len(f"0 4 * * * {host.pg_backup} > {host.root}/pg-$(date +%") - len("0 4 * * * ")
     expected = message.format(gd=host.to_gdrive, pg=host.pg_backup, retired=host.retired, crontab=host.crontab,
-                              scripts=host.scripts, backups=backups)
-    assert expected in result.text
+                              scripts=host.scripts, backups=backups, root=host.root, pct=pct)
+    for part in expected.split("\n"):  # "\n": the text between the parts may be cut short in the message
+        assert part in result.text
 
 
 def test_too_little_free_space_fails(hosts: Hosts) -> None:
@@ -190,22 +294,6 @@ def test_host_checks_skip_visibly_without_a_host_section(hosts: Hosts) -> None:
 ])
 def test_cron_schedule_validation(schedule: str, error: str) -> None:
     assert cron.schedule_error(schedule) == error
-
-
-@pytest.mark.parametrize(("command", "scripts"), [
-    ("/opt/a.sh >> /var/log/a.log 2>&1", ["/opt/a.sh"]),
-    ("bash /opt/x.sh --config=/etc/x.conf 2>/dev/null; flock -n /tmp/l /opt/y.sh", ["/opt/x.sh", "/opt/y.sh"]),
-    ("PATH=/usr/bin /opt/z.sh % stdin /not/a/script", ["/opt/z.sh"]),
-    ("test -e /run/systemd/system || SERVICE_MODE=1 /sbin/e2scrub_all -A -r", ["/sbin/e2scrub_all"]),
-])
-def test_cron_command_scripts(command: str, scripts: list[str]) -> None:
-    assert cron.executed_paths(command) == scripts
-
-
-def test_system_crontab_has_a_user_column_and_comments_are_inactive() -> None:
-    tab = cron.parse("# 0 2 * * * root /old.sh\nMAILTO=root\n17 4 * * * root /opt/guard.sh\n", "/etc/cron.d/pg",
-                     system=True)
-    assert [(e.lineno, e.user, e.scripts()) for e in tab.entries] == [(3, "root", ["/opt/guard.sh"])]
 
 
 @pytest.mark.parametrize(("toml", "expected"), [

@@ -15,7 +15,7 @@ from pgbackup_verify_demo import scene
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks"
-PER_TARGET = 9 + 5  # host + offsite checks
+PER_TARGET = 10 + 5  # host + offsite checks
 
 
 def test_two_targets_in_parallel(pytester: pytest.Pytester, write_target, backups: Path, tmp_path: Path,
@@ -41,8 +41,8 @@ def test_two_targets_in_parallel(pytester: pytest.Pytester, write_target, backup
         workers.setdefault(m.group(2), set()).add(m.group(1))
     assert sorted(workers) == ["alpha", "beta"] and all(len(w) == 1 for w in workers.values()), workers
     assert workers["alpha"] != workers["beta"]
-    result.stdout.fnmatch_lines(["pgbackup-verify target alpha: OK (14 passed)",
-                                 "pgbackup-verify target beta: FAILED (1 failed, 13 passed)"])
+    result.stdout.fnmatch_lines(["pgbackup-verify target alpha: OK (15 passed)",
+                                 "pgbackup-verify target beta: FAILED (1 failed, 14 passed)"])
     # history.jsonl records the same per-target verdicts as the lines.
     records = [json.loads(x) for x in (pytester.path / "reports" / "history.jsonl").read_text().splitlines()]
     assert {r["target"]: (r["status"], r["failed"]) for r in records} == {

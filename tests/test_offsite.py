@@ -43,26 +43,47 @@ def _hostile(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfil
     return info
 
 
-# fault -> (failing checks, expected message fragments)
+CONTAINS, COMPLETE, MATCHES, HOSTILE = ("test_offsite_archive_contains_the_pg_dump", "test_offsite_pg_dump_is_complete",
+                                       "test_offsite_pg_dump_matches_the_local_dump",
+                                       "test_offsite_archive_holds_no_hostile_member")
+# fault -> (the one failing check, the checks not judged because of it, expected message fragments)
 FAULTS = {
-    "old archive": (["test_newest_offsite_archive_is_fresh_and_big_enough"],
+    "old archive": (["test_newest_offsite_archive_is_fresh_and_big_enough"], [],
                     ["offsite archive age: FAILED (vps-backup-", " h old vs 26 h); fix: check the nightly upload"]),
     "archive without the PG member": (
-        ["test_offsite_archive_contains_the_pg_dump", "test_offsite_pg_dump_is_complete",
-         "test_offsite_pg_dump_matches_the_local_dump"],
-        ["FAILED (no member matching '*/postgresql-directus.sql.gz' among 3); fix: add the PG dump"]),
+        [CONTAINS], [COMPLETE, MATCHES],
+        ["FAILED (no member matching '*/postgresql-directus.sql.gz' among 3); fix: add the PG dump",
+         "not judged: offsite archive offsite:", f"(reported by {CONTAINS})"]),
     "member is the 20-byte empty gzip": (
-        ["test_offsite_pg_dump_is_complete", "test_offsite_pg_dump_matches_the_local_dump"],
+        [COMPLETE], [MATCHES],
         ["member vps-backup-", "/postgresql-directus.sql.gz: FAILED (empty payload, 20 B gzip of nothing",
-         "offsite PG dump size: FAILED (20 B vs local"]),
+         "not judged: offsite PG dump vps-backup-"]),
     "archive with a ../ member": (
-        ["test_offsite_archive_holds_no_hostile_member"],
+        [HOSTILE], [],
         ["FAILED (1 hostile member(s), not followed: ../../etc/cron.d/evil: path traversal (..)); fix: rebuild"]),
     "links and absolute paths": (
-        ["test_offsite_archive_holds_no_hostile_member"],
-        ["FAILED (3 hostile member(s), not followed: /etc/passwd: absolute path; x/shadow: symlink to /etc/shadow; "
-         "x/h: hardlink to /etc/hostname)"]),
+        [HOSTILE], [],
+        ["FAILED (3 hostile member(s), not followed: /etc/passwd: absolute path; x/shadow: symlink to /etc/shadow, "
+         "outside the archive; x/h: hardlink to /etc/hostname, outside the archive)"]),
+    "links leaving through other links": (
+        [HOSTILE], [],
+        ["FAILED (3 hostile member(s), not followed: out/evil: written through a link that leads outside the "
+         "archive; etc/esc: symlink to lnk/.., outside the archive; out: symlink to /tmp, outside the archive)",
+         "members: 8 in vps-backup-", ", 1 link(s) staying inside"]),
+    "archive cut inside the PG member": (
+        [HOSTILE], [CONTAINS, COMPLETE, MATCHES],
+        ["FAILED (could not be read: archive unreadable after 2 members: ", "fix: re-run the upload job, the archive "
+         "is damaged", "not judged: offsite archive offsite:", f"(reported by {HOSTILE})"]),
+    "old dump in a fresh archive": (
+        [CONTAINS], [],
+        ["offsite PG dump age: FAILED (vps-backup-", "/postgresql-directus.sql.gz in vps-backup-",
+         " h before the archive vs 26 h); fix: the upload job packed an old dump"]),
 }
+INSIDE_LINKS = [_hostile("nginx/sites-available/default"),
+                _hostile("nginx/sites-enabled/default", tarfile.SYMTYPE, "../sites-available/default"),
+                _hostile("nginx/conf.d/default", tarfile.LNKTYPE, "nginx/sites-available/default"),
+                _hostile("current", tarfile.SYMTYPE, "nginx"),
+                _hostile("current-default", tarfile.SYMTYPE, "current/sites-enabled/default")]
 
 
 @dataclass(repr=False)
@@ -83,8 +104,27 @@ def slug(case: str) -> str:
 
 def _write_case(case: str, remote: Path, dump: Path) -> None:
     when = dump.stat().st_mtime + 3600
-    if case == "last night":
+    if case in ("last night", "local dumps behind a symlink"):
         scene.write_archive(remote, dump, when=when)
+    elif case == "links staying inside":
+        scene.write_archive(remote, dump, when=when, extra=INSIDE_LINKS)
+    elif case == "links leaving through other links":
+        scene.write_archive(remote, dump, when=when, extra=[
+            _hostile("etc/lnk", tarfile.SYMTYPE, ".."), _hostile("etc/esc", tarfile.SYMTYPE, "lnk/.."),
+            _hostile("out", tarfile.SYMTYPE, "/tmp"), _hostile("out/evil")])
+    elif case == "archive cut inside the PG member":
+        archive = scene.write_archive(remote, dump, when=when)
+        # The 8 KiB of random bytes packed after the member stay 8 KiB compressed: cutting 1 KiB more
+        # than them cuts into the member's own compressed bytes.
+        cut = archive.stat().st_size - 8192 - 1024
+        assert cut > 4096  # still big enough for the size check: one fault only
+        with archive.open("r+b") as f:
+            f.truncate(cut)
+        os.utime(archive, (when, when))
+    elif case == "old dump in a fresh archive":
+        oldest = min(dump.parent.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)
+        assert dump.stat().st_mtime - oldest.stat().st_mtime > 3 * 86400
+        scene.write_archive(remote, oldest, when=when)
     elif case == "old archive":
         scene.write_archive(remote, dump, when=when)
         for a in remote.iterdir():
@@ -110,12 +150,17 @@ def offsite_run(seed_cluster: ThrowawayCluster, healthy_backups: Path,
     dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
     dump = _newest_dump(healthy_backups)
     remotes, targets = {}, []
-    for case in ["last night", *FAULTS, "empty remote", "missing remote"]:
+    for case in ["last night", "links staying inside", "local dumps behind a symlink", *FAULTS, "empty remote",
+                 "missing remote"]:
         remote = root / slug(case) / "offsite"
         remote.mkdir(parents=True)
         _write_case(case, remote, dump)
         remotes[case] = remote / "nope" if case == "missing remote" else remote
-        targets.append(demo.write_target_file(root / slug(case) / "t.toml", dsn, healthy_backups, name=slug(case),
+        backups = healthy_backups
+        if case == "local dumps behind a symlink":  # [backups].directory is a link to the volume
+            backups = root / slug(case) / "backups"
+            backups.symlink_to(healthy_backups)
+        targets.append(demo.write_target_file(root / slug(case) / "t.toml", dsn, backups, name=slug(case),
                                               extra=scene.offsite_toml(remotes[case])))
     return Remotes(run_checks(root / "run", targets, [CHECKS], env=scene.RCLONE_ENV), remotes, dump)
 
@@ -127,12 +172,30 @@ def test_last_nights_archive_passes(offsite_run: Remotes) -> None:
     assert f"vs local {dump} {dump.stat().st_size} B (0.0%" in result.text
 
 
+def test_local_dumps_behind_a_symlinked_backup_dir_are_compared(offsite_run: Remotes) -> None:
+    result, dump = offsite_run["local dumps behind a symlink"], offsite_run.dump
+    result.assert_outcomes(passed=OFFSITE_CHECKS)
+    link = offsite_run.run.workdir.parent / "local-dumps-behind-a-symlink" / "backups"
+    assert link.is_symlink()
+    assert f"vs local {link}/{dump.name} {dump.stat().st_size} B (0.0%" in result.text
+
+
+def test_links_staying_inside_the_archive_are_fine(offsite_run: Remotes) -> None:
+    """A copy of /etc/nginx has sites-enabled links: nothing leaves the archive, nothing is hostile."""
+    result = offsite_run["links staying inside"]
+    result.assert_outcomes(passed=OFFSITE_CHECKS)
+    assert ", 4 link(s) staying inside" in result.text
+
+
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_each_offsite_fault_fails_its_check(fault: str, offsite_run: Remotes) -> None:
-    failing, messages = FAULTS[fault]
+    """One fault, one red line: the checks after it in the chain are not judged and say why."""
+    failing, not_judged, messages = FAULTS[fault]
     result = offsite_run[fault]
-    result.assert_outcomes(passed=OFFSITE_CHECKS - len(failing), failed=len(failing))
+    result.assert_outcomes(passed=OFFSITE_CHECKS - len(failing) - len(not_judged), failed=len(failing),
+                           skipped=len(not_judged))
     assert result.failed() == set(failing)
+    assert {c["name"] for c in result.checks if c["outcome"] == "skipped"} == set(not_judged)
     for m in messages:
         assert m in result.text
     remote = offsite_run.remotes[fault]
@@ -142,7 +205,8 @@ def test_each_offsite_fault_fails_its_check(fault: str, offsite_run: Remotes) ->
 
 def test_missing_remote_fails_with_rclones_reason(offsite_run: Remotes) -> None:
     result, remote = offsite_run["missing remote"], offsite_run.remotes["missing remote"]
-    result.assert_outcomes(failed=OFFSITE_CHECKS)
+    result.assert_outcomes(failed=1, skipped=OFFSITE_CHECKS - 1)
+    assert "not judged: offsite listing: FAILED (rclone cannot list" in result.text
     result.fnmatch_line(f"*offsite listing: FAILED (rclone cannot list 'offsite:{remote}': *directory "
                         "not found); fix: check [[]offsite].remote and the rclone config*")
 
@@ -173,9 +237,9 @@ def test_member_scan_reads_pg_dump_15_18_footer_and_catches_truncation() -> None
     assert scan_stream(io.BytesIO(EMPTY_GZIP), "member").payload_bytes == 0
 
 
-def test_empty_remote_fails_every_check(offsite_run: Remotes) -> None:
+def test_empty_remote_fails_once_and_judges_nothing_else(offsite_run: Remotes) -> None:
     result, remote = offsite_run["empty remote"], offsite_run.remotes["empty remote"]
-    result.assert_outcomes(failed=OFFSITE_CHECKS)
+    result.assert_outcomes(failed=1, skipped=OFFSITE_CHECKS - 1)
     result.fnmatch_line(f"*offsite archive: FAILED (no 'vps-backup-*.tar.gz' in offsite:{remote}); "
                         "fix: check the nightly upload job and [[]offsite].archive_glob*")
 
@@ -195,3 +259,19 @@ def test_offsite_section_mistakes_are_one_line(tmp_path: Path, toml: str, expect
     with pytest.raises(ConfigError) as exc:
         load_target(f)
     assert expected in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("member", "reason"), [
+    (_hostile("a/b/ok", tarfile.SYMTYPE, "../c"), ""),
+    (_hostile("a/top", tarfile.SYMTYPE, "../.."), "symlink to ../.., outside the archive"),
+    (_hostile("a/abs", tarfile.SYMTYPE, "/etc"), "symlink to /etc, outside the archive"),
+    (_hostile("a/via", tarfile.SYMTYPE, "up/x"), "symlink to up/x, outside the archive"),  # a/up -> .. -> top -> ..
+    (_hostile("a/hard", tarfile.LNKTYPE, "a/b/ok"), ""),
+    (_hostile("a/hard-out", tarfile.LNKTYPE, "a/out/passwd"), "hardlink to a/out/passwd, outside the archive"),
+    (_hostile("a/loop", tarfile.SYMTYPE, "loop2"), "symlink to loop2, a link loop"),
+    (_hostile("a/out/file"), "written through a link that leads outside the archive"),
+    (_hostile("a/fifo", tarfile.FIFOTYPE), "device, fifo or other special file"),
+])
+def test_link_targets_are_resolved_through_the_archives_own_links(member: tarfile.TarInfo, reason: str) -> None:
+    links = {"a/b/ok": "../c", "a/up": "../..", "a/out": "/etc", "a/loop": "loop2", "a/loop2": "loop"}
+    assert offsite.hostile_reason(member, links) == reason

@@ -1,14 +1,17 @@
-"""A small crontab reader: entries, a 5-field schedule validator and the scripts an entry runs.
+"""A crontab reader: entries, a 5-field schedule validator, and what each entry really runs.
 
-Only what the host checks need: which line schedules which script, whether cron would accept the
-schedule, and which absolute paths a command executes (redirect targets are not executed).
+Which line schedules which script, whether cron would accept the schedule, whether cron cuts the
+command at an unescaped `%`, and which programs the command finally runs (read by `cronline`, the
+way the shell reads it: wrappers, `cd`, redirections). Whether cron reads a file at all (its name,
+mode and owner) is the host's knowledge: `Crontab.ignored`, set by `facts.host`.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
+
+from pgbackup_verify.facts import cronline
 
 # (name, low, high, names) per field; day-of-week 7 is Sunday too, as in Vixie cron.
 FIELDS = (
@@ -19,11 +22,7 @@ FIELDS = (
     ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
 )
 NICKNAMES = {"@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-_ENV_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\s*=")
-_REDIRECT = re.compile(r"^\d*(>>?|<)&?$")
-_SEPARATORS = {";", "&&", "||", "|", "&"}
-WRAPPERS = {"sh", "bash", "dash", "zsh", "ksh", "python", "python3", "perl", "nice", "ionice", "timeout",
-            "chronic", "flock", "env", "nohup", "setsid", "run-one", "sudo", "time"}
+_ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
 
 
 @dataclass(frozen=True)
@@ -31,16 +30,43 @@ class CronEntry:
     source: str  # where the line came from, e.g. "crontab -l -u root" or "/etc/cron.d/pg"
     lineno: int
     schedule: str
-    command: str
-    user: str = ""  # only in system crontabs (/etc/crontab, /etc/cron.d)
+    command: str  # as written in the crontab (before cron's % handling)
+    user: str = ""  # the user column of system crontabs (/etc/crontab, /etc/cron.d), else the crontab's owner
     error: str = ""  # why cron would reject the schedule; "" when it parses
+    home: str = ""  # cron's working directory for the job: HOME set in the crontab, else the user's home
+    system: bool = False  # from a crontab with a user column
 
     @property
     def where(self) -> str:
         return f"{self.source}:{self.lineno}"
 
+    @property
+    def percent(self) -> cronline.Percent:
+        """The command cut at its first unescaped % (what cron hands to the shell)."""
+        return cronline.cron_percent(self.command)
+
+    def parsed(self) -> cronline.Parsed:
+        return cronline.parse_command(self.percent.command, self.home or None, "")
+
+    def runs(self) -> list[cronline.Run]:
+        """What the line finally runs, wrappers peeled off; a run's user "" is the entry's user."""
+        return [r if r.user else cronline.Run(r.path, r.written, r.direct, self.user, r.via)
+                for r in self.parsed().runs]
+
     def scripts(self) -> list[str]:
-        return executed_paths(self.command)
+        """Paths the line runs (commands named by a path, and scripts handed to an interpreter)."""
+        return list(dict.fromkeys(r.path for r in self.runs() if r.is_path))
+
+    def scripts_as_written(self) -> list[str]:
+        """The same, with every % read as a literal (what the administrator meant to run)."""
+        escaped = cronline.cron_percent(self.percent.escaped).command
+        return list(dict.fromkeys(r.path for r in cronline.parse_command(escaped, self.home or None).runs
+                                  if r.is_path))
+
+    def line(self, command: str | None = None) -> str:
+        """The crontab line, with `command` in place of its own (to show a corrected line)."""
+        return " ".join((self.schedule, *([self.user] if self.system else []),
+                         self.command if command is None else command))
 
 
 @dataclass(frozen=True)
@@ -48,6 +74,8 @@ class Crontab:
     source: str
     entries: list[CronEntry] = field(default_factory=list)
     error: str = ""  # the crontab could not be read at all
+    user: str = "root"  # whose crontab (system crontabs name the user per line)
+    ignored: str = ""  # why cron will not run this file at all ("" when it does)
 
 
 def _field_error(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> str:
@@ -93,12 +121,19 @@ def schedule_error(schedule: str) -> str:
     return ""
 
 
-def parse(text: str, source: str, system: bool = False) -> Crontab:
-    """Active entries of a crontab; `system` crontabs (/etc/cron.d) carry a user column."""
+def parse(text: str, source: str, system: bool = False, user: str = "root") -> Crontab:
+    """Active entries of a crontab; `system` crontabs (/etc/crontab, /etc/cron.d) carry a user column.
+    HOME set in the crontab is the working directory of the entries after it (as cron does)."""
     entries = []
+    home = ""
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
-        if not line or line.startswith("#") or _ENV_LINE.match(line):
+        if not line or line.startswith("#"):
+            continue
+        env = _ENV_LINE.match(line)
+        if env:
+            if env.group(1) == "HOME":
+                home = env.group(2).strip().strip("'\"")
             continue
         words = line.split()
         n = 1 if words[0].startswith("@") else 5
@@ -107,62 +142,19 @@ def parse(text: str, source: str, system: bool = False) -> Crontab:
             entries.append(CronEntry(source, lineno, line, "", error=f"incomplete line '{line}'"))
             continue
         schedule = " ".join(words[:n])
-        user = words[n] if system else ""
+        entry_user = words[n] if system else user
         # Keep the command's own spacing: cut the schedule (and user) words off the raw line.
         rest = line
         for w in words[: n + (1 if system else 0)]:
             rest = rest[rest.index(w) + len(w):]
-        entries.append(CronEntry(source, lineno, schedule, rest.strip(), user, schedule_error(schedule)))
-    return Crontab(source, entries)
-
-
-def _words(command: str) -> list[str]:
-    # `%` ends the command in crontab syntax (the rest is stdin), so it is cut off first.
-    command = re.split(r"(?<!\\)%", command, maxsplit=1)[0]
-    try:
-        lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|<>")
-        lexer.whitespace_split = True
-        return list(lexer)
-    except ValueError:
-        return command.split()
-
-
-def _segments(command: str) -> list[list[str]]:
-    """The simple commands of a command line, redirections and their targets removed."""
-    segments: list[list[str]] = [[]]
-    skip_next = False
-    for w in _words(command):
-        if skip_next:
-            skip_next = False
-        elif _REDIRECT.match(w) or w in {">", ">>", "<", "&>"}:
-            skip_next = True
-        elif w in _SEPARATORS:
-            segments.append([])
-        elif not w.startswith(">"):
-            segments[-1].append(w)
-    return [s for s in segments if s]
-
-
-def executed_paths(command: str) -> list[str]:
-    """Absolute paths a cron command executes: a command word, or a script handed to a wrapper
-    (`bash /x.sh`, `flock -n LOCK /x.sh`); flock's lock file is not a script."""
-    paths = []
-    for words in _segments(command):
-        while words and _ENV_LINE.match(words[0]):
-            words = words[1:]
-        if not words:
-            continue
-        if words[0].startswith("/"):
-            paths.append(words[0])
-        wrapper = words[0].rsplit("/", 1)[-1]
-        if wrapper in WRAPPERS:
-            args = [w for w in words[1:] if not w.startswith("-")]
-            if wrapper == "flock":
-                args = args[1:]  # flock's first operand is its lock file, not a script
-            paths += [w for w in args if w.startswith("/") and not w.startswith("/dev/")]
-    return paths
+        entries.append(CronEntry(source, lineno, schedule, rest.strip(), entry_user, schedule_error(schedule), home,
+                                 system))
+    return Crontab(source, entries, user=user)
 
 
 def mentioned_paths(command: str) -> list[str]:
-    """Every absolute path word of a command except redirect targets (for the retired check)."""
-    return [w.split("=", 1)[-1] for s in _segments(command) for w in s if w.split("=", 1)[-1].startswith("/")]
+    """Every absolute path word of a command, nested `sh -c` strings included, redirect targets
+    excepted (for the retired-script check: `cp /x.retired /y` runs it no less for being an argument)."""
+    words = cronline.parse_command(cronline.cron_percent(command).command).words
+    paths = (w.split("=", 1)[-1] for w in words)
+    return list(dict.fromkeys(p for p in paths if p.startswith("/") and not any(c.isspace() for c in p)))

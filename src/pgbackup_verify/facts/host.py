@@ -6,6 +6,8 @@ only asks questions (files, commands, processes) and returns dataclass facts. It
 
 from __future__ import annotations
 
+import dataclasses
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 import testinfra
 
 from pgbackup_verify.config import HostSection
-from pgbackup_verify.facts import cron
+from pgbackup_verify.facts import cron, cronline
 from pgbackup_verify.facts.dumps.inventory import DumpFile
 
 ROOT_CRONTAB = "crontab -l -u root"
@@ -32,39 +34,141 @@ def get_host(spec: str) -> Host:
 
 
 def _is_system_crontab(path: str) -> bool:
-    return path == SYSTEM_CRONTAB or path.startswith(CRON_D + "/")
+    # A file in a directory named cron.d is in cron.d's format (and under its rules) wherever that
+    # directory is mounted, e.g. a container's or a chroot's /etc/cron.d read from outside.
+    return path == SYSTEM_CRONTAB or posixpath.basename(posixpath.dirname(path)) == "cron.d"
 
 
-def _read_file_crontab(host: Host, path: str) -> cron.Crontab:
-    f = host.file(path)
-    if not f.exists:
+def _spool_user(path: str) -> str:
+    """The owner of a user crontab file: its name under a cron spool directory, else root."""
+    parent = posixpath.dirname(path)
+    return posixpath.basename(path) if parent in SPOOLS else "root"
+
+
+SPOOLS = ("/var/spool/cron/crontabs", "/var/spool/cron", "/var/spool/cron/tabs")
+CRON_D_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # run-parts' names: Debian's cron reads nothing else there
+_PACKAGE_LEFTOVER = re.compile(r"(\.dpkg-(old|new|dist|bak|tmp)|\.ucf-(old|new|dist)|\.rpm(save|orig|new)|~)$")
+
+
+def cron_ignores(path: str, kind: str, mode: int, owner: str, debian: bool) -> str:
+    """Why cron will not run this crontab file at all ('' when it reads it): Debian's cron reads
+    /etc/cron.d files named like run-parts scripts only, and both cron and cronie skip system
+    crontabs that are not regular files, not owned by root, or writable by group or others."""
+    name = posixpath.basename(path)
+    if kind != "regular file":
+        return f"it is a {kind}, not a regular file"
+    if owner != "root":
+        return f"owned by {owner}, not root"
+    if mode & 0o022:
+        return f"mode {mode:04o} is writable by group or others"
+    if posixpath.basename(posixpath.dirname(path)) == "cron.d":
+        if debian and not CRON_D_NAME.match(name):
+            return f"the name '{name}' has characters outside [A-Za-z0-9_-] (Debian's cron skips such names)"
+        if not debian and (name.startswith(".") or _PACKAGE_LEFTOVER.search(name)):
+            return f"the name '{name}' is one cron skips (hidden or a package manager's leftover)"
+    return ""
+
+
+def is_package_leftover(path: str) -> bool:
+    """A package manager's backup copy (`x.dpkg-old`, `x~`): meant to be ignored by cron."""
+    name = posixpath.basename(path)
+    return name.startswith(".") or bool(_PACKAGE_LEFTOVER.search(name))
+
+
+def _stat(host: Host, path: str) -> tuple[int, str, str] | None:
+    """(mode, owner, kind) of what `path` points to, following links; None when it does not exist."""
+    res = host.run("stat -L -c '%%a\t%%U\t%%F' -- %s", path)
+    if res.rc != 0:
+        return None
+    mode, owner, kind = res.stdout.strip().split("\t", 2)
+    return int(mode, 8), owner, kind
+
+
+def _homes(host: Host, tab: cron.Crontab) -> cron.Crontab:
+    """Entries get their user's home as cron's working directory, unless the crontab set HOME."""
+    homes: dict[str, str] = {}
+    entries = []
+    for e in tab.entries:
+        if not e.home and e.user:
+            if e.user not in homes:
+                res = host.run("getent passwd %s", e.user)
+                fields = res.stdout.strip().split(":")
+                homes[e.user] = fields[5] if res.rc == 0 and len(fields) > 5 else ""
+            e = dataclasses.replace(e, home=homes[e.user])
+        entries.append(e)
+    return dataclasses.replace(tab, entries=entries)
+
+
+def _is_debian(host: Host) -> bool:
+    return bool(host.file("/etc/debian_version").exists)
+
+
+def _read_file_crontab(host: Host, path: str, debian: bool) -> cron.Crontab:
+    st = _stat(host, path)
+    if st is None:
         return cron.Crontab(path, error=f"{path} does not exist")
     try:
-        text = f.content_string
+        text = host.file(path).content_string
     except Exception as e:  # testinfra raises plain RuntimeError/AssertionError on read failures
         return cron.Crontab(path, error=f"{path} cannot be read ({e})")
-    return cron.parse(text, path, system=_is_system_crontab(path))
+    system = _is_system_crontab(path)
+    tab = cron.parse(text, path, system=system, user="" if system else _spool_user(path))
+    if system:
+        tab = dataclasses.replace(tab, ignored=cron_ignores(path, st[2], st[0], st[1], debian))
+    return _homes(host, tab)
 
 
 def read_crontabs(host: Host, section: HostSection) -> list[cron.Crontab]:
-    """The configured crontab files, else root's crontab, /etc/crontab and /etc/cron.d/*."""
+    """The configured crontab files, else root's crontab, /etc/crontab and /etc/cron.d/*.
+    A file cron ignores is read all the same and marked (`Crontab.ignored`), never left out."""
+    debian = _is_debian(host)
     if section.crontabs:
-        return [_read_file_crontab(host, p) for p in section.crontabs]
+        return [_read_file_crontab(host, p, debian) for p in section.crontabs]
     tabs = []
     res = host.run(ROOT_CRONTAB)
     if res.rc == 0:
-        tabs.append(cron.parse(res.stdout, ROOT_CRONTAB))
+        tabs.append(_homes(host, cron.parse(res.stdout, ROOT_CRONTAB, user="root")))
     elif "no crontab" in res.stderr:
         tabs.append(cron.Crontab(ROOT_CRONTAB))
     else:
         tabs.append(cron.Crontab(ROOT_CRONTAB, error=f"`{ROOT_CRONTAB}` failed (exit {res.rc}): "
                                                      f"{(res.stderr or res.stdout).strip()[:200]}"))
     if host.file(SYSTEM_CRONTAB).exists:
-        tabs.append(_read_file_crontab(host, SYSTEM_CRONTAB))
+        tabs.append(_read_file_crontab(host, SYSTEM_CRONTAB, debian))
     if host.file(CRON_D).is_directory:
-        listing = host.run("find %s -maxdepth 1 -type f ! -name '.*'", CRON_D)
-        tabs += [_read_file_crontab(host, p) for p in sorted(listing.stdout.split())]
+        listing = host.run("find -H %s -mindepth 1 -maxdepth 1 ! -type d -printf '%%p\\0'", CRON_D)
+        tabs += [_read_file_crontab(host, p, debian) for p in sorted(filter(None, listing.stdout.split("\0")))]
     return tabs
+
+
+def run_problem(host: Host, run: cronline.Run) -> tuple[str, str]:
+    """Why `run.user` cannot run the program `run` names, and the fix (("", "") when it can, or
+    when it is missing:
+    the missing-script check reports that). Executed directly, it needs an execute bit for that
+    user (root: any x bit); handed to an interpreter, it needs a read bit."""
+    st = host.run("stat -L -c '%%a\t%%u\t%%g\t%%U\t%%F' -- %s", run.path)
+    if st.rc != 0:
+        return "", ""
+    mode_s, uid_s, gid_s, owner, kind = st.stdout.strip().split("\t", 4)
+    mode, uid, gid = int(mode_s, 8), int(uid_s), int(gid_s)
+    if kind != "regular file":
+        return f"{run.path} is a {kind}, not a program", "point the line at the script itself"
+    ids = host.run("id -u -- %s && id -G -- %s", run.user, run.user)
+    if ids.rc != 0:
+        return f"user {run.user} does not exist on the host", "run it as an existing user"
+    lines = ids.stdout.split("\n")
+    user_uid, gids = int(lines[0]), {int(g) for g in lines[1].split()}
+    if user_uid == 0:
+        allowed = 0o7 if not run.direct else (0o1 if mode & 0o111 else 0)
+    else:
+        shift = 6 if user_uid == uid else 3 if gid in gids else 0
+        allowed = (mode >> shift) & 0o7
+    need, what = (0o1, "execute") if run.direct else (0o4, "read")
+    if allowed & need:
+        return "", ""
+    return (f"{run.path} (mode {mode:04o}, owner {owner}) has no {what} bit for {run.user}: "
+            "cron gets 'Permission denied'",
+            f"chmod {'u' if user_uid in (0, uid) else 'a'}+{'x' if run.direct else 'r'} {run.path}")
 
 
 @dataclass(frozen=True)
@@ -102,35 +206,49 @@ def script_facts(host: Host, path: str, severity: str = "warning") -> ScriptFact
 class BackupDirFacts:
     path: str
     exists: bool
-    mode: int = 0
+    mode: int = 0  # of the directory itself, a symlinked backup dir followed
     owner: str = ""
     dumps: list[DumpFile] = field(default_factory=list)  # oldest first
     free_bytes: int | None = None
     filesystem: str = ""
+    resolved: str = ""  # where a symlinked backup dir really is ("" when it is no link)
 
     @property
     def latest(self) -> DumpFile | None:
         return self.dumps[-1] if self.dumps else None
 
+    @property
+    def shown(self) -> str:
+        return f"{self.path} -> {self.resolved}" if self.resolved else self.path
+
 
 def backup_dir_facts(host: Host, directory: str, pattern: str) -> BackupDirFacts:
-    """Mode and owner of the backup dir, its dumps (mode, size, mtime) and the free space there."""
+    """Mode and owner of the backup dir, its dumps (mode, size, mtime) and the free space there.
+    A backup dir that is a symlink (to a volume, say) is followed everywhere, as the dump checks do:
+    `stat -L`, `find -H` and `df` on the directory the link names."""
     d = host.file(directory)
-    if not d.is_directory:
+    if not d.is_directory:  # `test -d` follows links
         return BackupDirFacts(directory, exists=False)
-    res = host.run("find %s -maxdepth 1 -type f -name %s -printf '%%m\\t%%s\\t%%T@\\t%%p\\n'", directory, pattern)
+    st = _stat(host, directory)
+    mode, owner = (st[0], st[1]) if st else (d.mode, d.user)
+    resolved = ""
+    if d.is_symlink:
+        res = host.run("readlink -f -- %s", directory)
+        resolved = res.stdout.strip() if res.rc == 0 else ""
+    res = host.run("find -H %s -maxdepth 1 -type f -name %s -printf '%%m\\t%%s\\t%%T@\\t%%p\\n'", directory,
+                   pattern)
     dumps = []
     for line in res.stdout.splitlines():
-        mode, size, mtime, path = line.split("\t", 3)
-        dumps.append(DumpFile(Path(path), int(size), float(mtime), int(mode, 8)))
+        fmode, size, mtime, path = line.split("\t", 3)
+        dumps.append(DumpFile(Path(path), int(size), float(mtime), int(fmode, 8)))
     dumps.sort(key=lambda x: x.mtime)
     free, fs = None, ""
-    df = host.run("df -Pk %s", directory)
+    df = host.run("df -Pk -- %s", directory.rstrip("/") + "/.")
     rows = df.stdout.splitlines()
     if df.rc == 0 and len(rows) >= 2:
         cols = rows[-1].split()
         free, fs = int(cols[3]) * 1024, f"{cols[0]} on {cols[5]}"
-    return BackupDirFacts(directory, True, d.mode, d.user, dumps, free, fs)
+    return BackupDirFacts(directory, True, mode, owner, dumps, free, fs, resolved)
 
 
 @dataclass(frozen=True)

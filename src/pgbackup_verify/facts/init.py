@@ -23,7 +23,6 @@ import psycopg
 
 from pgbackup_verify.config import BackupsSection
 from pgbackup_verify.facts.dumps import customfmt
-from pgbackup_verify.facts.dumps.nights import night_rule
 from pgbackup_verify.facts.dumps.inventory import (
     CUSTOM_SUFFIXES,
     STRAY_GLOBS,
@@ -32,6 +31,7 @@ from pgbackup_verify.facts.dumps.inventory import (
     is_custom_format,
     take_inventory,
 )
+from pgbackup_verify.facts.dumps.nights import night_rule
 
 # Names a dump job writes; a family of them is one glob (the digits of a date/time replaced by *).
 DUMP_SUFFIXES = (".sql.gz", ".sql", ".gz", *CUSTOM_SUFFIXES)

@@ -1,8 +1,8 @@
 """The offsite archive, read through rclone: list the archives, stream the PG member out of one.
 
 Nothing is extracted to disk: `rclone cat` feeds tarfile in stream mode (`r|gz`), and the member is
-handed on as a readable stream. Hostile members (absolute paths, `..`, links, devices) are never
-opened; they are reported.
+handed on as a readable stream. Hostile members (absolute paths, `..`, links whose targets leave the
+archive, devices) are never opened; they are reported. Links that stay inside the archive are fine.
 """
 
 from __future__ import annotations
@@ -90,16 +90,76 @@ def listing(o: OffsiteSection) -> Listing:
         return Listing(o.remote, o.archive_glob, [], str(e))
 
 
-def hostile_reason(m: tarfile.TarInfo) -> str:
-    """Why a member must never be followed or written anywhere ('' for a plain safe member)."""
+_MAX_HOPS = 40  # links followed while resolving one name, as the kernel's limit for symlink loops
+
+
+def _clean(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def _inside(path: str, links: dict[str, str], hops: int = 0) -> bool | None:
+    """Whether an archive-relative path stays inside the archive once the symlink members in
+    `links` (clean name -> target) are followed on the way; None for a link loop."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        if part == "..":
+            if not out:
+                return False
+            out.pop()
+            continue
+        out.append(part)
+        target = links.get("/".join(out))
+        if target is not None:
+            if hops >= _MAX_HOPS:
+                return None
+            if target.startswith("/"):
+                return False
+            return _inside("/".join([*out[:-1], target, *parts[i + 1:]]), links, hops + 1)
+    return True
+
+
+def _leaves(path: str, links: dict[str, str]) -> str:
+    inside = _inside(path, links)
+    return "" if inside else "a link loop" if inside is None else "outside the archive"
+
+
+def name_reason(m: tarfile.TarInfo, links: dict[str, str]) -> str:
+    """Why writing this member's name would land outside the archive ('' when it would not): an
+    absolute name, `..`, or a parent directory that is a symlink member leaving the archive
+    (`links`: the symlinks seen before it, as an extraction would have made them)."""
     if m.name.startswith("/"):
         return "absolute path"
     if ".." in m.name.split("/"):
         return "path traversal (..)"
-    if m.issym():
-        return f"symlink to {m.linkname}"
-    if m.islnk():
-        return f"hardlink to {m.linkname}"
+    parent = _clean(m.name).rpartition("/")[0]
+    where = _leaves(parent, links) if parent else ""
+    return f"written through a link that leads {where}" if where else ""
+
+
+def link_reason(m: tarfile.TarInfo, links: dict[str, str]) -> str:
+    """Why a link member is hostile ('' when its target stays inside the archive): an absolute
+    target, `..` past the archive's top, or a path through another link that leaves. `links`
+    is every symlink of the archive: a link is followed after the extraction, not during it."""
+    if m.linkname.startswith("/"):
+        return f"{'symlink' if m.issym() else 'hardlink'} to {m.linkname}, outside the archive"
+    name = _clean(m.name)
+    # A symlink's target is relative to its own directory; a hardlink's to the archive's top.
+    target = f"{name.rpartition('/')[0]}/{m.linkname}" if m.issym() else m.linkname
+    where = _leaves(target, links)
+    return f"{'symlink' if m.issym() else 'hardlink'} to {m.linkname}, {where}" if where else ""
+
+
+def hostile_reason(m: tarfile.TarInfo, links: dict[str, str] | None = None) -> str:
+    """Why a member must never be followed or written anywhere ('' for a safe member). Links that
+    stay inside the archive are safe (a copy of /etc/nginx has them); `links` are the archive's
+    symlinks (clean name -> target) to resolve targets and parent directories through."""
+    links = links or {}
+    reason = name_reason(m, links)
+    if reason:
+        return reason
+    if m.issym() or m.islnk():
+        return link_reason(m, links)
     if not (m.isreg() or m.isdir()):
         return "device, fifo or other special file"
     return ""
@@ -125,11 +185,18 @@ class ArchiveScan:
     archive: Archive
     members: int = 0
     hostile: list[str] = field(default_factory=list)  # "name: reason"
+    links_inside: int = 0  # symlinks and hardlinks whose targets stay inside the archive (fine)
     matches: list[str] = field(default_factory=list)  # safe regular members matching the member glob
     member_size: int | None = None
     member_mtime: float | None = None
-    gzip: DumpScan | None = None
+    gzip: DumpScan | None = None  # None when the member could not be read to its end
     error: str = ""  # the archive could not be read to its end
+
+    @property
+    def member_read(self) -> bool:
+        """The PG member was found and read whole, whatever came after it. A member whose stream
+        broke where the archive itself broke was not read: the archive's read error says why."""
+        return self.gzip is not None and (self.gzip.valid or not self.error)
 
 
 READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
@@ -162,9 +229,12 @@ def _tar_stream(o: OffsiteSection, archive: Archive) -> Iterator[tarfile.TarFile
 @contextlib.contextmanager
 def open_member(o: OffsiteSection, archive: Archive) -> Iterator[MemberStream | None]:
     """Stream the first safe member matching [offsite].member; None when there is none."""
+    links: dict[str, str] = {}
     with _tar_stream(o, archive) as tf:
         for m in tf:
-            if m.isreg() and not hostile_reason(m) and fnmatch.fnmatch(m.name, o.member):
+            if m.issym():
+                links[_clean(m.name)] = m.linkname
+            elif m.isreg() and not name_reason(m, links) and fnmatch.fnmatch(m.name, o.member):
                 f = tf.extractfile(m)
                 assert f is not None
                 yield MemberStream(f, m.name, m.size, float(m.mtime), archive)
@@ -173,18 +243,27 @@ def open_member(o: OffsiteSection, archive: Archive) -> Iterator[MemberStream | 
 
 
 def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
-    """One streaming pass over the whole archive: every header checked, the first match verified."""
+    """One streaming pass over the whole archive: every header checked, the first match verified.
+    Link targets are judged at the end, against every symlink of the archive; nothing is followed."""
     scan = ArchiveScan(archive)
+    links: dict[str, str] = {}
+    link_members: list[tarfile.TarInfo] = []
     try:
         with _tar_stream(o, archive) as tf:
             for m in tf:
                 scan.members += 1
-                reason = hostile_reason(m)
+                reason = name_reason(m, links)
                 if reason:
                     scan.hostile.append(f"{m.name}: {reason}")
+                elif m.issym() or m.islnk():
+                    if m.issym():
+                        links[_clean(m.name)] = m.linkname
+                    link_members.append(m)
+                elif not (m.isreg() or m.isdir()):
+                    scan.hostile.append(f"{m.name}: device, fifo or other special file")
                 elif m.isreg() and fnmatch.fnmatch(m.name, o.member):
                     scan.matches.append(m.name)
-                    if scan.gzip is None:
+                    if len(scan.matches) == 1:
                         f = tf.extractfile(m)
                         assert f is not None
                         scan.member_size, scan.member_mtime = m.size, float(m.mtime)
@@ -193,6 +272,12 @@ def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
         scan.error = f"archive unreadable after {scan.members} members: {e}"
     except RcloneError as e:
         scan.error = str(e)
+    for m in link_members:
+        reason = link_reason(m, links)
+        if reason:
+            scan.hostile.append(f"{m.name}: {reason}")
+        else:
+            scan.links_inside += 1
     return scan
 
 
