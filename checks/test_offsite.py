@@ -13,9 +13,10 @@ from typing import NoReturn
 
 import pytest
 
-from pgbackup_verify.config import OffsiteSection
+from pgbackup_verify.config import OffsiteSection, Target
 from pgbackup_verify.evidence import fail, human_bytes, require, verdict
 from pgbackup_verify.facts.dumps.inventory import DumpFile
+from pgbackup_verify.facts.dumps.nights import nearest_same_night, night_rule
 from pgbackup_verify.facts.host import BackupDirFacts
 from pgbackup_verify.facts.offsite import Archive, ArchiveScan, Listing
 
@@ -166,25 +167,39 @@ def test_offsite_pg_dump_is_complete(offsite_listing: Listing, offsite_scan: Arc
         _fail(fault)
 
 
-def _same_night(dumps: list[DumpFile], when: float) -> DumpFile | None:
+def _same_night(dumps: list[DumpFile], when: float, member_time: bool, boundary: str) -> tuple[DumpFile | None, str]:
+    """The local dump the archive should hold, and the rule used to find it.
+
+    A member's tar mtime is the local file's own mtime: the dump checks' night rule applies. An
+    archive's own time (archives that re-dumped) is when the upload ran, maybe hours after the dump:
+    there the nearest dump within 24 h is the match."""
+    if member_time:
+        rule = night_rule(boundary, [d.mtime for d in dumps])
+        return nearest_same_night(rule, dumps, when), (
+            f"of the night of {rule.night_of(when)} ({rule.describe()}) of the member written {_hhmm(when)}")
     near = [d for d in dumps if abs(d.mtime - when) <= SAME_NIGHT_S]
-    return min(near, key=lambda d: abs(d.mtime - when)) if near else None
+    return (min(near, key=lambda d: abs(d.mtime - when)) if near else None), f"within 24 h of {_hhmm(when)}"
+
+
+def _hhmm(when: float) -> str:
+    return time.strftime('%Y-%m-%d %H:%M', time.localtime(when))
 
 
 def test_offsite_pg_dump_matches_the_local_dump(offsite_listing: Listing, offsite_scan: ArchiveScan | None,
                                                 offsite_section: OffsiteSection,
-                                                backup_dir_facts: BackupDirFacts, evidence) -> None:
+                                                backup_dir_facts: BackupDirFacts, target: Target,
+                                                evidence) -> None:
     o = offsite_section
     scan = _upstream(offsite_listing, offsite_scan, o, "matches")
     a = scan.archive
     # The member's tar mtime is the local file's mtime when the archive copied it; the archive's own
     # time is the fallback for archives that re-dumped.
     when = scan.member_mtime or a.mtime
-    local = _same_night(backup_dir_facts.dumps, when)
+    local, rule = _same_night(backup_dir_facts.dumps, when, bool(scan.member_mtime), target.backups.night_boundary)
     if local is None:
         fail(
-        f"local dump of the same night: FAILED (none in {backup_dir_facts.shown} within 24 h of "
-        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(when))}); fix: check the local dump job")
+        f"local dump of the same night: FAILED (none in {backup_dir_facts.shown} {rule}); "
+        "fix: check the local dump job")
     size = scan.member_size or 0
     diff = abs(size - local.size) / max(local.size, 1)
     evidence("sizes", f"offsite {scan.matches[0]} {size} B vs local {local.path} {local.size} B "
