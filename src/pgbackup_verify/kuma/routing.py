@@ -68,6 +68,8 @@ def tolerant_monitors(path: Path) -> list[PushMonitor]:
     have to hear about it. Returns [] when even the [kuma] part is unusable.
     """
     try:
+        if not path.is_file():  # a FIFO named like a target would block the read forever
+            return []
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return []

@@ -19,12 +19,13 @@ from pgbackup_verify.outcome import RANK, ROUTING_ATTR, ROUTING_KEYS, CheckResul
 from pgbackup_verify.report.html import render as render_html
 from pgbackup_verify.safefs import atomic_write
 
-__all__ = ["CONCERNS_KEY", "RANK", "ROUTING_KEYS", "CheckResult", "Recorder", "RunSummary", "concerns",
+__all__ = ["CONCERNS_KEY", "RANK", "ROUTING_KEYS", "TARGET_ATTR", "CheckResult", "Recorder", "RunSummary", "concerns",
            "failure_text", "label", "recorder", "routing", "routing_properties", "write_json"]
 
 RECORDER = "pgbackup-verify-outcome"
 ROUTING_KEY = pytest.StashKey[Routing]()  # a check's routing, computed once at collection finish
 CONCERNS_KEY = pytest.StashKey[dict[str, str]]()  # this run's concerns: shipped ones + a site's (hook)
+TARGET_ATTR = "pgbv_target"  # an item that is not parametrized with a target names it here (a broken file)
 
 
 def concerns(config: pytest.Config) -> dict[str, str]:
@@ -42,7 +43,7 @@ def routing(item: pytest.Item) -> Routing:
 
     The markers are the Kuma routing keys; `pytest_pgbackup_verify_kuma_route` may add more."""
     callspec = getattr(item, "callspec", None)
-    target = callspec.params.get("target") if callspec else None
+    target = callspec.params.get("target") if callspec else getattr(item, TARGET_ATTR, None)
     known = concerns(item.config)
     concern = next((m.name for m in item.iter_markers() if m.name in known), "other")  # the nearest wins
     name = str(getattr(target, "name", "") or "")
