@@ -94,8 +94,28 @@ def _refuse(config: pytest.Config, reason: str, exit_status: int = CONFIG_ERROR)
         run.fold.refuse(reason)
 
 
+class _CrashWitness:
+    """Remembers an internal error before the session (another plugin's or a site's configure raised),
+    so the report that replaces latest.* names it instead of a generic reason."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.started = False
+
+    def pytest_sessionstart(self) -> None:
+        self.started = True  # from here on the session's own reports say what happened
+
+    def pytest_internalerror(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        if not self.started:
+            e = excinfo.value
+            _refuse(self.config, f"internal error before the checks ran: {type(e).__name__}: {e}".splitlines()[0],
+                    INTERNAL_ERROR)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_CrashWitness(config), "pgbackup-verify-crash-witness")
     try:
         _configure(config)
     except pytest.UsageError as e:
