@@ -33,6 +33,7 @@ from pgbackup_verify.report import files as report
 from pgbackup_verify.report.summary import (
     TARGET_ATTR,
     RunSummary,
+    check_lines,
     concerns,
     recorder,
     routing_properties,
@@ -56,15 +57,15 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pgbackup-verify")
     for flag, dest, ini, kw in (
-        ("--target", "pgbv_target", "pgbackup_verify_target", {"action": "append"}),
-        ("--reports-dir", "pgbv_reports", "pgbackup_verify_reports", {}),
-        ("--keep-reports", "pgbv_keep", "pgbackup_verify_keep_reports", {}),
-        ("--lock", "pgbv_lock", "pgbackup_verify_lock", {}),
+        ("--target", "pgbv_target", "pgbackup_verify_target", {"action": "append", "metavar": "FILE|DIR"}),
+        ("--reports-dir", "pgbv_reports", "pgbackup_verify_reports", {"metavar": "DIR"}),
+        ("--keep-reports", "pgbv_keep", "pgbackup_verify_keep_reports", {"metavar": "N"}),
+        ("--lock", "pgbv_lock", "pgbackup_verify_lock", {"metavar": "FILE"}),
     ):
         key = dest.removeprefix("pgbv_")
         group.addoption(flag, dest=dest, default=None, help=HELP[key], **kw)
         parser.addini(ini, HELP[key])
-    group.addoption("--json", dest="pgbv_json", default=None, help=HELP["json"])
+    group.addoption("--json", dest="pgbv_json", default=None, metavar="FILE", help=HELP["json"])
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -363,6 +364,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     run = config.stash.get(SUMMARY_KEY, None)
     if config.option.collectonly:
         run = None  # nothing was judged: no verdict lines (the checks would all read `not run`)
+    if run is not None and not hasattr(config, "workerinput"):
+        # What pytest's -r does not list already, named by check (-r would name a path; the CLI passes -rN).
+        for line in check_lines(run.fold, terminalreporter.reportchars):
+            terminalreporter.write_line(line)
     for line in summary_lines(run.fold) if run is not None else []:
         terminalreporter.write_line(line)
     for name, values in config.stash.get(RUN_FACTS_KEY, {}).items():

@@ -19,8 +19,23 @@ from pgbackup_verify.outcome import RANK, ROUTING_ATTR, ROUTING_KEYS, CheckResul
 from pgbackup_verify.report.html import render as render_html
 from pgbackup_verify.safefs import atomic_write
 
-__all__ = ["CONCERNS_KEY", "RANK", "ROUTING_KEYS", "TARGET_ATTR", "CheckResult", "Recorder", "RunSummary", "concerns",
-           "failure_text", "label", "recorder", "routing", "routing_properties", "write_json"]
+__all__ = [
+    "CONCERNS_KEY",
+    "RANK",
+    "ROUTING_KEYS",
+    "TARGET_ATTR",
+    "CheckResult",
+    "Recorder",
+    "RunSummary",
+    "check_lines",
+    "concerns",
+    "failure_text",
+    "label",
+    "recorder",
+    "routing",
+    "routing_properties",
+    "write_json",
+]
 
 RECORDER = "pgbackup-verify-outcome"
 ROUTING_KEY = pytest.StashKey[Routing]()  # a check's routing, computed once at collection finish
@@ -174,6 +189,29 @@ def recorder(config: pytest.Config) -> Recorder:
         config.pluginmanager.register(plugin, RECORDER)
     assert isinstance(plugin, Recorder)
     return plugin
+
+
+def check_lines(fold: RunFold, reportchars: str = "", limit: int = 3) -> list[str]:
+    """Failed, errored and skipped checks in pytest's -r style, but named by target, concern and check
+    instead of a source path (an installed copy's lies deep in site-packages), for the kinds pytest's own
+    `reportchars` does not list already: `FAILED t grants · dump role can connect: <finding>`,
+    `SKIPPED [5] t kuma: <reason> (a, b, c, +2 more)`."""
+    lines = []
+    for r in sorted(fold.results(), key=lambda r: (RANK[r.outcome], r.target, r.concern, r.nodeid)):
+        shown = {outcome.FAILED: "f", outcome.ERROR: "E"}.get(r.outcome)
+        if shown and shown not in reportchars:
+            where = " ".join(x for x in (r.target, r.concern) if x)
+            lines.append(f"{r.outcome.upper()} {where} \u00b7 {r.label or r.name}: {r.message}")
+    if "s" in reportchars:
+        return lines
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for r in fold.results():
+        if r.outcome == outcome.SKIPPED:
+            groups.setdefault((r.target, r.concern, r.message), []).append(r.label or r.name)
+    for (target, concern, reason), names in groups.items():
+        listed = ", ".join(names[:limit]) + (f", +{len(names) - limit} more" if len(names) > limit else "")
+        lines.append(f"SKIPPED [{len(names)}] {' '.join(x for x in (target, concern) if x)}: {reason} ({listed})")
+    return lines
 
 
 def write_json(summary: RunSummary, path: str | Path) -> None:
