@@ -190,14 +190,18 @@ def _fifo(d: Path) -> Path:
     return f
 
 
+SITE_CONCERNS = "(a site adds its own with the pytest_pgbackup_verify_concerns hook)"
+# Only the run knows its concern registry (a site's conftest may add concerns): load_target accepts these.
+RUN_ONLY = ("sql_check concern typo", "sql_check concern unknown to the run")
+
+
 def _sql(**keys: str) -> str:
     entry = {"name": '"x"', "query": '"SELECT 1 WHERE false"', "expect": '"no_rows"', "fix": '"drop it"', **keys}
     return "[[sql_check]]\n" + "".join(f"{k} = {v}\n" for k, v in entry.items() if v)
 
 
-# id -> (how the file is made, what follows "target file '<file>'" in the line; None: load_target accepts it
-# and the run refuses it, since only the run knows its concern registry (a site may add concerns))
-BAD_INPUT: dict[str, tuple[Callable[[Path], Path], str | None]] = {
+# id -> (how the file is made, what follows "target file '<file>'" in the line)
+BAD_INPUT: dict[str, tuple[Callable[[Path], Path], str]] = {
     "connect_timeout = -10": (_toml(database="connect_timeout = -10\n"),
                               ": [database].connect_timeout: -10 must be greater than 0; use e.g. 10"),
     "connect_timeout = 0": (_toml(database="connect_timeout = 0\n"),
@@ -239,12 +243,16 @@ BAD_INPUT: dict[str, tuple[Callable[[Path], Path], str | None]] = {
         ": [host].retired_scripts: glob '/opt/[old/*.sh' has a '[' at position 6 that is never closed; write [[] "
         "for a literal '['"),
     "sql_check concern typo": (_toml(_sql(concern='"grnats"')),
-                               ": [[sql_check]] 'x'.concern: 'grnats' is not a concern; did you mean 'grants'?"),
+                               ": [[sql_check]] 'x'.concern: 'grnats' is not a concern; did you mean 'grants'? "
+                               f"{SITE_CONCERNS}"),
     "sql_check concern not a name": (
         _toml(_sql(concern='"my checks"')),
         ": [[sql_check]] 'x'.concern: 'my checks' is not a concern; use one of grants, dumps, drill, kuma, host, "
         "offsite, sql"),
-    "sql_check concern unknown to the run": (_toml(_sql(concern='"billing"')), None),
+    "sql_check concern unknown to the run": (
+        _toml(_sql(concern='"billing"')),
+        ": [[sql_check]] 'x'.concern: 'billing' is not a concern; use one of grants, dumps, drill, kuma, host, "
+        f"offsite, sql {SITE_CONCERNS}"),
     "sql_check #2 without query": (_toml(_sql() + _sql(name='"y"', query="")),
                                    ": [sql_check #2].query: required key is missing; add it (SQL run in the "
                                    "read-only audit transaction)"),
@@ -264,7 +272,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Path], Path], str | None]] = {
 }
 
 
-@pytest.mark.parametrize("case", [c for c, (_, line) in BAD_INPUT.items() if line is not None])
+@pytest.mark.parametrize("case", [c for c in BAD_INPUT if c not in RUN_ONLY])
 def test_bad_input_is_one_exact_line(tmp_path: Path, case: str) -> None:
     make, line = BAD_INPUT[case]
     f = make(tmp_path)
@@ -298,14 +306,20 @@ def assert_not_checked(reports: Path, line: str) -> None:
     assert "NOT CHECKED: config error:" in (reports / "latest.xml").read_text()
 
 
+def test_a_site_concern_is_accepted_by_the_run(pytester: pytest.Pytester) -> None:
+    """The registry check is the run's: a concern a site's hook adds is fine for a [[sql_check]]."""
+    pytester.makeconftest("def pytest_pgbackup_verify_concerns(concerns):\n    concerns['billing'] = 'invoices'\n")
+    pytester.makepyfile(test_probe=PROBE)
+    f = BAD_INPUT["sql_check concern unknown to the run"][0](pytester.path)
+    load_target(f)
+    pytester.runpytest_inprocess("-p", "no:cacheprovider", "--target", str(f)).assert_outcomes(passed=1)
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 def test_bad_input_run_exits_4_with_one_line_and_a_report_saying_so(pytester: pytest.Pytester, case: str) -> None:
     make, line = BAD_INPUT[case]
     f = make(pytester.path)
-    expected = f"target file '{shown(f)}'" + (line or "")
-    if line is None:
-        expected += (": [[sql_check]] 'x'.concern: 'billing' is not a concern; use one of grants, dumps, drill, kuma, "
-                     "host, offsite, sql (a site adds its own with the pytest_pgbackup_verify_concerns hook)")
+    expected = f"target file '{shown(f)}'{line}"
     result, lines = run_refused(pytester, "--target", os.fsdecode(f))
     assert result.ret == 4, result.stdout.str()
     assert lines == [f"ERROR: {expected}"]

@@ -392,9 +392,10 @@ def _publish_not_checked(config: pytest.Config) -> None:
         reports_dir = settings.reports_dir if settings else reports_path(config, bool(target_paths(config)[0]))
     except (ConfigError, ValueError):
         return
-    if reports_dir is None or not reason:
+    json_copy = config.getoption("pgbv_json", None)
+    if not reason or (reports_dir is None and not json_copy):
         return
-    problem = report.publish_not_checked(reports_dir, reason, exit_status)
+    problem = report.publish_not_checked(reports_dir, reason, exit_status, Path(json_copy) if json_copy else None)
     if problem:
         print(f"pgbackup-verify: {problem}", file=sys.stderr)
 

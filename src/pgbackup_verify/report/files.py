@@ -18,7 +18,7 @@ from pgbackup_verify.facts.history import RunRecord, numeric_facts
 from pgbackup_verify.outcome import ERROR, FAILED, NOT_RUN
 from pgbackup_verify.report import charts
 from pgbackup_verify.report.render import render_text
-from pgbackup_verify.report.summary import RunSummary
+from pgbackup_verify.report.summary import RunSummary, write_json
 from pgbackup_verify.safefs import UnsafeDirectory, atomic_copy, atomic_write, check_dir_private_enough
 
 
@@ -60,15 +60,21 @@ def publish_latest(config: pytest.Config, reports_dir: Path, json_path: Path | N
             atomic_copy(Path(path), reports_dir / name)  # replaces a planted link, never writes through it
 
 
-def publish_not_checked(reports_dir: Path, reason: str, exit_status: int) -> str | None:
-    """Replace latest.{html,json,xml} with a report that says the run checked nothing and why (a config
-    error, a crash before the checks, an interrupt), so no earlier run's OK is left standing.
+def publish_not_checked(reports_dir: Path | None, reason: str, exit_status: int,
+                        json_copy: Path | None = None) -> str | None:
+    """Replace latest.{html,json,xml} (and write --json's copy) with a report that says the run checked
+    nothing and why (a config error, a crash before the checks, an interrupt), so no earlier run's OK
+    is left standing.
 
     Returns the one line to show when even that cannot be written, else None."""
     run = RunSummary()
     run.fold.refuse(reason)
     run.finish(exit_status, exit_status)
     try:
+        if json_copy is not None:
+            write_json(run, json_copy)
+        if reports_dir is None:
+            return None
         prepare_reports_dir(reports_dir)
         atomic_write(reports_dir / "latest.json", run.to_json())
         atomic_write(reports_dir / "latest.html", render_text(
@@ -76,7 +82,7 @@ def publish_not_checked(reports_dir: Path, reason: str, exit_status: int) -> str
             when=time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started))))
         atomic_write(reports_dir / "latest.xml", _junit_not_checked(reason))
     except (UserError, OSError) as e:
-        return f"reports not replaced in '{reports_dir}' ({getattr(e, 'strerror', None) or e})"
+        return f"reports not replaced in '{reports_dir or json_copy}' ({getattr(e, 'strerror', None) or e})"
     return None
 
 
