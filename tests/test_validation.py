@@ -229,15 +229,15 @@ BAD_INPUT: dict[str, tuple[Callable[[Path], Path], str]] = {
     "pattern with a directory": (
         _toml(backups='pattern = "/srv/backups/*.sql.gz"\n'),
         ": [backups].pattern: glob '/srv/backups/*.sql.gz' contains '/', but it is matched against file names "
-        "only; put the directory elsewhere; use e.g. *.sql.gz"),
+        "only: drop the directory part; use e.g. *.sql.gz"),
     "pattern with an open [": (
         _toml(backups='pattern = "db-[0-9*.sql.gz"\n'),
         ": [backups].pattern: glob 'db-[0-9*.sql.gz' has a '[' at position 4 that is never closed; write [[] "
         "for a literal '['; use e.g. *.sql.gz"),
     "offsite archive_glob with a directory": (
         _toml('[offsite]\nremote = "r:b"\narchive_glob = "b/*.tar.gz"\n'),
-        ": [offsite].archive_glob: glob 'b/*.tar.gz' contains '/', but it is matched against file names only; "
-        "put the directory elsewhere; use e.g. vps-backup-*.tar.gz"),
+        ": [offsite].archive_glob: glob 'b/*.tar.gz' contains '/', but it is matched against file names only: "
+        "drop the directory part; use e.g. vps-backup-*.tar.gz"),
     "host retired_scripts with an open [": (
         _toml('[host]\nretired_scripts = ["/opt/[old/*.sh"]\n'),
         ": [host].retired_scripts: glob '/opt/[old/*.sh' has a '[' at position 6 that is never closed; write [[] "
@@ -327,38 +327,46 @@ def test_bad_input_run_exits_4_with_one_line_and_a_report_saying_so(pytester: py
     assert_not_checked(pytester.path / "reports", expected)
 
 
+REQUIRED = {"offsite": 'remote = "r:b"\n', "kuma": 'url = "http://127.0.0.1:9"\n',
+            "sql_check": 'name = "x"\nquery = "SELECT 1"\nexpect = "no_rows"\nfix = "f"\n'}
+
+
+def with_key(d: Path, section: str, key: str, value: str) -> str:
+    """BASE with `key = value` in `section` (and whatever else that section requires)."""
+    text = BASE.format(dir=d)
+    line = f"{key} = {value}\n"
+    if section in ("database", "backups"):
+        anchor = 'dump_role = "directus"\n' if section == "database" else f'directory = "{d}"\n'
+        return text.replace(anchor, anchor + line)
+    header = f"[[{section}]]" if section in LIST_SECTIONS else f"[{section}]"
+    return f"{text}{header}\n{REQUIRED.get(section, '')}{line}"
+
+
 def test_every_numeric_key_refuses_negative_nan_and_inf(tmp_path: Path) -> None:
-    """The sweep over the section registry: a key added later is covered without a new row."""
-    required = {"offsite": 'remote = "r:b"\n', "kuma": 'url = "http://127.0.0.1:9"\n',
-                "sql_check": 'name = "x"\nquery = "SELECT 1"\nexpect = "no_rows"\nfix = "f"\n'}
-    seen = []
-    for name, cls in [*((n, c) for n, (c, _) in SECTIONS.items()), *LIST_SECTIONS.items()]:
+    """A sweep over the section registry, so a key added later is covered without a new row: -1, NaN and
+    +-infinity (TOML has those only for floats) are refused for every number, 0 where the key says > 0,
+    each in one line naming the key and a value to use."""
+    sections = [*((n, c) for n, (c, _) in SECTIONS.items()), *LIST_SECTIONS.items()]
+    seen = set()
+    for name, cls in sections:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if hints[f.name] not in (int, float):
                 continue
-            # Zero is refused where the key declares > 0 (a timeout of 0, a budget of 0...).
-            for bad in ("-1", "nan", "inf", "-inf", *(["0"] if f.metadata.get("gt") == 0 else [])):
-                if hints[f.name] is int and bad in ("nan", "inf", "-inf"):
-                    bad = "1.5"  # TOML has no integer NaN; a fraction is the integer key's type error
-                header = f"[[{name}]]" if name in LIST_SECTIONS else f"[{name}]"
-                table = f"{header}\n{required.get(name, '')}{f.name} = {bad}\n"
-                text = (BASE.format(dir=tmp_path).replace("[backups]", table + "[backups]") if name == "database"
-                        else BASE.format(dir=tmp_path) + table) if name not in ("database", "backups") else None
-                if name in ("database", "backups"):
-                    anchor = {"database": 'dump_role = "directus"\n', "backups": f'directory = "{tmp_path}"\n'}[name]
-                    text = BASE.format(dir=tmp_path).replace(anchor, anchor + f"{f.name} = {bad}\n")
+            bad = ["-1", *(["nan", "inf", "-inf"] if hints[f.name] is float else []),
+                   *(["0"] if f.metadata.get("gt") == 0 else [])]
+            for value in bad:
                 target = tmp_path / "t.toml"
-                target.write_text(text)
+                target.write_text(with_key(tmp_path, name, f.name, value))
                 with pytest.raises(ConfigError) as exc:
                     load_target(target)
                 where = f"[{name} #1]" if name in LIST_SECTIONS else f"[{name}]"
                 msg = str(exc.value)
                 assert msg.startswith(f"target file '{target}': {where}.{f.name}: "), msg
-                assert "\n" not in msg
-                seen.append(f"{name}.{f.name}")
+                assert "; use e.g. " in msg and "\n" not in msg, msg
+            seen.add(f"{name}.{f.name}")
     assert {"database.connect_timeout", "backups.max_age_hours", "sql_check.timeout_s", "drill.jobs",
-            "kuma.grace_seconds", "offsite.min_archive_bytes", "trends.min_history"} <= set(seen)
+            "kuma.grace_seconds", "offsite.min_archive_bytes", "trends.min_history"} <= seen
 
 
 def test_a_broken_file_in_a_directory_fails_the_run_and_the_others_run(pytester: pytest.Pytester) -> None:

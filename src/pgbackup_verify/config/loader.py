@@ -188,7 +188,7 @@ def glob_problem(pattern: str, kind: str) -> str | None:
     if "\0" in pattern:
         return "contains a NUL character"
     if kind == "name" and "/" in pattern:
-        return "contains '/', but it is matched against file names only; put the directory elsewhere"
+        return "contains '/', but it is matched against file names only: drop the directory part"
     i, n = 0, len(pattern)
     while i < n:
         if pattern[i] == "[":
