@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 from collections.abc import Generator
 from pathlib import Path
@@ -17,12 +15,10 @@ from pgbackup_verify.config import ConfigError, Target, load_target
 from pgbackup_verify.config.settings import (
     HELP,
     SETTINGS_KEY,
-    BrokenTarget,
+    BrokenTargets,
     lock_path,
-    reports_path,
     reroot_without_target_values,
     resolve,
-    target_paths,
 )
 from pgbackup_verify.errors import CONFIG_ERROR, INTERNAL_ERROR, INTERRUPTED, UserError
 from pgbackup_verify.facts import history
@@ -31,11 +27,15 @@ from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY, TARGE
 from pgbackup_verify.outcome import ABORTS, USER_ERROR_ATTR
 from pgbackup_verify.report import files as report
 from pgbackup_verify.report.summary import (
-    TARGET_ATTR,
+    REFUSED_KEY,
+    CrashWitness,
     RunSummary,
+    SigTermInterrupts,
     check_lines,
     concerns,
+    crash_reason,
     recorder,
+    refuse,
     routing_properties,
     write_json,
 )
@@ -45,7 +45,6 @@ SUMMARY_KEY = pytest.StashKey[RunSummary]()
 JSON_PATH_KEY = pytest.StashKey[Path | None]()
 LOCK_KEY = pytest.StashKey[runlock.FileLock]()
 SITE_TARGETS_KEY = pytest.StashKey[dict[Path, Target]]()  # target files named by a site's conftest
-REFUSED_KEY = pytest.StashKey[tuple[str, int]]()  # why the run checked nothing, and its exit status
 SESSION_KEY = pytest.StashKey[bool]()  # a session finished: pytest-html and junitxml wrote their reports
 
 
@@ -87,60 +86,21 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     return None
 
 
-def _refuse(config: pytest.Config, reason: str, exit_status: int = CONFIG_ERROR) -> None:
-    """The run cannot judge anything: remember why, for the reports that replace latest.*."""
-    config.stash[REFUSED_KEY] = (reason, exit_status)
-    run = config.stash.get(SUMMARY_KEY, None)
-    if run is not None:
-        run.fold.refuse(reason)
-
-
-class _CrashWitness:
-    """Remembers an internal error before the session (another plugin's or a site's configure raised),
-    so the report that replaces latest.* names it instead of a generic reason."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.started = False
-
-    def pytest_sessionstart(self) -> None:
-        self.started = True  # from here on the session's own reports say what happened
-
-    def pytest_internalerror(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
-        if not self.started:
-            e = excinfo.value
-            _refuse(self.config, f"internal error before the checks ran: {type(e).__name__}: {e}".splitlines()[0],
-                    INTERNAL_ERROR)
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(_CrashWitness(config), "pgbackup-verify-crash-witness")
+        config.pluginmanager.register(CrashWitness(config), "pgbackup-verify-crash-witness")
     try:
         _configure(config)
     except pytest.UsageError as e:
         config.stash.setdefault(REFUSED_KEY, (f"usage error: {e}", CONFIG_ERROR))
         raise
     except KeyboardInterrupt:
-        _refuse(config, ABORTS[INTERRUPTED], INTERRUPTED)
+        refuse(config, ABORTS[INTERRUPTED], INTERRUPTED)
         raise
     except Exception as e:
-        _refuse(config, f"internal error before the checks ran: {type(e).__name__}: {e}".splitlines()[0],
-                INTERNAL_ERROR)
+        refuse(config, crash_reason(e), INTERNAL_ERROR)
         raise
-
-
-class _SigTerm:
-    """SIGTERM (systemd stop, a timeout) ends the session as interrupted, so the reports say so."""
-
-    def __init__(self, run: RunSummary) -> None:
-        self.run = run
-
-    def __call__(self, signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends the process
-        self.run.fold.interrupt("SIGTERM")
-        raise KeyboardInterrupt("SIGTERM")
 
 
 def _configure(config: pytest.Config) -> None:
@@ -149,7 +109,7 @@ def _configure(config: pytest.Config) -> None:
     try:
         settings = resolve(config, concerns(config))
     except ConfigError as e:
-        _refuse(config, f"config error: {e}")
+        refuse(config, f"config error: {e}")
         raise pytest.UsageError(str(e)) from None
     config.stash[SETTINGS_KEY] = settings
     if settings.broken:
@@ -161,11 +121,9 @@ def _configure(config: pytest.Config) -> None:
         try:
             json_path = report.plan_reports(config, settings.reports_dir)
         except pytest.UsageError:
-            _refuse(config, "", CONFIG_ERROR)  # "": no reports can be written there, so none are tried
+            refuse(config, "", CONFIG_ERROR)  # "": no reports can be written there, so none are tried
             raise
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                signal.signal(signal.SIGTERM, _SigTerm(config.stash[SUMMARY_KEY]))
+        SigTermInterrupts.install(config.stash[SUMMARY_KEY].fold)
     config.stash[JSON_PATH_KEY] = json_path
     config.stash[HISTORY_PATH_KEY] = settings.reports_dir / HISTORY_FILE if settings.reports_dir else None
 
@@ -213,7 +171,7 @@ def site_targets(config: pytest.Config, path: Path) -> tuple[Target, ...] | None
         try:
             loaded[best[1]] = load_target(best[1])
         except ConfigError as e:
-            _refuse(config, f"config error: {e}")
+            refuse(config, f"config error: {e}")
             raise pytest.UsageError(str(e)) from None
     return (loaded[best[1]],)
 
@@ -245,7 +203,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if any(without_target(i) for i in items):
         msg = ("no target file: the checks need one; pass --target FILE, set PGBACKUP_VERIFY_TARGET "
                "or the pgbackup_verify_target ini key (see target.example.toml)")
-        _refuse(config, f"usage error: {msg}")
+        refuse(config, f"usage error: {msg}")
         raise pytest.UsageError(msg)
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -288,32 +246,6 @@ def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_report_title(report: object) -> None:
     report.title = "pgbackup-verify report"  # type: ignore[attr-defined]
-
-
-class TargetFileItem(pytest.Item):
-    """A broken target file among several: one failed check under its name (exit 4), the others run."""
-
-    def __init__(self, *, broken: BrokenTarget, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
-        self.broken = broken
-        setattr(self, TARGET_ATTR, broken)  # routed to that target, like a check parametrized with it
-
-    def runtest(self) -> None:
-        raise ConfigError(self.broken.error)
-
-    def reportinfo(self) -> tuple[Path, None, str]:
-        return self.broken.source, None, f"target file {self.broken.name}"
-
-
-class BrokenTargets:
-    def __init__(self, broken: tuple[BrokenTarget, ...]) -> None:
-        self.broken = broken
-
-    @pytest.hookimpl(trylast=True)  # after -k/-m: a broken file is never deselected away
-    def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
-        items.extend(TargetFileItem.from_parent(session, name=f"target_file_is_valid[{b.name}]",
-                                                nodeid=f"target_file_is_valid[{b.name}]", broken=b)
-                     for b in self.broken)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -381,32 +313,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line(run.line(str(latest) if latest else None))
 
 
-def _publish_not_checked(config: pytest.Config) -> None:
-    """No session ran (a config or usage error, a crash or Ctrl-C before the checks): replace latest.*."""
-    o = config.option
-    if getattr(o, "help", False) or getattr(o, "version", False):
-        return
-    reason, exit_status = config.stash.get(REFUSED_KEY, (ABORTS[CONFIG_ERROR], CONFIG_ERROR))
-    settings = config.stash.get(SETTINGS_KEY, None)
-    try:
-        reports_dir = settings.reports_dir if settings else reports_path(config, bool(target_paths(config)[0]))
-    except (ConfigError, ValueError):
-        return
-    json_copy = config.getoption("pgbv_json", None)
-    if not reason or (reports_dir is None and not json_copy):
-        return
-    problem = report.publish_not_checked(reports_dir, reason, exit_status, Path(json_copy) if json_copy else None)
-    if problem:
-        print(f"pgbackup-verify: {problem}", file=sys.stderr)
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if isinstance(signal.getsignal(signal.SIGTERM), _SigTerm):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    SigTermInterrupts.uninstall()
     if hasattr(config, "workerinput"):
         return
     if not config.stash.get(SESSION_KEY, False):
-        _publish_not_checked(config)
+        report.replace_latest_unchecked(config)
         return
     settings = config.stash.get(SETTINGS_KEY, None)
     run = config.stash.get(SUMMARY_KEY, None)

@@ -52,6 +52,35 @@ class Settings:
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()  # resolved once in the core plugin's pytest_configure
+TARGET_ATTR = "pgbv_target"  # an item that is not parametrized with a target names it here (a broken file)
+
+
+class TargetFileItem(pytest.Item):
+    """A broken target file among several: one failed check under its name (exit 4), the others run."""
+
+    def __init__(self, *, broken: BrokenTarget, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.broken = broken
+        setattr(self, TARGET_ATTR, broken)  # routed to that target, like a check parametrized with it
+
+    def runtest(self) -> None:
+        raise ConfigError(self.broken.error)
+
+    def reportinfo(self) -> tuple[Path, None, str]:
+        return self.broken.source, None, f"target file {self.broken.name}"
+
+
+class BrokenTargets:
+    """Registered by the core plugin when some target files did not load: adds their failed checks."""
+
+    def __init__(self, broken: tuple[BrokenTarget, ...]) -> None:
+        self.broken = broken
+
+    @pytest.hookimpl(trylast=True)  # after -k/-m: a broken file is never deselected away
+    def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
+        items.extend(TargetFileItem.from_parent(session, name=f"target_file_is_valid[{b.name}]",
+                                                nodeid=f"target_file_is_valid[{b.name}]", broken=b)
+                     for b in self.broken)
 
 
 def _pick(config: pytest.Config, opt: str, ini: str, env: str) -> tuple[object, str]:

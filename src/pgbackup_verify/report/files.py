@@ -3,6 +3,7 @@ run history (history.jsonl) the trend charts and checks read."""
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -10,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from pgbackup_verify.config.settings import REPORTS_ENV, Settings
-from pgbackup_verify.errors import UserError
+from pgbackup_verify.config import ConfigError
+from pgbackup_verify.config.settings import REPORTS_ENV, SETTINGS_KEY, Settings, reports_path, target_paths
+from pgbackup_verify.errors import CONFIG_ERROR, UserError
 from pgbackup_verify.evidence import EVIDENCE_KEY
 from pgbackup_verify.facts import history, trends
 from pgbackup_verify.facts.history import RunRecord, numeric_facts
-from pgbackup_verify.outcome import ERROR, FAILED, NOT_RUN
+from pgbackup_verify.outcome import ABORTS, ERROR, FAILED, NOT_RUN
 from pgbackup_verify.report import charts
 from pgbackup_verify.report.render import render_text
-from pgbackup_verify.report.summary import RunSummary, write_json
+from pgbackup_verify.report.summary import REFUSED_KEY, RunSummary, write_json
 from pgbackup_verify.safefs import UnsafeDirectory, atomic_copy, atomic_write, check_dir_private_enough
 
 
@@ -58,6 +60,26 @@ def publish_latest(config: pytest.Config, reports_dir: Path, json_path: Path | N
                        (json_path, "latest.json")):
         if path and Path(path).is_file():
             atomic_copy(Path(path), reports_dir / name)  # replaces a planted link, never writes through it
+
+
+def replace_latest_unchecked(config: pytest.Config) -> None:
+    """No session ran (a config or usage error, a crash or Ctrl-C before the checks): replace latest.*
+    (and write --json's file) saying so and why; a line on stderr if even that fails."""
+    o = config.option
+    if getattr(o, "help", False) or getattr(o, "version", False):
+        return
+    reason, exit_status = config.stash.get(REFUSED_KEY, (ABORTS[CONFIG_ERROR], CONFIG_ERROR))
+    settings = config.stash.get(SETTINGS_KEY, None)
+    try:
+        reports_dir = settings.reports_dir if settings else reports_path(config, bool(target_paths(config)[0]))
+    except (ConfigError, ValueError):
+        return
+    json_copy = config.getoption("pgbv_json", None)
+    if not reason or (reports_dir is None and not json_copy):
+        return
+    problem = publish_not_checked(reports_dir, reason, exit_status, Path(json_copy) if json_copy else None)
+    if problem:
+        print(f"pgbackup-verify: {problem}", file=sys.stderr)
 
 
 def publish_not_checked(reports_dir: Path | None, reason: str, exit_status: int,

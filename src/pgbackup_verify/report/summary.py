@@ -6,7 +6,9 @@ All three read one fold (pgbackup_verify.outcome); the Recorder here feeds it fr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -15,6 +17,8 @@ import pytest
 
 from pgbackup_verify import outcome
 from pgbackup_verify.config.concerns import CONCERNS
+from pgbackup_verify.config.settings import TARGET_ATTR
+from pgbackup_verify.errors import CONFIG_ERROR, INTERNAL_ERROR
 from pgbackup_verify.outcome import RANK, ROUTING_ATTR, ROUTING_KEYS, CheckResult, Routing, RunFold, failure_text, label
 from pgbackup_verify.report.html import render as render_html
 from pgbackup_verify.safefs import atomic_write
@@ -22,25 +26,29 @@ from pgbackup_verify.safefs import atomic_write
 __all__ = [
     "CONCERNS_KEY",
     "RANK",
+    "REFUSED_KEY",
     "ROUTING_KEYS",
-    "TARGET_ATTR",
     "CheckResult",
+    "CrashWitness",
     "Recorder",
     "RunSummary",
+    "SigTermInterrupts",
     "check_lines",
     "concerns",
+    "crash_reason",
     "failure_text",
     "label",
     "recorder",
+    "refuse",
     "routing",
     "routing_properties",
     "write_json",
 ]
 
 RECORDER = "pgbackup-verify-outcome"
+REFUSED_KEY = pytest.StashKey[tuple[str, int]]()  # why the run checked nothing, and its exit status
 ROUTING_KEY = pytest.StashKey[Routing]()  # a check's routing, computed once at collection finish
 CONCERNS_KEY = pytest.StashKey[dict[str, str]]()  # this run's concerns: shipped ones + a site's (hook)
-TARGET_ATTR = "pgbv_target"  # an item that is not parametrized with a target names it here (a broken file)
 
 
 def concerns(config: pytest.Config) -> dict[str, str]:
@@ -189,6 +197,58 @@ def recorder(config: pytest.Config) -> Recorder:
         config.pluginmanager.register(plugin, RECORDER)
     assert isinstance(plugin, Recorder)
     return plugin
+
+
+def refuse(config: pytest.Config, reason: str, exit_status: int = CONFIG_ERROR) -> None:
+    """The run cannot judge anything (its reason: "" when no report can be written): remember why, for
+    the fold and for the report that replaces latest.* when no session runs (report.files)."""
+    config.stash[REFUSED_KEY] = (reason, exit_status)
+    if reason:
+        recorder(config).fold.refuse(reason)
+
+
+def crash_reason(e: BaseException) -> str:
+    return f"internal error before the checks ran: {type(e).__name__}: {e}".splitlines()[0]
+
+
+class CrashWitness:
+    """Remembers an internal error before the session (another plugin's or a site's configure raised),
+    so the report that replaces latest.* names it instead of a generic reason."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.started = False
+
+    def pytest_sessionstart(self) -> None:
+        self.started = True  # from here on the session's own reports say what happened
+
+    def pytest_internalerror(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        if not self.started:
+            refuse(self.config, crash_reason(excinfo.value), INTERNAL_ERROR)
+
+
+class SigTermInterrupts:
+    """SIGTERM (systemd's stop, a timeout) ends the session as interrupted, so every report says so."""
+
+    def __init__(self, fold: RunFold) -> None:
+        self.fold = fold
+
+    def __call__(self, signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends the process
+        self.fold.interrupt("SIGTERM")
+        raise KeyboardInterrupt("SIGTERM")
+
+    @classmethod
+    def install(cls, fold: RunFold) -> None:
+        """Unless someone else handles SIGTERM already (the Kuma reporter chains to what it found)."""
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                signal.signal(signal.SIGTERM, cls(fold))
+
+    @classmethod
+    def uninstall(cls) -> None:
+        if isinstance(signal.getsignal(signal.SIGTERM), cls):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def check_lines(fold: RunFold, reportchars: str = "", limit: int = 3) -> list[str]:
