@@ -369,18 +369,24 @@ def test_every_numeric_key_refuses_negative_nan_and_inf(tmp_path: Path) -> None:
             "kuma.grace_seconds", "offsite.min_archive_bytes", "trends.min_history"} <= seen
 
 
-def test_a_broken_file_in_a_directory_fails_the_run_and_the_others_run(pytester: pytest.Pytester) -> None:
+def test_a_broken_file_in_a_directory_fails_the_run_and_the_others_run(pytester: pytest.Pytester,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each host's Kuma monitor hears about its own host: the broken one's is read from its [kuma] alone."""
     targets = pytester.path / "targets"
     targets.mkdir()
     backups = pytester.path / "b"
     backups.mkdir()
-    (targets / "alpha.toml").write_text(BASE.format(dir=backups))
-    (targets / "omega.toml").write_text(BASE.format(dir=backups))
-    (targets / "beta.toml").write_text(BASE.format(dir=backups).replace(
-        'dump_role = "directus"\n', 'dump_role = "directus"\nconnect_timeout = -10\n'))
+    for name in ("alpha", "beta", "omega"):
+        monkeypatch.setenv(f"KUMA_{name.upper()}", "token")
+        kuma = KUMA + PUSH.format(covers='["dumps"]').replace("PG Backup Local", name).replace(
+            "KUMA_PUSH_BACKUP_LOCAL", f"KUMA_{name.upper()}")
+        text = BASE.format(dir=backups) + kuma
+        if name == "beta":
+            text = text.replace('dump_role = "directus"\n', 'dump_role = "directus"\nconnect_timeout = -10\n')
+        (targets / f"{name}.toml").write_text(text)
     pytester.makepyfile(test_probe=PROBE)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--target", str(targets), "--json", "run.json",
-                                           "-m", "not slow", "-rfE", timeout=60)
+                                           "-m", "not slow", "-rfE", "--kuma-dry-run", timeout=60)
     line = f"target file '{targets / 'beta.toml'}': [database].connect_timeout: -10 must be greater than 0; use e.g. 10"
     assert result.ret == 4
     result.assert_outcomes(passed=2, failed=1)  # -m did not deselect the broken file
@@ -392,6 +398,9 @@ def test_a_broken_file_in_a_directory_fails_the_run_and_the_others_run(pytester:
                                  "pgbackup-verify: FAILED targets=alpha,beta,omega failed=1 error=0 skipped=0 passed=2 "
                                  "exit=4 *",
                                  "FAILED target_file_is_valid[[]beta] - ConfigError: target file *"])
+    result.stdout.fnmatch_lines_random(["alpha: would push status=up msg='OK: 1/1 checks passed (dumps)'*",
+                                        "beta: would push status=down msg='1 failed of 1: target_file_is_valid'*",
+                                        "omega: would push status=up msg='OK: 1/1 checks passed (dumps)'*"])
     doc = json.loads((pytester.path / "run.json").read_text())
     [broken] = [c for c in doc["checks"] if c["outcome"] != "passed"]
     assert (broken["target"], broken["outcome"], broken["message"]) == ("beta", "failed", f"ConfigError: {line}")
