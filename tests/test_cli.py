@@ -6,6 +6,8 @@ are shown the way an operator's shell would show them.
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +100,19 @@ def test_checks_are_named_by_name_not_by_path(tmp_path: Path, target_file: Path)
         "FAILED t sql \u00b7 custom sql check [always a row]: always a row: FAILED (1 row(s): 1); fix: remove it",
         "SKIPPED [5] t kuma: target 't' has no [kuma] section; add one to check its Kuma monitors (every named "
         "monitor exists in kuma, every monitor is effectively active, latest heartbeat is up, +2 more)"]
+
+
+def test_an_unknown_option_also_replaces_latest(tmp_path: Path) -> None:
+    """pytest refuses it before any plugin is configured; the command still says NOT CHECKED in latest.*."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "latest.html").write_text("<h2>Backup health: OK</h2>")
+    target = tmp_path / "t.toml"
+    target.write_text("")
+    proc = cli("--target", str(target), "--tagret", "x", "-q", cwd=tmp_path)
+    assert proc.returncode == 4
+    assert "unrecognized arguments: --tagret x" in proc.stderr
+    page = html.unescape((reports / "latest.html").read_text())
+    assert "Backup health: NOT CHECKED \u2014 usage error: unrecognized arguments: --tagret x</h2>" in page
+    doc = json.loads((reports / "latest.json").read_text())
+    assert (doc["status"], doc["abort"]) == ("FAILED", "usage error: unrecognized arguments: --tagret x")

@@ -8,6 +8,7 @@ and checks it. The shipped package never imports the demo.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -15,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import IO, Any
@@ -23,7 +24,7 @@ from typing import IO, Any
 import pytest
 
 from pgbackup_verify import checks
-from pgbackup_verify.config.settings import TARGET_ENV
+from pgbackup_verify.config.settings import REPORTS_ENV, TARGET_ENV
 from pgbackup_verify.errors import CONFIG_ERROR, EXIT_CODES, OK
 
 PROG = "pgbackup-verify"
@@ -92,6 +93,40 @@ def _replay(held: IO[bytes], to: Any) -> None:
     to.flush()
 
 
+class _ParseWitness:
+    """pytest refuses an unknown option before any plugin of ours is configured; this one, handed to
+    pytest.main, is registered before the command line is parsed, so latest.* says NOT CHECKED then too."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_cmdline_parse(self) -> Generator[None, object, object]:
+        try:
+            return (yield)
+        except pytest.UsageError as e:
+            reports = _reports_dir_of(self.args)
+            if reports is not None:
+                from pgbackup_verify.report.files import publish_not_checked
+
+                lines = str(e).strip().splitlines()  # argparse's: "usage: ...", "...: error: <why>", ...
+                why = next((ln.split("error: ", 1)[1] for ln in lines if "error: " in ln), lines[0] if lines else "")
+                publish_not_checked(reports, f"usage error: {why}", CONFIG_ERROR)
+            raise
+
+
+def _reports_dir_of(args: list[str]) -> Path | None:
+    """The reports directory the run would have used (settings.reports_path, from the raw arguments)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--reports-dir")
+    parser.add_argument("--target", action="append")
+    known, _ = parser.parse_known_args(args)
+    reports = known.reports_dir or os.environ.get(REPORTS_ENV)
+    if not reports and not (known.target or os.environ.get(TARGET_ENV)):
+        return None
+    return Path(os.path.abspath(reports or "reports"))
+
+
 def run_checks(args: list[str]) -> int:
     """Run the checks; the exit codes are errors.EXIT_CODES (pytest's 0-5, ours from 10)."""
     # Checks picked by file or node id replace the default set; -k/-m narrow it as usual.
@@ -103,12 +138,13 @@ def run_checks(args: list[str]) -> int:
     quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning", "-rN", "-p", "no:cacheprovider"]
     # The caller's own --rootdir or -c comes later on the command line, so it wins.
     argv = [*root_and_ini(), *paths, *quiet, *args]
+    plugins = [_ParseWitness(args)]
     if not is_quiet(args):
-        return int(pytest.main(argv))
+        return int(pytest.main(argv, plugins=plugins))
     # Held in private temp files (on disk, not in memory); cron mails only what is not green.
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         with _redirected(out, err):
-            code = int(pytest.main(argv))
+            code = int(pytest.main(argv, plugins=plugins))
         if code != OK:
             _replay(out, sys.stdout)
             _replay(err, sys.stderr)
