@@ -1,15 +1,18 @@
-"""The shipped crontab line and systemd units run what the README says they run."""
+"""The shipped crontab line and systemd units run what the README says they run, as written."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from pgbackup_verify_demo import demo
 
@@ -33,7 +36,7 @@ def layout(tmp_path: Path) -> Path:
     (tmp_path / "etc" / "targets").mkdir(parents=True)
     (tmp_path / "var").mkdir()
     (tmp_path / "run").mkdir()
-    (tmp_path / "etc" / "env").write_text("export KUMA_EXAMPLE=1\n")
+    (tmp_path / "etc" / "env").write_text("KUMA_EXAMPLE=1\n")
     (tmp_path / "b").mkdir()
     return tmp_path
 
@@ -60,14 +63,51 @@ def test_cron_schedule_is_five_valid_fields(layout: Path) -> None:
     assert (dom, month, dow) == ("*", "*", "*")
 
 
-def test_cron_line_runs_the_checks_and_prints_one_summary_line(installed: Path) -> None:
-    _, command = cron_command(installed)
-    # Only the custom SQL check exists for this bare target; select it so the run is meaningful.
-    proc = subprocess.run(["sh", "-c", command + " -m sql"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("pgbackup-verify: ")]
-    assert len(summary) == 1 and summary[0].startswith("pgbackup-verify: OK targets=directus"), proc.stdout
-    assert (installed / "var" / "reports" / "latest.html").is_file()
+PASSWORD = "Cr0n-S3cret pass"  # a space too: the env file's value is taken whole
+
+
+@pytest.fixture(scope="module")
+def password_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThrowawayCluster, Path]]:
+    """The seed database with a week of healthy dumps, in its own cluster whose dump role must give a
+    password (scram-sha-256) over TCP, the way a production host is set up."""
+    with ThrowawayCluster(tag="cron-") as c:
+        demo.build_seed_database(c)
+        backups = tmp_path_factory.mktemp("cron-backups")
+        demo.write_nightly_dumps(c, backups)
+        hba = c.root / "data" / "pg_hba.conf"
+        hba.write_text(f"host all {demo.DUMP_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        with psycopg.connect(c.dsn(), autocommit=True) as conn:
+            conn.execute(f"ALTER ROLE {demo.DUMP_ROLE} PASSWORD '{PASSWORD}'")
+            conn.execute("SELECT pg_reload_conf()")
+        yield c, backups
+
+
+def test_cron_line_as_written_is_silent_and_green_with_a_password(layout: Path, password_host: tuple) -> None:
+    """The exact crontab line (paths moved to a temp dir), run by sh with an empty environment, as cron
+    would: the password reaches the run only through `set -a`, the working directory does not exist
+    yet, and a green run prints nothing at all."""
+    cluster, backups = password_host
+    shutil.rmtree(layout / "var")  # a cron-only install: nobody created it
+    (layout / "etc" / "env").write_text(f'PGPASSWORD="{PASSWORD}"\n')  # quoted: read by sh and by systemd alike
+    (layout / "etc" / "env").chmod(0o600)
+    demo.write_target_file(layout / "etc" / "targets" / "directus.toml", cluster.dsn(demo.DBNAME, demo.DUMP_ROLE),
+                           backups, name="directus",
+                           # Its own drill lock: other runs on this machine must not make this one wait.
+                           extra=f'[drill]\nlock_file = "{layout / "run" / "drill.lock"}"\n')
+    _, command = cron_command(layout)
+    assert re.search(r"set -a && \. \S+/env && set \+a && ", command), command
+    proc = subprocess.run(["env", "-i", "/bin/sh", "-c", command], capture_output=True, text=True, timeout=600)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    doc = json.loads((layout / "var" / "reports" / "latest.json").read_text())
+    assert doc["status"] == "OK" and doc["counts"]["passed"] > 10, doc["counts"]
+    assert PASSWORD not in "".join(p.read_text(errors="replace") for p in (layout / "var" / "reports").iterdir()
+                                   if p.is_file())
+
+    # Without `set -a` (the line as it was) the password never reaches the run: not green, and said so.
+    proc = subprocess.run(["env", "-i", "/bin/sh", "-c", command.replace("set -a && ", "")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 11, proc.stdout[-2000:]
+    assert "pgbackup-verify: FAILED targets=directus" in proc.stdout
 
 
 def test_cron_line_refuses_an_overlapping_run(installed: Path) -> None:

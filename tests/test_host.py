@@ -299,7 +299,7 @@ def test_cron_schedule_validation(schedule: str, error: str) -> None:
 @pytest.mark.parametrize(("toml", "expected"), [
     ('shellcheck_severity = "loud"', "[host].shellcheck_severity: 'loud' is not one of error, warning, info"),
     ('cron_jobs = ["pg-backup.sh"]', "[host].cron_jobs: 'pg-backup.sh' is not an absolute path on the host"),
-    ("free_space_multiple = 0", "[host].free_space_multiple: must be greater than 0"),
+    ("free_space_multiple = 0", "[host].free_space_multiple: 0.0 must be greater than 0; use e.g. 2.0"),
     ('process_args = "-D /data"', "[host].process_args: needs [host].process"),
     ('cron_jobz = []', "[host].cron_jobz: unknown key; did you mean 'cron_jobs'?"),
 ])

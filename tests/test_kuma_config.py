@@ -49,7 +49,7 @@ def test_kuma_section_loads_with_defaults(tmp_path: Path) -> None:
     ('read = "sql"', "", "[kuma].read: 'sql' is neither 'db' nor 'socket'"),
     ('read = "db"', "", "[kuma].db: required when read = 'db'"),
     ('db = "nope.db"', "", "[kuma].db: file"),
-    ("stale_days = 0", "", "[kuma].push_timeout, stale_days must be > 0"),
+    ("stale_days = 0", "", "[kuma].stale_days: 0.0 must be greater than 0; use e.g. 7.0"),
     ("", '[[kuma.push]]\nmonitor = "PG Backup Local"\ntoken_env = "X"\ncovers = ["dumps"]',
      "[kuma.push #1].monitor: 'PG Backup Local' is listed twice"),
     ("", '[[kuma.push]]\nmonitor = "G"\ntoken_env = "KUMA-TOKEN"\ncovers = ["grants"]',

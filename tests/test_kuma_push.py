@@ -263,7 +263,7 @@ def test_any_pytest_suite_can_push_with_its_own_kuma_file(pytester, kuma, suite,
     if broken:
         assert result.ret == 4
         status, msg, _ = beats(kuma, guard.id)[0]
-        assert status == DOWN and msg.startswith("config error: kuma config 'kuma.toml': [kuma].push_timeout")
+        assert status == DOWN and msg.startswith("config error: kuma config 'kuma.toml': [kuma].stale_days: -1.0")
     else:
         result.assert_outcomes(passed=4)
         # The suite's two unmarked checks are covered by no monitor, so they count for this one too.

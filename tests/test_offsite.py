@@ -247,7 +247,7 @@ def test_empty_remote_fails_once_and_judges_nothing_else(offsite_run: Remotes) -
 @pytest.mark.parametrize(("toml", "expected"), [
     ('remote = "/srv/offsite"', "[offsite].remote: '/srv/offsite' is not an rclone path; write REMOTE:PATH"),
     ('remote = "x:y"\nsize_tolerance = 1.5', "[offsite].size_tolerance: 1.5 is not in [0, 1)"),
-    ('remote = "x:y"\nmax_age_hours = 0', "[offsite].max_age_hours: must be greater than 0"),
+    ('remote = "x:y"\nmax_age_hours = 0', "[offsite].max_age_hours: 0.0 must be greater than 0; use e.g. 26.0"),
     ("archive_glob = '*.tgz'", "[offsite].remote: required key is missing"),
 ])
 def test_offsite_section_mistakes_are_one_line(tmp_path: Path, toml: str, expected: str) -> None:

@@ -19,9 +19,9 @@ from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 def test_green_run_writes_reports_summary_line_and_json(pytester: pytest.Pytester, target_file: Path) -> None:
     result = run(pytester, "--target", str(target_file), "--json", "out.json")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["pgbackup-verify: OK targets=t failed=0 error=0 skipped=0 passed=1 exit=0 *"
-                                 "report=reports/latest.html"])
     reports = pytester.path / "reports"
+    result.stdout.fnmatch_lines(["pgbackup-verify: OK targets=t failed=0 error=0 skipped=0 passed=1 exit=0 *"
+                                 f"report={reports / 'latest.html'}"])
     assert {p.name for p in reports.glob("latest.*")} == {"latest.html", "latest.xml", "latest.json"}
     doc = json.loads((pytester.path / "out.json").read_text())
     assert doc["status"] == "OK" and doc["counts"]["passed"] == 1

@@ -15,24 +15,38 @@ from pgbackup_verify.config import ConfigError, Target, load_target
 from pgbackup_verify.config.settings import (
     HELP,
     SETTINGS_KEY,
+    BrokenTargets,
     lock_path,
     reroot_without_target_values,
     resolve,
 )
-from pgbackup_verify.errors import UserError
+from pgbackup_verify.errors import CONFIG_ERROR, INTERNAL_ERROR, INTERRUPTED, UserError
 from pgbackup_verify.evidence import order_checks
 from pgbackup_verify.facts import history
 from pgbackup_verify.facts.history import HISTORY_FILE
 from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY, TARGET_FILE_ATTR
-from pgbackup_verify.outcome import USER_ERROR_ATTR
+from pgbackup_verify.outcome import ABORTS, USER_ERROR_ATTR
 from pgbackup_verify.report import files as report
-from pgbackup_verify.report.summary import RunSummary, concerns, recorder, routing_properties, write_json
+from pgbackup_verify.report.summary import (
+    REFUSED_KEY,
+    CrashWitness,
+    RunSummary,
+    SigTermInterrupts,
+    check_lines,
+    concerns,
+    crash_reason,
+    recorder,
+    refuse,
+    routing_properties,
+    write_json,
+)
 from pgbackup_verify.xdist import make_scheduler, summary_lines, wants_target_scheduling
 
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
 JSON_PATH_KEY = pytest.StashKey[Path | None]()
 LOCK_KEY = pytest.StashKey[runlock.FileLock]()
 SITE_TARGETS_KEY = pytest.StashKey[dict[Path, Target]]()  # target files named by a site's conftest
+SESSION_KEY = pytest.StashKey[bool]()  # a session finished: pytest-html and junitxml wrote their reports
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -43,15 +57,15 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pgbackup-verify")
     for flag, dest, ini, kw in (
-        ("--target", "pgbv_target", "pgbackup_verify_target", {"action": "append"}),
-        ("--reports-dir", "pgbv_reports", "pgbackup_verify_reports", {}),
-        ("--keep-reports", "pgbv_keep", "pgbackup_verify_keep_reports", {}),
-        ("--lock", "pgbv_lock", "pgbackup_verify_lock", {}),
+        ("--target", "pgbv_target", "pgbackup_verify_target", {"action": "append", "metavar": "FILE|DIR"}),
+        ("--reports-dir", "pgbv_reports", "pgbackup_verify_reports", {"metavar": "DIR"}),
+        ("--keep-reports", "pgbv_keep", "pgbackup_verify_keep_reports", {"metavar": "N"}),
+        ("--lock", "pgbv_lock", "pgbackup_verify_lock", {"metavar": "FILE"}),
     ):
         key = dest.removeprefix("pgbv_")
         group.addoption(flag, dest=dest, default=None, help=HELP[key], **kw)
         parser.addini(ini, HELP[key])
-    group.addoption("--json", dest="pgbv_json", default=None, help=HELP["json"])
+    group.addoption("--json", dest="pgbv_json", default=None, metavar="FILE", help=HELP["json"])
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -75,18 +89,42 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(CrashWitness(config), "pgbackup-verify-crash-witness")
+    try:
+        _configure(config)
+    except pytest.UsageError as e:
+        config.stash.setdefault(REFUSED_KEY, (f"usage error: {e}", CONFIG_ERROR))
+        raise
+    except KeyboardInterrupt:
+        refuse(config, ABORTS[INTERRUPTED], INTERRUPTED)
+        raise
+    except Exception as e:
+        refuse(config, crash_reason(e), INTERNAL_ERROR)
+        raise
+
+
+def _configure(config: pytest.Config) -> None:
     for name, text in concerns(config).items():
         config.addinivalue_line("markers", f"{name}: {text}")
     try:
-        settings = resolve(config)
+        settings = resolve(config, concerns(config))
     except ConfigError as e:
+        refuse(config, f"config error: {e}")
         raise pytest.UsageError(str(e)) from None
     config.stash[SETTINGS_KEY] = settings
+    if settings.broken:
+        config.pluginmanager.register(BrokenTargets(settings.broken), "pgbackup-verify-broken-targets")
     config.stash[RUN_FACTS_KEY] = {}
     config.stash[SUMMARY_KEY] = recorder(config).summary  # the run's one fold, shared with the Kuma plugin
     json_path = None
     if settings.reports_dir and not hasattr(config, "workerinput"):
-        json_path = report.plan_reports(config, settings.reports_dir)
+        try:
+            json_path = report.plan_reports(config, settings.reports_dir)
+        except pytest.UsageError:
+            refuse(config, "", CONFIG_ERROR)  # "": no reports can be written there, so none are tried
+            raise
+        SigTermInterrupts.install(config.stash[SUMMARY_KEY].fold)
     config.stash[JSON_PATH_KEY] = json_path
     config.stash[HISTORY_PATH_KEY] = settings.reports_dir / HISTORY_FILE if settings.reports_dir else None
 
@@ -105,6 +143,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if not settings or not settings.targets:
         return []
     lines = [f"pgbackup-verify: {len(settings.targets)} target(s) from {settings.target_source}"]
+    lines += [f"  {b.name}: BROKEN target file, counted as a failed check: {b.error}" for b in settings.broken]
     for t in settings.targets:
         lines.append(f"  {t.name}: file {t.source}, host {t.host}, dump role {t.database.dump_role}, "
                      f"backups {t.backups.directory}/{t.backups.pattern}")
@@ -133,6 +172,7 @@ def site_targets(config: pytest.Config, path: Path) -> tuple[Target, ...] | None
         try:
             loaded[best[1]] = load_target(best[1])
         except ConfigError as e:
+            refuse(config, f"config error: {e}")
             raise pytest.UsageError(str(e)) from None
     return (loaded[best[1]],)
 
@@ -162,9 +202,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return "target" in getattr(i, "fixturenames", ()) and (callspec is None or "target" not in callspec.params)
 
     if any(without_target(i) for i in items):
-        raise pytest.UsageError(
-            "no target file: the checks need one; pass --target FILE, set PGBACKUP_VERIFY_TARGET "
-            "or the pgbackup_verify_target ini key (see target.example.toml)")
+        msg = ("no target file: the checks need one; pass --target FILE, set PGBACKUP_VERIFY_TARGET "
+               "or the pgbackup_verify_target ini key (see target.example.toml)")
+        refuse(config, f"usage error: {msg}")
+        raise pytest.UsageError(msg)
     for item in items:
         callspec = getattr(item, "callspec", None)
         check = callspec.params.get("sql_check") if callspec else None
@@ -213,6 +254,7 @@ def pytest_html_report_title(report: object) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    config.stash[SESSION_KEY] = True
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         # An xdist worker: hand the figures to the controller (testnodedown); outcomes travel on reports.
@@ -257,6 +299,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     run = config.stash.get(SUMMARY_KEY, None)
     if config.option.collectonly:
         run = None  # nothing was judged: no verdict lines (the checks would all read `not run`)
+    if run is not None and not hasattr(config, "workerinput"):
+        # What pytest's -r does not list already, named by check (-r would name a path; the CLI passes -rN).
+        for line in check_lines(run.fold, terminalreporter.reportchars):
+            terminalreporter.write_line(line)
     for line in summary_lines(run.fold) if run is not None else []:
         terminalreporter.write_line(line)
     for name, values in config.stash.get(RUN_FACTS_KEY, {}).items():
@@ -271,9 +317,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    SigTermInterrupts.uninstall()
+    if hasattr(config, "workerinput"):
+        return
+    if not config.stash.get(SESSION_KEY, False):
+        report.replace_latest_unchecked(config)
+        return
     settings = config.stash.get(SETTINGS_KEY, None)
     run = config.stash.get(SUMMARY_KEY, None)
-    if not settings or run is None or hasattr(config, "workerinput"):
+    if not settings or run is None:
         return
     json_path = config.stash.get(JSON_PATH_KEY, None)
     for path in (json_path, config.getoption("pgbv_json")):

@@ -11,12 +11,16 @@ here so that `from pgbackup_verify.config import ...` stays the one import for c
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
+import math
 import os
+import stat
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -152,6 +156,71 @@ def _check_path(p: Path, where: str, kind: str | None) -> None:
         raise ConfigError(f"{where}: '{p}' is not readable by this user; fix its permissions")
 
 
+def _number(x: float) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() and abs(x) < 1e15 else str(x)
+
+
+def _range_problem(value: float, meta: Mapping[str, Any]) -> str | None:
+    """Why a number is outside its key's range (`gt`/`ge`/`lt`; >= 0 when none is declared), or None."""
+    if not math.isfinite(value):
+        return "is not a finite number"
+    gt, ge, lt = meta.get("gt"), meta.get("ge"), meta.get("lt")
+    if gt is None and ge is None:
+        ge = 0
+    if lt is not None and ge is not None and not ge <= value < lt:
+        return f"is not in [{_number(ge)}, {_number(lt)})"
+    if gt is not None and not value > gt:
+        return f"must be greater than {_number(gt)}"
+    if ge is not None and not value >= ge:
+        return f"must be at least {_number(ge)}"
+    if lt is not None and not value < lt:
+        return f"must be less than {_number(lt)}"
+    return None
+
+
+def glob_problem(pattern: str, kind: str) -> str | None:
+    """Why `pattern` cannot be the glob it is meant to be (fnmatch never refuses one, it just matches
+    nothing, so a typo would read as "no backup" instead of a config mistake), or None.
+
+    kind 'name': matched against file names in a directory, so a '/' can never match."""
+    if not pattern.strip():
+        return "is empty"
+    if "\0" in pattern:
+        return "contains a NUL character"
+    if kind == "name" and "/" in pattern:
+        return "contains '/', but it is matched against file names only: drop the directory part"
+    i, n = 0, len(pattern)
+    while i < n:
+        if pattern[i] == "[":
+            j = i + 1
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                return f"has a '[' at position {i + 1} that is never closed; write [[] for a literal '['"
+            i = j
+        i += 1
+    return None
+
+
+def _check_value(value: Any, where: str, f: dataclasses.Field[Any]) -> None:
+    """The range of a number and the shape of a glob, declared on the key (sections.key)."""
+    example = "" if f.default is dataclasses.MISSING or f.default in ("", ()) else f"; use e.g. {f.default}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        problem = _range_problem(value, f.metadata)
+        if problem:
+            raise ConfigError(f"{where}: {value} {problem}{example}")
+    kind = f.metadata.get("glob")
+    if kind:
+        for pattern in (value,) if isinstance(value, str) else value:
+            problem = glob_problem(pattern, kind)
+            if problem:
+                raise ConfigError(f"{where}: glob '{pattern}' {problem}{example}")
+
+
 def _build(cls: type, table: Any, where: str, base: Path) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table [{where}], got {table!r}")
@@ -170,6 +239,7 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
         if name in table:
             values[name] = _convert(table[name], hints[name], f"[{where}].{name}", base,
                                     f.metadata.get("path"))
+            _check_value(values[name], f"[{where}].{name}", f)
         elif f.default is dataclasses.MISSING:
             raise ConfigError(f"[{where}].{name}: required key is missing; add it ({f.metadata['help']})")
     return cls(**values)
@@ -178,7 +248,7 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
 def _build_list(cls: type[ListEntry], raw: Any, name: str, base: Path) -> tuple[Any, ...]:
     if not isinstance(raw, list):
         raise ConfigError(f"[{name}]: write it as an array of tables, [[{name}]]")
-    entries = tuple(_build(cls, entry, f"{name}.{i}", base) for i, entry in enumerate(raw))
+    entries = tuple(_build(cls, entry, f"{name} #{i + 1}", base) for i, entry in enumerate(raw))
     cls.validate_all(entries)
     return entries
 
@@ -195,17 +265,55 @@ def _validate(t: Target) -> None:
                           "add one or use source = \"local\"")
 
 
+MAX_TARGET_BYTES = 1 << 20  # a target file is a few KB; anything near this is the wrong file
+
+
+def shown(path: Path) -> str:
+    """A path as it can be printed and written into a UTF-8 report: undecodable bytes as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _read_target(source: Path) -> str:
+    """The target file's text, or a ConfigError saying why it is not a TOML file a person wrote."""
+    where = f"target file '{shown(source)}'"
+    try:
+        # O_NONBLOCK: a FIFO named like a target must not hang the run at open().
+        with os.fdopen(os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"{where} is not a regular file; pass a TOML file or a directory of them")
+            data = f.read(MAX_TARGET_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{where} does not exist; pass an existing file to --target") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a directory; pass it as --target DIR (one *.toml per host)") from None
+    except OSError as e:
+        raise ConfigError(f"{where} cannot be read ({e.strerror}); fix its permissions") from None
+    if len(data) > MAX_TARGET_BYTES:
+        raise ConfigError(f"{where} is larger than {MAX_TARGET_BYTES // 1024} KiB; a target file is a few KB "
+                          "of TOML: pass the right file")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigError(f"{where} is UTF-16 text; save it as UTF-8")
+    if b"\0" in data:
+        raise ConfigError(f"{where} is a binary file, not TOML; pass the target file (see {EXAMPLE})")
+    if data.startswith(codecs.BOM_UTF8):
+        raise ConfigError(f"{where} starts with a byte-order mark, which TOML does not allow; "
+                          "save it as UTF-8 without BOM")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{where} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
+
+
 def load_target(path: str | os.PathLike[str]) -> Target:
     """Read and validate one target file; raise ConfigError naming the key on any mistake."""
     source = Path(path)
+    text = _read_target(source)
     try:
-        raw = tomllib.loads(source.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"target file '{source}' does not exist; pass an existing file to --target") from None
-    except OSError as e:
-        raise ConfigError(f"target file '{source}' cannot be read ({e.strerror}); fix its permissions") from None
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"target file '{source}': invalid TOML ({e}); fix the syntax") from None
+        raise ConfigError(f"target file '{shown(source)}': invalid TOML ({e}); fix the syntax") from None
     try:
         for section in raw:
             if section not in SECTIONS and section not in LIST_SECTIONS:
@@ -221,8 +329,13 @@ def load_target(path: str | os.PathLike[str]) -> Target:
         fields.update({name: _build_list(cls, raw.get(name, []), name, base) for name, cls in LIST_SECTIONS.items()})
         target = Target(source=source, **fields)
         _validate(target)
+        try:
+            target.name.encode("utf-8")  # a file name's undecodable bytes are surrogates here
+        except UnicodeEncodeError:
+            raise ConfigError("[target].name: the file name is not UTF-8, and reports need a readable name; "
+                              "add name = \"...\" or rename the file") from None
     except ConfigError as e:
-        raise ConfigError(f"target file '{source}': {e}") from None
+        raise ConfigError(f"target file '{shown(source)}': {e}") from None
     return target
 
 

@@ -24,13 +24,13 @@ class HostSection(Section):
     crontabs: tuple[str, ...] = key("crontab files on the host to read (default: root's `crontab -l`, "
                                     "/etc/crontab and /etc/cron.d/*)", default=())
     retired_scripts: tuple[str, ...] = key("globs of retired scripts no active cron entry may run "
-                                           "(paths containing '.retired' always count)", default=())
+                                           "(paths containing '.retired' always count)", default=(), glob="path")
     backup_scripts: tuple[str, ...] = key("backup scripts whose hardening is audited", default=())
     script_owner: str = key("user that must own the backup scripts", default="root")
     shellcheck_severity: str = key("lowest shellcheck severity that fails (error, warning, info, style, off)",
                                    default="warning")
     free_space_multiple: float = key("free space on the backup filesystem must hold this many latest dumps",
-                                     default=2.0)
+                                     default=2.0, gt=0)
     service: str = key("systemd service of the database that must be running", default="")
     container: str = key("docker container of the database that must be running", default="")
     process: str = key("process name (comm) of the database that must be running, e.g. postgres",
@@ -42,8 +42,6 @@ class HostSection(Section):
         if self.shellcheck_severity not in SHELLCHECK_SEVERITIES:
             raise ConfigError(f"[host].shellcheck_severity: '{self.shellcheck_severity}' is not one of "
                               f"{', '.join(SHELLCHECK_SEVERITIES)}")
-        if self.free_space_multiple <= 0:
-            raise ConfigError("[host].free_space_multiple: must be greater than 0; use e.g. 2 for two dumps")
         for name in ("cron_jobs", "crontabs", "backup_scripts"):
             for p in getattr(self, name):
                 if not p.startswith("/"):
@@ -55,23 +53,20 @@ class HostSection(Section):
 @dataclass(frozen=True)
 class OffsiteSection(Section):
     remote: str = key("rclone remote path holding the archives, e.g. gdrive:backups or :local:/srv/offsite")
-    archive_glob: str = key("glob of the nightly archives in that path", default="vps-backup-*.tar.gz")
-    member: str = key("glob of the PostgreSQL dump inside an archive", default="*/postgresql-directus.sql.gz")
-    max_age_hours: float = key("newest archive must be younger than this", default=26.0)
-    min_archive_bytes: int = key("newest archive must be at least this big", default=1024)
+    archive_glob: str = key("glob of the nightly archives in that path", default="vps-backup-*.tar.gz",
+                            glob="name")
+    member: str = key("glob of the PostgreSQL dump inside an archive", default="*/postgresql-directus.sql.gz",
+                      glob="path")
+    max_age_hours: float = key("newest archive must be younger than this", default=26.0, gt=0)
+    min_archive_bytes: int = key("newest archive must be at least this big", default=1024, gt=0)
     size_tolerance: float = key("allowed size difference of the member vs the local dump of the same night "
-                                "(0.05 = 5%)", default=0.05)
+                                "(0.05 = 5%)", default=0.05, ge=0, lt=1)
     rclone: str = key("rclone binary", default="rclone")
 
     def validate(self) -> None:
         if ":" not in self.remote:
             raise ConfigError(f"[offsite].remote: '{self.remote}' is not an rclone path; write REMOTE:PATH "
                               "(e.g. gdrive:backups or :local:/srv/offsite)")
-        if not 0 <= self.size_tolerance < 1:
-            raise ConfigError(f"[offsite].size_tolerance: {self.size_tolerance} is not in [0, 1); "
-                              "use e.g. 0.05 for 5%")
-        if self.max_age_hours <= 0:
-            raise ConfigError("[offsite].max_age_hours: must be greater than 0")
 
 
 KUMA_MARKERS = tuple(CONCERNS)  # one list of concern markers for the plugin, the report and Kuma
@@ -120,9 +115,10 @@ class KumaSection(Section):
                           default=None)
     username_env: str = key("env var with the Kuma user name (read = 'socket')", default="KUMA_USERNAME")
     password_env: str = key("env var with the Kuma password (read = 'socket')", default="KUMA_PASSWORD")
-    grace_seconds: int = key("a monitor's last UP may be this much older than its interval", default=300)
-    stale_days: float = key("active with no UP for longer than this: stale, advise pausing it", default=7.0)
-    push_timeout: float = key("seconds per push attempt (one retry)", default=5.0)
+    grace_seconds: int = key("a monitor's last UP may be this much older than its interval", default=300, ge=0)
+    stale_days: float = key("active with no UP for longer than this: stale, advise pausing it", default=7.0,
+                            gt=0)
+    push_timeout: float = key("seconds per push attempt (one retry)", default=5.0, gt=0)
 
     @property
     def read_path(self) -> str:
@@ -137,8 +133,6 @@ class KumaSection(Section):
         if self.read == "db" and not self.db:
             raise ConfigError("[kuma].db: required when read = 'db'; give the path of kuma.db or use "
                               "read = 'socket'")
-        if self.push_timeout <= 0 or self.stale_days <= 0 or self.grace_seconds < 0:
-            raise ConfigError("[kuma].push_timeout, stale_days must be > 0 and grace_seconds >= 0")
         names = [p.monitor for p in self.push]
         for i, p in enumerate(self.push):
             where = f"[kuma.push #{i + 1}]"

@@ -7,19 +7,28 @@ values the types alone cannot, with one-line ConfigError messages naming `[secti
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg.conninfo
 
+from pgbackup_verify.config.concerns import CONCERNS
 from pgbackup_verify.errors import ConfigError
 
 
-def key(help_text: str, *, path: str | None = None, default: Any = dataclasses.MISSING) -> Any:
-    """A documented key; `path` is 'file' or 'dir' when the value must be a readable path."""
-    meta = {"help": help_text, "path": path}
+def key(help_text: str, *, path: str | None = None, default: Any = dataclasses.MISSING,
+        gt: float | None = None, ge: float | None = None, lt: float | None = None, glob: str | None = None) -> Any:
+    """A documented key; `path` is 'file' or 'dir' when the value must be a readable path.
+
+    A number's range is `gt`/`ge` (lower bound; without one, >= 0) and `lt` (upper bound); the
+    loader refuses NaN and infinity for every number. `glob` is 'name' (matched against file
+    names, so no '/') or 'path' when the value is a glob the loader must check.
+    """
+    meta = {"help": help_text, "path": path, "gt": gt, "ge": ge, "lt": lt, "glob": glob}
     if isinstance(default, list | tuple):
         return field(default=tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -30,6 +39,15 @@ class Section:
 
     def validate(self) -> None:
         """Raise ConfigError on a value its type allows but the checks cannot use."""
+
+
+def concern_problem(name: str, registry: Collection[str]) -> str | None:
+    """Why `name` is not a concern of `registry` (a typo of one is named), or None."""
+    if name in registry:
+        return None
+    close = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.75)
+    hint = f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(registry)}"
+    return f"'{name}' is not a concern; {hint}"
 
 
 def conninfo(dsn: str, where: str) -> dict[str, Any]:
@@ -53,7 +71,7 @@ class DatabaseSection(Section):
     password_file: Path | None = key("file holding the password (else PGPASSWORD / ~/.pgpass)",
                                      path="file", default=None)
     exclude_schemas: tuple[str, ...] = key("schemas deliberately left out of the dump", default=())
-    connect_timeout: int = key("seconds to wait for the database", default=10)
+    connect_timeout: int = key("seconds to wait for the database", default=10, gt=0)
 
     def validate(self) -> None:
         if "password" in conninfo(self.dsn, "[database].dsn"):
@@ -64,13 +82,13 @@ class DatabaseSection(Section):
 @dataclass(frozen=True)
 class BackupsSection(Section):
     directory: Path = key("directory the nightly dumps are written to", path="dir")
-    pattern: str = key("glob of dump files in that directory", default="*.sql.gz")
-    max_age_hours: float = key("newest dump must be younger than this", default=26.0)
-    min_payload_bytes: int = key("decompressed size the newest dump must reach", default=1024)
+    pattern: str = key("glob of dump files in that directory", default="*.sql.gz", glob="name")
+    max_age_hours: float = key("newest dump must be younger than this", default=26.0, gt=0)
+    min_payload_bytes: int = key("decompressed size the newest dump must reach", default=1024, gt=0)
     max_shrink_ratio: float = key("allowed payload shrink against the previous good dump (0.2 = 20%)",
-                                  default=0.2)
-    retention_days: int = key("window in which every night must have a good dump", default=7)
-    min_good_dumps: int = key("good dumps that must be kept (nights expected)", default=7)
+                                  default=0.2, ge=0, lt=1)
+    retention_days: int = key("window in which every night must have a good dump", default=7, gt=0)
+    min_good_dumps: int = key("good dumps that must be kept (nights expected)", default=7, ge=1)
     stray_max_bytes: int = key("a dump file smaller than this is a stray partial artifact", default=1024)
     expected_schemas: tuple[str, ...] = key("schemas a custom-format dump's TOC must list", default=())
     night_boundary: str = key("local time of day \"HH:MM\" at which one night ends and the next begins; "
@@ -78,12 +96,6 @@ class BackupsSection(Section):
                               default="auto")
 
     def validate(self) -> None:
-        if not 0 <= self.max_shrink_ratio < 1:
-            raise ConfigError(f"[backups].max_shrink_ratio: {self.max_shrink_ratio} is not in [0, 1); "
-                              "use e.g. 0.2 for 20%")
-        for name in ("max_age_hours", "retention_days", "min_payload_bytes"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"[backups].{name}: must be greater than 0")
         from pgbackup_verify.facts.dumps.nights import parse_boundary  # here: facts import config
         try:
             parse_boundary(self.night_boundary)
@@ -101,12 +113,16 @@ class SqlCheck(Section):
     expect: str = key("'no_rows' (every returned row is a finding) or 'true' (one boolean)")
     fix: str = key("one line telling the operator what to do when it fails")
     concern: str = key("marker it is routed under (grants, dumps, ...; default: sql)", default="sql")
-    timeout_s: float = key("statement timeout in seconds", default=30.0)
+    timeout_s: float = key("statement timeout in seconds", default=30.0, gt=0)
 
     def validate(self) -> None:
         if self.expect not in SQL_EXPECT:
             raise ConfigError(f"[[sql_check]] '{self.name}'.expect: '{self.expect}' is not one of "
                               f"{', '.join(SQL_EXPECT)}")
+        if not self.concern.isidentifier():
+            # Any other name may be a site's own concern (a hook adds it): the run checks it against
+            # its registry (config.settings.load_targets), typos included.
+            raise ConfigError(f"[[sql_check]] '{self.name}'.concern: {concern_problem(self.concern, CONCERNS)}")
 
     @staticmethod
     def validate_all(checks: tuple[SqlCheck, ...]) -> None:
@@ -121,20 +137,14 @@ class SqlCheck(Section):
 
 @dataclass(frozen=True)
 class TrendsSection(Section):
-    restore_budget_seconds: float = key("the restore drill must finish within this many seconds", default=3600.0)
-    payload_window: int = key("earlier runs whose median payload is the trend", default=7)
-    payload_factor: float = key("the payload may be at most this factor above or below the trend", default=1.5)
-    min_history: int = key("earlier runs with a payload needed before the trend is judged", default=3)
+    restore_budget_seconds: float = key("the restore drill must finish within this many seconds", default=3600.0,
+                                         gt=0)
+    payload_window: int = key("earlier runs whose median payload is the trend", default=7, ge=1)
+    payload_factor: float = key("the payload may be at most this factor above or below the trend", default=1.5,
+                                 gt=1)
+    min_history: int = key("earlier runs with a payload needed before the trend is judged", default=3, ge=1)
 
     def validate(self) -> None:
-        if self.restore_budget_seconds <= 0:
-            raise ConfigError("[trends].restore_budget_seconds: must be greater than 0, e.g. 3600 for one hour")
-        if self.payload_factor <= 1:
-            raise ConfigError(f"[trends].payload_factor: {self.payload_factor} must be greater than 1; "
-                              "use e.g. 1.5 to allow +50% / -33% against the trend")
-        for name in ("payload_window", "min_history"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"[trends].{name}: must be at least 1")
         if self.min_history > self.payload_window:
             raise ConfigError(f"[trends].min_history: {self.min_history} is more than payload_window "
                               f"{self.payload_window}; lower it or widen the window")
@@ -163,11 +173,11 @@ class DrillSection(Section):
                                     "(minus [database].exclude_schemas)", default=False)
     roles: tuple[str, ...] = key("throwaway mode: roles created before restoring a dump made without "
                                  "--no-owner", default=())
-    jobs: int = key("parallel jobs of pg_restore for custom-format dumps", default=2)
-    time_limit_seconds: int = key("the drill is stopped and fails after this long", default=3600)
-    disk_factor: float = key("free disk needed = payload x this factor (throwaway mode)", default=2.0)
+    jobs: int = key("parallel jobs of pg_restore for custom-format dumps", default=2, ge=1)
+    time_limit_seconds: int = key("the drill is stopped and fails after this long", default=3600, ge=1)
+    disk_factor: float = key("free disk needed = payload x this factor (throwaway mode)", default=2.0, ge=1)
     stale_minutes: float = key("a leftover drill database/cluster of a live process older than this is "
-                               "removed too", default=240.0)
+                               "removed too", default=240.0, gt=0)
     source: str = key("dump the drill restores: local (newest file of [backups]) or offsite (the PG member "
                       "of the newest [offsite] archive, streamed through rclone)", default="local")
 
@@ -184,9 +194,3 @@ class DrillSection(Section):
         if not re.fullmatch(r"[a-z][a-z0-9_]{5,30}_", self.prefix):
             raise ConfigError(f"[drill].prefix: '{self.prefix}' must be 6-31 lowercase letters/digits/_ ending "
                               "in '_' (e.g. restore_drill_)")
-        for name in ("jobs", "time_limit_seconds"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"[drill].{name}: must be at least 1")
-        if self.disk_factor < 1:
-            raise ConfigError(f"[drill].disk_factor: {self.disk_factor} is below 1; the restore needs at least "
-                              "the payload")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pgbackup_verify.config import ConfigError, Target, iter_target_files, load_target
+from pgbackup_verify.config.concerns import CONCERNS
+from pgbackup_verify.config.loader import shown
+from pgbackup_verify.config.sections import concern_problem
 
 TARGET_ENV = "PGBACKUP_VERIFY_TARGET"
 REPORTS_ENV = "PGBACKUP_VERIFY_REPORTS"
@@ -19,7 +23,8 @@ DEFAULT_KEEP = 30
 # One help text per option, shared by the CLI flag and the ini key.
 HELP = {
     "target": f"target file (TOML) or directory of them; repeatable. Env: {TARGET_ENV}",
-    "reports": f"directory for the HTML/JUnit/JSON reports (default: reports). Env: {REPORTS_ENV}",
+    "reports": ("directory for the HTML/JUnit/JSON reports and latest.* (default: ./reports under the directory "
+                f"the run starts in; always printed as an absolute path). Env: {REPORTS_ENV}"),
     "keep": f"timestamped reports to keep in the reports directory (default {DEFAULT_KEEP}). Env: {KEEP_ENV}",
     "lock": f"lock file; a second run while one holds it is refused (exit 14). Env: {LOCK_ENV}",
     "json": "also write the machine-readable run summary (JSON) to this file",
@@ -27,15 +32,55 @@ HELP = {
 
 
 @dataclass(frozen=True)
+class BrokenTarget:
+    """A target file of a directory (or one of several) that did not load: the others still run, and
+    this one counts as a failed check under its name."""
+
+    source: Path
+    name: str
+    error: str  # the one-line ConfigError
+
+
+@dataclass(frozen=True)
 class Settings:
     targets: tuple[Target, ...]
     target_source: str  # where the target path came from, for messages and the header
-    reports_dir: Path | None
+    reports_dir: Path | None  # absolute
     keep_reports: int
     lock: Path | None
+    broken: tuple[BrokenTarget, ...] = ()
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()  # resolved once in the core plugin's pytest_configure
+TARGET_ATTR = "pgbv_target"  # an item that is not parametrized with a target names it here (a broken file)
+
+
+class TargetFileItem(pytest.Item):
+    """A broken target file among several: one failed check under its name (exit 4), the others run."""
+
+    def __init__(self, *, broken: BrokenTarget, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.broken = broken
+        setattr(self, TARGET_ATTR, broken)  # routed to that target, like a check parametrized with it
+
+    def runtest(self) -> None:
+        raise ConfigError(self.broken.error)
+
+    def reportinfo(self) -> tuple[Path, None, str]:
+        return self.broken.source, None, f"target file {self.broken.name}"
+
+
+class BrokenTargets:
+    """Registered by the core plugin when some target files did not load: adds their failed checks."""
+
+    def __init__(self, broken: tuple[BrokenTarget, ...]) -> None:
+        self.broken = broken
+
+    @pytest.hookimpl(trylast=True)  # after -k/-m: a broken file is never deselected away
+    def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
+        items.extend(TargetFileItem.from_parent(session, name=f"target_file_is_valid[{b.name}]",
+                                                nodeid=f"target_file_is_valid[{b.name}]", broken=b)
+                     for b in self.broken)
 
 
 def _pick(config: pytest.Config, opt: str, ini: str, env: str) -> tuple[object, str]:
@@ -60,18 +105,54 @@ def target_paths(config: pytest.Config) -> tuple[list[Path], str]:
     return [Path(str(p)) for p in paths], source
 
 
-def resolve(config: pytest.Config) -> Settings:
-    paths, source = target_paths(config)
+def _load(f: Path, registry: Collection[str]) -> Target:
+    t = load_target(f)
+    for c in t.sql_check:
+        problem = concern_problem(c.concern, registry)
+        if problem:
+            raise ConfigError(f"target file '{shown(f)}': [[sql_check]] '{c.name}'.concern: {problem} "
+                              "(a site adds its own with the pytest_pgbackup_verify_concerns hook)")
+    return t
+
+
+def load_targets(paths: list[Path], registry: Collection[str] = CONCERNS) -> tuple[list[Target], list[BrokenTarget]]:
+    """Every target file named; when there are several, a broken one is set aside (named, it fails the
+    run) so that one typo does not stop every other host from being checked. A single file, or a run
+    whose every file is broken, raises the first ConfigError: there is nothing to check."""
+    files = [f for p in paths for f in iter_target_files(p)]
     targets: list[Target] = []
-    for p in paths:
-        for f in iter_target_files(p):
-            targets.append(load_target(f))
-    names = [t.name for t in targets]
+    broken: list[BrokenTarget] = []
+    first: ConfigError | None = None
+    for f in files:
+        try:
+            targets.append(_load(f, registry))
+        except ConfigError as e:
+            first = first or e
+            broken.append(BrokenTarget(f, shown(Path(f.stem)), str(e)))
+    if first is not None and not targets:
+        raise first
+    names = [t.name for t in targets] + [b.name for b in broken]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"target name '{dupes[0]}' is used twice; give each [target].name its own value")
+    return targets, broken
+
+
+def reports_path(config: pytest.Config, have_targets: bool) -> Path | None:
+    """The reports directory, absolute (relative ones are under the directory the run started in);
+    None when neither a target nor a reports directory was named (a plain pytest run of another suite)."""
     reports, _ = _pick(config, "pgbv_reports", "pgbackup_verify_reports", REPORTS_ENV)
-    reports_dir = Path(str(reports)) if reports else (Path("reports") if targets else None)
+    if not reports and not have_targets:
+        return None
+    return Path(os.path.abspath(config.invocation_params.dir / str(reports or "reports")))
+
+
+def resolve(config: pytest.Config, registry: Collection[str] = CONCERNS) -> Settings:
+    """The run's settings; `registry` is the run's concerns (a site may add some), which every
+    [[sql_check]].concern must name."""
+    paths, source = target_paths(config)
+    targets, broken = load_targets(paths, registry)
+    reports_dir = reports_path(config, bool(targets))
     keep_raw, keep_source = _pick(config, "pgbv_keep", "pgbackup_verify_keep_reports", KEEP_ENV)
     try:
         keep = DEFAULT_KEEP if keep_raw is None else int(str(keep_raw))
@@ -80,7 +161,7 @@ def resolve(config: pytest.Config) -> Settings:
     except ValueError:
         raise ConfigError(f"invalid keep-reports '{keep_raw}' from {keep_source}; use a whole number >= 1") from None
     return Settings(targets=tuple(targets), target_source=source, reports_dir=reports_dir,
-                    keep_reports=keep, lock=lock_path(config))
+                    keep_reports=keep, lock=lock_path(config), broken=tuple(broken))
 
 
 def lock_path(config: pytest.Config) -> Path | None:

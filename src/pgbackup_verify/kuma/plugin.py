@@ -80,7 +80,7 @@ def load_monitors(config: pytest.Config) -> tuple[list[routing.PushMonitor], str
         if not paths:
             return [], None, []
         settings = config.stash.get(SETTINGS_KEY, None) or resolve(config)
-        return routing.monitors_for(list(settings.targets)), None, []
+        return routing.monitors_for(list(settings.targets), settings.broken), None, []
     except ConfigError as e:
         monitors: list[routing.PushMonitor] = []
         unreadable: list[str] = []

@@ -6,12 +6,16 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pgbackup_verify.config import KumaSection, Target
 from pgbackup_verify.config.ops import looks_like_token
 from pgbackup_verify.outcome import CheckResult, RunFold
+
+if TYPE_CHECKING:
+    from pgbackup_verify.config.settings import BrokenTarget
 
 
 @dataclass(frozen=True)
@@ -42,20 +46,26 @@ def monitors_of(section: KumaSection, target: str | None) -> list[PushMonitor]:
                         (target,) if target else None) for p in section.push]
 
 
-def monitors_for(targets: tuple[Target, ...] | list[Target]) -> list[PushMonitor]:
+def monitors_for(targets: tuple[Target, ...] | list[Target],
+                 broken: Iterable[BrokenTarget] = ()) -> list[PushMonitor]:
     """One push per Kuma monitor: target files sharing a monitor (same url and token env) are merged,
-    else the last host's push would overwrite a failed host's DOWN."""
-    multi = len(targets) > 1
+    else the last host's push would overwrite a failed host's DOWN. `broken`: target files of the run
+    that did not load (config.settings.BrokenTarget): their monitors, read on their own, hear of it."""
+    broken = list(broken)
+    multi = len(targets) + len(broken) > 1
+    pairs = [(t.name, m) for t in targets for m in (monitors_of(t.kuma, None) if t.kuma else [])]
+    pairs += [(b.name, m) for b in broken for m in tolerant_monitors(b.source)]
     merged: dict[tuple[str, str], PushMonitor] = {}
-    for t in targets:
-        for m in monitors_of(t.kuma, t.name if multi else None) if t.kuma else []:
-            key = (m.url, m.token_env)
-            if key in merged:
-                old = merged[key]
-                covers = tuple(dict.fromkeys(old.covers + m.covers))
-                both = None if old.targets is None or m.targets is None else old.targets + m.targets
-                m = PushMonitor(old.name, old.token_env, covers, old.url, min(old.timeout, m.timeout), both)
-            merged[key] = m
+    for name, m in pairs:
+        if multi:
+            m = replace(m, targets=(name,))
+        key = (m.url, m.token_env)
+        if key in merged:
+            old = merged[key]
+            covers = tuple(dict.fromkeys(old.covers + m.covers))
+            both = None if old.targets is None or m.targets is None else old.targets + m.targets
+            m = PushMonitor(old.name, old.token_env, covers, old.url, min(old.timeout, m.timeout), both)
+        merged[key] = m
     return list(merged.values())
 
 
@@ -69,6 +79,8 @@ def tolerant_monitors(path: Path) -> list[PushMonitor]:
 def _blocks(path: Path) -> list[tuple[str, list[str]]]:
     """The file's [kuma] and [[kuma.push]] tables, each as (header name, its lines)."""
     try:
+        if not path.is_file():  # a FIFO named like a target would block the read forever
+            return []
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return []

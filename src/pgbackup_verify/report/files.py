@@ -3,27 +3,47 @@ run history (history.jsonl) the trend charts and checks read."""
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from pgbackup_verify.config.settings import Settings
+from pgbackup_verify.config import ConfigError
+from pgbackup_verify.config.settings import REPORTS_ENV, SETTINGS_KEY, Settings, reports_path, target_paths
+from pgbackup_verify.errors import CONFIG_ERROR, UserError
 from pgbackup_verify.evidence import EVIDENCE_KEY
 from pgbackup_verify.facts import history, trends
 from pgbackup_verify.facts.history import RunRecord, numeric_facts
-from pgbackup_verify.outcome import ERROR, FAILED, NOT_RUN
+from pgbackup_verify.outcome import ABORTS, ERROR, FAILED, NOT_RUN
 from pgbackup_verify.report import charts
-from pgbackup_verify.report.summary import RunSummary
-from pgbackup_verify.safefs import UnsafeDirectory, atomic_copy, check_dir_private_enough
+from pgbackup_verify.report.render import render_text
+from pgbackup_verify.report.summary import REFUSED_KEY, RunSummary, write_json
+from pgbackup_verify.safefs import UnsafeDirectory, atomic_copy, atomic_write, check_dir_private_enough
+
+
+def prepare_reports_dir(reports_dir: Path) -> None:
+    """Create the reports directory and prove it writable, or raise UserError with the one line to show
+    (pytest-html and junitxml would otherwise fail at the end, with a traceback and no report)."""
+    try:
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        check_dir_private_enough(reports_dir, "reports directory")
+        with tempfile.TemporaryFile(dir=reports_dir):
+            pass
+    except UnsafeDirectory as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"reports directory '{reports_dir}' cannot be written ({e.strerror}); pass a writable "
+                        f"--reports-dir or set {REPORTS_ENV}") from None
 
 
 def plan_reports(config: pytest.Config, reports_dir: Path) -> Path:
     """Point pytest-html and junitxml at reports/ unless the user chose paths already."""
     try:
-        reports_dir.mkdir(parents=True, exist_ok=True)
-        check_dir_private_enough(reports_dir, "reports directory")
-    except UnsafeDirectory as e:
+        prepare_reports_dir(reports_dir)
+    except UserError as e:
         raise pytest.UsageError(str(e)) from None
     stamp = time.strftime("%Y%m%dT%H%M%S")
     if config.pluginmanager.hasplugin("html") and not config.option.htmlpath:
@@ -40,6 +60,62 @@ def publish_latest(config: pytest.Config, reports_dir: Path, json_path: Path | N
                        (json_path, "latest.json")):
         if path and Path(path).is_file():
             atomic_copy(Path(path), reports_dir / name)  # replaces a planted link, never writes through it
+
+
+def replace_latest_unchecked(config: pytest.Config) -> None:
+    """No session ran (a config or usage error, a crash or Ctrl-C before the checks): replace latest.*
+    (and write --json's file) saying so and why; a line on stderr if even that fails."""
+    o = config.option
+    if getattr(o, "help", False) or getattr(o, "version", False):
+        return
+    reason, exit_status = config.stash.get(REFUSED_KEY, (ABORTS[CONFIG_ERROR], CONFIG_ERROR))
+    settings = config.stash.get(SETTINGS_KEY, None)
+    try:
+        reports_dir = settings.reports_dir if settings else reports_path(config, bool(target_paths(config)[0]))
+    except (ConfigError, ValueError):
+        return
+    json_copy = config.getoption("pgbv_json", None)
+    if not reason or (reports_dir is None and not json_copy):
+        return
+    problem = publish_not_checked(reports_dir, reason, exit_status, Path(json_copy) if json_copy else None)
+    if problem:
+        print(f"pgbackup-verify: {problem}", file=sys.stderr)
+
+
+def publish_not_checked(reports_dir: Path | None, reason: str, exit_status: int,
+                        json_copy: Path | None = None) -> str | None:
+    """Replace latest.{html,json,xml} (and write --json's copy) with a report that says the run checked
+    nothing and why (a config error, a crash before the checks, an interrupt), so no earlier run's OK
+    is left standing.
+
+    Returns the one line to show when even that cannot be written, else None."""
+    run = RunSummary()
+    run.fold.refuse(reason)
+    run.finish(exit_status, exit_status)
+    try:
+        if json_copy is not None:
+            write_json(run, json_copy)
+        if reports_dir is None:
+            return None
+        prepare_reports_dir(reports_dir)
+        atomic_write(reports_dir / "latest.json", run.to_json())
+        atomic_write(reports_dir / "latest.html", render_text(
+            "not_checked.html.j2", reason=reason, exit_status=exit_status,
+            when=time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started))))
+        atomic_write(reports_dir / "latest.xml", _junit_not_checked(reason))
+    except (UserError, OSError) as e:
+        return f"reports not replaced in '{reports_dir or json_copy}' ({getattr(e, 'strerror', None) or e})"
+    return None
+
+
+def _junit_not_checked(reason: str) -> bytes:
+    """JUnit XML of a run that did not start: one errored test case, so CI dashboards turn red too."""
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(suites, "testsuite", name="pgbackup-verify", tests="1", errors="1", failures="0",
+                          skipped="0")
+    case = ET.SubElement(suite, "testcase", classname="pgbackup-verify", name="run")
+    ET.SubElement(case, "error", message=f"NOT CHECKED: {reason}")
+    return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
 
 
 def add_html_environment(config: pytest.Config, settings: object, facts: dict[str, dict[str, object]],

@@ -6,7 +6,9 @@ All three read one fold (pgbackup_verify.outcome); the Recorder here feeds it fr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -15,14 +17,36 @@ import pytest
 
 from pgbackup_verify import outcome
 from pgbackup_verify.config.concerns import CONCERNS
+from pgbackup_verify.config.settings import TARGET_ATTR
+from pgbackup_verify.errors import CONFIG_ERROR, INTERNAL_ERROR
 from pgbackup_verify.outcome import RANK, ROUTING_ATTR, ROUTING_KEYS, CheckResult, Routing, RunFold, failure_text, label
 from pgbackup_verify.report.html import render as render_html
 from pgbackup_verify.safefs import atomic_write
 
-__all__ = ["CONCERNS_KEY", "RANK", "ROUTING_KEYS", "CheckResult", "Recorder", "RunSummary", "concerns",
-           "failure_text", "label", "recorder", "routing", "routing_properties", "write_json"]
+__all__ = [
+    "CONCERNS_KEY",
+    "RANK",
+    "REFUSED_KEY",
+    "ROUTING_KEYS",
+    "CheckResult",
+    "CrashWitness",
+    "Recorder",
+    "RunSummary",
+    "SigTermInterrupts",
+    "check_lines",
+    "concerns",
+    "crash_reason",
+    "failure_text",
+    "label",
+    "recorder",
+    "refuse",
+    "routing",
+    "routing_properties",
+    "write_json",
+]
 
 RECORDER = "pgbackup-verify-outcome"
+REFUSED_KEY = pytest.StashKey[tuple[str, int]]()  # why the run checked nothing, and its exit status
 ROUTING_KEY = pytest.StashKey[Routing]()  # a check's routing, computed once at collection finish
 CONCERNS_KEY = pytest.StashKey[dict[str, str]]()  # this run's concerns: shipped ones + a site's (hook)
 
@@ -42,7 +66,7 @@ def routing(item: pytest.Item) -> Routing:
 
     The markers are the Kuma routing keys; `pytest_pgbackup_verify_kuma_route` may add more."""
     callspec = getattr(item, "callspec", None)
-    target = callspec.params.get("target") if callspec else None
+    target = callspec.params.get("target") if callspec else getattr(item, TARGET_ATTR, None)
     known = concerns(item.config)
     concern = next((m.name for m in item.iter_markers() if m.name in known), "other")  # the nearest wins
     name = str(getattr(target, "name", "") or "")
@@ -175,6 +199,81 @@ def recorder(config: pytest.Config) -> Recorder:
         config.pluginmanager.register(plugin, RECORDER)
     assert isinstance(plugin, Recorder)
     return plugin
+
+
+def refuse(config: pytest.Config, reason: str, exit_status: int = CONFIG_ERROR) -> None:
+    """The run cannot judge anything (its reason: "" when no report can be written): remember why, for
+    the fold and for the report that replaces latest.* when no session runs (report.files)."""
+    config.stash[REFUSED_KEY] = (reason, exit_status)
+    if reason:
+        recorder(config).fold.refuse(reason)
+
+
+def crash_reason(e: BaseException) -> str:
+    return f"internal error before the checks ran: {type(e).__name__}: {e}".splitlines()[0]
+
+
+class CrashWitness:
+    """Remembers an internal error before the session (another plugin's or a site's configure raised),
+    so the report that replaces latest.* names it instead of a generic reason."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.started = False
+
+    def pytest_sessionstart(self) -> None:
+        self.started = True  # from here on the session's own reports say what happened
+
+    def pytest_internalerror(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        if not self.started:
+            refuse(self.config, crash_reason(excinfo.value), INTERNAL_ERROR)
+
+
+class SigTermInterrupts:
+    """SIGTERM (systemd's stop, a timeout) ends the session as interrupted, so every report says so."""
+
+    def __init__(self, fold: RunFold) -> None:
+        self.fold = fold
+
+    def __call__(self, signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends the process
+        self.fold.interrupt("SIGTERM")
+        raise KeyboardInterrupt("SIGTERM")
+
+    @classmethod
+    def install(cls, fold: RunFold) -> None:
+        """Unless someone else handles SIGTERM already (the Kuma reporter chains to what it found)."""
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                signal.signal(signal.SIGTERM, cls(fold))
+
+    @classmethod
+    def uninstall(cls) -> None:
+        if isinstance(signal.getsignal(signal.SIGTERM), cls):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def check_lines(fold: RunFold, reportchars: str = "", limit: int = 3) -> list[str]:
+    """Failed, errored and skipped checks in pytest's -r style, but named by target, concern and check
+    instead of a source path (an installed copy's lies deep in site-packages), for the kinds pytest's own
+    `reportchars` does not list already: `FAILED t grants · dump role can connect: <finding>`,
+    `SKIPPED [5] t kuma: <reason> (a, b, c, +2 more)`."""
+    lines = []
+    for r in sorted(fold.results(), key=lambda r: (RANK[r.outcome], r.target, r.concern, r.nodeid)):
+        shown = {outcome.FAILED: "f", outcome.ERROR: "E"}.get(r.outcome)
+        if shown and shown not in reportchars:
+            where = " ".join(x for x in (r.target, r.concern) if x)
+            lines.append(f"{r.outcome.upper()} {where} \u00b7 {r.label or r.name}: {r.message}")
+    if "s" in reportchars:
+        return lines
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for r in fold.results():
+        if r.outcome == outcome.SKIPPED:
+            groups.setdefault((r.target, r.concern, r.message), []).append(r.label or r.name)
+    for (target, concern, reason), names in groups.items():
+        listed = ", ".join(names[:limit]) + (f", +{len(names) - limit} more" if len(names) > limit else "")
+        lines.append(f"SKIPPED [{len(names)}] {' '.join(x for x in (target, concern) if x)}: {reason} ({listed})")
+    return lines
 
 
 def write_json(summary: RunSummary, path: str | Path) -> None:
