@@ -75,7 +75,7 @@ def test_seed_night_fails_grant_and_payload_checks_with_the_fix(tmp_path: Path) 
     assert "0 bytes decompressed, 20 bytes on disk, minimum 10000" in out
     assert "pgbackup-verify: FAILED targets=demo" in out
     # ...and Kuma hears about it that night: the monitor covering the grants goes DOWN naming the check.
-    assert "Kuma PG Dump Permission Guard: DOWN '1 failed of 7: test_dump_role_has_usage_on_every_schema'" in out
+    assert "Kuma PG Dump Permission Guard: DOWN '1 failed of 8: test_dump_role_has_usage_on_every_schema'" in out
 
 
 def test_a_killed_demo_is_swept_by_the_next_run(killed_then_healthy: KilledThenHealthy) -> None:
