@@ -138,6 +138,13 @@ CASES: dict[str, Case] = {
                                              (grant("SELECT", f'SEQUENCE {U}."tëst_id_seq"'),)),
     "large object without SELECT": Case("REVOKE SELECT ON LARGE OBJECT {lo} FROM {r}",
                                         ("GRANT SELECT ON LARGE OBJECT {lo} TO {r};",)),
+    "seven large objects without SELECT": Case(
+        "SET ROLE gd_owner; SELECT lo_create(0) FROM generate_series(1, 7); RESET ROLE",
+        # No GRANT ... ON ALL LARGE OBJECTS exists: past five, one loop for the owner's objects.
+        ("DO $pgbv$DECLARE o oid; BEGIN FOR o IN SELECT oid FROM pg_largeobject_metadata WHERE lomowner = "
+         "'gd_owner'::regrole LOOP EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %s', o, '{r}'); END LOOP; "
+         "END$pgbv$;",),
+        revert="SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid <> {lo}"),
     "large object without SELECT, --no-blobs": Case("REVOKE SELECT ON LARGE OBJECT {lo} FROM {r}",
                                                     options=("--no-blobs",)),
     "large object without SELECT, --schema only": Case("REVOKE SELECT ON LARGE OBJECT {lo} FROM {r}",

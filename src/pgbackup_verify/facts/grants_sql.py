@@ -105,23 +105,26 @@ SELECT quote_ident(nspname), count(*)::int,
 FROM seq GROUP BY nspname
 """
 
-# Large objects per owner: how many, how many the dump role cannot SELECT, and the first
-# LO_LISTED of those. SELECT is read from the ACL itself (has_largeobject_privilege only came
-# with PostgreSQL 17): NULL means the owner's defaults; a grant counts when it names PUBLIC or
-# a role whose privileges the dump role has (ownership works the same way). Neither
-# pg_read_all_data nor BYPASSRLS opens a large object; superuser does.
+# Large objects per owner: how many, how many the dump role cannot SELECT, and LO_LISTED of
+# those. SELECT is read from the ACL itself (has_largeobject_privilege only came with PostgreSQL
+# 17): NULL means the owner's defaults; a grant counts when it names PUBLIC or a role whose
+# privileges the dump role has (ownership works the same way). Neither pg_read_all_data nor
+# BYPASSRLS opens a large object; superuser does. Objects are grouped by (owner, ACL) first, so
+# a million objects granted alike cost one aclexplode, not a million.
 LO_LISTED = 200
 LARGE_OBJECTS = f"""
 WITH {_ROLE},
-lo AS (SELECT m.oid, m.lomowner,
-              role.super OR EXISTS (
-                  SELECT 1 FROM aclexplode(coalesce(m.lomacl, acldefault('L', m.lomowner))) x
-                  WHERE x.privilege_type = 'SELECT' AND (x.grantee = 0 OR pg_has_role(role.r, x.grantee, 'USAGE')))
-              AS sel
-       FROM pg_largeobject_metadata m, role)
-SELECT quote_ident(pg_get_userbyid(lomowner)), count(*)::int, count(*) FILTER (WHERE NOT sel)::int,
-       coalesce((array_agg(oid::bigint ORDER BY oid) FILTER (WHERE NOT sel))[1:{LO_LISTED}], '{{}}')
-FROM lo GROUP BY lomowner
+acls AS (SELECT lomowner, lomacl, count(*)::int AS n, (array_agg(oid::bigint))[1:{LO_LISTED}] AS oids
+         FROM pg_largeobject_metadata GROUP BY lomowner, lomacl),
+judged AS (SELECT a.*, role.super OR EXISTS (
+                SELECT 1 FROM aclexplode(coalesce(a.lomacl, acldefault('L', a.lomowner))) x
+                WHERE x.privilege_type = 'SELECT' AND (x.grantee = 0 OR pg_has_role(role.r, x.grantee, 'USAGE')))
+                AS sel
+           FROM acls a, role)
+SELECT quote_ident(pg_get_userbyid(lomowner)), sum(n)::int, coalesce(sum(n) FILTER (WHERE NOT sel), 0)::int,
+       coalesce((SELECT array_agg(o ORDER BY o) FROM (SELECT unnest(oids) AS o FROM judged j
+                 WHERE j.lomowner = judged.lomowner AND NOT j.sel LIMIT {LO_LISTED}) first), '{{}}')
+FROM judged GROUP BY lomowner
 """
 
 # For every (owner, schema) where a role other than the dump role (and not a superuser, and not
