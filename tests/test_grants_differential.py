@@ -145,6 +145,11 @@ CASES: dict[str, Case] = {
          "'gd_owner'::regrole LOOP EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %s', o, '{r}'); END LOOP; "
          "END$pgbv$;",),
         revert="SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid <> {lo}"),
+    "large object without SELECT, lo_compat_privileges on": Case(
+        f"ALTER DATABASE {DB} SET lo_compat_privileges = on; REVOKE SELECT ON LARGE OBJECT {{lo}} FROM {{r}}",
+        revert=f"ALTER DATABASE {DB} RESET lo_compat_privileges"),
+    "large object without SELECT, --schema-only": Case("REVOKE SELECT ON LARGE OBJECT {lo} FROM {r}",
+                                                       options=("-s",)),
     "large object without SELECT, --no-blobs": Case("REVOKE SELECT ON LARGE OBJECT {lo} FROM {r}",
                                                     options=("--no-blobs",)),
     "large object without SELECT, --schema only": Case("REVOKE SELECT ON LARGE OBJECT {lo} FROM {r}",

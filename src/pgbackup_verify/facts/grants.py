@@ -209,6 +209,18 @@ def _grouped_fixes(mine: list[Missing], lacking: int, total: int, all_fix: str) 
     return [m.fix for m in mine]
 
 
+def _split(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The one pass over pg_class -> (schema, count, problems) rows of relations and of sequences."""
+    relations, sequences = [], []
+    for schema, n_rel, n_seq, problems in rows:
+        problems = sorted(problems)
+        relations.append((schema, n_rel, [(name, kind, owner, sel, rls, forced)
+                                          for name, kind, owner, sel, _, rls, forced in problems if kind != "S"]))
+        sequences.append((schema, n_seq, [(name, usage, sel, owner)
+                                          for name, kind, owner, sel, usage, _, _ in problems if kind == "S"]))
+    return relations, sequences
+
+
 READ_BY_PG_DUMP = ("r", "p")  # locked and COPYed; views, matviews and foreign tables only described
 
 
@@ -221,7 +233,7 @@ def _relations(rows: list[tuple[Any, ...]], role: str, job: DumpJob) -> Concern:
     for schema, total, missing in sorted(rows):
         mine: list[Missing] = []
         other: list[Missing] = []
-        for name, kind, owner, select, blocked, forced in sorted(missing):
+        for name, kind, owner, select, blocked, forced in missing:
             ident = f"{schema}.{name}"
             if not select:
                 m = Missing(RELKINDS[kind], ident, owner, ("SELECT",), f"GRANT SELECT ON TABLE {ident} TO {role};",
@@ -257,7 +269,7 @@ def _sequences(rows: list[tuple[Any, ...]], role: str, job: DumpJob) -> Concern:
     for schema, total, missing in sorted(rows):
         mine: list[Missing] = []
         other: list[Missing] = []
-        for name, usage, select, owner in sorted(missing):
+        for name, usage, select, owner in missing:
             ident = f"{schema}.{name}"
             if not select and job.data:  # --schema-only reads no sequence's state
                 mine.append(Missing("sequence", ident, owner, ("SELECT",),
@@ -368,9 +380,10 @@ def _audit_catalog(target: Target,
             # has_*_privilege already answers true for superusers and pg_read_all_data members;
             # row-level security and large objects are decided in the queries themselves.
             default_privileges = _default_privileges(fetch(cur, grants_sql.DEFAULT_PRIVILEGES), q)
+            relations, sequences = _split(fetch(cur, grants_sql.RELATIONS, many=True))
             concerns = (_schemas(fetch(cur, grants_sql.SCHEMAS), q),
-                        _relations(fetch(cur, grants_sql.RELATIONS, many=True), q, job),
-                        _sequences(fetch(cur, grants_sql.SEQUENCES, many=True), q, job),
+                        _relations(relations, q, job),
+                        _sequences(sequences, q, job),
                         _covered(default_privileges) if role.superuser or role.reads_all else default_privileges,
                         _large_objects(fetch(cur, grants_sql.LARGE_OBJECTS, many=True), q, job, compat))
     return role, server, server_num, read_only, concerns, queries, compat

@@ -1,4 +1,5 @@
-"""The catalog queries of the grant audit: one statement per concern, whatever the object count.
+"""The catalog queries of the grant audit: a fixed number of statements whatever the object count
+(one per concern; relations and sequences share one pass over pg_class).
 
 Each statement aggregates on the server and returns the audited count plus only the objects
 that miss something, so 100,000 healthy relations cost one row, not 100,000.
@@ -65,10 +66,12 @@ SELECT count(*)::int,
 FROM audited a, role
 """
 
-# Tables, partitions, partitioned tables, views, materialized views, foreign tables; per schema.
-# Per problem object: name, relkind, owner, SELECT held, row-level security stops pg_dump,
-# FORCE ROW LEVEL SECURITY. One pass over pg_class; no ORDER BY inside the aggregates so that
-# the server can hash-group 100,000 rows instead of sorting them (the caller orders the few).
+# Tables, partitions, partitioned tables, views, materialized views, foreign tables and
+# sequences, per schema, in one pass over pg_class. Per problem object: name, relkind, owner,
+# SELECT held, USAGE held (sequences; true for the others), row-level security stops pg_dump,
+# FORCE ROW LEVEL SECURITY. No ORDER BY inside the aggregates so that the server can hash-group
+# 100,000 rows instead of sorting them (the caller orders the few). has_table_privilege's SELECT
+# is the sequence's SELECT too (one ACL bit); USAGE exists for sequences only.
 # Row-level security matters on plain tables and partitions only: pg_dump COPYs each partition
 # itself, and a policy on the partitioned parent does not apply to that.
 RELATIONS = f"""
@@ -76,33 +79,19 @@ WITH {_ROLE}, {_AUDITED}, {_EXT},
 rel AS (
     SELECT a.nspname, c.relname, c.relkind, c.relowner, c.relforcerowsecurity AS forced,
            has_table_privilege(role.r, c.oid, 'SELECT') AS sel,
+           CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(role.r, c.oid, 'USAGE') ELSE true END AS usage,
            CASE WHEN c.relkind = 'r' AND c.relrowsecurity AND NOT role.super AND NOT role.bypass
                 THEN c.relforcerowsecurity OR NOT pg_has_role(role.r, c.relowner, 'USAGE')
                 ELSE false END AS rls
-    FROM audited a JOIN pg_class c ON c.relnamespace = a.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+    FROM audited a JOIN pg_class c ON c.relnamespace = a.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
     LEFT JOIN ext x ON x.oid = c.oid, role
     WHERE coalesce(x.config, true))
-SELECT quote_ident(nspname), count(*)::int,
+SELECT quote_ident(nspname),
+       (count(*) FILTER (WHERE relkind <> 'S'))::int, (count(*) FILTER (WHERE relkind = 'S'))::int,
        coalesce(json_agg(json_build_array(quote_ident(relname), relkind, quote_ident(pg_get_userbyid(relowner)),
-                                          sel, rls, forced))
-                FILTER (WHERE NOT sel OR rls), '[]')
+                                          sel, usage, rls, forced))
+                FILTER (WHERE NOT sel OR NOT usage OR rls), '[]')
 FROM rel GROUP BY nspname
-"""
-
-# USAGE and SELECT tested separately: pg_dump reads each sequence's state with SELECT and
-# never needs USAGE (nextval/currval).
-SEQUENCES = f"""
-WITH {_ROLE}, {_AUDITED}, {_EXT},
-seq AS (SELECT a.nspname, c.relname, c.relowner,
-               has_sequence_privilege(role.r, c.oid, 'USAGE') AS u,
-               has_sequence_privilege(role.r, c.oid, 'SELECT') AS s
-        FROM audited a JOIN pg_class c ON c.relnamespace = a.oid AND c.relkind = 'S'
-        LEFT JOIN ext x ON x.oid = c.oid, role
-        WHERE coalesce(x.config, true))
-SELECT quote_ident(nspname), count(*)::int,
-       coalesce(json_agg(json_build_array(quote_ident(relname), u, s, quote_ident(pg_get_userbyid(relowner))))
-                FILTER (WHERE NOT (u AND s)), '[]')
-FROM seq GROUP BY nspname
 """
 
 # Large objects per owner: how many, how many the dump role cannot SELECT, and LO_LISTED of
