@@ -152,7 +152,7 @@ CASES: dict[str, Case] = {
                                                        options=("-s",)),
     "large object without SELECT, --no-blobs": Case("REVOKE SELECT ON LARGE OBJECT {lo} FROM {r}",
                                                     options=("--no-blobs",)),
-    "large object without SELECT, --schema only": Case("REVOKE SELECT ON LARGE OBJECT {lo} FROM {r}",
+    "large object without SELECT, --schema=\"Pilot Area\"": Case("REVOKE SELECT ON LARGE OBJECT {lo} FROM {r}",
                                                        options=('--schema="Pilot Area"',)),
     "row-level security, not owner": Case(RLS_ON, ("ALTER ROLE {r} BYPASSRLS;",), revert=RLS_OFF),
     "row-level security, BYPASSRLS": Case(f"{RLS_ON}; ALTER ROLE {{r}} BYPASSRLS", revert=RLS_OFF),
