@@ -14,7 +14,7 @@ import pytest
 from checkrun import ChecksRun, TargetResult, run_checks
 from pgbackup_verify_demo import demo
 
-from pgbackup_verify.config import Target, load_target
+from pgbackup_verify.config import ConfigError, Target, load_target
 from pgbackup_verify.facts import grants
 from pgbackup_verify.facts.db import connect_readonly
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
@@ -381,3 +381,19 @@ def test_default_privileges_count_global_and_inherited_grants(grant_cluster: Thr
     assert audit.default_privileges.audited == 4 and audit.default_privileges.ok  # type: ignore[union-attr]
     with psycopg.connect(grant_cluster.dsn(db), autocommit=True) as conn:
         conn.execute("REVOKE gr_readers FROM gr_dump")  # roles are cluster-wide: leave none behind
+
+
+def test_dump_options_are_read_like_pg_dump_and_validated(tmp_path: Path) -> None:
+    # pg_dump's own rule: large objects unless -B, or -n/-t/-s without -b; -s reads no data.
+    assert grants.dump_job(()) == grants.DumpJob(large_objects=True, data=True, row_security=False)
+    assert not grants.dump_job(("-Fc", "--no-blobs")).large_objects
+    assert not grants.dump_job(('--schema="Pilot Area"',)).large_objects
+    assert grants.dump_job(("-napp", "-b")).large_objects
+    assert grants.dump_job(("--schema-only",)) == grants.DumpJob(False, False, False)
+    assert grants.dump_job(("--exclude-table=x", "--exclude-schema=y")).large_objects  # excluding keeps them
+    assert grants.dump_job(("--enable-row-security",)).row_security
+    bad = target_file(tmp_path, "host=127.0.0.1 dbname=x user=y", extra='dump_options = ["-Fc", "no-blobs"]')
+    with pytest.raises(ConfigError) as e:
+        load_target(bad)
+    assert str(e.value).endswith("[database].dump_options: 'no-blobs' is not an option; write an option's value "
+                                 "attached to it, e.g. \"--schema=app\" or \"-napp\"")
