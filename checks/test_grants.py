@@ -37,7 +37,8 @@ def _judge(check: str, what: str, lack: str, concern: Concern | None, audit: Gra
     if audit.role.superuser or (audit.role.reads_all and what != "large objects"):  # pg_read_all_data opens none
         why = "superuser" if audit.role.superuser else "member of pg_read_all_data"
         evidence("covered", f"{audit.role.ident} is {why}: has SELECT and USAGE on every {what.rstrip('s')}, "
-                            "now and later")
+                            "now and later" + ("" if audit.role.superuser or audit.role.bypassrls
+                                               else " (row-level security still stops pg_dump)"))
     missing = concern.missing + (concern.unneeded if strict else ())
     fixes = concern.fixes + (concern.unneeded_fixes if strict else ())
     count = concern.missing_count + (len(concern.unneeded) if strict else 0)
