@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from pgbackup_verify.config import Target
 from pgbackup_verify.evidence import Evidence, fail
-from pgbackup_verify.facts.grants import Concern, GrantAudit
+from pgbackup_verify.facts.grants import Concern, GrantAudit, Missing
 
 pytestmark = pytest.mark.grants
 
@@ -22,27 +23,41 @@ def _role_present(audit: GrantAudit) -> None:
                     f"fix: {' '.join(audit.role.fixes)}")
 
 
-def _judge(check: str, what: str, lack: str, concern: Concern | None, audit: GrantAudit, evidence: Evidence) -> None:
+def _lines(items: tuple[Missing, ...], limit: int) -> list[str]:
+    return [f"{m.kind} {m.ident} (owner {m.owner}) lacks {', '.join(m.privileges)}" + (f" ({m.why})" if m.why else "")
+            for m in items[:limit]]
+
+
+def _judge(check: str, what: str, lack: str, concern: Concern | None, audit: GrantAudit, evidence: Evidence,
+           strict: bool = False) -> None:
+    """Fail on what makes pg_dump fail; what it does not read is a warning, or a failure when strict."""
     _role_present(audit)
     assert concern is not None
     evidence("audit", f"{audit.queries} catalog queries in one read-only transaction, {audit.seconds:.3f} s")
     evidence(f"{what} audited", concern.audited)
-    if audit.role.superuser or audit.role.reads_all:
+    if audit.role.superuser or (audit.role.reads_all and what != "large objects"):  # pg_read_all_data opens none
         why = "superuser" if audit.role.superuser else "member of pg_read_all_data"
-        evidence("covered", f"{audit.role.ident} is {why}: reads every {what.rstrip('s')}, now and later")
-    listed = [f"{m.kind} {m.ident} (owner {m.owner}) lacks {', '.join(m.privileges)}"
-              for m in concern.missing[:EVIDENCE_MAX]]
-    more = len(concern.missing) - len(listed)
+        evidence("covered", f"{audit.role.ident} is {why}: has SELECT and USAGE on every {what.rstrip('s')}, "
+                            "now and later" + ("" if audit.role.superuser or audit.role.bypassrls
+                                               else " (row-level security still stops pg_dump)"))
+    missing = concern.missing + (concern.unneeded if strict else ())
+    fixes = concern.fixes + (concern.unneeded_fixes if strict else ())
+    count = concern.missing_count + (len(concern.unneeded) if strict else 0)
+    listed = _lines(missing, EVIDENCE_MAX)
+    more = count - len(listed)
     evidence("missing", "\n".join(listed) + (f"\n... and {more} more" if more > 0 else "") if listed else "none")
-    if concern.ok:
+    if concern.unneeded and not strict:
+        evidence("warning: not needed by pg_dump (a failure with [database].strict_grants = true)",
+                 "\n".join(_lines(concern.unneeded, EVIDENCE_MAX))
+                 + (f"\nfix: {' '.join(concern.unneeded_fixes)}" if concern.unneeded_fixes else ""))
+    if not missing:
         return
-    evidence("fix", "\n".join(concern.fixes))
-    lines = listed[:SHOWN] + ([f"... and {len(concern.missing) - SHOWN} more (see evidence)"]
-                              if len(concern.missing) > SHOWN else [])
-    owners = sorted({m.owner for m in concern.missing})
-    fail(f"{check}: FAILED ({len(concern.missing)} of {concern.audited} {what} {lack} "
-                f"{audit.role.ident} vs 0 allowed); fix (as {' or '.join(owners)} or a superuser): "
-                + " ".join(concern.fixes) + "\n  " + "\n  ".join(lines))
+    evidence("fix", "\n".join(fixes))
+    lines = listed[:SHOWN] + ([f"... and {count - SHOWN} more (see evidence)"] if count > SHOWN else [])
+    runners = sorted({"a superuser" if m.superuser_fix else m.owner for m in missing} - {"a superuser"})
+    fail(f"{check}: FAILED ({count} of {concern.audited} {what} {lack} "
+         f"{audit.role.ident} vs 0 allowed); fix (as {' or '.join([*runners, 'a superuser'])}): "
+         + " ".join(fixes) + "\n  " + "\n  ".join(lines))
 
 
 def test_dump_role_can_connect(grant_audit: GrantAudit, evidence: Evidence) -> None:
@@ -62,22 +77,35 @@ def test_dump_role_can_connect(grant_audit: GrantAudit, evidence: Evidence) -> N
                     f"fix: {' '.join(r.fixes)}")
 
 
-def test_dump_role_has_usage_on_every_schema(grant_audit: GrantAudit, evidence: Evidence) -> None:
+def test_dump_role_has_usage_on_every_schema(grant_audit: GrantAudit, target: Target, evidence: Evidence) -> None:
     evidence.cause(READ)  # what pg_dump needs tonight: its failure is the cause of a bad dump
     _judge("dump role USAGE on every schema", "schemas", "without USAGE for", grant_audit.schemas,
-           grant_audit, evidence)
+           grant_audit, evidence, target.database.strict_grants)
 
 
-def test_dump_role_can_select_every_relation(grant_audit: GrantAudit, evidence: Evidence) -> None:
+def test_dump_role_can_select_every_relation(grant_audit: GrantAudit, target: Target, evidence: Evidence) -> None:
+    """pg_dump locks and COPYs every table and partition (row-level security stops it); it
+    only describes views, materialized views and foreign tables."""
     evidence.cause(READ)  # what pg_dump needs tonight: its failure is the cause of a bad dump
-    _judge("dump role SELECT on every relation", "relations", "without SELECT for", grant_audit.relations,
-           grant_audit, evidence)
+    _judge("dump role reads every table", "relations", "unreadable by", grant_audit.relations,
+           grant_audit, evidence, target.database.strict_grants)
 
 
-def test_dump_role_can_read_every_sequence(grant_audit: GrantAudit, evidence: Evidence) -> None:
+def test_dump_role_can_read_every_sequence(grant_audit: GrantAudit, target: Target, evidence: Evidence) -> None:
     evidence.cause(READ)  # what pg_dump needs tonight: its failure is the cause of a bad dump
-    _judge("dump role USAGE and SELECT on every sequence", "sequences", "without USAGE and/or SELECT for",
-           grant_audit.sequences, grant_audit, evidence)
+    _judge("dump role SELECT on every sequence", "sequences", "without SELECT for",
+           grant_audit.sequences, grant_audit, evidence, target.database.strict_grants)
+
+
+def test_dump_role_can_read_every_large_object(grant_audit: GrantAudit, evidence: Evidence) -> None:
+    """pg_dump opens every large object unless the job leaves them out ([database].dump_options)."""
+    evidence.cause(READ)  # what pg_dump needs tonight: its failure is the cause of a bad dump
+    job = grant_audit.job
+    evidence("job dumps large objects", "yes" if job.large_objects else "no ([database].dump_options)")
+    if grant_audit.lo_compat_privileges:
+        evidence("lo_compat_privileges", "on: the server checks no large-object privilege")
+    _judge("dump role SELECT on every large object", "large objects", "without SELECT for",
+           grant_audit.large_objects, grant_audit, evidence)
 
 
 def test_default_privileges_cover_future_objects(grant_audit: GrantAudit, evidence: Evidence) -> None:

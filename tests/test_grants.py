@@ -14,7 +14,7 @@ import pytest
 from checkrun import ChecksRun, TargetResult, run_checks
 from pgbackup_verify_demo import demo
 
-from pgbackup_verify.config import Target, load_target
+from pgbackup_verify.config import ConfigError, Target, load_target
 from pgbackup_verify.facts import grants
 from pgbackup_verify.facts.db import connect_readonly
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
@@ -65,19 +65,32 @@ FAULTS = {
     "table-without-select": (
         f"REVOKE SELECT ON {P}.flights FROM gr_dump",
         "test_dump_role_can_select_every_relation",
-        ["FAILED (1 of 7 relations without SELECT for gr_dump vs 0 allowed)",
+        ["dump role reads every table: FAILED (1 of 7 relations unreadable by gr_dump vs 0 allowed)",
          f"GRANT SELECT ON TABLE {P}.flights TO gr_dump;", f"table {P}.flights (owner gr_owner) lacks SELECT"]),
-    "view-matview-partitioned-without-select": (
+    "partitioned-and-view-without-select": (
         f"REVOKE SELECT ON {P}.pilots, {P}.daily, {P}.logbook, {P}.manifests FROM gr_dump",
         "test_dump_role_can_select_every_relation",
-        [f"view {P}.pilots", f"materialized view {P}.daily", f"partitioned table {P}.logbook",
-         f"foreign table {P}.manifests (owner gr_owner) lacks SELECT",
-         f"GRANT SELECT ON TABLE {P}.pilots TO gr_dump;", f"GRANT SELECT ON TABLE {P}.daily TO gr_dump;"]),
-    "sequence-select-but-no-usage": (
-        f"REVOKE USAGE ON SEQUENCE {P}.ticket FROM gr_dump",
+        ["FAILED (1 of 7 relations unreadable by gr_dump vs 0 allowed); fix (as gr_owner or a superuser): "
+         f"GRANT SELECT ON TABLE {P}.logbook TO gr_dump;\n"
+         f"  partitioned table {P}.logbook (owner gr_owner) lacks SELECT"]),
+    "sequence-without-select": (
+        f"REVOKE SELECT ON SEQUENCE {P}.ticket FROM gr_dump",
         "test_dump_role_can_read_every_sequence",
-        [f"sequence {P}.ticket (owner gr_owner) lacks USAGE\n",
-         f"GRANT USAGE ON SEQUENCE {P}.ticket TO gr_dump;"]),
+        [f"sequence {P}.ticket (owner gr_owner) lacks SELECT\n",
+         f"GRANT SELECT ON SEQUENCE {P}.ticket TO gr_dump;"]),
+    "row-level-security": (
+        f"ALTER TABLE {P}.flights ENABLE ROW LEVEL SECURITY",
+        "test_dump_role_can_select_every_relation",
+        ["dump role reads every table: FAILED (1 of 7 relations unreadable by gr_dump vs 0 allowed); "
+         "fix (as a superuser): ALTER ROLE gr_dump BYPASSRLS;\n"
+         f"  table {P}.flights (owner gr_owner) lacks BYPASSRLS (row-level security, not owned by gr_dump;"
+         " pg_dump runs with row_security = off)"]),
+    "large-object-without-select": (
+        "SET ROLE gr_owner; SELECT lo_create(4242); RESET ROLE",
+        "test_dump_role_can_read_every_large_object",
+        ["dump role SELECT on every large object: FAILED (1 of 1 large objects without SELECT for gr_dump vs 0 "
+         "allowed); fix (as gr_owner or a superuser): GRANT SELECT ON LARGE OBJECT 4242 TO gr_dump;\n"
+         "  large object 4242 (owner gr_owner) lacks SELECT"]),
     "other-owner-without-default-privileges": (
         "CREATE SCHEMA ops AUTHORIZATION gr_other; GRANT USAGE ON SCHEMA ops TO gr_dump;"
         " SET ROLE gr_other; CREATE TABLE ops.jobs (id int); RESET ROLE; GRANT SELECT ON ops.jobs TO gr_dump",
@@ -156,6 +169,11 @@ def grant_run(grant_cluster: ThrowawayCluster, seed_cluster: ThrowawayCluster,
                                                f" REVOKE SELECT ON ALL TABLES IN SCHEMA {P} FROM gr_dump")
     targets["excluded"] = target_file(root, grant_cluster.dsn(db, "gr_dump"), extra='exclude_schemas = ["Pilot Area"]',
                                       name="excluded")
+    unneeded = (f"REVOKE SELECT ON {P}.pilots, {P}.manifests FROM gr_dump;"
+                f" REVOKE USAGE ON SEQUENCE {P}.ticket FROM gr_dump")
+    for name, extra in (("unneeded", ""), ("unneeded-strict", "strict_grants = true")):
+        db = make_db(grant_cluster, "gr_" + name.replace("-", "_"), unneeded)
+        targets[name] = target_file(root, grant_cluster.dsn(db, "gr_dump"), extra=extra, name=name)
     targets["ghost"] = target_file(root, grant_cluster.dsn(make_db(grant_cluster, "gr_ghost_db")), "gr_ghost",
                                    name="ghost")
     night_cluster, backups = seed_night
@@ -168,12 +186,12 @@ def grant_run(grant_cluster: ThrowawayCluster, seed_cluster: ThrowawayCluster,
 
 
 def test_healthy_target_passes_every_grant_check(grant_run: Grants) -> None:
-    grant_run["healthy"].assert_outcomes(passed=6)
+    grant_run["healthy"].assert_outcomes(passed=7)
     assert "dump role gr_dump" in grant_run.run.facts_line("healthy")  # run facts in the summary
 
 
 def test_healthy_seed_database_passes_every_grant_check(grant_run: Grants) -> None:
-    grant_run["seed"].assert_outcomes(passed=6)
+    grant_run["seed"].assert_outcomes(passed=7)
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -181,7 +199,7 @@ def test_fault_fails_its_check_naming_object_and_fix(grant_run: Grants, grant_cl
                                                      fault: str) -> None:
     _, check, expected = FAULTS[fault]
     result = grant_run[fault]
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=6, failed=1)
     assert result.failed() == {check}, f"{check} did not fail"
     for text in expected:
         assert text in result.text, f"{text!r} not in the output of fault {fault}"
@@ -190,7 +208,7 @@ def test_fault_fails_its_check_naming_object_and_fix(grant_run: Grants, grant_cl
     db = "gr_" + fault.replace("-", "_")
     audit = grants.audit(load_target(f))
     with psycopg.connect(grant_cluster.dsn(db), autocommit=True) as conn:
-        for c in (audit.schemas, audit.relations, audit.sequences, audit.default_privileges):
+        for c in (audit.schemas, audit.relations, audit.sequences, audit.default_privileges, audit.large_objects):
             for stmt in c.fixes:  # type: ignore[union-attr]
                 conn.execute(stmt)
         for stmt in audit.role.fixes:
@@ -200,13 +218,27 @@ def test_fault_fails_its_check_naming_object_and_fix(grant_run: Grants, grant_cl
 
 def grants_all_ok(a: grants.GrantAudit) -> bool:
     return a.role.ok and all(c is not None and c.ok
-                             for c in (a.schemas, a.relations, a.sequences, a.default_privileges))
+                             for c in (a.schemas, a.relations, a.sequences, a.default_privileges, a.large_objects))
 
 
 def test_excluded_schema_is_not_audited(grant_run: Grants) -> None:
-    grant_run["excluded"].assert_outcomes(passed=6)
+    grant_run["excluded"].assert_outcomes(passed=7)
     audit = grants.audit(load_target(grant_run.targets["excluded"]))
     assert (audit.schemas.audited, audit.relations.audited) == (1, 1)  # type: ignore[union-attr]
+
+
+def test_privileges_pg_dump_does_not_need_warn_or_fail_when_strict(grant_run: Grants) -> None:
+    """SELECT on a view or a foreign table, USAGE on a sequence: pg_dump exits 0 without them."""
+    grant_run["unneeded"].assert_outcomes(passed=7)
+    strict = grant_run["unneeded-strict"]
+    strict.assert_outcomes(passed=5, failed=2)
+    assert strict.failed() == {"test_dump_role_can_select_every_relation", "test_dump_role_can_read_every_sequence"}
+    for text in ("dump role reads every table: FAILED (2 of 7 relations unreadable by gr_dump vs 0 allowed); "
+                 f"fix (as gr_owner or a superuser): GRANT SELECT ON TABLE {P}.manifests TO gr_dump; "
+                 f"GRANT SELECT ON TABLE {P}.pilots TO gr_dump;",
+                 f"view {P}.pilots (owner gr_owner) lacks SELECT (pg_dump only reads its definition)",
+                 f"GRANT USAGE ON SEQUENCE {P}.ticket TO gr_dump;"):
+        assert text in strict.text, text
 
 
 def test_pg_read_all_data_member_covers_everything(grant_cluster: ThrowawayCluster, tmp_path: Path) -> None:
@@ -216,7 +248,7 @@ def test_pg_read_all_data_member_covers_everything(grant_cluster: ThrowawayClust
 
 
 def test_missing_dump_role_fails_every_check_never_silent(grant_run: Grants) -> None:
-    grant_run["ghost"].assert_outcomes(passed=1, failed=5)  # only pg_dump's version does not need the role
+    grant_run["ghost"].assert_outcomes(passed=1, failed=6)  # only pg_dump's version does not need the role
     assert "fix: CREATE ROLE gr_ghost LOGIN;" in grant_run["ghost"].text
 
 
@@ -237,7 +269,7 @@ def test_older_or_missing_local_pg_dump_fails(pytester: pytest.Pytester, grant_c
     monkeypatch.setenv("PATH", f"{shim}:/bin" if client else str(shim))
     db = make_db(grant_cluster, "gr_version")
     result = run_one(pytester, target_file(tmp_path, grant_cluster.dsn(db, "gr_dump")))
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=6, failed=1)
     assert expected in result.stdout.str()
     assert "fix: apt-get install postgresql-client-15" in result.stdout.str()
 
@@ -277,7 +309,7 @@ def test_seed_night_end_to_end(grant_run: Grants, seed_night: tuple[ThrowawayClu
                           capture_output=True, text=True, check=False)
     assert dump.returncode != 0 and "permission denied for schema sandbox_tac" in dump.stderr
     result = grant_run["seed-night"]
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=6, failed=1)
     assert result.failed() == {"test_dump_role_has_usage_on_every_schema"}
     assert ("dump role USAGE on every schema: FAILED (1 of 3 schemas without USAGE for directus"
             " vs 0 allowed); fix (as workflow_admin or a superuser): "
@@ -303,7 +335,7 @@ def test_role_attribute_faults_name_the_alter_role(grant_cluster: ThrowawayClust
 
 def test_unreachable_database_is_one_line_per_check(grant_run: Grants) -> None:
     result = grant_run["g"]
-    result.assert_outcomes(errors=6)
+    result.assert_outcomes(errors=7)
     assert "database 127.0.0.1:1/directus as directus of target 'g' is unreachable" in result.text
     out = grant_run.run.stdout
     assert "Traceback" not in out and "another exception occurred" not in out
@@ -316,9 +348,13 @@ def test_schema_wide_revoke_gets_one_all_in_schema_fix_that_works(grant_cluster:
     t = load_target(target_file(tmp_path, grant_cluster.dsn(db, "gr_dump")))
     audit = grants.audit(t)
     assert audit.relations.fixes == (f"GRANT SELECT ON ALL TABLES IN SCHEMA {P} TO gr_dump;",)  # type: ignore[union-attr]
-    assert {m.kind for m in audit.relations.missing} == set(grants.RELKINDS.values())  # type: ignore[union-attr]
+    assert {m.kind for m in audit.relations.missing} == {"table", "partitioned table"}  # type: ignore[union-attr]
+    # Views, the matview and the foreign table lack SELECT too, which pg_dump never needs: a warning
+    # whose fix the ALL TABLES grant already is.
+    assert {m.kind for m in audit.relations.unneeded} == {"view", "materialized view", "foreign table"}  # type: ignore[union-attr]
+    assert audit.relations.unneeded_fixes == ()  # type: ignore[union-attr]
     assert audit.sequences.fixes == (  # type: ignore[union-attr]
-        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {P} TO gr_dump;",)
+        f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA {P} TO gr_dump;",)
     with psycopg.connect(grant_cluster.dsn(db), autocommit=True) as conn:
         for stmt in audit.relations.fixes + audit.sequences.fixes:  # type: ignore[union-attr]
             conn.execute(stmt)
@@ -345,3 +381,19 @@ def test_default_privileges_count_global_and_inherited_grants(grant_cluster: Thr
     assert audit.default_privileges.audited == 4 and audit.default_privileges.ok  # type: ignore[union-attr]
     with psycopg.connect(grant_cluster.dsn(db), autocommit=True) as conn:
         conn.execute("REVOKE gr_readers FROM gr_dump")  # roles are cluster-wide: leave none behind
+
+
+def test_dump_options_are_read_like_pg_dump_and_validated(tmp_path: Path) -> None:
+    # pg_dump's own rule: large objects unless -B, or -n/-t/-s without -b; -s reads no data.
+    assert grants.dump_job(()) == grants.DumpJob(large_objects=True, data=True, row_security=False)
+    assert not grants.dump_job(("-Fc", "--no-blobs")).large_objects
+    assert not grants.dump_job(('--schema="Pilot Area"',)).large_objects
+    assert grants.dump_job(("-napp", "-b")).large_objects
+    assert grants.dump_job(("--schema-only",)) == grants.DumpJob(False, False, False)
+    assert grants.dump_job(("--exclude-table=x", "--exclude-schema=y")).large_objects  # excluding keeps them
+    assert grants.dump_job(("--enable-row-security",)).row_security
+    bad = target_file(tmp_path, "host=127.0.0.1 dbname=x user=y", extra='dump_options = ["-Fc", "no-blobs"]')
+    with pytest.raises(ConfigError) as e:
+        load_target(bad)
+    assert str(e.value).endswith("[database].dump_options: 'no-blobs' is not an option; write an option's value "
+                                 "attached to it, e.g. \"--schema=app\" or \"-napp\"")

@@ -77,7 +77,7 @@ def test_seed_night_fails_grant_and_payload_checks_with_the_fix(tmp_path: Path) 
     assert "0 bytes decompressed, 20 bytes on disk, minimum 10000" in out
     assert "pgbackup-verify: FAILED targets=demo" in out
     # ...and Kuma hears about it that night: the monitor covering the grants goes DOWN naming the check.
-    assert "Kuma PG Dump Permission Guard: DOWN '1 failed of 7: test_dump_role_has_usage_on_every_schema'" in out
+    assert "Kuma PG Dump Permission Guard: DOWN '1 failed of 8: test_dump_role_has_usage_on_every_schema'" in out
     # Ordered by cause: the grants finding opens the report, the dump's before the drill's.
     assert out.index("dump role USAGE on every schema: FAILED") < out.index("latest dump payload: FAILED")
     # No fix advises what is already true: the only GRANT named is the one schema lacking USAGE, and the

@@ -72,11 +72,20 @@ class DatabaseSection(Section):
                                      path="file", default=None)
     exclude_schemas: tuple[str, ...] = key("schemas deliberately left out of the dump", default=())
     connect_timeout: int = key("seconds to wait for the database", default=10, gt=0)
+    dump_options: tuple[str, ...] = key("options of the nightly pg_dump that change what it reads (-B/--no-blobs, "
+                                        "-b, -n, -t, -s, --enable-row-security; others are ignored)", default=())
+    strict_grants: bool = key("also fail on privileges pg_dump does not need (SELECT on views, materialized "
+                              "views, foreign tables; USAGE on sequences and on schemas it reads nothing from)",
+                              default=False)
 
     def validate(self) -> None:
         if "password" in conninfo(self.dsn, "[database].dsn"):
             raise ConfigError("[database].dsn: contains a password; remove it and use PGPASSWORD, "
                               "~/.pgpass or [database].password_file")
+        for option in self.dump_options:
+            if not option.startswith("-"):
+                raise ConfigError(f"[database].dump_options: {option!r} is not an option; write an option's "
+                                  "value attached to it, e.g. \"--schema=app\" or \"-napp\"")
 
 
 @dataclass(frozen=True)

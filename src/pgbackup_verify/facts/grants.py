@@ -3,6 +3,10 @@
 `audit(target)` runs one catalog query per concern (see grants_sql) in one read-only
 transaction and returns frozen facts. Every missing object carries its quoted identifier
 and the exact statement that fixes it; the checks only phrase the verdict.
+
+`Concern.missing` is what makes tonight's pg_dump fail (the model is proven against the real
+pg_dump by tests/test_grants_differential.py); `Concern.unneeded` is what a role usually gets
+too but pg_dump never reads (a warning, a failure under [database].strict_grants).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class RoleFacts:
     exists: bool
     can_login: bool
     superuser: bool
+    bypassrls: bool  # the role's own attribute: it is never inherited from a group role
     expired: bool  # VALID UNTIL lies in the past: password logins fail
     reads_all: bool  # member of pg_read_all_data (PG14+): SELECT/USAGE everywhere
     can_connect: bool  # CONNECT privilege on the database
@@ -49,22 +54,53 @@ class RoleFacts:
 
 @dataclass(frozen=True)
 class Missing:
-    kind: str  # schema, table, view, ..., sequence, default privileges
+    kind: str  # schema, table, view, ..., sequence, large object, default privileges
     ident: str  # e.g. "Pilot Area".pilots, or `FOR ROLE x IN SCHEMA y ON TABLES` for default privileges
     owner: str  # quoted role that owns it (may run the fix, as may a superuser)
     privileges: tuple[str, ...]  # the ones the dump role lacks, each tested on its own
     fix: str  # the exact statement for this object alone
+    why: str = ""  # what in pg_dump needs it, when the privilege alone does not say
+    superuser_fix: bool = False  # only a superuser can run `fix` (ALTER ROLE ... BYPASSRLS)
 
 
 @dataclass(frozen=True)
 class Concern:
     audited: int  # objects (or owner x schema x {tables, sequences} default ACLs) looked at
-    missing: tuple[Missing, ...]
+    missing: tuple[Missing, ...]  # what makes pg_dump fail (for default privileges: fail later)
     fixes: tuple[str, ...]  # shortest exact set of statements that fixes all of `missing`
+    unneeded: tuple[Missing, ...] = ()  # lacking, but pg_dump does not read it
+    unneeded_fixes: tuple[str, ...] = ()
+    unlisted: int = 0  # more objects in `missing` than listed (large objects: LO_LISTED per owner)
 
     @property
     def ok(self) -> bool:
         return not self.missing
+
+    @property
+    def missing_count(self) -> int:
+        return len(self.missing) + self.unlisted
+
+
+@dataclass(frozen=True)
+class DumpJob:
+    """What the nightly pg_dump reads, from [database].dump_options (pg_dump's own rules)."""
+
+    large_objects: bool  # by default unless -B, or -n/-t/-s without -b
+    data: bool  # not --schema-only: sequences' state, rows and large objects are read
+    row_security: bool  # --enable-row-security: policies filter rows instead of stopping pg_dump
+
+
+SELECTS_PART = re.compile(r"^(-[nt]|--(schema|table)(=|$))")
+
+
+def dump_job(options: tuple[str, ...] = ()) -> DumpJob:
+    opts = set(options)
+    schema_only = bool(opts & {"-s", "--schema-only"})
+    partial = any(SELECTS_PART.match(o) for o in options)
+    blobs_on = bool(opts & {"-b", "--blobs", "--large-objects"})
+    blobs_off = bool(opts & {"-B", "--no-blobs", "--no-large-objects"})
+    large_objects = not schema_only and not blobs_off and (blobs_on or not partial)
+    return DumpJob(large_objects, not schema_only, "--enable-row-security" in opts)
 
 
 @dataclass(frozen=True)
@@ -91,12 +127,24 @@ class GrantAudit:
     server_version: str
     read_only: bool  # transaction_read_only as the server reported it during the audit
     schemas: Concern | None  # None when the role does not exist: nothing can be audited
-    relations: Concern | None
+    relations: Concern | None  # SELECT and row-level security
     sequences: Concern | None
     default_privileges: Concern | None
     pg_dump: PgDumpVersion
     queries: int  # catalog statements issued, independent of the object count
     seconds: float  # wall time including connect
+    large_objects: Concern | None = None
+    job: DumpJob = DumpJob(True, True, False)
+    lo_compat_privileges: bool = False  # the server skips large-object privilege checks
+
+    @property
+    def tonight(self) -> tuple[Concern | None, ...]:
+        """The concerns that predict whether tonight's pg_dump exits 0 (not default privileges)."""
+        return self.schemas, self.relations, self.sequences, self.large_objects
+
+    @property
+    def predicts_failure(self) -> bool:
+        return not self.role.ok or any(c is None or not c.ok for c in self.tonight)
 
 
 def major_of(version_num: int) -> tuple[int, ...]:
@@ -138,47 +186,129 @@ def _role(row: tuple[Any, ...], name: str) -> RoleFacts:
             fixes.append(f"ALTER ROLE {role_q} VALID UNTIL 'infinity';")
     if exists and not connect and not superuser:  # a new role gets CONNECT via PUBLIC unless revoked
         fixes.append(f"GRANT CONNECT ON DATABASE {db_q} TO {role_q};")
-    return RoleFacts(name=name, ident=role_q, exists=exists, can_login=login, superuser=superuser, expired=expired,
-                     reads_all=reads_all, can_connect=connect, database=db, fixes=tuple(fixes))
+    return RoleFacts(name=name, ident=role_q, exists=exists, can_login=login, superuser=superuser,
+                     bypassrls=row[12], expired=expired, reads_all=reads_all, can_connect=connect, database=db,
+                     fixes=tuple(fixes))
 
 
 def _schemas(row: tuple[Any, ...], role: str) -> Concern:
     total, missing = row
-    items = tuple(Missing("schema", s, owner, ("USAGE",), f"GRANT USAGE ON SCHEMA {s} TO {role};")
-                  for s, owner in missing)
-    return Concern(total, items, tuple(m.fix for m in items))
+    items = [Missing("schema", s, owner, ("USAGE",), f"GRANT USAGE ON SCHEMA {s} TO {role};",
+                     "" if reads else "holds no table or sequence pg_dump reads")
+             for s, owner, reads in missing]
+    needed = tuple(m for (_, _, reads), m in zip(missing, items, strict=True) if reads)
+    unneeded = tuple(m for m in items if m not in needed)
+    return Concern(total, needed, tuple(m.fix for m in needed), unneeded, tuple(m.fix for m in unneeded))
 
 
-def _relations(rows: list[tuple[Any, ...]], role: str) -> Concern:
-    items: list[Missing] = []
+def _grouped_fixes(mine: list[Missing], lacking: int, total: int, all_fix: str) -> list[str]:
+    """One GRANT per object (naming it), or one `... ON ALL ... IN SCHEMA` when that is shorter or
+    when several objects need it and every object of the schema (`lacking` of `total`) lacks it."""
+    if len(mine) > PER_OBJECT_FIXES or (1 < len(mine) and lacking == total):
+        return [all_fix]
+    return [m.fix for m in mine]
+
+
+def _split(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The one pass over pg_class -> (schema, count, problems) rows of relations and of sequences."""
+    relations, sequences = [], []
+    for schema, n_rel, n_seq, problems in rows:
+        problems = sorted(problems)
+        relations.append((schema, n_rel, [(name, kind, owner, sel, rls, forced)
+                                          for name, kind, owner, sel, _, rls, forced in problems if kind != "S"]))
+        sequences.append((schema, n_seq, [(name, usage, sel, owner)
+                                          for name, kind, owner, sel, usage, _, _ in problems if kind == "S"]))
+    return relations, sequences
+
+
+READ_BY_PG_DUMP = ("r", "p")  # locked and COPYed; views, matviews and foreign tables only described
+
+
+def _relations(rows: list[tuple[Any, ...]], role: str, job: DumpJob) -> Concern:
+    needed: list[Missing] = []
+    unneeded: list[Missing] = []
     fixes: list[str] = []
+    unneeded_fixes: list[str] = []
+    rls: list[Missing] = []
     for schema, total, missing in sorted(rows):
-        mine = [Missing(RELKINDS[kind], f"{schema}.{name}", owner, ("SELECT",),
-                        f"GRANT SELECT ON TABLE {schema}.{name} TO {role};") for name, kind, owner in sorted(missing)]
-        items += mine
-        if len(mine) == total or len(mine) > PER_OBJECT_FIXES:
-            fixes.append(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};")
+        mine: list[Missing] = []
+        other: list[Missing] = []
+        for name, kind, owner, select, blocked, forced in missing:
+            ident = f"{schema}.{name}"
+            if not select:
+                m = Missing(RELKINDS[kind], ident, owner, ("SELECT",), f"GRANT SELECT ON TABLE {ident} TO {role};",
+                            "" if kind in READ_BY_PG_DUMP else "pg_dump only reads its definition")
+                (mine if kind in READ_BY_PG_DUMP else other).append(m)
+            if blocked:
+                why = ("FORCE ROW LEVEL SECURITY applies to its owner too" if forced else
+                       f"row-level security, not owned by {role}") + "; pg_dump runs with row_security = off"
+                m = Missing(RELKINDS[kind], ident, owner, ("BYPASSRLS",), f"ALTER ROLE {role} BYPASSRLS;",
+                            why, superuser_fix=True)
+                if job.data:  # with --enable-row-security pg_dump exits 0 but writes only the rows policies show
+                    (unneeded if job.row_security else rls).append(m)
+        needed += mine
+        unneeded += other
+        grouped = _grouped_fixes(mine, len(mine) + len(other), total,
+                                 f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};")
+        fixes += grouped
+        if len(grouped) == len(mine):  # else the ALL TABLES grant covers the views too
+            unneeded_fixes += [m.fix for m in other]
+    needed += rls
+    if rls:
+        fixes.append(rls[0].fix)
+    unneeded_fixes += sorted({m.fix for m in unneeded if m.superuser_fix})
+    return Concern(sum(r[1] for r in rows), tuple(needed), tuple(fixes), tuple(unneeded), tuple(unneeded_fixes))
+
+
+def _sequences(rows: list[tuple[Any, ...]], role: str, job: DumpJob) -> Concern:
+    """SELECT is what pg_dump reads a sequence's state with; USAGE it never needs."""
+    needed: list[Missing] = []
+    unneeded: list[Missing] = []
+    fixes: list[str] = []
+    unneeded_fixes: list[str] = []
+    for schema, total, missing in sorted(rows):
+        mine: list[Missing] = []
+        other: list[Missing] = []
+        for name, usage, select, owner in missing:
+            ident = f"{schema}.{name}"
+            if not select and job.data:  # --schema-only reads no sequence's state
+                mine.append(Missing("sequence", ident, owner, ("SELECT",),
+                                    f"GRANT SELECT ON SEQUENCE {ident} TO {role};"))
+            if not usage:
+                other.append(Missing("sequence", ident, owner, ("USAGE",),
+                                     f"GRANT USAGE ON SEQUENCE {ident} TO {role};", "pg_dump never calls nextval"))
+        needed += mine
+        unneeded += other
+        fixes += _grouped_fixes(mine, len(mine), total, f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role};")
+        unneeded_fixes += [m.fix for m in other]
+    return Concern(sum(r[1] for r in rows), tuple(needed), tuple(fixes), tuple(unneeded), tuple(unneeded_fixes))
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _large_objects(rows: list[tuple[Any, ...]], role: str, job: DumpJob, compat: bool) -> Concern:
+    """Large objects pg_dump cannot open; a GRANT per object, or a DO loop for one owner's many."""
+    audited = sum(r[1] for r in rows)
+    if compat or not job.large_objects:  # lo_compat_privileges = on: the server checks nothing
+        return Concern(audited, (), ())
+    needed: list[Missing] = []
+    fixes: list[str] = []
+    unlisted = 0
+    for owner, _total, lacking, oids in sorted(rows):
+        mine = [Missing("large object", str(oid), owner, ("SELECT",), f"GRANT SELECT ON LARGE OBJECT {oid} TO {role};")
+                for oid in oids]
+        needed += mine
+        unlisted += lacking - len(mine)
+        if lacking > PER_OBJECT_FIXES:
+            # No `ON ALL LARGE OBJECTS` exists: the owner grants each of theirs in one statement.
+            fixes.append(f"DO $pgbv$DECLARE o oid; BEGIN FOR o IN SELECT oid FROM pg_largeobject_metadata "
+                         f"WHERE lomowner = {_literal(owner)}::regrole LOOP EXECUTE format("
+                         f"'GRANT SELECT ON LARGE OBJECT %s TO %s', o, {_literal(role)}); END LOOP; END$pgbv$;")
         else:
             fixes += [m.fix for m in mine]
-    return Concern(sum(r[1] for r in rows), tuple(items), tuple(fixes))
-
-
-def _sequences(rows: list[tuple[Any, ...]], role: str) -> Concern:
-    items: list[Missing] = []
-    fixes: list[str] = []
-    for schema, total, missing in sorted(rows):
-        mine = []
-        for name, usage, select, owner in sorted(missing):
-            privs = tuple(p for p, held in (("USAGE", usage), ("SELECT", select)) if not held)
-            mine.append(Missing("sequence", f"{schema}.{name}", owner, privs,
-                                f"GRANT {', '.join(privs)} ON SEQUENCE {schema}.{name} TO {role};"))
-        items += mine
-        if mine and (len(mine) == total or len(mine) > PER_OBJECT_FIXES):
-            union = [p for p in ("USAGE", "SELECT") if any(p in m.privileges for m in mine)]
-            fixes.append(f"GRANT {', '.join(union)} ON ALL SEQUENCES IN SCHEMA {schema} TO {role};")
-        else:
-            fixes += [m.fix for m in mine]
-    return Concern(sum(r[1] for r in rows), tuple(items), tuple(fixes))
+    return Concern(audited, tuple(needed), tuple(fixes), unlisted=unlisted)
 
 
 def _default_privileges(row: tuple[Any, ...], role: str) -> Concern:
@@ -198,7 +328,7 @@ def _default_privileges(row: tuple[Any, ...], role: str) -> Concern:
 
 
 def _covered(concern: Concern) -> Concern:
-    """pg_read_all_data (or superuser) reads everything, now and later: nothing is missing."""
+    """pg_read_all_data (or superuser) reads every table and sequence created later too."""
     return Concern(concern.audited, (), ())
 
 
@@ -216,19 +346,22 @@ def audit(target: Target, conn: psycopg.Connection | None = None) -> GrantAudit:
             if conn is None:
                 conn = stack.enter_context(connect_readonly(target))
                 stack.enter_context(conn.transaction())
-            role, server, server_num, read_only, concerns, queries = _audit_catalog(target, conn)
+            role, server, server_num, read_only, concerns, queries, compat = _audit_catalog(target, conn)
         pg_dump = local_pg_dump(server, server_num, found.result())
-    schemas, relations, sequences, default_privileges = concerns
+    schemas, relations, sequences, default_privileges, large_objects = concerns
     return GrantAudit(role, server, read_only, schemas, relations, sequences, default_privileges, pg_dump=pg_dump,
-                      queries=queries, seconds=time.perf_counter() - started)
+                      queries=queries, seconds=time.perf_counter() - started, large_objects=large_objects,
+                      job=dump_job(target.database.dump_options), lo_compat_privileges=compat)
 
 
-# schemas, relations, sequences, default privileges; all None when the role does not exist.
-Concerns = tuple[Concern | None, Concern | None, Concern | None, Concern | None]
+# schemas, relations, sequences, default privileges, large objects; all None without the role.
+Concerns = tuple[Concern | None, Concern | None, Concern | None, Concern | None, Concern | None]
 
 
-def _audit_catalog(target: Target, conn: psycopg.Connection) -> tuple[RoleFacts, str, int, bool, Concerns, int]:
+def _audit_catalog(target: Target,
+                   conn: psycopg.Connection) -> tuple[RoleFacts, str, int, bool, Concerns, int, bool]:
     params = {"role": target.database.dump_role, "exclude": list(target.database.exclude_schemas)}
+    job = dump_job(target.database.dump_options)
     queries = 0
 
     def fetch(cur: psycopg.Cursor[Any], sql: str, *, many: bool = False) -> Any:
@@ -240,15 +373,17 @@ def _audit_catalog(target: Target, conn: psycopg.Connection) -> tuple[RoleFacts,
     with conn.cursor() as cur:
         row = fetch(cur, grants_sql.ROLE)
         role = _role(row, target.database.dump_role)
-        server, server_num, read_only = row[9].split()[0], row[10], row[11] == "on"
-        concerns: Concerns = (None, None, None, None)
+        server, server_num, read_only, compat = row[9].split()[0], row[10], row[11] == "on", row[13] == "on"
+        concerns: Concerns = (None, None, None, None, None)
         if role.exists:
             q = role.ident
-            found = (_schemas(fetch(cur, grants_sql.SCHEMAS), q),
-                     _relations(fetch(cur, grants_sql.RELATIONS, many=True), q),
-                     _sequences(fetch(cur, grants_sql.SEQUENCES, many=True), q),
-                     _default_privileges(fetch(cur, grants_sql.DEFAULT_PRIVILEGES), q))
-            if role.superuser or role.reads_all:
-                found = (_covered(found[0]), _covered(found[1]), _covered(found[2]), _covered(found[3]))
-            concerns = found
-    return role, server, server_num, read_only, concerns, queries
+            # has_*_privilege already answers true for superusers and pg_read_all_data members;
+            # row-level security and large objects are decided in the queries themselves.
+            default_privileges = _default_privileges(fetch(cur, grants_sql.DEFAULT_PRIVILEGES), q)
+            relations, sequences = _split(fetch(cur, grants_sql.RELATIONS, many=True))
+            concerns = (_schemas(fetch(cur, grants_sql.SCHEMAS), q),
+                        _relations(relations, q, job),
+                        _sequences(sequences, q, job),
+                        _covered(default_privileges) if role.superuser or role.reads_all else default_privileges,
+                        _large_objects(fetch(cur, grants_sql.LARGE_OBJECTS, many=True), q, job, compat))
+    return role, server, server_num, read_only, concerns, queries, compat

@@ -1,4 +1,5 @@
-"""The catalog queries of the grant audit: one statement per concern, whatever the object count.
+"""The catalog queries of the grant audit: a fixed number of statements whatever the object count
+(one per concern; relations and sequences share one pass over pg_class).
 
 Each statement aggregates on the server and returns the audited count plus only the objects
 that miss something, so 100,000 healthy relations cost one row, not 100,000.
@@ -6,16 +7,34 @@ Privileges are tested one at a time: has_*_privilege(role, obj, 'USAGE,SELECT') 
 ANY of the listed privileges is held. has_table_privilege ignores the schema's USAGE, so schemas
 have their own query. Names come back through quote_ident(), PostgreSQL's own quoting rules.
 Parameters: %(role)s the dump role name, %(exclude)s the excluded schema names.
+
+What pg_dump (15) reads, as measured by tests/test_grants_differential.py against the real one:
+it LOCKs every table and partitioned table it dumps (ACCESS SHARE: table-level SELECT, column
+grants do not count), COPYs every table and partition on its own (SELECT on the parent gives
+nothing on a partition or an inheritance child), reads each sequence with SELECT, opens each
+large object, and runs with row_security = off, so a table with row-level security stops it
+unless the role has BYPASSRLS, or owns the table and it is not FORCEd. It only reads the
+definitions of views, materialized views and foreign tables, and of extension members unless
+the extension marked them as configuration (pg_extension_config_dump): those are dumped.
 """
 
 # The dump role once, so that per-object calls take an oid, not a name to look up.
-_ROLE = "role AS MATERIALIZED (SELECT oid AS r FROM pg_roles WHERE rolname = %(role)s)"
+_ROLE = """role AS MATERIALIZED (SELECT oid AS r, rolsuper AS super, rolbypassrls AS bypass
+                        FROM pg_roles WHERE rolname = %(role)s)"""
 
 # Every non-system schema that is not deliberately excluded.
 _AUDITED = """audited AS MATERIALIZED (
     SELECT n.oid, n.nspname, n.nspowner FROM pg_namespace n
     WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%'
       AND n.nspname <> ALL(%(exclude)s::text[]))"""
+
+# Relations that belong to an extension (pg_dump writes CREATE EXTENSION, not them), with
+# whether the extension marked them as configuration (then pg_dump dumps their rows).
+# Reached through the index on the referenced extension, not a scan of pg_depend.
+_EXT = """ext AS MATERIALIZED (
+    SELECT d.objid AS oid, bool_or(d.objid = ANY(e.extconfig)) AS config
+    FROM pg_extension e JOIN pg_depend d ON d.refclassid = 'pg_extension'::regclass AND d.refobjid = e.oid
+    WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e' GROUP BY d.objid)"""
 
 ROLE = """
 SELECT r.oid IS NOT NULL, coalesce(r.rolcanlogin, false), coalesce(r.rolsuper, false),
@@ -25,44 +44,76 @@ SELECT r.oid IS NOT NULL, coalesce(r.rolcanlogin, false), coalesce(r.rolsuper, f
        coalesce(has_database_privilege(r.oid, d.oid, 'CONNECT'), false),
        d.datname, quote_ident(d.datname), quote_ident(%(role)s),
        current_setting('server_version'), current_setting('server_version_num')::int,
-       current_setting('transaction_read_only')
+       current_setting('transaction_read_only'),
+       coalesce(r.rolbypassrls, false), current_setting('lo_compat_privileges')
 FROM pg_database d LEFT JOIN pg_roles r ON r.rolname = %(role)s
 WHERE d.datname = current_database()
 """
 
+# Schemas without USAGE, each with whether it holds something pg_dump reads (a table, a
+# partitioned table, a sequence, or an extension's configuration table): only then does
+# pg_dump fail. The EXISTS runs for the schemas lacking USAGE only (aggregate FILTER first).
 SCHEMAS = f"""
-WITH {_ROLE}, {_AUDITED}
+WITH {_ROLE}, {_AUDITED}, {_EXT}
 SELECT count(*)::int,
-       coalesce(json_agg(json_build_array(quote_ident(a.nspname), quote_ident(pg_get_userbyid(a.nspowner)))
-                         ORDER BY a.nspname)
+       coalesce(json_agg(json_build_array(
+                    quote_ident(a.nspname), quote_ident(pg_get_userbyid(a.nspowner)),
+                    EXISTS (SELECT 1 FROM pg_class c LEFT JOIN ext x ON x.oid = c.oid
+                            WHERE c.relnamespace = a.oid AND c.relkind IN ('r', 'p', 'S')
+                              AND coalesce(x.config, true)))
+                ORDER BY a.nspname)
                 FILTER (WHERE NOT has_schema_privilege(role.r, a.oid, 'USAGE')), '[]')
 FROM audited a, role
 """
 
-# Tables, partitions, partitioned tables, views, materialized views, foreign tables; per schema.
-# One pass over pg_class; no ORDER BY inside the aggregates so that the server can hash-group
-# 100,000 rows instead of sorting them (the caller orders the few missing ones).
+# Tables, partitions, partitioned tables, views, materialized views, foreign tables and
+# sequences, per schema, in one pass over pg_class. Per problem object: name, relkind, owner,
+# SELECT held, USAGE held (sequences; true for the others), row-level security stops pg_dump,
+# FORCE ROW LEVEL SECURITY. No ORDER BY inside the aggregates so that the server can hash-group
+# 100,000 rows instead of sorting them (the caller orders the few). has_table_privilege's SELECT
+# is the sequence's SELECT too (one ACL bit); USAGE exists for sequences only.
+# Row-level security matters on plain tables and partitions only: pg_dump COPYs each partition
+# itself, and a policy on the partitioned parent does not apply to that.
 RELATIONS = f"""
-WITH {_ROLE}, {_AUDITED}
-SELECT quote_ident(a.nspname), count(*)::int,
-       coalesce(json_agg(json_build_array(quote_ident(c.relname), c.relkind,
-                                          quote_ident(pg_get_userbyid(c.relowner))))
-                FILTER (WHERE NOT has_table_privilege(role.r, c.oid, 'SELECT')), '[]')
-FROM audited a JOIN pg_class c ON c.relnamespace = a.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f'), role
-GROUP BY a.nspname
+WITH {_ROLE}, {_AUDITED}, {_EXT},
+rel AS (
+    SELECT a.nspname, c.relname, c.relkind, c.relowner, c.relforcerowsecurity AS forced,
+           has_table_privilege(role.r, c.oid, 'SELECT') AS sel,
+           CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(role.r, c.oid, 'USAGE') ELSE true END AS usage,
+           CASE WHEN c.relkind = 'r' AND c.relrowsecurity AND NOT role.super AND NOT role.bypass
+                THEN c.relforcerowsecurity OR NOT pg_has_role(role.r, c.relowner, 'USAGE')
+                ELSE false END AS rls
+    FROM audited a JOIN pg_class c ON c.relnamespace = a.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+    LEFT JOIN ext x ON x.oid = c.oid, role
+    WHERE coalesce(x.config, true))
+SELECT quote_ident(nspname),
+       (count(*) FILTER (WHERE relkind <> 'S'))::int, (count(*) FILTER (WHERE relkind = 'S'))::int,
+       coalesce(json_agg(json_build_array(quote_ident(relname), relkind, quote_ident(pg_get_userbyid(relowner)),
+                                          sel, usage, rls, forced))
+                FILTER (WHERE NOT sel OR NOT usage OR rls), '[]')
+FROM rel GROUP BY nspname
 """
 
-# USAGE and SELECT tested separately: pg_dump reads each sequence's state with SELECT.
-SEQUENCES = f"""
-WITH {_ROLE}, {_AUDITED},
-seq AS (SELECT a.nspname, c.relname, c.relowner,
-               has_sequence_privilege(role.r, c.oid, 'USAGE') AS u,
-               has_sequence_privilege(role.r, c.oid, 'SELECT') AS s
-        FROM audited a JOIN pg_class c ON c.relnamespace = a.oid AND c.relkind = 'S', role)
-SELECT quote_ident(nspname), count(*)::int,
-       coalesce(json_agg(json_build_array(quote_ident(relname), u, s, quote_ident(pg_get_userbyid(relowner))))
-                FILTER (WHERE NOT (u AND s)), '[]')
-FROM seq GROUP BY nspname
+# Large objects per owner: how many, how many the dump role cannot SELECT, and LO_LISTED of
+# those. SELECT is read from the ACL itself (has_largeobject_privilege only came with PostgreSQL
+# 17): NULL means the owner's defaults; a grant counts when it names PUBLIC or a role whose
+# privileges the dump role has (ownership works the same way). Neither pg_read_all_data nor
+# BYPASSRLS opens a large object; superuser does. Objects are grouped by (owner, ACL) first, so
+# a million objects granted alike cost one aclexplode, not a million.
+LO_LISTED = 200
+LARGE_OBJECTS = f"""
+WITH {_ROLE},
+acls AS (SELECT lomowner, lomacl, count(*)::int AS n, (array_agg(oid::bigint))[1:{LO_LISTED}] AS oids
+         FROM pg_largeobject_metadata GROUP BY lomowner, lomacl),
+judged AS (SELECT a.*, role.super OR EXISTS (
+                SELECT 1 FROM aclexplode(coalesce(a.lomacl, acldefault('L', a.lomowner))) x
+                WHERE x.privilege_type = 'SELECT' AND (x.grantee = 0 OR pg_has_role(role.r, x.grantee, 'USAGE')))
+                AS sel
+           FROM acls a, role)
+SELECT quote_ident(pg_get_userbyid(lomowner)), sum(n)::int, coalesce(sum(n) FILTER (WHERE NOT sel), 0)::int,
+       coalesce((SELECT array_agg(o ORDER BY o) FROM (SELECT unnest(oids) AS o FROM judged j
+                 WHERE j.lomowner = judged.lomowner AND NOT j.sel LIMIT {LO_LISTED}) first), '{{}}')
+FROM judged GROUP BY lomowner
 """
 
 # For every (owner, schema) where a role other than the dump role (and not a superuser, and not
