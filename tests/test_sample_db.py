@@ -244,9 +244,11 @@ def test_usage_revoked_on_the_schema_is_the_seed_incident(sample: Sample) -> Non
     assert sample.dumps["usage-revoked"].stat().st_size == 20  # the real pg_dump failed; gzip of nothing
     result = sample["usage-revoked"]
     failed = red(result)
-    assert failed["test_dump_role_has_usage_on_every_schema"] == (
-        "dump role USAGE on every schema: FAILED (1 of 1 schemas without USAGE for pagila_dump vs 0 allowed); "
-        "fix (as postgres or a superuser): GRANT USAGE ON SCHEMA public TO pagila_dump;")
+    # Matched in parts: the grant audit's wording of counts may change (issue 10 item 4), these may not.
+    usage = failed["test_dump_role_has_usage_on_every_schema"]
+    assert usage.startswith("dump role USAGE on every schema: FAILED (1 of 1 schemas without USAGE for "
+                            "pagila_dump"), usage
+    assert usage.endswith("GRANT USAGE ON SCHEMA public TO pagila_dump;"), usage
     payload = failed["test_latest_dump_payload_reaches_minimum"]
     assert "0 bytes decompressed, 20 bytes on disk, minimum 100000" in payload
     assert "pagila_" in failed["test_latest_dump_has_pg_dump_header_and_footer"]
@@ -257,9 +259,10 @@ def test_select_revoked_on_a_table_names_the_table(sample: Sample) -> None:
     assert sample.dumps["select-revoked"].stat().st_size == 20  # pg_dump cannot lock public.rental: no dump
     result = sample["select-revoked"]
     failed = red(result)
-    assert failed["test_dump_role_can_select_every_relation"] == (
-        "dump role SELECT on every relation: FAILED (1 of 30 relations without SELECT for pagila_dump vs 0 "
-        "allowed); fix (as postgres or a superuser): GRANT SELECT ON TABLE public.rental TO pagila_dump;")
+    select = failed["test_dump_role_can_select_every_relation"]
+    assert select.startswith("dump role SELECT on every relation: FAILED (1 of "), select
+    assert "without SELECT for pagila_dump" in select, select
+    assert select.endswith("GRANT SELECT ON TABLE public.rental TO pagila_dump;"), select
     assert "test_dump_role_has_usage_on_every_schema" not in failed
     assert "0 bytes decompressed" in failed["test_latest_dump_payload_reaches_minimum"]
 
