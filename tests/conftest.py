@@ -33,6 +33,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
                                       "test_minimal_target.py")},
     **{m: (f"tests/{m}::",) for m in ("test_nights.py", "test_in_progress.py", "test_hostile_fs.py", "test_pg16.py")},
     "test_grants_differential.py": ("tests/test_grants_differential.py::",),
+    "test_sample_db.py": ("tests/test_sample_db.py::",),
 }
 
 
