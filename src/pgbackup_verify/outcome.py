@@ -274,9 +274,11 @@ def cause_rank(concern: str) -> int:
     return len(CAUSE_ORDER) + (concern == "other")
 
 
-def order_key(r: CheckResult) -> tuple[int, str, int, str, str]:
-    """Checks worst first, then per target in the order of cause: the one sort of every output."""
-    return (RANK[r.outcome], r.target, cause_rank(r.concern), r.concern, r.nodeid)
+def order_key(r: CheckResult) -> tuple[int, str, int, str]:
+    """Checks worst first, then per target in the order of cause: the one sort of every output.
+
+    Within a concern the sort is stable: checks keep the order they ran in (upstream first)."""
+    return (RANK[r.outcome], r.target, cause_rank(r.concern), r.concern)
 
 
 def is_bad(r: CheckResult) -> bool:
