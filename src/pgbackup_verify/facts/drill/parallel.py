@@ -456,14 +456,14 @@ class ParallelRestore:
         if one_line and _EXTRA.match(text):
             self._send(lines, barrier=False, dirty=False)
             return
-        if one_line and _TX_START.match(text):
-            self.in_tx = True
-        elif one_line and _TX_END.match(text):
-            self.in_tx = False
-            self._send(lines, barrier=False, dirty=True)
+        if one_line and (_TX_START.match(text) or _TX_END.match(text)):
+            # Inside a transaction block everything stays on psql: a connection of ours would not
+            # see what the block has not committed yet.
+            self.in_tx = _TX_START.match(text) is not None
+            self._send(lines, barrier=False)
             return
         if self.in_tx:
-            self._send(lines, barrier=False, dirty=True)
+            self._send(lines, barrier=True)  # it may read what the jobs still load
             return
         job = _parallel_item(text, last_no, lines[0][0], self._session_lines())
         if job is None:
