@@ -13,8 +13,9 @@ COPY rows counted). What the scan lets pass is then split three ways:
   SPOOL_LIMIT).
 - Post-data statements of known shape (CREATE INDEX, ADD CONSTRAINT PRIMARY KEY / UNIQUE / FOREIGN
   KEY) run on those connections too, never two on the same table at once (a foreign key locks
-  both of its tables: two in opposite directions could deadlock) and a class at a time (data, then
-  indexes and keys, then foreign keys, which need the keys they reference).
+  both of its tables: two in opposite directions could deadlock): a table's indexes and keys
+  start once its data is in, while other tables still load, like pg_restore; foreign keys wait
+  for everything before them (they need the keys they reference).
 
 Only statements matched by the strict patterns below leave psql, and they go through the
 extended query protocol, which the server refuses to run as more than one statement; COPY
@@ -80,6 +81,10 @@ _PSQL_LINE = re.compile(r"^psql:<stdin>:(\d+): ")
 
 class _Stop(Exception):
     """The restore stops (an error, a refusal, the time limit, a signal); the outcome says why."""
+
+
+class _NoPsql(FileNotFoundError):
+    """psql is not installed: the drill aborts, as the serial restore does."""
 
 
 @dataclass
@@ -347,6 +352,9 @@ class ParallelRestore:
         except BrokenPipeError:
             with contextlib.suppress(_Stop):
                 self._close_segment()  # psql stopped (ON_ERROR_STOP): its messages say why
+        except _NoPsql:
+            self.stop(None)
+            raise
         except (EOFError, OSError) as e:
             outcome.errors.append(f"dump stream unreadable after {raw.count if raw else 0} stored bytes: {e}")
             self.stop(None)
@@ -412,7 +420,7 @@ class ParallelRestore:
             self._serial_line(ev, barrier=True)  # the serial way: header and data to psql
             self.inline_copy = True
             return
-        job = _Job("copy", ev.line, ev.no, _show(ev.line), frozenset(), self._session_lines(),
+        job = _Job("copy", ev.line, ev.no, _show(ev.line), frozenset({m.group(1)}), self._session_lines(),
                    _Data(self.work_dir, self.budget, self.spool))
         self._submit(job)
         self.copy_job = job
@@ -495,7 +503,10 @@ class ParallelRestore:
 
     def _segment(self) -> _Segment:
         if self.segment is None:
-            self.segment = _Segment(self.conninfo, self.env, sorted(self.session.values()))
+            try:
+                self.segment = _Segment(self.conninfo, self.env, sorted(self.session.values()))
+            except FileNotFoundError as e:
+                raise _NoPsql(e.errno, e.strerror, e.filename) from None
         return self.segment
 
     def _close_segment(self) -> None:
@@ -536,8 +547,7 @@ class ParallelRestore:
         if self.segment is not None and self.segment.dirty:
             self._close_segment()  # the job may need all of it: the table, the index's key
         with self.lock:
-            while not self.stopped.is_set() and any(
-                    r.kind != job.kind or r.tables & job.tables for r in self.running):
+            while not self.stopped.is_set() and any(_conflict(r, job) for r in self.running):
                 self.lock.wait(0.5)
             if self.stopped.is_set():
                 raise _Stop
@@ -669,6 +679,17 @@ class ParallelRestore:
                 job.data.release()
         for conn in self.conns:
             conn.close()
+
+
+def _conflict(running: _Job, job: _Job) -> bool:
+    """Whether `job` must wait for `running`.
+
+    Never two jobs on one table: an index or key built while its table still loads would be
+    slower, never wrong, but statements that wait for each other's locks tie up connections.
+    A foreign key waits for everything before it (it needs the key it references, built by
+    some other job) and everything after a foreign key waits for it.
+    """
+    return bool(running.tables & job.tables) or (running.kind != job.kind and "fk" in (running.kind, job.kind))
 
 
 def _show(line: bytes) -> str:
