@@ -143,10 +143,12 @@ def test_parallel_restore_rebuilds_keys_triggers_matview_sequences_and_large_obj
                         "public.child": 3000, "public.parent": 500}
 
 
-def test_data_beyond_the_memory_budget_is_spooled_and_loaded_alike(source: Source, monkeypatch) -> None:
+@pytest.mark.parametrize("chunk", [97, 4096])
+def test_data_beyond_the_memory_budget_is_spooled_and_loaded_alike(source: Source, monkeypatch, chunk) -> None:
+    """Small reads put block ends and `\\.` lines at every place in a piece and in the spool's reads."""
     monkeypatch.setattr(parallel, "MEMORY_BUDGET", 4096)
     monkeypatch.setattr(parallel, "SPOOL_LIMIT", 8192)  # and the reading waits for the loading
-    monkeypatch.setattr(parallel, "CHUNK", 4096)
+    monkeypatch.setattr(parallel, "CHUNK", chunk)
     out, dsn = source.restore()
     assert out.problems == [] and out.spool_peak > 0
     assert snapshot(dsn) == source.expected

@@ -368,7 +368,10 @@ class ParallelRestore:
             self._shutdown()
         outcome.errors = outcome.errors + self.failures[:50]
         nonzero = [c for c in self.segment_codes if c != 0]
-        outcome.exit_code = nonzero[0] if nonzero else 3 if self.failures or outcome.refused else 0
+        if self.failures or ((outcome.timed_out or outcome.refused) and not nonzero):
+            outcome.exit_code = 3  # what psql's ON_ERROR_STOP gives
+        else:
+            outcome.exit_code = nonzero[0] if nonzero else 0
         outcome.payload_bytes, outcome.rows = sent, scanner.rows
         outcome.complete_marker = scanner.complete if read_all else None
         outcome.seconds = time.monotonic() - start
@@ -377,14 +380,14 @@ class ParallelRestore:
 
     def _route(self, pieces: Sequence[bytes | memoryview]) -> int:
         events, self.scanner.events = self.scanner.events, []
-        sent, ei = 0, 0
-        for piece in pieces:
+        sent, ei, n = 0, 0, len(pieces)
+        for i, piece in enumerate(pieces):
             sent += len(piece)
             if ei < len(events) and piece is events[ei].line:
                 ev = events[ei]
                 ei += 1
                 if ev.kind == "data":
-                    self._data(piece)
+                    self._data(piece, last=False)
                 else:
                     self._end_block()
                     if ev.kind == "header":
@@ -392,18 +395,23 @@ class ParallelRestore:
                     else:
                         self._sql(ev)
             else:
-                self._data(piece)
+                # The block's last piece is followed by a line scan() returned, or ends a feed after
+                # which the scanner is out of COPY data: it holds the `\.` line.
+                last = (ei < len(events) and pieces[i + 1] is events[ei].line) if i + 1 < n \
+                    else self.scanner.copy_target is None
+                self._data(piece, last)
         if self.scanner.copy_target is None:
             self._end_block()
         if self.stopped.is_set():
             raise _Stop
         return sent
 
-    def _data(self, piece: bytes | memoryview) -> None:
+    def _data(self, piece: bytes | memoryview, last: bool) -> None:
         if self.copy_job is not None:
             assert self.copy_job.data is not None
             self.spool.wait_room(self.stopped)
-            self.copy_job.data.write(piece)
+            # Over the protocol the end of COPY data is CopyDone, not the `\.` line psql reads.
+            self.copy_job.data.write(_strip_terminator(piece) if last else piece)
         elif self.inline_copy:
             self._segment().send_data(piece)
 
@@ -607,14 +615,10 @@ class ParallelRestore:
         assert job.data is not None
         with conn.cursor() as cur, cur.copy(job.sql) as copy:
             read, write = job.data.read, copy.write
-            last = b""
             while (piece := read()) is not None:
-                if last:
-                    write(last)
-                last = piece
+                write(piece)
             if job.data.cancelled:
                 raise psycopg.errors.QueryCanceled("restore stopped")
-            write(_strip_terminator(last))
 
     def _fail(self, job: _Job, e: psycopg.Error) -> None:
         diag = e.diag
@@ -696,11 +700,12 @@ def _show(line: bytes) -> str:
     return line.decode(errors="replace").strip()[:200]
 
 
-def _strip_terminator(piece: bytes) -> bytes:
-    """The block's last piece without its `\\.` line (the protocol ends COPY data, not a marker)."""
+def _strip_terminator(piece: bytes | memoryview) -> bytes | memoryview:
+    """The block's last piece without its `\\.` line."""
     for end in (b"\\.\n", b"\\.\r\n"):
-        if piece.endswith(end) and (len(piece) == len(end) or piece[-len(end) - 1:-len(end)] == b"\n"):
-            return piece[:-len(end)]
+        k = len(end)
+        if len(piece) >= k and piece[-k:] == end and (len(piece) == k or piece[-k - 1:-k] == b"\n"):
+            return piece[:-k]
     return piece
 
 
