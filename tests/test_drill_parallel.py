@@ -265,3 +265,17 @@ def _wait_for_copy(work: Path, proc: subprocess.Popen, seconds: float = 60) -> P
         time.sleep(0.1)
     raise AssertionError("the drill never reached the COPY of public.child")
 
+
+
+def test_a_second_statement_behind_a_parallel_one_never_runs_on_a_connection(source: Source) -> None:
+    """Statements leave psql only through the extended protocol: the server runs one or refuses."""
+    text = ("CREATE TABLE public.t (id int);\nCREATE TABLE public.u (id int);\n"
+            "COPY public.t (id) FROM stdin;\n1\n\\.\n"
+            "CREATE INDEX t_id ON public.t USING btree (id); DROP TABLE public.u;\n"
+            "-- PostgreSQL database dump complete\n")
+    out, dsn = source.restore(text)
+    assert out.parallel_jobs == {"copy": 1, "build": 1}
+    assert len(out.errors) == 1 and out.errors[0].startswith(
+        "dump line 6: ERROR: cannot insert multiple commands into a prepared statement | line: CREATE INDEX t_id")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT to_regclass('public.u') IS NOT NULL").fetchone() == (True,)
