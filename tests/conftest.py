@@ -29,7 +29,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "kuma": ("tests/test_kuma_push.py::", "tests/test_kuma_monitors.py::", "tests/test_kuma_demo.py::",
              "tests/test_kuma_server.py::"),
     **{m: (f"tests/{m}::",) for m in ("test_drill.py", "test_grants.py", "test_host.py", "test_custom_sql.py",
-                                      "test_dumps.py", "test_offsite.py", "test_trends.py")},
+                                      "test_dumps.py", "test_offsite.py", "test_trends.py", "test_drill_parallel.py")},
 }
 
 
