@@ -1,18 +1,25 @@
-"""Restore drill speed against the bare tools, on a real generated dump.
+"""Restore drill speed against the bare tools, on a real generated dump: every ratio in one run.
 
-    .venv/bin/python benchmarks/bench_drill.py [--tables 60] [--rows 25000] [--runs 3]
+    .venv/bin/python benchmarks/bench_drill.py [--tables 60] [--rows 25000] [--runs 3] [--jobs 2]
 
-1. the drill's plain restore (decompress + COPY-aware scan + row counting + progress, one
-   read of the stream) against a bare `gunzip -c dump | psql -X -q -v ON_ERROR_STOP=1`
-   of the same file into the same cluster. Goal: ratio <= 1.10.
-2. `pg_restore -j2` against `-j1` on the custom-format dump of the same database.
-3. the whole drill (lock, sweep, cluster start, restore, catalog, row counts, cleanup).
-Medians of --runs runs; each restore goes into a fresh database.
+Each round restores the same dump, each variant into a fresh database of one cluster, in turn
+(so a change in the machine's load hits every variant alike); medians over --runs rounds:
+
+- bare `gunzip -c dump | psql -X -q -v ON_ERROR_STOP=1` (the baseline of the plain restores);
+- the drill's serial plain restore (decompress + COPY-aware scan + row counting, one read of the
+  stream, psql under \\restrict). Goal: <= 1.10x bare;
+- the drill's parallel plain restore on --jobs connections. Goal: <= 0.80x bare with 2 jobs;
+- `pg_restore -j1` and `-jN` of the custom-format dump of the same database.
+The drill variants run in a child process each, which reports its own peak RSS. Then the whole
+drill (lock, sweep, throwaway cluster, restore, catalog, row counts, cleanup) once.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -59,15 +66,38 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def child(dump: str, dsn: str, jobs: int, work: str) -> int:
+    """One drill restore in this (child) process: its time, rows and peak RSS as JSON."""
+    start = time.perf_counter()
+    out = restore_plain(from_path(Path(dump)), dsn, dict(os.environ), 3600, Janitor(), jobs=jobs, work_dir=Path(work))
+    seconds = time.perf_counter() - start
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "problems": out.problems, "rows": sum((out.rows or {}).values()),
+                      "payload": out.payload_bytes, "rss_mib": rss_mib, "spool_mib": out.spool_peak / 2**20}))
+    return 0
+
+
+def drill_restore(plain: Path, dsn: str, env: dict[str, str], jobs: int, work: Path) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--child", str(plain), dsn, str(jobs), str(work)], env=env,
+                         capture_output=True, text=True, check=True)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert not out["problems"], out["problems"]
+    return out
+
+
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     ap = argparse.ArgumentParser()
     ap.add_argument("--tables", type=int, default=60)
     ap.add_argument("--rows", type=int, default=25000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pgbv-bench-"))
     work.chmod(0o711)
     plain, custom = work / "bench.sql.gz", work / "bench.dump"
+    load = [os.getloadavg()[0]]
     with ThrowawayCluster(tag="bench-src-") as src, ThrowawayCluster(tag="bench-dst-") as dst:
         t = timed(lambda: build_source(src, args.tables, args.rows))
         subprocess.run(f"pg_dump -d bench | gzip -6 > {plain}", shell=True, env=src.env(), check=True)
@@ -76,40 +106,53 @@ def main() -> int:
         print(f"dump: {args.tables} tables x {args.rows} rows, payload {payload / 2**20:.0f} MiB, "
               f"{plain.stat().st_size / 2**20:.0f} MiB .sql.gz, {custom.stat().st_size / 2**20:.0f} MiB -Fc "
               f"(built in {t:.0f} s)")
-        bare, drill, j1, j2 = [], [], [], []
+        times: dict[str, list[float]] = {k: [] for k in ("bare", "serial", "parallel", "j1", "jn")}
+        last: dict[str, dict] = {}
         for _ in range(args.runs):
             dsn = fresh_db(dst, "bare")
-            bare.append(timed(lambda d=dsn: subprocess.run(
+            times["bare"].append(timed(lambda d=dsn: subprocess.run(
                 f"gunzip -c {plain} | psql -X -q -v ON_ERROR_STOP=1 -d '{d}'", shell=True, env=dst.env(),
                 check=True, stdout=subprocess.DEVNULL)))
-            dsn = fresh_db(dst, "drill")
-            outcome = None
-
-            def run(d: str = dsn) -> None:
-                nonlocal outcome
-                outcome = restore_plain(from_path(plain), d, dst.env(), 3600, Janitor())
-            drill.append(timed(run))
-            assert outcome is not None and not outcome.problems, outcome
-            assert outcome.payload_bytes >= payload - 1024, "the drill must stream the whole payload"
-            for jobs, out in ((1, j1), (2, j2)):
-                dsn = fresh_db(dst, f"j{jobs}")
-                out.append(timed(lambda d=dsn, j=jobs: subprocess.run(
+            for name, jobs in (("serial", 1), ("parallel", args.jobs)):
+                last[name] = drill_restore(plain, fresh_db(dst, name), dst.env(), jobs, work)
+                times[name].append(last[name]["seconds"])
+                assert last[name]["payload"] >= payload - 1024, "the drill must stream the whole payload"
+            for key, jobs in (("j1", 1), ("jn", args.jobs)):
+                dsn = fresh_db(dst, key)
+                times[key].append(timed(lambda d=dsn, j=jobs: subprocess.run(
                     ["pg_restore", "-j", str(j), "-d", d, str(custom)], env=dst.env(), check=True)))
-        mb, md, m1, m2 = (statistics.median(x) for x in (bare, drill, j1, j2))
-        print(f"gunzip -c | psql          {mb:6.2f} s  1.00x (baseline)")
-        print(f"drill plain restore       {md:6.2f} s  {md / mb:.2f}x  (goal <= 1.10x; scan, row count, "
-              f"{sum(outcome.rows.values())} rows counted, progress)")
-        print(f"pg_restore -j1            {m1:6.2f} s  1.00x (baseline)")
-        print(f"pg_restore -j2            {m2:6.2f} s  {m2 / m1:.2f}x  ({m1 / m2:.2f}x faster)")
+            load.append(os.getloadavg()[0])
+        with psycopg.connect(dst.dsn("parallel")) as conn:
+            restored = sum(conn.execute(f"SELECT count(*) FROM {s}.{t}").fetchone()[0]  # type: ignore[index]
+                           for s, t in conn.execute("SELECT schemaname, tablename FROM pg_tables "
+                                                    "WHERE tablename LIKE 't\\_%'").fetchall())
+        m = {k: statistics.median(v) for k, v in times.items()}
+        rows = last["parallel"]["rows"]
+        assert rows == last["serial"]["rows"] == restored == args.tables * args.rows, (rows, restored)
+        print(f"{'variant':34s} {'median s':>8s}  {'ratio':>6s}  runs")
+        for label, key, base in (("gunzip -c | psql", "bare", "bare"),
+                                 ("drill plain restore, serial", "serial", "bare"),
+                                 (f"drill plain restore, {args.jobs} jobs", "parallel", "bare"),
+                                 ("pg_restore -j1 (custom format)", "j1", "bare"),
+                                 (f"pg_restore -j{args.jobs}", "jn", "bare")):
+            print(f"{label:34s} {m[key]:8.2f}  {m[key] / m[base]:5.2f}x  "
+                  + " ".join(f"{x:.2f}" for x in times[key]))
+        print(f"pg_restore -j{args.jobs} vs -j1: {m['jn'] / m['j1']:.2f}x; parallel drill vs serial drill: "
+              f"{m['parallel'] / m['serial']:.2f}x; rows counted and restored: {rows}")
+        print(f"peak RSS of the drill process: serial {last['serial']['rss_mib']:.0f} MiB, parallel "
+              f"{last['parallel']['rss_mib']:.0f} MiB (spool peak {last['parallel']['spool_mib']:.0f} MiB on disk)")
     target_file = work / "bench.toml"
     target_file.write_text(f'[database]\ndsn = "host=127.0.0.1 dbname=x user=x"\ndump_role = "x"\n'
                            f'[backups]\ndirectory = "{work}"\npattern = "bench.sql.gz"\n'
                            f'expected_schemas = ["public", "cutter_governance", "sandbox_tac"]\n'
-                           f'[drill]\nwork_dir = "{work}"\n')
+                           f'[drill]\nwork_dir = "{work}"\njobs = {args.jobs}\n')
     facts = run_drill(load_target(target_file))
     assert facts.aborted is None and facts.outcome and not facts.outcome.problems, facts.aborted
-    print(f"whole drill (throwaway cluster, restore, catalog, {len(facts.rows)} row counts, cleanup): "
-          f"{facts.seconds:.2f} s")
+    print(f"whole drill, {args.jobs} jobs (throwaway cluster, restore, catalog, {len(facts.rows)} row counts, "
+          f"cleanup): {facts.seconds:.2f} s, of it restore {facts.outcome.seconds:.2f} s")
+    load.append(os.getloadavg()[0])
+    print(f"machine: {os.cpu_count()} cores, 1-min load average during the run "
+          f"{min(load):.1f}-{max(load):.1f}")
     subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0
 

@@ -31,7 +31,8 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     **{m: (f"tests/{m}::",) for m in ("test_drill.py", "test_grants.py", "test_host.py", "test_custom_sql.py",
                                       "test_dumps.py", "test_offsite.py", "test_trends.py", "test_init.py",
                                       "test_minimal_target.py")},
-    **{m: (f"tests/{m}::",) for m in ("test_nights.py", "test_in_progress.py", "test_hostile_fs.py", "test_pg16.py")},
+    **{m: (f"tests/{m}::",) for m in ("test_nights.py", "test_in_progress.py", "test_hostile_fs.py", "test_pg16.py",
+                                      "test_drill_parallel.py")},
     "test_grants_differential.py": ("tests/test_grants_differential.py::",),
     "test_sample_db.py": ("tests/test_sample_db.py::",),
 }

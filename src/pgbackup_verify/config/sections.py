@@ -182,7 +182,8 @@ class DrillSection(Section):
                                     "(minus [database].exclude_schemas)", default=False)
     roles: tuple[str, ...] = key("throwaway mode: roles created before restoring a dump made without "
                                  "--no-owner", default=())
-    jobs: int = key("parallel jobs of pg_restore for custom-format dumps", default=2, ge=1)
+    jobs: int = key("connections of the restore: pg_restore -j for custom-format dumps, the parallel "
+                    "plain restore (data, keys, indexes) for SQL dumps; 1 = one serial psql", default=2, ge=1)
     time_limit_seconds: int = key("the drill is stopped and fails after this long", default=3600, ge=1)
     disk_factor: float = key("free disk needed = payload x this factor (throwaway mode)", default=2.0, ge=1)
     stale_minutes: float = key("a leftover drill database/cluster of a live process older than this is "

@@ -1,28 +1,34 @@
 """Throwaway PostgreSQL clusters that also work when the suite runs as root.
 
-`initdb` refuses to run as root, and the nightly cron runs as root. pytest-postgresql's
-executor is reused as is; only the processes it spawns switch to the `postgres` OS user
-when we are root.
+`initdb` refuses to run as root, and the nightly cron runs as root: under root every process
+of the cluster (initdb, postgres) runs as the `postgres` OS user, which owns the data directory.
+`initdb` runs once per PostgreSQL build: its result is kept in a private cache directory and
+copied for every cluster (a copy takes a fraction of initdb's second).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import port_for
 import psycopg
-from pytest_postgresql.executors import PostgreSQLExecutor
 
 from pgbackup_verify.facts.drill import owner
+from pgbackup_verify.locks import APP, LockError, ensure_private_dir
+
+log = logging.getLogger("pgbackup_verify.facts.drill.cluster")
 
 CLUSTER_PREFIX = "pgbv-cluster-"
 PG_LIB = Path("/usr/lib/postgresql")  # Debian/Ubuntu: one <version>/bin per installed server
@@ -98,40 +104,115 @@ def chown_for_cluster(path: Path) -> None:
 
 
 PG_CTL_TIMEOUT = 60  # seconds for initdb and for each pg_ctl call
+LOCALE = "C.UTF-8"
+# A 1 MiB WAL segment instead of 16: the template (and every copy of it) is 24 MiB instead of 39.
+INITDB_ARGS = ("--username=postgres", "--auth=trust", "--encoding=UTF8", f"--locale={LOCALE}",
+               "--wal-segsize=1", "--no-sync")
+# Nothing in a throwaway cluster is worth durability; a restore into it is a bulk load: no WAL
+# beyond the minimum, no checkpoints during the load, no autovacuum competing for the CPU.
+SERVER_OPTIONS = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                  "-c", "wal_level=minimal", "-c", "max_wal_senders=0", "-c", "max_wal_size=2GB",
+                  "-c", "checkpoint_timeout=1h", "-c", "autovacuum=off", "-c", "shared_buffers=128MB",
+                  "-c", "maintenance_work_mem=256MB", "-c", "max_parallel_maintenance_workers=0",
+                  "-c", "log_destination=stderr", "-c", "logging_collector=off")
+TEMPLATE_PREFIX = "cluster-template-"
+TEMPLATE_FORMAT = "1"  # bump when INITDB_ARGS change in a way the key below does not see
 
 
-class RootSafeExecutor(PostgreSQLExecutor):
-    """pytest-postgresql's executor, with its child processes run as `postgres` under root.
+def _server_env() -> dict[str, str]:
+    return {**os.environ, "LC_ALL": LOCALE, "LC_CTYPE": LOCALE, "LANG": LOCALE}
 
-    pytest-postgresql has no public way to run its processes as another user, so this overrides
-    two private hooks: mirakuru's `_popen_kwargs` (the server's launch) and pytest-postgresql's
-    `_run_initdb`; pyproject.toml pins both packages' majors for that reason.
+
+def init_data_dir(bindir: Path, data: Path) -> None:
+    """initdb into `data` (as `postgres` under root); its parent must be reachable by that user."""
+    try:
+        subprocess.run([str(bindir / "initdb"), "--pgdata", str(data), *INITDB_ARGS], env=_server_env(),
+                       timeout=PG_CTL_TIMEOUT, check=True, capture_output=True, **_run_as())
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"initdb failed in {data}: {e.stderr.decode(errors='replace').strip()}") from None
+
+
+def template_cache_dir() -> Path | None:
+    """This user's private cache (0700, owned, no link) for initdb templates; None if unusable.
+
+    Not the runtime dir of the locks (/run is memory): /var/cache for root, else the XDG cache.
     """
+    if os.geteuid() == 0:
+        base = Path("/var/cache")
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    try:
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return ensure_private_dir(base / APP)
+    except (OSError, LockError) as e:
+        log.warning("no initdb template cache (%s): every throwaway cluster runs initdb", e)
+        return None
 
-    @property
-    def _popen_kwargs(self) -> dict[str, Any]:
-        kwargs = super()._popen_kwargs
-        kwargs.update(_run_as())
-        return kwargs
 
-    def _run_initdb(self, command: list[str]) -> None:
-        env = {k: v for k, v in self.envvars.items() if k != "PGDATA"}  # initdb takes --pgdata
-        subprocess.run(command, env=env, timeout=PG_CTL_TIMEOUT, check=True, capture_output=True, **_run_as())
+def template_dir(bindir: Path, cache: Path) -> Path:
+    """Where the template of this PostgreSQL build lives: keyed by its binaries and the initdb options."""
+    parts = [TEMPLATE_FORMAT, str(bindir.resolve()), *INITDB_ARGS]
+    for name in ("postgres", "initdb"):
+        st = os.stat(bindir / name)
+        parts += [name, str(st.st_size), str(st.st_mtime_ns), str(st.st_ino)]
+    return cache / (TEMPLATE_PREFIX + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20])
 
-    def running(self) -> bool:
-        if not os.path.exists(self.datadir):
-            return False
-        result = subprocess.run([self.executable, "status", "-D", self.datadir], check=False,
-                                capture_output=True, timeout=PG_CTL_TIMEOUT, **_run_as())
-        return result.returncode == 0
 
-    def stop(self, sig: int | None = None, exp_sig: int | None = None) -> Self:
-        subprocess.run([self.executable, "stop", "-D", self.datadir, "-m", "f"], check=False,
-                       capture_output=True, timeout=PG_CTL_TIMEOUT, **_run_as())
-        # pg_ctl has stopped the server; mirakuru only reaps the launcher, which may be gone.
-        with contextlib.suppress(Exception):
-            super(PostgreSQLExecutor, self).stop(sig, exp_sig)
-        return self
+def _own_dir(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def _chown_tree(root: Path) -> None:
+    """Hand a copied data directory to `postgres` (under root); links are never followed."""
+    if os.geteuid() != 0:
+        return
+    pw = pwd.getpwnam("postgres")
+    os.lchown(root, pw.pw_uid, pw.pw_gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            os.lchown(os.path.join(dirpath, name), pw.pw_uid, pw.pw_gid)
+
+
+def copy_template(bindir: Path, data: Path, cache: Path | None = None) -> bool:
+    """Copy the cached initdb of this build into `data`; False when there is none (yet)."""
+    cache = cache or template_cache_dir()
+    if cache is None:
+        return False
+    src = template_dir(bindir, cache)
+    if not _own_dir(src) or not (src / "data" / "PG_VERSION").is_file():
+        return False
+    try:
+        shutil.copytree(src / "data", data, symlinks=True, copy_function=shutil.copy)
+        _chown_tree(data)
+    except OSError as e:
+        log.warning("initdb template %s unusable (%s): running initdb", src, e)
+        shutil.rmtree(data, ignore_errors=True)
+        return False
+    return True
+
+
+def save_template(bindir: Path, data: Path, cache: Path | None = None) -> None:
+    """Keep a fresh, never started `data` as the template of this build (atomic: build, then rename)."""
+    cache = cache or template_cache_dir()
+    if cache is None:
+        return
+    final = template_dir(bindir, cache)
+    for stale in cache.glob(".building-*"):  # a crashed build; a live one renames within seconds
+        with contextlib.suppress(OSError):
+            if time.time() - os.lstat(stale).st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
+    try:
+        shutil.copytree(data, tmp / "data", symlinks=True, copy_function=shutil.copy)
+        os.rename(tmp, final)
+    except OSError as e:
+        if not final.exists():
+            log.warning("could not keep the initdb template in %s: %s", cache, e)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 OWNER_FILE = "owner"
@@ -177,50 +258,91 @@ def sweep_stale(pattern: str, base: Path | None = None) -> list[str]:
     return removed
 
 
-class ThrowawayCluster:
-    """A local cluster in its own temp dir, removed on stop(). Superuser is `postgres`."""
+class _Server:
+    """What callers read of a running cluster: its data directory (kept as `executor.datadir`)."""
 
-    def __init__(self, base: Path | None = None, port: int | None = None, tag: str = "") -> None:
+    def __init__(self, datadir: Path) -> None:
+        self.datadir = str(datadir)
+
+
+class ThrowawayCluster:
+    """A local cluster in its own temp dir, removed on stop(). Superuser is `postgres`.
+
+    Made for speed, since it is thrown away: the data directory is a copy of a cached `initdb`
+    (see template_dir), the server runs without durability (SERVER_OPTIONS), start-up is polled
+    with a real login every few milliseconds, and stop is an immediate shutdown.
+    """
+
+    def __init__(self, base: Path | None = None, port: int | None = None, tag: str = "",
+                 template_cache: Path | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=f"{CLUSTER_PREFIX}{tag}", dir=base))
         mark_owner(self.root)
         chown_for_cluster(self.root)
+        self._fixed_port = port
         self.port = port or port_for.select_random()
         self.host = "127.0.0.1"
         self.user = "postgres"
-        self.executor = RootSafeExecutor(
-            executable=str(pg_bindir() / "pg_ctl"),
-            timeout=PG_CTL_TIMEOUT,
-            host=self.host,
-            port=self.port,
-            datadir=str(self.root / "data"),
-            unixsocketdir=str(self.root),
-            logfile=str(self.root / "postgresql.log"),
-            startparams="-w",
-            dbname="postgres",
-            user=self.user,
-            # fsync off: the cluster is thrown away; nothing here needs durability.
-            postgres_options="-c fsync=off -c full_page_writes=off -c listen_addresses=127.0.0.1",
-        )
+        self.bindir = pg_bindir()
+        self.data = self.root / "data"
+        self.executor = _Server(self.data)
+        self.template_cache = template_cache
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.from_template = False
 
     def start(self, timeout: float = 60.0) -> ThrowawayCluster:
-        self.executor.start()
-        # The port accepts TCP before recovery ends ("the database system is starting up"):
-        # wait for a real login, so callers never race the server's start-up.
+        try:
+            self.from_template = copy_template(self.bindir, self.data, self.template_cache)
+            if not self.from_template:
+                init_data_dir(self.bindir, self.data)
+                save_template(self.bindir, self.data, self.template_cache)
+            for attempt in range(3):
+                if self._launch(timeout):
+                    return self
+                if self._fixed_port or attempt == 2:
+                    break
+                self.port = port_for.select_random()  # another process took the port first
+            raise RuntimeError(f"PostgreSQL did not start in {self.root}: {self._log_tail()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch(self, timeout: float) -> bool:
+        """Start the server on self.port; False when it exited at once (the port was taken)."""
+        options = [*SERVER_OPTIONS, "-c", f"listen_addresses={self.host}",
+                   "-c", f"unix_socket_directories={self.root}"]
+        with open(self.root / "postgresql.log", "ab") as log:
+            self.proc = subprocess.Popen([str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                                          *options], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True, env=_server_env(), **_run_as())
         deadline = time.monotonic() + timeout
         while True:
+            if self.proc.poll() is not None:
+                return False
             try:
+                # The port accepts TCP before recovery ends ("the database system is starting up"):
+                # only a real login says callers will not race the server's start-up.
                 psycopg.connect(self.dsn(), connect_timeout=5).close()
-                return self
+                return True
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
-                    self.stop()
                     raise
-                time.sleep(0.1)
+                time.sleep(0.01)
+
+    def _log_tail(self) -> str:
+        text = read_private(self.root / "postgresql.log", 1 << 16) or ""
+        return " | ".join(text.strip().splitlines()[-3:])
 
     def stop(self) -> None:
+        proc, self.proc = self.proc, None
         try:
-            if self.executor.running():
-                self.executor.stop()
+            if proc is not None and proc.poll() is None:
+                # Immediate shutdown (pg_ctl -m immediate): nothing here is worth a checkpoint.
+                proc.send_signal(signal.SIGQUIT)
+                try:
+                    proc.wait(PG_CTL_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

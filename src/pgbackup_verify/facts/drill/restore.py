@@ -42,6 +42,9 @@ class RestoreOutcome:
     rows: dict[str, int] | None = None  # COPY target -> rows read from the dump (plain only)
     complete_marker: bool | None = None
     seconds: float = 0.0
+    parallel: int = 0  # connections of a parallel plain restore (0: the serial one)
+    spool_peak: int = 0  # most COPY data spooled to disk at once by the parallel restore
+    parallel_jobs: dict[str, int] = field(default_factory=dict)  # copy / build / fk -> statements run in parallel
 
     @property
     def problems(self) -> list[str]:
@@ -58,7 +61,7 @@ class RestoreOutcome:
         return out
 
 
-class _Counting:
+class Counting:
     """Counts the stored bytes read, so progress works on any stream, not only on files."""
 
     def __init__(self, raw: io.BufferedIOBase) -> None:
@@ -107,7 +110,7 @@ def _watchdog(proc: subprocess.Popen[bytes], seconds: float, outcome: RestoreOut
     return t
 
 
-def _psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreOutcome) -> None:
+def psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreOutcome) -> None:
     current: list[str] | None = None
     for text in lines:
         m = _PSQL_MSG.match(text)
@@ -127,8 +130,17 @@ def _psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: Restore
 
 
 def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_limit: float,
-                  janitor: Janitor, progress: Progress | None = None) -> RestoreOutcome:
-    """Stream the dump once: decompress, scan, count rows, feed psql under \\restrict."""
+                  janitor: Janitor, progress: Progress | None = None, jobs: int = 1,
+                  work_dir: Path | None = None) -> RestoreOutcome:
+    """Stream the dump once: decompress, scan, count rows, feed psql under \\restrict.
+
+    With jobs > 1 the COPY data and the index and key builds run on that many connections
+    (facts/drill/parallel.py); jobs = 1 is the plain serial restore below.
+    """
+    if jobs > 1:
+        from pgbackup_verify.facts.drill.parallel import restore_parallel  # imports this module
+
+        return restore_parallel(source, conninfo, env, jobs, time_limit, janitor, work_dir, progress)
     outcome = RestoreOutcome(tool="psql")
     scanner = PlainDumpScanner()
     start = time.monotonic()
@@ -139,8 +151,8 @@ def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_l
     lines: list[str] = []
     reader = _collect(proc.stderr, lines)
     timer = _watchdog(proc, time_limit, outcome)
-    raw = _Counting(source.open())
-    stream: igzip.IGzipFile | _Counting = igzip.IGzipFile(fileobj=raw) if source.fmt == "plain-gzip" else raw
+    raw = Counting(source.open())
+    stream: igzip.IGzipFile | Counting = igzip.IGzipFile(fileobj=raw) if source.fmt == "plain-gzip" else raw
     write, sent, last, read_all = proc.stdin.write, 0, start, False
     try:
         # A key the dump cannot know: the dump's own \unrestrict can never lift it.
@@ -175,7 +187,7 @@ def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_l
     outcome.exit_code = proc.wait()
     timer.cancel()
     reader.join(5)
-    _psql_messages(lines, scanner, outcome)
+    psql_messages(lines, scanner, outcome)
     outcome.payload_bytes, outcome.rows = sent, scanner.rows
     # Only a stream read to its end can be called truncated; a stopped psql stops the reading.
     outcome.complete_marker = scanner.complete if read_all else None

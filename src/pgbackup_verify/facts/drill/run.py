@@ -207,7 +207,7 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
     if source.fmt == "custom":
         facts.outcome = restore_custom(source, site.dsn(), site.env, d.jobs, remaining, janitor, work_dir, progress)
     else:
-        facts.outcome = restore_plain(source, site.dsn(), site.env, remaining, janitor, progress)
+        facts.outcome = restore_plain(source, site.dsn(), site.env, remaining, janitor, progress, d.jobs, work_dir)
     with psycopg.connect(site.dsn(), autocommit=True, connect_timeout=10) as conn:
         facts.restored = read_catalog(conn)
         if facts.outcome.rows is not None:

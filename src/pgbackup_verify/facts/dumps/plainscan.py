@@ -144,6 +144,16 @@ class PlainDumpScanner:
             self._copy = None
         return out
 
+    @property
+    def copy_target(self) -> str | None:
+        """The COPY target whose data lines come next; None outside COPY data (read-only hook)."""
+        return self._copy
+
+    @property
+    def between_statements(self) -> bool:
+        """True when the lines scanned so far end a statement (nothing open: quote, comment, `;`)."""
+        return self._copy is None and self._state == 0 and not self._stmt_open
+
     def line_text(self, line_no: int) -> str | None:
         for no, text in reversed(self.recent):
             if no == line_no:
