@@ -38,11 +38,11 @@ _NUMBER = re.compile(rb"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _QUOTE_CONTINUE = re.compile(rb"(?:[ \t\f]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f]+|--[^\n\r]*[\n\r])*'")
 _COMMENT_END = re.compile(rb"[\r\n]")
 # Tokens of one captured (lexically complete) statement.
-_TOKEN = re.compile(rb"""[ \t\n\r\f]+|--[^\n\r]*|/\*.*?\*/|("(?:[^"]|"")*")|([A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)"""
-                    rb"""|('(?:[^']|'')*')|(.)""", re.S)
+_TOKEN = re.compile(rb"""[ \t\n\r\f]+|--[^\n\r]*|/\*.*?\*/|("(?:[^"]|"")*")"""
+                    rb"""|([A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)|('(?:[^']|'')*')|(.)""", re.S)
 _LO_CREATE = re.compile(rb"SELECT\s+pg_catalog\.lo_create\(\s*'(\d+)'\s*\)\s*;", re.I)
-_SET = re.compile(rb"SET\s+(?:SESSION\s+)?(client_encoding|standard_conforming_strings)\s*(?:=|TO)\s*'?([A-Za-z0-9_-]+)'?",
-                  re.I)
+_SET = re.compile(rb"SET\s+(?:SESSION\s+)?(client_encoding|standard_conforming_strings)\s*(?:=|TO)\s*"
+                  rb"'?([A-Za-z0-9_-]+)'?", re.I)
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 MAX_STATEMENT = 1 << 20  # bytes of a COPY/INSERT head kept to read its target; pg_dump's are far smaller
 _KINDS = {b"copy": "copy", b"insert": "insert", b"refresh": "refresh", b"select": "select", b"set": "set"}
@@ -530,3 +530,18 @@ class PlainDumpScanner:
 
 
 __all__ = ["DUMP_COMPLETE", "MetaCommandRefused", "PlainDumpScanner", "StatementRefused", "split_name"]
+
+
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def display_name(*parts: str | None) -> str:
+    """Names for a one-line message: quoted as SQL needs them, control characters escaped (\\n, \\t)."""
+    shown = []
+    for p in parts:
+        if p is None:
+            continue
+        if not _PLAIN_NAME.fullmatch(p):
+            p = '"' + p.replace('"', '""') + '"'
+        shown.append("".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in p))
+    return ".".join(shown)
