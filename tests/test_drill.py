@@ -529,7 +529,8 @@ def test_scan_refuses_what_psql_would_run_as_a_meta_command(dump):
 
 def test_scan_counts_insert_format_rows_large_objects_and_refreshes():
     dump = (b"INSERT INTO public.t VALUES (1, 'a;b'), (2, '(');\n"
-            b'INSERT INTO "s"."t;2" (a, "b(") OVERRIDING SYSTEM VALUE VALUES\n\t(1, \'x\'),\n\t(2, (3)),\n\t(4, \'\');\n'
+            b'INSERT INTO "s"."t;2" (a, "b(") OVERRIDING SYSTEM VALUE VALUES\n'
+            b"\t(1, 'x'),\n\t(2, (3)),\n\t(4, '');\n"
             b"INSERT INTO public.nocols DEFAULT VALUES;\n"
             b"SELECT pg_catalog.lo_create('16385');\nSELECT pg_catalog.lowrite(0, '\\x00');\n"
             b"REFRESH MATERIALIZED VIEW public.mv;\nREFRESH MATERIALIZED VIEW public.empty WITH NO DATA;\n"

@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 import psycopg.conninfo
@@ -132,10 +133,21 @@ LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
 """
 
 
-def _resolve(conn: psycopg.Connection, scan: PlainDumpScanner, keys: list[str]) -> dict[str, tuple]:
+class _Rel(NamedTuple):
+    oid: int
+    kind: str
+    populated: bool
+    schema: str
+    name: str
+    root: int | None  # top of its partition tree, when it is in one
+    root_schema: str | None
+    root_name: str | None
+
+
+def _resolve(conn: psycopg.Connection, scan: PlainDumpScanner, keys: list[str]) -> dict[str, _Rel]:
     names = [scan.targets.get(k, (None, k)) for k in keys]
     rows = conn.execute(_RELATIONS, (keys, [n[0] for n in names], [n[1] for n in names])).fetchall()
-    return {r[0]: r[1:] for r in rows}
+    return {r[0]: _Rel(*r[1:]) for r in rows}
 
 
 def _count(conn: psycopg.Connection, schema: str, table: str, only: bool) -> int:
@@ -154,7 +166,7 @@ def _row_counts(conn: psycopg.Connection, scan: PlainDumpScanner, facts: DrillFa
     """
     keys = list(scan.rows)
     found = _resolve(conn, scan, keys)
-    trees = {rel[6] for rel in found.values() if rel[1] == "p"}
+    trees = {rel.root for rel in found.values() if rel.kind == "p"}
     singles: dict[int, tuple[str, int]] = {}
     grouped: dict[int, list[str]] = {}
     for key in keys:
@@ -162,20 +174,22 @@ def _row_counts(conn: psycopg.Connection, scan: PlainDumpScanner, facts: DrillFa
         if rel is None:
             schema, table = scan.targets.get(key, (None, key))
             facts.rows[display_name(schema, table)] = (scan.rows[key], None)
-        elif rel[6] in trees:
-            grouped.setdefault(rel[6], []).append(key)
+        elif rel.root is not None and rel.root in trees:
+            grouped.setdefault(rel.root, []).append(key)
         else:
-            shown, n = singles.get(rel[0], (display_name(rel[3], rel[4]), 0))
-            singles[rel[0]] = (shown, n + scan.rows[key])
+            shown, n = singles.get(rel.oid, (display_name(rel.schema, rel.name), 0))
+            singles[rel.oid] = (shown, n + scan.rows[key])
     for oid, (shown, n) in singles.items():
-        rel = next(r for r in found.values() if r[0] == oid)
-        facts.rows[shown] = (n, _count(conn, rel[3], rel[4], only=True))
+        rel = next(r for r in found.values() if r.oid == oid)
+        facts.rows[shown] = (n, _count(conn, rel.schema, rel.name, only=True))
     for root, members in grouped.items():
         rel = found[members[0]]
-        shown = display_name(rel[7], rel[8])
+        assert rel.root_schema is not None and rel.root_name is not None
+        shown = display_name(rel.root_schema, rel.root_name)
         size = scalar(conn, "SELECT count(*) FROM pg_partition_tree(%s)", (root,))
-        into = ", ".join(sorted({display_name(found[k][3], found[k][4]) for k in members}))
-        facts.rows[shown] = (sum(scan.rows[k] for k in members), _count(conn, rel[7], rel[8], only=False))
+        into = ", ".join(sorted({display_name(found[k].schema, found[k].name) for k in members}))
+        restored = _count(conn, rel.root_schema, rel.root_name, only=False)
+        facts.rows[shown] = (sum(scan.rows[k] for k in members), restored)
         facts.row_scope[shown] = f"whole partition tree of {size} tables, rows loaded into {into}"
     blocks = f"{scan.copy_blocks} COPY blocks" + (f" and {scan.insert_statements} INSERT statements"
                                                  if scan.insert_statements else "")
@@ -184,10 +198,11 @@ def _row_counts(conn: psycopg.Connection, scan: PlainDumpScanner, facts: DrillFa
     refreshed = _resolve(conn, scan, scan.refreshed)
     for key in scan.refreshed:
         rel = refreshed.get(key)
-        if rel is None or rel[1] != "m":
+        if rel is None or rel.kind != "m":
             facts.matviews[display_name(*scan.targets.get(key, (None, key)))] = None
         else:
-            facts.matviews[display_name(rel[3], rel[4])] = _count(conn, rel[3], rel[4], only=False) if rel[2] else None
+            shown = display_name(rel.schema, rel.name)
+            facts.matviews[shown] = _count(conn, rel.schema, rel.name, only=False) if rel.populated else None
 
 
 _LARGE_OBJECTS = "SELECT count(*) FROM pg_largeobject_metadata"  # readable by every role
