@@ -30,6 +30,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
              "tests/test_kuma_server.py::"),
     **{m: (f"tests/{m}::",) for m in ("test_drill.py", "test_grants.py", "test_host.py", "test_custom_sql.py",
                                       "test_dumps.py", "test_offsite.py", "test_trends.py")},
+    "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
 }
 
 

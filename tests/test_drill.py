@@ -494,37 +494,73 @@ def _scan_all(text: bytes, size: int = 3) -> tuple[PlainDumpScanner, bytes]:
     return scanner, b"".join(out + scanner.finish())
 
 
-@pytest.mark.parametrize("dump", [
-    # a COPY statement over three lines, names holding ; ( ) " . and a newline: its data is never SQL
-    b'COPY "s;(x)""q.".\n"t\nab;" ("a;b", "c)d") FROM stdin;\n\\! not a command\n2\t\\.x\n\\.\nSELECT 1;\n',
+COPY_CASES = {  # dump -> (tables psql needs, rows in it); every data row is a would-be meta-command
+    "names-over-lines": (b'COPY "s;(x)""q.".\n"t\nab;" ("a;b", "c)d") FROM stdin;\n\\! touch MARKER\tx\n'
+                         b"2\t\\\\.x\n\\.\nSELECT 1;\n",
+                         'CREATE SCHEMA "s;(x)""q."; CREATE TABLE "s;(x)""q."."t\nab;" ("a;b" text, "c)d" text);', 2),
     # two COPY statements on one line: psql reads the first one's data, then the second one's
-    b"COPY a FROM stdin; COPY b (x) FROM STDIN;\n\\! a1\n\\.\n\\! b1\n\\! b2\n\\.\n",
+    "two-on-a-line": (b"COPY a FROM stdin; COPY b (x) FROM STDIN;\n\\! touch MARKER\n\\.\n\\! touch MARKER\n"
+                      b"\\! touch MARKER\n\\.\n", "CREATE TABLE a (x text); CREATE TABLE b (x text);", 3),
     # lower case, a comment inside, FROM STDOUT (gram.y takes it as the client too), a WHERE clause
-    b"copy /* c */ public.a (x)\nfrom stdout where x > 0;\n\\! a\n\\.\n",
-])
-def test_scan_finds_copy_data_where_psql_does(dump):
+    "stdout-where": (b"copy /* c */ public.c (x)\nfrom stdout where x > '0';\n\\! touch MARKER\n\\.\n",
+                     "CREATE TABLE c (x text);", 1),
+}
+META_CASES = {
+    # COPY inside a BEGIN ATOMIC body is not a statement of its own: psql reads on as SQL
+    "begin-atomic": b"CREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  COPY t FROM stdin;\nEND;\n"
+                    b"\\! touch MARKER\n",
+    # a ';' inside parentheses does not end the statement either
+    "in-parens": b"SELECT (1;\nCOPY t FROM stdin;\n\\! touch MARKER\n",
+    # a '--' comment ends at a carriage return (flex's newline), not only at the end of the line
+    "comment-cr": b"SELECT 1; -- comment\r\\! touch MARKER\n",
+    # COPY TO STDOUT and COPY FROM a file take no data from the dump
+    "copy-to": b"COPY t TO stdout;\n\\! touch MARKER\n",
+    "copy-file": b"COPY t FROM 'stdin';\n\\! touch MARKER\n",
+    # E'' string continued after a CR-newline: psql is still inside it at \', then back in code
+    "continued": b"SELECT E'a'\r'\\'' \\! touch MARKER\n",
+    # psql 15 reads 1e'..' as the junk token 1e and a plain string (psql 14: 1 and an E'..' string)
+    "number-e": b"SELECT 1e'\\' \\! touch MARKER\n",
+    "number-e-later": b"SELECT a, b, c, d, 1e'\\' \\! touch MARKER\n",
+    # '$' inside a word is part of it, not the start of a dollar quote
+    "word-dollar": b"SELECT x$y$ FROM t; \\! touch MARKER\n",
+    "word-dollar-later": b"SELECT a, b, c, d, x$y$ FROM t; \\! touch MARKER\n",
+}
+
+
+@pytest.mark.parametrize("case", list(COPY_CASES))
+def test_scan_finds_copy_data_where_psql_does(case):
+    dump, _, rows = COPY_CASES[case]
     scanner, out = _scan_all(dump)
-    assert out == dump
-    assert sum(scanner.rows.values()) == dump.count(b"\\!") + dump.count(b"\t\\.x")
+    assert out == dump and sum(scanner.rows.values()) == rows
     assert scanner.copy_blocks == dump.count(b"\n\\.\n")
 
 
-@pytest.mark.parametrize("dump", [
-    # COPY inside a BEGIN ATOMIC body is not a statement of its own: psql reads on as SQL
-    b"CREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  COPY t FROM stdin;\nEND;\n\\! touch x\n",
-    # a ';' inside parentheses does not end the statement either
-    b"SELECT (1;\nCOPY t FROM stdin;\n\\! touch x\n",
-    # a '--' comment ends at a carriage return (flex's newline), not only at the end of the line
-    b"SELECT 1; -- comment\r\\! touch x\n",
-    # COPY TO STDOUT and COPY FROM a file take no data from the dump
-    b"COPY t TO stdout;\n\\! touch x\n",
-    b"COPY t FROM 'stdin';\n\\! touch x\n",
-    # E'' string continued after a CR-newline: psql is still inside it at \\', then back in code
-    b"SELECT E'a'\r'\\'' \\! touch x\n",
-])
-def test_scan_refuses_what_psql_would_run_as_a_meta_command(dump):
-    with pytest.raises(MetaCommandRefused, match="psql meta-command refused"):
-        _scan_all(dump)
+@pytest.mark.parametrize("case", list(META_CASES))
+def test_scan_refuses_what_psql_would_run_as_a_meta_command(case):
+    with pytest.raises(MetaCommandRefused, match="refused"):
+        _scan_all(META_CASES[case])
+
+
+def test_the_real_psql_agrees_data_rows_stay_data_and_meta_commands_run(cluster, tmp_path):
+    """Differential: the same texts through the real psql (no ON_ERROR_STOP): a meta-command the
+    scan refuses is one psql really runs, a row the scan takes for COPY data never runs."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE psql_agrees")
+    try:
+        for name, dump, setup in [(n, d, s) for n, (d, s, _) in COPY_CASES.items()] + [
+                (n, d, "") for n, d in META_CASES.items()]:
+            marker = tmp_path / f"ran-{name}"
+            with psycopg.connect(cluster.dsn("psql_agrees"), autocommit=True) as conn:
+                conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+                conn.execute('DROP SCHEMA IF EXISTS "s;(x)""q." CASCADE')
+                if setup:
+                    conn.execute(setup)
+            subprocess.run(["psql", "-X", "-q", "-d", cluster.dsn("psql_agrees"), "-f", "-"], env=cluster.env(),
+                           input=dump.replace(b"MARKER", str(marker).encode()), capture_output=True, check=False)
+            assert marker.exists() == (name in META_CASES), name
+    finally:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE psql_agrees")
 
 
 def test_scan_counts_insert_format_rows_large_objects_and_refreshes():

@@ -37,6 +37,9 @@ _NUMBER = re.compile(rb"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # psql's {quotecontinue}: a string goes on after whitespace holding a newline (here only \r: psql strips \n).
 _QUOTE_CONTINUE = re.compile(rb"(?:[ \t\f]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f]+|--[^\n\r]*[\n\r])*'")
 _COMMENT_END = re.compile(rb"[\r\n]")
+# Bytes of words and numbers, and how flex splits such a run into tokens (see _word_before).
+_RUN_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$" + bytes(range(0x80, 0x100)))
+_RUN_TOKENS = re.compile(rb"\$[0-9]*|[0-9]+(?:[eE][+-]?[0-9]+)?|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*")
 # Tokens of one captured (lexically complete) statement.
 _TOKEN = re.compile(rb"""[ \t\n\r\f]+|--[^\n\r]*|/\*.*?\*/|("(?:[^"]|"")*")"""
                     rb"""|([A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)|('(?:[^']|'')*')|(.)""", re.S)
@@ -82,6 +85,25 @@ class StatementRefused(MetaCommandRefused):
         Exception.__init__(self, f"dump line {line_no}: statement refused ({why}): {text}")
         self.line_no = line_no
         self.text = text
+
+
+def _word_before(line: bytes, j: int) -> bytes:
+    """The token that ends right before line[j], when it is a word, number or parameter; else b''."""
+    k = j
+    while k > 0 and line[k - 1] in _RUN_BYTES:
+        k -= 1
+    last = b""
+    for m in _RUN_TOKENS.finditer(line, k, j):
+        last = m.group(0)
+    return last
+
+
+def _glued_to_number(line: bytes, k: int) -> bool:
+    """Does a number end right before line[k] (`1e`, `1.e`, `$1e`)?"""
+    before = line[k - 1] if k > 0 else 0
+    if before == 0x2E:
+        before = line[k - 2] if k > 1 else 0
+    return 0x30 <= before <= 0x39
 
 
 def _tokens(stmt: bytes) -> list[tuple[str, bytes]]:
@@ -178,6 +200,7 @@ class PlainDumpScanner:
     _cap_from: int = 0
     _ins_target: str | None = None
     _ins_rows: int = 0
+    _heads: dict[bytes, tuple[str, int] | None] = field(default_factory=dict)  # INSERT head -> (target, rows)
     _std_strings: bool = True
     _encoding: str = "utf-8"
     _carry: bytes = b""  # an incomplete last line, kept for the next chunk
@@ -294,7 +317,7 @@ class PlainDumpScanner:
                 self._insert_head(stmt)
             if self._ins_target is not None:
                 self.insert_statements += 1
-                self.rows[self._ins_target] = self.rows.get(self._ins_target, 0) + self._ins_rows
+                self.rows[self._ins_target] = self.rows.get(self._ins_target, 0) + max(0, self._ins_rows)
         elif kind == "refresh":
             toks = _tokens(stmt)
             i = 3 + _is_word(toks[3] if len(toks) > 3 else None, b"concurrently")
@@ -329,25 +352,39 @@ class PlainDumpScanner:
         self._pending.append((self._target(parts), not binary and not options & {b"csv", b"binary"}))
 
     def _insert_head(self, head: bytes) -> None:
-        """INSERT INTO name [(columns)] [OVERRIDING ... VALUE] VALUES ... | DEFAULT VALUES, up to its first '('."""
+        """INSERT INTO name [(columns)] [OVERRIDING ... VALUE] VALUES ... | DEFAULT VALUES, up to its first '('.
+
+        pg_dump repeats the same head for every row (--inserts): each one is read once.
+        """
+        if head in self._heads:
+            known = self._heads[head]
+        else:
+            known = self._read_insert_head(head)
+            if len(self._heads) >= 4096:
+                self._heads.clear()
+            self._heads[head] = known
+        if known is not None:
+            self._ins_target, self._ins_rows = known
+
+    def _read_insert_head(self, head: bytes) -> tuple[str, int] | None:
         toks = _tokens(head)
         if toks and toks[-1] == ("p", b";"):
             toks.pop()
         if not _is_word(toks[1] if len(toks) > 1 else None, b"into"):
-            return
+            return None
         parts, i = _name_at(toks, 2)
         rest = [t[1].lower() for t in toks[i:]]
         if not parts or any(t[0] != "i" for t in toks[i:]):
-            return
+            return None
         if rest and rest[-1] == b"values" and (len(rest) == 1 or rest[-2] == b"value"):
-            self._ins_rows = 0  # the '(' that ends the head opens the first row
+            rows = 0  # the '(' that ends the head opens the first row
         elif rest == [b"default", b"values"] or rest[-3:] == [b"value", b"default", b"values"]:
-            self._ins_rows = 1
+            rows = 1
         elif not rest:
-            self._ins_rows = -1  # a column list comes first; the rows follow it
+            rows = -1  # a column list comes first; the rows follow it
         else:
-            return
-        self._ins_target = self._target(parts)
+            return None
+        return self._target(parts), rows
 
     # --- the lexer --------------------------------------------------------------------------
 
@@ -409,6 +446,23 @@ class PlainDumpScanner:
             elif lw == b"end" and self._begin > 0:
                 self._begin -= 1
 
+    def _escapes(self, line: bytes, j: int) -> bool:
+        """Does the string opening at line[j] take backslash escapes (E'..', or any with std strings off)?"""
+        w = _word_before(line, j)
+        if len(w) == 1 and w in b"EeBbXxNn":
+            if w in b"EeNn" and _glued_to_number(line, j - 1):
+                self._refuse_glued(line)
+            return w in b"Ee" or (w in b"Nn" and not self._std_strings)
+        if not w and j >= 2 and line[j - 1] == 0x26 and _word_before(line, j - 1) in (b"U", b"u"):
+            return False  # U&'..'
+        return not self._std_strings
+
+    def _refuse_glued(self, line: bytes) -> None:
+        # psql up to 14 reads 1e'..' as 1 and an E'..' string, psql 15 as the junk token 1e and a
+        # plain string: where the string ends depends on the psql. pg_dump never writes this.
+        raise StatementRefused(self.line_no, line.decode(errors="replace").rstrip("\r\n")[:200],
+                               "a number glued to a quote: psql versions disagree where the string ends")
+
     def _refuse(self, line: bytes) -> None:
         raise MetaCommandRefused(self.line_no, line.decode(errors="replace").rstrip("\r\n")[:200])
 
@@ -419,6 +473,26 @@ class PlainDumpScanner:
         while i < n:
             st = self._state
             if st == _CODE:
+                if self._stmt_open and self._ident_count >= 4 and not self._in_function:
+                    # Inside a statement past the words that decide a function body, words no longer
+                    # matter: jump to the next byte that can change state, and look back for the
+                    # token before a quote or '$' (E'..' escapes; a '$' inside a word is no quote).
+                    m = _SPECIAL.search(line, i, n)
+                    if m is None:
+                        break
+                    i = m.start()
+                    c = line[i]
+                    if c == 0x27:
+                        self._state, self._estring, i = _STRING, self._escapes(line, i), i + 1
+                        continue
+                    if c == 0x24:
+                        w = _word_before(line, i)
+                        m = None if w[:1].isalpha() or w[:1] == b"_" or w[:1] >= b"\x80" else _DOLLAR.match(line, i, n)
+                        if m:
+                            self._state, self._tag, i = _DOLLARQ, m.group(0), m.end()
+                        else:
+                            i += 1
+                        continue
                 c = line[i]
                 if c in b" \t\n\r\f":
                     i = _WS.match(line, i, n).end()  # type: ignore[union-attr]
@@ -455,6 +529,8 @@ class PlainDumpScanner:
                     self._word(word)
                     i += len(word)
                 elif prefix:
+                    if c in b"EeNn" and _glued_to_number(line, i):
+                        self._refuse_glued(line)
                     if line[i + prefix] == 0x22:
                         self._state = _QIDENT
                     else:
