@@ -390,6 +390,10 @@ class PlainDumpScanner:
 
     def _capture(self, line: bytes, start: int, end: int) -> None:
         assert self._cap is not None
+        if self._kind == "select":  # only lo_create('oid') is read: the head is enough (lowrite data is not)
+            if len(self._cap) < 256:
+                self._cap += line[start:min(end, start + 256)]
+            return
         self._cap += line[start:end]
         if len(self._cap) > MAX_STATEMENT:
             if self._kind == "copy":
