@@ -18,6 +18,7 @@ from pgbackup_verify.config import Target
 from pgbackup_verify.evidence import Evidence, fail, human_bytes, require
 from pgbackup_verify.facts.dumps.gzipscan import FOOTER, HEADER, TAIL_BYTES, DumpScan
 from pgbackup_verify.facts.dumps.inventory import UNJUDGED, Coverage, DumpFile, Inventory, LatestDump
+from pgbackup_verify.facts.dumps.plainscan import display_name
 from pgbackup_verify.facts.history import RunFacts
 
 pytestmark = pytest.mark.dumps
@@ -209,12 +210,15 @@ def test_custom_format_toc_lists_expected_schemas(custom_dump_toc: tuple | None,
     require(toc.readable, (
         f"custom-format TOC: FAILED ({dump.name}: pg_restore --list failed: {toc.error}); fix: the archive is "
         "damaged or not a pg_dump -Fc file: " + JOB_LOG_FIX))
-    evidence("TOC entries", str(toc.entries))
-    evidence("schemas in TOC", ", ".join(toc.schemas))
+    evidence("TOC entries", f"{toc.entries} (read from the {toc.read_by})")
+    evidence("schemas in TOC", ", ".join(display_name(s) for s in toc.schemas))
+    if toc.large_objects is not None:
+        evidence("large objects in TOC", str(toc.large_objects))
     expected = target.backups.expected_schemas
     missing = toc.missing(expected)
     require(not missing, (
-        f"custom-format TOC: FAILED ({dump.name}: schema(s) {', '.join(missing)} missing from the TOC of "
-        f"{toc.entries} entries vs expected {', '.join(expected)}); fix: check the backup job's pg_dump -n/-N "
+        f"custom-format TOC: FAILED ({dump.name}: schema(s) {', '.join(display_name(s) for s in missing)} missing "
+        f"from the TOC of {toc.entries} entries vs expected {', '.join(display_name(s) for s in expected)}); "
+        "fix: check the backup job's pg_dump -n/-N "
         "options and that the dump role has USAGE on them (GRANT USAGE ON SCHEMA ... TO <dump role>), "
         "or drop them from [backups].expected_schemas if left out on purpose"))

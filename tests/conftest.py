@@ -35,6 +35,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
                                       "test_drill_parallel.py")},
     "test_grants_differential.py": ("tests/test_grants_differential.py::",),
     "test_sample_db.py": ("tests/test_sample_db.py::",),
+    "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
 }
 
 

@@ -185,7 +185,7 @@ def drills(seed_cluster: ThrowawayCluster, cluster: ThrowawayCluster, healthy_ba
 
 def test_healthy_dump_restores_and_every_drill_check_passes(drills):
     result = drills["healthy"]
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     out = result.text
     assert f"dump used: {newest(drills.backups['healthy'])}" in out
     assert "schemas: cutter_governance,public,sandbox_tac" in out
@@ -212,7 +212,7 @@ def config_only_target(tmp_path: Path, extra: str) -> Path:
 
 def test_dump_missing_a_schema_and_a_table_fails_naming_them(drills):
     result = drills["missing-schema"]
-    result.assert_outcomes(passed=3, failed=3)
+    result.assert_outcomes(passed=4, failed=3)
     out = result.text
     assert "restore drill schemas: FAILED (missing after restore: sandbox_tac)" in out
     assert "public: 11 tables vs minimum 12" in out
@@ -226,12 +226,12 @@ def test_statement_that_errors_fails_the_drill_and_shows_the_line(drills):
     assert "restore drill errors: FAILED (1 error lines vs 0)" in out
     assert (f'dump line {line_no}: ERROR: relation "public.no_such_table" does not exist | line: {BAD_STATEMENT}'
             in out)
-    result.assert_outcomes(passed=3, failed=3)  # ON_ERROR_STOP: later tables never arrived
+    result.assert_outcomes(passed=4, failed=3)  # ON_ERROR_STOP: later tables never arrived
 
 
 def test_rows_lost_on_the_way_fail_row_fidelity_with_both_counts(drills):
     result = drills["rows-lost"]
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=6, failed=1)
     out = result.text
     assert "restore drill row fidelity: FAILED (public.item_03: 100 rows restored vs 200 in the dump)" in out
     assert f"WARNING: drill probe | line: {WARN}" in out  # warnings are shown with their line, not counted
@@ -389,7 +389,7 @@ def test_scratch_database_mode_leaves_the_server_as_it_found_it(pytester, cluste
     target = write_target(backups, drill_toml(work_dir, mode="scratch", server_dsn=cluster.dsn(),
                                               expect_live_catalog=True))
     result = run_one(pytester, target)
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     out = result.stdout.str()
     assert f"swept leftover database restore_drill_20000101_000000_1 (owner pid {gone.pid} is gone)" in out
     assert f"on server 127.0.0.1:{cluster.port}" in out
@@ -473,7 +473,7 @@ def test_long_restore_reports_progress_with_bytes_and_share_read(backups, write_
 def test_drill_restores_the_offsite_archive_member(drills):
     """[drill].source = "offsite": the PG member of the newest archive, streamed through a real rclone."""
     result, remote = drills["offsite"], drills.facts["offsite"]["remote"]
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     out = result.text
     assert f"dump used: :local:{remote}/vps-backup-" in out and "member */postgresql-directus.sql.gz" in out
     assert "tables: 21" in out and "error lines: none" in out
@@ -482,3 +482,104 @@ def test_drill_restores_the_offsite_archive_member(drills):
 def test_offsite_source_needs_an_offsite_section(tmp_path, work_dir):
     with pytest.raises(ConfigError, match=r"\[drill\]\.source: 'offsite' needs an \[offsite\] section"):
         load_target(config_only_target(tmp_path, drill_toml(work_dir, source="offsite")))
+
+
+# --- the scan follows psql: where a statement ends and where COPY data starts --------------------
+
+
+def _scan_all(text: bytes, size: int = 3) -> tuple[PlainDumpScanner, bytes]:
+    """Through feed() in small chunks, as the drill streams it."""
+    scanner = PlainDumpScanner()
+    out = [bytes(p) for i in range(0, len(text), size) for p in scanner.feed(text[i:i + size])]
+    return scanner, b"".join(out + scanner.finish())
+
+
+COPY_CASES = {  # dump -> (tables psql needs, rows in it); every data row is a would-be meta-command
+    "names-over-lines": (b'COPY "s;(x)""q.".\n"t\nab;" ("a;b", "c)d") FROM stdin;\n\\! touch MARKER\tx\n'
+                         b"2\t\\\\.x\n\\.\nSELECT 1;\n",
+                         'CREATE SCHEMA "s;(x)""q."; CREATE TABLE "s;(x)""q."."t\nab;" ("a;b" text, "c)d" text);', 2),
+    # two COPY statements on one line: psql reads the first one's data, then the second one's
+    "two-on-a-line": (b"COPY a FROM stdin; COPY b (x) FROM STDIN;\n\\! touch MARKER\n\\.\n\\! touch MARKER\n"
+                      b"\\! touch MARKER\n\\.\n", "CREATE TABLE a (x text); CREATE TABLE b (x text);", 3),
+    # lower case, a comment inside, FROM STDOUT (gram.y takes it as the client too), a WHERE clause
+    "stdout-where": (b"copy /* c */ public.c (x)\nfrom stdout where x > '0';\n\\! touch MARKER\n\\.\n",
+                     "CREATE TABLE c (x text);", 1),
+}
+META_CASES = {
+    # COPY inside a BEGIN ATOMIC body is not a statement of its own: psql reads on as SQL
+    "begin-atomic": b"CREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  COPY t FROM stdin;\nEND;\n"
+                    b"\\! touch MARKER\n",
+    # a ';' inside parentheses does not end the statement either
+    "in-parens": b"SELECT (1;\nCOPY t FROM stdin;\n\\! touch MARKER\n",
+    # a '--' comment ends at a carriage return (flex's newline), not only at the end of the line
+    "comment-cr": b"SELECT 1; -- comment\r\\! touch MARKER\n",
+    # COPY TO STDOUT and COPY FROM a file take no data from the dump
+    "copy-to": b"COPY t TO stdout;\n\\! touch MARKER\n",
+    "copy-file": b"COPY t FROM 'stdin';\n\\! touch MARKER\n",
+    # E'' string continued after a CR-newline: psql is still inside it at \', then back in code
+    "continued": b"SELECT E'a'\r'\\'' \\! touch MARKER\n",
+    # psql 15 reads 1e'..' as the junk token 1e and a plain string (psql 14: 1 and an E'..' string)
+    "number-e": b"SELECT 1e'\\' \\! touch MARKER\n",
+    "number-e-later": b"SELECT a, b, c, d, 1e'\\' \\! touch MARKER\n",
+    # '$' inside a word is part of it, not the start of a dollar quote
+    "word-dollar": b"SELECT x$y$ FROM t; \\! touch MARKER\n",
+    "word-dollar-later": b"SELECT a, b, c, d, x$y$ FROM t; \\! touch MARKER\n",
+}
+
+
+@pytest.mark.parametrize("case", list(COPY_CASES))
+def test_scan_finds_copy_data_where_psql_does(case):
+    dump, _, rows = COPY_CASES[case]
+    scanner, out = _scan_all(dump)
+    assert out == dump and sum(scanner.rows.values()) == rows
+    assert scanner.copy_blocks == dump.count(b"\n\\.\n")
+
+
+@pytest.mark.parametrize("case", list(META_CASES))
+def test_scan_refuses_what_psql_would_run_as_a_meta_command(case):
+    with pytest.raises(MetaCommandRefused, match="refused"):
+        _scan_all(META_CASES[case])
+
+
+def test_the_real_psql_agrees_data_rows_stay_data_and_meta_commands_run(cluster, tmp_path):
+    """Differential: the same texts through the real psql (no ON_ERROR_STOP): a meta-command the
+    scan refuses is one psql really runs, a row the scan takes for COPY data never runs."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE psql_agrees")
+    try:
+        for name, dump, setup in [(n, d, s) for n, (d, s, _) in COPY_CASES.items()] + [
+                (n, d, "") for n, d in META_CASES.items()]:
+            marker = tmp_path / f"ran-{name}"
+            with psycopg.connect(cluster.dsn("psql_agrees"), autocommit=True) as conn:
+                conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+                conn.execute('DROP SCHEMA IF EXISTS "s;(x)""q." CASCADE')
+                if setup:
+                    conn.execute(setup)
+            subprocess.run(["psql", "-X", "-q", "-d", cluster.dsn("psql_agrees"), "-f", "-"], env=cluster.env(),
+                           input=dump.replace(b"MARKER", str(marker).encode()), capture_output=True, check=False)
+            assert marker.exists() == (name in META_CASES), name
+    finally:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE psql_agrees")
+
+
+def test_scan_counts_insert_format_rows_large_objects_and_refreshes():
+    dump = (b"INSERT INTO public.t VALUES (1, 'a;b'), (2, '(');\n"
+            b'INSERT INTO "s"."t;2" (a, "b(") OVERRIDING SYSTEM VALUE VALUES\n'
+            b"\t(1, 'x'),\n\t(2, (3)),\n\t(4, '');\n"
+            b"INSERT INTO public.nocols DEFAULT VALUES;\n"
+            b"SELECT pg_catalog.lo_create('16385');\nSELECT pg_catalog.lowrite(0, '\\x00');\n"
+            b"REFRESH MATERIALIZED VIEW public.mv;\nREFRESH MATERIALIZED VIEW public.empty WITH NO DATA;\n"
+            b"COPY public.c FROM stdin WITH (FORMAT csv);\n\"a\nb\"\n\\.\n")
+    scanner, out = _scan_all(dump, 5)
+    assert out == dump
+    assert scanner.rows == {"public.t": 2, '"s"."t;2"': 3, "public.nocols": 1}
+    assert scanner.targets['"s"."t;2"'] == ("s", "t;2") and scanner.insert_statements == 3
+    assert scanner.large_objects == 1 and scanner.refreshed == ["public.mv"]
+    assert scanner.uncounted == {"public.c": "COPY in CSV or binary format: rows are not lines"}
+
+
+def test_split_name_reads_names_as_the_server_does():
+    assert split_name('"a.b"."c;""d"""') == ("a.b", 'c;"d"')
+    assert split_name("Public.Item") == ("public", "item")
+    assert split_name('"new\nline".t') == ("new\nline", "t")

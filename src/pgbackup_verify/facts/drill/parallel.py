@@ -372,7 +372,8 @@ class ParallelRestore:
             outcome.exit_code = 3  # what psql's ON_ERROR_STOP gives
         else:
             outcome.exit_code = nonzero[0] if nonzero else 0
-        outcome.payload_bytes, outcome.rows = sent, scanner.rows
+        outcome.payload_bytes, outcome.rows, outcome.scan = sent, scanner.rows, scanner
+        outcome.large_objects = scanner.large_objects
         outcome.complete_marker = scanner.complete if read_all else None
         outcome.seconds = time.monotonic() - start
         outcome.spool_peak = self.spool.peak

@@ -21,6 +21,7 @@ from isal import igzip
 
 from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
+from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
 
@@ -39,7 +40,9 @@ class RestoreOutcome:
     refused: str | None = None
     timed_out: bool = False
     payload_bytes: int = 0
-    rows: dict[str, int] | None = None  # COPY target -> rows read from the dump (plain only)
+    rows: dict[str, int] | None = None  # COPY/INSERT target -> rows read from the dump (plain only)
+    scan: PlainDumpScanner | None = None  # what else the plain dump loads (targets, large objects, matviews)
+    large_objects: int | None = None  # large objects in the dump (plain: lo_create calls; custom: its TOC)
     complete_marker: bool | None = None
     seconds: float = 0.0
     parallel: int = 0  # connections of a parallel plain restore (0: the serial one)
@@ -188,7 +191,8 @@ def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_l
     timer.cancel()
     reader.join(5)
     psql_messages(lines, scanner, outcome)
-    outcome.payload_bytes, outcome.rows = sent, scanner.rows
+    outcome.payload_bytes, outcome.rows, outcome.scan = sent, scanner.rows, scanner
+    outcome.large_objects = scanner.large_objects
     # Only a stream read to its end can be called truncated; a stopped psql stops the reading.
     outcome.complete_marker = scanner.complete if read_all else None
     outcome.seconds = time.monotonic() - start
@@ -233,5 +237,9 @@ def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs:
         elif text.startswith("pg_restore: warning:") and "errors ignored" not in text:
             outcome.warnings.append(text.removeprefix("pg_restore: "))
     outcome.payload_bytes = source.payload_estimate()
+    try:
+        outcome.large_objects = read_archive_toc(path).large_objects()
+    except (ArchiveFormatError, OSError):
+        outcome.large_objects = None  # an archive version this reader does not know: not counted
     outcome.seconds = time.monotonic() - start
     return outcome

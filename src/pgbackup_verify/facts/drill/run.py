@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 import psycopg.conninfo
@@ -23,8 +24,9 @@ from pgbackup_verify.facts.db import DatabaseUnreachable, connect_readonly, scal
 from pgbackup_verify.facts.drill import owner, safety
 from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, ThrowawayCluster
 from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
-from pgbackup_verify.facts.dumps.plainscan import split_name
+from pgbackup_verify.facts.dumps.plainscan import PlainDumpScanner, display_name
 from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound, newest_dump
+from pgbackup_verify.facts.grants import dump_job
 
 
 @dataclass
@@ -43,7 +45,14 @@ class DrillFacts:
     restored: Catalog | None = None
     live: Catalog | None = None  # expectations read from the live catalog (asked, or nothing written)
     expected_from: str = ""  # where `live` came from, for the evidence; "" when not read
-    rows: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # table -> (dump, restored)
+    rows: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # table or tree -> (dump, restored)
+    row_scope: dict[str, str] = field(default_factory=dict)  # partition tree compared whole -> what it holds
+    rows_read: str = ""  # where the dump's rows came from: COPY blocks, INSERT statements
+    rows_uncounted: dict[str, str] = field(default_factory=dict)  # target -> why its rows are not compared
+    matviews: dict[str, int | None] = field(default_factory=dict)  # refreshed by the dump -> rows (None: empty)
+    lo_dump: int | None = None  # large objects in the dump
+    lo_restored: int | None = None
+    lo_live: int | None = None  # in the live database, with [drill].expect_live_catalog
     sweep_log: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     cleanup_problems: list[str] = field(default_factory=list)
@@ -132,18 +141,94 @@ def _leftovers(d: DrillSection, work_dir: Path) -> list[str]:
     return found
 
 
-def _row_counts(conn: psycopg.Connection, dumped: dict[str, int]) -> dict[str, tuple[int, int | None]]:
-    out: dict[str, tuple[int, int | None]] = {}
-    for qualified, n in dumped.items():
-        schema, table = split_name(qualified)
-        try:
-            # ONLY: an inheritance parent's COPY holds its own rows, not its children's.
-            got = scalar(conn, sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(table)))
-        except psycopg.errors.UndefinedTable:
-            got = None
-        out[f"{schema}.{table}"] = (n, got)
-    return out
+# Each target of the dump by its exact names (or, unqualified, as the search path finds it), with
+# the top of its partition tree: rows loaded through a partitioned table land in its partitions.
+_RELATIONS = """
+SELECT t.key, c.oid, c.relkind, c.relispopulated, n.nspname, c.relname, r.oid, rn.nspname, r.relname
+FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(key, nsp, rel)
+JOIN pg_class c ON c.oid = coalesce(
+    (SELECT c2.oid FROM pg_class c2 JOIN pg_namespace n2 ON n2.oid = c2.relnamespace
+     WHERE n2.nspname = t.nsp AND c2.relname = t.rel),
+    CASE WHEN t.nsp IS NULL THEN to_regclass(quote_ident(t.rel)) END)
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_class r ON r.oid = pg_partition_root(c.oid)
+LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
+"""
+
+
+class _Rel(NamedTuple):
+    oid: int
+    kind: str
+    populated: bool
+    schema: str
+    name: str
+    root: int | None  # top of its partition tree, when it is in one
+    root_schema: str | None
+    root_name: str | None
+
+
+def _resolve(conn: psycopg.Connection, scan: PlainDumpScanner, keys: list[str]) -> dict[str, _Rel]:
+    names = [scan.targets.get(k, (None, k)) for k in keys]
+    rows = conn.execute(_RELATIONS, (keys, [n[0] for n in names], [n[1] for n in names])).fetchall()
+    return {r[0]: _Rel(*r[1:]) for r in rows}
+
+
+def _count(conn: psycopg.Connection, schema: str, table: str, only: bool) -> int:
+    q = sql.SQL("SELECT count(*) FROM {}{}.{}").format(sql.SQL("ONLY " if only else ""), sql.Identifier(schema),
+                                                        sql.Identifier(table))
+    return int(scalar(conn, q) or 0)
+
+
+def _row_counts(conn: psycopg.Connection, scan: PlainDumpScanner, facts: DrillFacts) -> None:
+    """Compare what the dump loads with what arrived, where it landed.
+
+    A table's own rows: ONLY that table (an inheritance parent's COPY holds its own rows, not its
+    children's). A partitioned table in the dump (pg_dump 15 loads hash partitions on an enum key
+    through the root, --load-via-partition-root loads every partition so): its whole partition tree,
+    against the sum of everything the dump loads into any table of that tree.
+    """
+    keys = list(scan.rows)
+    found = _resolve(conn, scan, keys)
+    trees = {rel.root for rel in found.values() if rel.kind == "p"}
+    singles: dict[int, tuple[str, int]] = {}
+    grouped: dict[int, list[str]] = {}
+    for key in keys:
+        rel = found.get(key)
+        if rel is None:
+            schema, table = scan.targets.get(key, (None, key))
+            facts.rows[display_name(schema, table)] = (scan.rows[key], None)
+        elif rel.root is not None and rel.root in trees:
+            grouped.setdefault(rel.root, []).append(key)
+        else:
+            shown, n = singles.get(rel.oid, (display_name(rel.schema, rel.name), 0))
+            singles[rel.oid] = (shown, n + scan.rows[key])
+    for oid, (shown, n) in singles.items():
+        rel = next(r for r in found.values() if r.oid == oid)
+        facts.rows[shown] = (n, _count(conn, rel.schema, rel.name, only=True))
+    for root, members in grouped.items():
+        rel = found[members[0]]
+        assert rel.root_schema is not None and rel.root_name is not None
+        shown = display_name(rel.root_schema, rel.root_name)
+        size = scalar(conn, "SELECT count(*) FROM pg_partition_tree(%s)", (root,))
+        into = ", ".join(sorted({display_name(found[k].schema, found[k].name) for k in members}))
+        restored = _count(conn, rel.root_schema, rel.root_name, only=False)
+        facts.rows[shown] = (sum(scan.rows[k] for k in members), restored)
+        facts.row_scope[shown] = f"whole partition tree of {size} tables, rows loaded into {into}"
+    blocks = f"{scan.copy_blocks} COPY blocks" + (f" and {scan.insert_statements} INSERT statements"
+                                                 if scan.insert_statements else "")
+    facts.rows_read = f"{sum(scan.rows.values())} rows in {blocks}, into {len(keys)} tables"
+    facts.rows_uncounted = {display_name(*scan.targets.get(k, (None, k))): why for k, why in scan.uncounted.items()}
+    refreshed = _resolve(conn, scan, scan.refreshed)
+    for key in scan.refreshed:
+        rel = refreshed.get(key)
+        if rel is None or rel.kind != "m":
+            facts.matviews[display_name(*scan.targets.get(key, (None, key)))] = None
+        else:
+            shown = display_name(rel.schema, rel.name)
+            facts.matviews[shown] = _count(conn, rel.schema, rel.name, only=False) if rel.populated else None
+
+
+_LARGE_OBJECTS = "SELECT count(*) FROM pg_largeobject_metadata"  # readable by every role
 
 
 def run_drill(target: Target, source: DumpSource | None = None, janitor: safety.Janitor | None = None,
@@ -193,6 +278,8 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
     if facts.expected_from:
         with connect_readonly(target) as live:
             facts.live = read_catalog(live, exclude=target.database.exclude_schemas)
+            if dump_job(target.database.dump_options).large_objects:  # a job declared -B leaves them out
+                facts.lo_live = int(scalar(live, _LARGE_OBJECTS) or 0)
         if not d.expect_live_catalog:  # only schemas and tables were promised by default
             facts.live = Catalog(schemas=facts.live.schemas, tables=facts.live.tables)
     if d.mode == "throwaway":
@@ -210,8 +297,9 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         facts.outcome = restore_plain(source, site.dsn(), site.env, remaining, janitor, progress, d.jobs, work_dir)
     with psycopg.connect(site.dsn(), autocommit=True, connect_timeout=10) as conn:
         facts.restored = read_catalog(conn)
-        if facts.outcome.rows is not None:
-            facts.rows = _row_counts(conn, facts.outcome.rows)
+        facts.lo_dump, facts.lo_restored = facts.outcome.large_objects, int(scalar(conn, _LARGE_OBJECTS) or 0)
+        if facts.outcome.scan is not None:
+            _row_counts(conn, facts.outcome.scan, facts)
 
 
 __all__ = ["CLUSTER_PREFIX", "DrillFacts", "expected_schemas", "live_expectation", "run_drill"]

@@ -1,10 +1,16 @@
 """Custom-format dumps (`pg_dump -Fc`): the table of contents and a full read of the data.
 
 `pg_restore --list` reads only the TOC at the start of the archive (24 ms for a 119 MB
-dump here), so it proves the archive opens and which schemas it holds, but not that the
-data blocks behind it are intact. `verify_archive` therefore streams `pg_restore -f -`
-(the archive rendered as SQL) through the same scanner as the .sql.gz files: a truncated
-or corrupt archive makes pg_restore fail, and the SQL carries the usual header and footer.
+dump here), so it proves the archive opens, but not that the data blocks behind it are
+intact. `verify_archive` therefore streams `pg_restore -f -` (the archive rendered as SQL)
+through the same scanner as the .sql.gz files: a truncated or corrupt archive makes
+pg_restore fail, and the SQL carries the usual header and footer.
+
+Which schemas and large objects the archive holds is read from the archive's own TOC
+(`read_archive_toc`), field by field as pg_restore reads it: the `--list` text prints
+names unquoted and space-separated (`SCHEMA - my schema my owner`) and turns newlines
+into spaces, so no text parser can tell a name with a space from the owner after it.
+The text parser stays only for archive versions newer than the reader knows.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 
@@ -37,6 +44,8 @@ class TocFacts:
     dumped_from: str
     dumped_by: str
     seconds: float
+    large_objects: int | None = None  # large objects the archive creates (None: not known)
+    read_by: str = "archive TOC"  # or "pg_restore --list text" for archive versions the reader does not know
 
     def missing(self, expected: tuple[str, ...] | list[str]) -> list[str]:
         return [s for s in expected if s not in self.schemas]
@@ -83,8 +92,130 @@ def parse_toc(listing: str) -> tuple[int, set[str], str, str]:
     return entries, schemas, dumped_from, dumped_by
 
 
+class ArchiveFormatError(Exception):
+    """The file is not a custom-format archive this reader knows; str() says why."""
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    dump_id: int
+    catalog_id: tuple[str, str]  # (tableoid, oid) as pg_dump wrote them
+    desc: str  # "TABLE", "SCHEMA", "BLOB", "TABLE DATA", ...
+    namespace: str | None  # the schema, exactly as in the catalog
+    tag: str  # the object's name, exactly
+    owner: str | None
+    defn: str
+
+
+@dataclass(frozen=True)
+class ArchiveToc:
+    version: tuple[int, int, int]
+    dbname: str
+    dumped_from: str
+    dumped_by: str
+    entries: tuple[TocEntry, ...]
+
+    def listed(self) -> int:
+        """Entries `pg_restore --list` shows."""
+        return sum(e.desc not in _NOT_LISTED for e in self.entries)
+
+    def schemas(self) -> set[str]:
+        out = {e.tag for e in self.entries if e.desc == "SCHEMA"}
+        return out | {e.namespace for e in self.entries if e.namespace}
+
+    def large_objects(self) -> int:
+        # One BLOB entry per large object up to pg_dump 16; 17 groups them in BLOB METADATA entries.
+        return sum(max(1, e.defn.count("lo_create(")) for e in self.entries if e.desc in ("BLOB", "BLOB METADATA"))
+
+
+# Entries pg_restore handles itself and `--list` does not show (DATABASE only with -C).
+_NOT_LISTED = frozenset({"ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE", "DATABASE PROPERTIES"})
+_K_VERS_MAX = (1, 16)  # pg_dump 17's archive version; newer ones fall back to the --list text
+
+
+class _Reader:
+    """pg_dump's archive primitives (pg_backup_archiver.c ReadInt/ReadStr/ReadOffset)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.int_size, self.off_size = f, 4, 8
+
+    def bytes(self, n: int) -> bytes:
+        b = self.f.read(n)
+        if len(b) != n:
+            raise ArchiveFormatError("archive ends inside its table of contents")
+        return b
+
+    def byte(self) -> int:
+        return self.bytes(1)[0]
+
+    def int(self) -> int:
+        sign = self.byte()
+        value = int.from_bytes(self.bytes(self.int_size), "little")
+        return -value if sign else value
+
+    def str(self) -> str | None:
+        n = self.int()
+        if n < 0:
+            return None
+        if n > 1 << 30:
+            raise ArchiveFormatError(f"implausible string length {n} in the table of contents")
+        return self.bytes(n).decode("utf-8", "surrogateescape")
+
+    def offset(self) -> None:
+        self.byte()
+        self.bytes(self.off_size)
+
+
+def read_archive_toc(path: str | Path) -> ArchiveToc:
+    """The TOC of a `pg_dump -Fc` archive, read from the archive itself (only its head is read)."""
+    with open(path, "rb") as f:
+        r = _Reader(f)
+        if r.bytes(5) != b"PGDMP":
+            raise ArchiveFormatError("not a pg_dump custom-format archive (no PGDMP magic)")
+        vmaj, vmin = r.byte(), r.byte()
+        vrev = r.byte() if (vmaj, vmin) > (1, 0) else 0
+        version = (vmaj, vmin, vrev)
+        if version[:2] < (1, 10) or version[:2] > _K_VERS_MAX:
+            raise ArchiveFormatError(f"archive version {vmaj}.{vmin}.{vrev} not known to this reader")
+        r.int_size, r.off_size = r.byte(), r.byte()
+        if r.byte() != 1:
+            raise ArchiveFormatError("archive is not in custom format (pg_dump -Fc)")
+        if version[:2] >= (1, 15):
+            r.byte()  # compression algorithm
+        else:
+            r.int()  # compression level
+        for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
+            r.int()
+        dbname, dumped_from, dumped_by = r.str() or "", r.str() or "", r.str() or ""
+        count = r.int()
+        entries = []
+        for _ in range(count):
+            dump_id = r.int()
+            r.int()  # had dumper
+            catalog_id = (r.str() or "0", r.str() or "0")
+            tag, desc = r.str() or "", r.str() or ""
+            if version[:2] >= (1, 11):
+                r.int()  # section
+            defn = r.str() or ""
+            r.str()  # drop statement
+            r.str()  # copy statement
+            namespace = r.str()
+            r.str()  # tablespace
+            if version[:2] >= (1, 14):
+                r.str()  # table access method
+            if version[:2] >= (1, 16):
+                r.int()  # relkind
+            owner = r.str()
+            r.str()  # "with oids", always false
+            while r.str() is not None:  # dependencies
+                pass
+            r.offset()  # custom format: where the entry's data is
+            entries.append(TocEntry(dump_id, catalog_id, desc, namespace, tag, owner, defn))
+    return ArchiveToc(version, dbname, dumped_from, dumped_by, tuple(entries))
+
+
 def read_toc(path: str | Path, timeout: float = 120) -> TocFacts:
-    """`pg_restore --list`: does the archive open, and which schemas does it hold."""
+    """Does the archive open (`pg_restore --list`), and which schemas and large objects does it hold."""
     started = time.perf_counter()
     try:
         proc = subprocess.run(["pg_restore", "--list", str(path)], capture_output=True, timeout=timeout,
@@ -94,9 +225,14 @@ def read_toc(path: str | Path, timeout: float = 120) -> TocFacts:
                         time.perf_counter() - started)
     if proc.returncode != 0:
         return TocFacts(str(path), False, _last_line(proc.stderr), 0, (), "", "", time.perf_counter() - started)
-    entries, schemas, dumped_from, dumped_by = parse_toc(proc.stdout.decode("utf-8", "replace"))
-    return TocFacts(str(path), True, None, entries, tuple(sorted(schemas)), dumped_from, dumped_by,
-                    time.perf_counter() - started)
+    try:
+        toc = read_archive_toc(path)
+    except (ArchiveFormatError, OSError):
+        entries, schemas, dumped_from, dumped_by = parse_toc(proc.stdout.decode("utf-8", "replace"))
+        return TocFacts(str(path), True, None, entries, tuple(sorted(schemas)), dumped_from, dumped_by,
+                        time.perf_counter() - started, None, "pg_restore --list text")
+    return TocFacts(str(path), True, None, toc.listed(), tuple(sorted(toc.schemas())), toc.dumped_from,
+                    toc.dumped_by, time.perf_counter() - started, toc.large_objects())
 
 
 def verify_archive(path: str | Path) -> DumpScan:
