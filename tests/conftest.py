@@ -32,6 +32,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
                                       "test_dumps.py", "test_offsite.py", "test_trends.py", "test_init.py",
                                       "test_minimal_target.py")},
     **{m: (f"tests/{m}::",) for m in ("test_nights.py", "test_in_progress.py", "test_hostile_fs.py", "test_pg16.py")},
+    "test_host_names.py": ("tests/test_host_names.py::",),
 }
 
 

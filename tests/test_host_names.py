@@ -1,0 +1,85 @@
+"""Host checks over a backup directory whose dump names are hostile: a name that is not UTF-8, a
+newline, spaces, quotes, non-ASCII letters. The backup-dir and free-space checks judge such files
+(never an error), and name them the way the dump checks do: undecodable bytes as \\xNN, and control
+characters escaped so a finding stays one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from checkrun import ChecksRun, run_checks
+from pgbackup_verify_demo import demo, scene
+
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+
+CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_host.py"
+HOST_CHECKS = 10
+WORLD = "test_backup_dir_and_dumps_are_not_world_readable"
+FREE = "test_free_space_holds_the_next_dumps"
+NEWER = time.time() + 60  # newer than every real dump: a hostile name is "the latest dump"
+
+# raw name (bytes) -> how the checks show it
+NAMES: dict[bytes, str] = {
+    b"directus_\xff\xfe.sql.gz": r"directus_\xff\xfe.sql.gz",
+    b"directus_new\nline.sql.gz": r"directus_new\nline.sql.gz",
+    b"directus_with space.sql.gz": "directus_with space.sql.gz",
+    b"directus_'sq' \"dq\".sql.gz": "directus_'sq' \"dq\".sql.gz",
+    "directus_üñï€.sql.gz".encode(): "directus_üñï€.sql.gz",
+}
+NEWEST = b"directus_\xff\xfe.sql.gz"
+
+
+def _plant(b: Path, world_readable: tuple[bytes, ...] = ()) -> None:
+    """A real dump copied under each hostile name, mode 0600 unless named world-readable."""
+    real = max(b.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)
+    for i, raw in enumerate(NAMES):
+        p = os.path.join(os.fsencode(b), raw)
+        shutil.copyfile(real, p)
+        os.chmod(p, 0o644 if raw in world_readable else 0o600)
+        when = NEWER if raw == NEWEST else NEWER - 60 - i
+        os.utime(p, (when, when))
+
+
+@pytest.fixture(scope="module")
+def named_run(seed_cluster: ThrowawayCluster, healthy_backups: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> ChecksRun:
+    root = tmp_path_factory.mktemp("host-names")
+    dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
+    targets = []
+    for case, world in (("private", ()), ("world-readable", (NEWEST, b"directus_new\nline.sql.gz"))):
+        h = scene.write_host(root / case / "host")
+        b = root / case / "backups"
+        shutil.copytree(healthy_backups, b)
+        _plant(b, world)
+        targets.append(demo.write_target_file(root / case / "t.toml", dsn, b, name=case, extra=h.toml()))
+    return run_checks(root / "run", targets, [CHECKS])
+
+
+def test_hostile_names_are_judged_and_green_when_private(named_run: ChecksRun) -> None:
+    result = named_run["private"]
+    # The database service check is skipped: this scene names no service to look for.
+    result.assert_outcomes(passed=HOST_CHECKS - 1, skipped=1)
+    assert "Traceback" not in named_run.stdout + named_run.stderr
+    assert f"{7 + len(NAMES)} dump(s)" in result.text  # each hostile name counted, the newline one once
+    [free] = [c for c in result.checks if c["name"] == FREE]
+    [needed] = [v for k, v in free["evidence"] if k == "needed"]
+    assert rf"x latest dump {named_run.workdir.parent}/private/backups/directus_\xff\xfe.sql.gz (" in needed, needed
+
+
+def test_a_world_readable_hostile_name_is_named_escaped(named_run: ChecksRun) -> None:
+    result = named_run["world-readable"]
+    result.assert_outcomes(passed=HOST_CHECKS - 2, failed=1, skipped=1)
+    assert result.failed() == {WORLD}
+    [check] = [c for c in result.checks if c["name"] == WORLD]
+    b = named_run.workdir.parent / "world-readable" / "backups"
+    message = check["message"]
+    assert "dumps readable by others: FAILED (2 file(s): " in message, message
+    for raw in (NEWEST, b"directus_new\nline.sql.gz"):
+        assert f"{b}/{NAMES[raw]} 0644" in message, message
+    assert "\n" not in message.split("FAILED", 1)[1].split("; fix:")[0], message
+    assert message.endswith("fix: chmod o-r them and put `umask 077` at the top of the backup script"), message
+    assert not [c for c in named_run.doc["checks"] if c["outcome"] == "error"]
