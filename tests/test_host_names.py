@@ -1,10 +1,12 @@
 """Host checks over a backup directory whose dump names are hostile: a name that is not UTF-8, a
 newline, spaces, quotes, non-ASCII letters. The backup-dir and free-space checks judge such files
 (never an error), and name them the way the dump checks do: undecodable bytes as \\xNN, and control
-characters escaped so a finding stays one line."""
+characters escaped so a finding stays one line. The offsite size match names such a local dump the
+same way (a raw name would not even survive the terminal's UTF-8 output)."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import time
@@ -17,7 +19,9 @@ from pgbackup_verify_demo import demo, scene
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_host.py"
-HOST_CHECKS = 10
+OFFSITE = CHECKS.with_name("test_offsite.py")
+HOST_CHECKS, OFFSITE_CHECKS = 10, 5
+MATCH = "test_offsite_pg_dump_matches_the_local_dump"
 WORLD = "test_backup_dir_and_dumps_are_not_world_readable"
 FREE = "test_free_space_holds_the_next_dumps"
 NEWER = time.time() + 60  # newer than every real dump: a hostile name is "the latest dump"
@@ -56,13 +60,30 @@ def named_run(seed_cluster: ThrowawayCluster, healthy_backups: Path,
         shutil.copytree(healthy_backups, b)
         _plant(b, world)
         targets.append(demo.write_target_file(root / case / "t.toml", dsn, b, name=case, extra=h.toml()))
-    return run_checks(root / "run", targets, [CHECKS])
+    # The offsite size match names the local dump of the same night: here the non-UTF-8 one.
+    for case, differs in (("offsite", False), ("offsite-differs", True)):
+        b = root / case / "backups"
+        shutil.copytree(healthy_backups, b)
+        _plant(b)
+        remote = root / case / "offsite"
+        remote.mkdir()
+        local = Path(os.fsdecode(os.path.join(os.fsencode(b), NEWEST)))
+        if not differs:
+            scene.write_archive(remote, local, when=NEWER + 600)
+        else:  # the upload packed another complete dump, ~40 KiB bigger: the check fails naming the local file
+            head, rest = gzip.decompress(local.read_bytes()).split(b"\n", 1)
+            pad = b"".join(b"-- " + os.urandom(32).hex().encode() + b"\n" for _ in range(600))
+            scene.write_archive(remote, None, when=NEWER + 600,
+                                member_bytes=gzip.compress(head + b"\n" + pad + rest, mtime=0))
+        extra = scene.offsite_toml(remote, named_remote=False, max_age_hours=48)
+        targets.append(demo.write_target_file(root / case / "t.toml", dsn, b, name=case, extra=extra))
+    return run_checks(root / "run", targets, [CHECKS, OFFSITE])
 
 
 def test_hostile_names_are_judged_and_green_when_private(named_run: ChecksRun) -> None:
     result = named_run["private"]
     # The database service check is skipped: this scene names no service to look for.
-    result.assert_outcomes(passed=HOST_CHECKS - 1, skipped=1)
+    result.assert_outcomes(passed=HOST_CHECKS - 1, skipped=1 + OFFSITE_CHECKS)
     assert "Traceback" not in named_run.stdout + named_run.stderr
     assert f"{7 + len(NAMES)} dump(s)" in result.text  # each hostile name counted, the newline one once
     [free] = [c for c in result.checks if c["name"] == FREE]
@@ -72,7 +93,7 @@ def test_hostile_names_are_judged_and_green_when_private(named_run: ChecksRun) -
 
 def test_a_world_readable_hostile_name_is_named_escaped(named_run: ChecksRun) -> None:
     result = named_run["world-readable"]
-    result.assert_outcomes(passed=HOST_CHECKS - 2, failed=1, skipped=1)
+    result.assert_outcomes(passed=HOST_CHECKS - 2, failed=1, skipped=1 + OFFSITE_CHECKS)
     assert result.failed() == {WORLD}
     [check] = [c for c in result.checks if c["name"] == WORLD]
     b = named_run.workdir.parent / "world-readable" / "backups"
@@ -83,3 +104,17 @@ def test_a_world_readable_hostile_name_is_named_escaped(named_run: ChecksRun) ->
     assert "\n" not in message.split("FAILED", 1)[1].split("; fix:")[0], message
     assert message.endswith("fix: chmod o-r them and put `umask 077` at the top of the backup script"), message
     assert not [c for c in named_run.doc["checks"] if c["outcome"] == "error"]
+
+
+def test_the_offsite_match_names_a_hostile_local_dump_escaped(named_run: ChecksRun) -> None:
+    same = named_run["offsite"]
+    assert same.outcome(MATCH) == "passed", same.text
+    [sizes] = [v for c in same.checks if c["name"] == MATCH for k, v in c["evidence"] if k == "sizes"]
+    assert r"/offsite/backups/directus_\xff\xfe.sql.gz " in sizes, sizes
+    differs = named_run["offsite-differs"]
+    assert differs.outcome(MATCH) == "failed", differs.text
+    [message] = [c["message"] for c in differs.checks if c["name"] == MATCH]
+    assert r"/offsite-differs/backups/directus_\xff\xfe.sql.gz " in message, message
+    assert not [c for c in named_run.doc["checks"] if c["outcome"] == "error"]
+    html = (named_run.workdir / "reports" / "latest.html").read_text(encoding="utf-8")
+    assert r"directus_\xff\xfe.sql.gz" in html
