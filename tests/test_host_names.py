@@ -7,13 +7,16 @@ same way (a raw name would not even survive the terminal's UTF-8 output)."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from checkrun import ChecksRun, run_checks
+from checkrun import ChecksRun, pytester_env, run_checks
 from pgbackup_verify_demo import demo, scene
 
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
@@ -118,3 +121,40 @@ def test_the_offsite_match_names_a_hostile_local_dump_escaped(named_run: ChecksR
     assert not [c for c in named_run.doc["checks"] if c["outcome"] == "error"]
     html = (named_run.workdir / "reports" / "latest.html").read_text(encoding="utf-8")
     assert r"directus_\xff\xfe.sql.gz" in html
+
+
+def test_a_cron_d_file_whose_name_is_not_utf8_is_named_not_a_traceback(seed_cluster: ThrowawayCluster,
+                                                                       tmp_path: Path) -> None:
+    """/etc/cron.d is read when no crontabs are configured: a private mount namespace puts a prepared
+    directory there (the host's own is never touched), holding the job's file and one whose name is not
+    UTF-8 (which testinfra cannot even put into a command)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root for a private mount namespace")
+    h = scene.write_host(tmp_path / "host")
+    cron_d = tmp_path / "cron.d"
+    cron_d.mkdir()
+    (cron_d / "pg-backup").write_text(f"0 2 * * * root {h.pg_backup}\n0 20 * * * root {h.to_gdrive}\n")
+    hostile = os.path.join(os.fsencode(cron_d), b"pg\xffbackup")
+    with open(hostile, "w") as f:
+        f.write(f"0 3 * * * root {h.pg_backup}\n")
+    extra = "".join(ln + "\n" for ln in h.toml().splitlines() if not ln.startswith("crontabs"))
+    t = demo.write_target_file(tmp_path / "t.toml", seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE),
+                               tmp_path, name="cron-d", extra=extra)
+    report = tmp_path / "run.json"
+    args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "--basetemp",
+            str(tmp_path / "basetemp"), "--json", str(report), "--target", str(t), str(CHECKS)]
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$1" /etc/cron.d && shift && exec "$@"',
+                           "sh", str(cron_d), *args], cwd=tmp_path, env=pytester_env(tmp_path),
+                          capture_output=True, timeout=300, check=False)
+    out = proc.stdout.decode("utf-8", "replace") + proc.stderr.decode("utf-8", "replace")
+    if not report.is_file() and "mount" in out:
+        pytest.skip(f"no private mount namespace here: {out[-300:]}")
+    assert report.is_file(), out[-3000:]
+    checks = json.loads(report.read_text())["checks"]
+    assert not [c for c in checks if c["outcome"] == "error"] and "Traceback" not in out, out[-3000:]
+    [schedules] = [c for c in checks if c["name"] == "test_cron_schedules_every_backup_job"]
+    assert schedules["outcome"] == "passed", schedules
+    [read] = [v for k, v in schedules["evidence"] if k == "crontabs read"]
+    assert (r"/etc/cron.d/pg\xffbackup (file name is not valid UTF-8: not read (Debian's cron skips such "
+            "names too); rename it)") in read, read
+    assert "/etc/cron.d/pg-backup (2 entries" in read, read

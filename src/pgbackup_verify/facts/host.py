@@ -152,7 +152,12 @@ def read_crontabs(host: Host, section: HostSection) -> list[cron.Crontab]:
         tabs.append(_read_file_crontab(host, SYSTEM_CRONTAB, debian))
     if host.file(CRON_D).is_directory:
         listing = host.run("find -H %s -mindepth 1 -maxdepth 1 ! -type d -printf '%%p\\0'", CRON_D)
-        tabs += [_read_file_crontab(host, p, debian) for p in sorted(filter(None, listing.stdout.split("\0")))]
+        for p in sorted(filter(None, _names(listing).split("\0"))):
+            if display_name(p) != p:  # undecodable bytes: testinfra cannot put the name into a command
+                tabs.append(cron.Crontab(shown_name(p), error="file name is not valid UTF-8: not read (Debian's "
+                                                              "cron skips such names too); rename it"))
+            else:
+                tabs.append(_read_file_crontab(host, p, debian))
     return tabs
 
 
