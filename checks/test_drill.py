@@ -101,8 +101,12 @@ def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Tar
         evidence.require_upstream(READ)
         lower = ("write [drill].min_tables (and expected_schemas) for what the dump must hold"
                  if f.live is not None and not configured else "lower [drill].min_tables")
-        fail(f"restore drill tables: FAILED ({'; '.join(short)}); fix: make the dump include "
-                    f"every table (dump role SELECT, no --exclude-table) or {lower}")
+        # Advice about SELECT only where the grants checks did not vouch for it.
+        include = ("the dump role can read every table (the grants checks passed): make the dump include them "
+                   "(no -n/-N or --exclude-table leaving them out, a dump newer than them)"
+                   if evidence.upstream(READ) == "passed"
+                   else "make the dump include every table (dump role SELECT, no --exclude-table)")
+        fail(f"restore drill tables: FAILED ({'; '.join(short)}); fix: {include} or {lower}")
 
 
 def test_sequences_views_functions_are_restored(drill: DrillFacts, target: Target, evidence: Evidence) -> None:

@@ -216,9 +216,18 @@ def test_custom_format_toc_lists_expected_schemas(custom_dump_toc: tuple | None,
         evidence("large objects in TOC", str(toc.large_objects))
     expected = target.backups.expected_schemas
     missing = toc.missing(expected)
-    require(not missing, (
-        f"custom-format TOC: FAILED ({dump.name}: schema(s) {', '.join(display_name(s) for s in missing)} missing "
-        f"from the TOC of {toc.entries} entries vs expected {', '.join(display_name(s) for s in expected)}); "
-        "fix: check the backup job's pg_dump -n/-N "
-        "options and that the dump role has USAGE on them (GRANT USAGE ON SCHEMA ... TO <dump role>), "
-        "or drop them from [backups].expected_schemas if left out on purpose"))
+    if not missing:
+        return
+    # The grants checks ran first (order of cause): when they found what the dump role cannot read, that
+    # finding is the cause and its GRANT the fix; when they passed, a GRANT is no advice at all.
+    evidence.require_upstream("grants.read")
+    if evidence.upstream("grants.read") == "passed":
+        why = ("the dump role can read them (the grants checks passed): check the backup job's pg_dump -n/-N "
+               "options, and whether this dump is older than the schemas (then check the next dump)")
+    else:
+        why = ("check the backup job's pg_dump -n/-N options, whether this dump is older than the schemas, "
+               "and that the dump role has USAGE on them (GRANT USAGE ON SCHEMA ... TO <dump role>)")
+    shown = ", ".join(display_name(s) for s in missing)
+    fail(f"custom-format TOC: FAILED ({dump.name}: schema(s) {shown} missing from the TOC of {toc.entries} "
+         f"entries vs expected {', '.join(display_name(s) for s in expected)}); fix: {why}, "
+         "or drop them from [backups].expected_schemas if left out on purpose")

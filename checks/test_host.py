@@ -208,7 +208,7 @@ def test_backup_dir_and_dumps_are_not_world_readable(backup_dir_facts: hostfacts
                         f"fix: chmod o-rwx {d.resolved or d.path}")
     open_dumps = [f for f in d.dumps if f.mode & 0o004]
     if open_dumps:
-        shown = ", ".join(f"{f.path} {f.mode:04o}" for f in open_dumps[:5])
+        shown = ", ".join(f"{hostfacts.shown_name(f.path)} {f.mode:04o}" for f in open_dumps[:5])
         problems.append(f"dumps readable by others: FAILED ({len(open_dumps)} file(s): {shown}); fix: chmod o-r "
                         f"them and put `umask 077` at the top of the backup script")
     verdict(problems)
@@ -226,8 +226,8 @@ def test_free_space_holds_the_next_dumps(backup_dir_facts: hostfacts.BackupDirFa
         pytest.skip(f"no dump matching {target.backups.pattern} in {d.path} to size against (the dump checks fail)")
     need = multiple * d.latest.size
     evidence("free space", f"{human_bytes(free)} on {d.filesystem} ({d.shown})")
-    evidence("needed", f"{multiple:g} x latest dump {d.latest.path} ({human_bytes(d.latest.size)}) = "
-             f"{human_bytes(need)}")
+    evidence("needed", f"{multiple:g} x latest dump {hostfacts.shown_name(d.latest.path)} "
+             f"({human_bytes(d.latest.size)}) = {human_bytes(need)}")
     require(free >= need, (
         f"free space for backups: FAILED ({human_bytes(free)} free on {d.filesystem} vs "
         f"{human_bytes(need)} = {multiple:g} x latest dump); fix: free space on that filesystem or prune old dumps"))

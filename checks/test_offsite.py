@@ -17,7 +17,7 @@ from pgbackup_verify.config import OffsiteSection, Target
 from pgbackup_verify.evidence import fail, human_bytes, require, verdict
 from pgbackup_verify.facts.dumps.inventory import DumpFile
 from pgbackup_verify.facts.dumps.nights import nearest_same_night, night_rule
-from pgbackup_verify.facts.host import BackupDirFacts
+from pgbackup_verify.facts.host import BackupDirFacts, shown_name
 from pgbackup_verify.facts.offsite import Archive, ArchiveScan, Listing
 
 pytestmark = pytest.mark.offsite
@@ -200,10 +200,13 @@ def test_offsite_pg_dump_matches_the_local_dump(offsite_listing: Listing, offsit
         fail(
         f"local dump of the same night: FAILED (none in {backup_dir_facts.shown} {rule}); "
         "fix: check the local dump job")
+    # A local dump the dump checks found bad: the sizes differ because of it, not of the upload.
+    evidence.require_upstream(f"dump {local.path}")
     size = scan.member_size or 0
     diff = abs(size - local.size) / max(local.size, 1)
-    evidence("sizes", f"offsite {scan.matches[0]} {size} B vs local {local.path} {local.size} B "
+    shown = shown_name(local.path)  # a local name need not be UTF-8
+    evidence("sizes", f"offsite {scan.matches[0]} {size} B vs local {shown} {local.size} B "
              f"({diff:.1%}, tolerance {o.size_tolerance:.0%})")
     require(diff <= o.size_tolerance, (
-        f"offsite PG dump size: FAILED ({size} B vs local {local.path} {local.size} B, {diff:.1%} off vs "
+        f"offsite PG dump size: FAILED ({size} B vs local {shown} {local.size} B, {diff:.1%} off vs "
         f"{o.size_tolerance:.0%}); fix: compare the two dumps, the upload packed a different or broken file"))

@@ -28,6 +28,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
              "tests/test_locks.py::test_default_drill_lock_", "tests/test_locks.py::test_a_non_root_run_after_"),
     "kuma": ("tests/test_kuma_push.py::", "tests/test_kuma_monitors.py::", "tests/test_kuma_demo.py::",
              "tests/test_kuma_server.py::", "tests/test_kuma_recovery.py::", "tests/test_kuma_secrets.py::"),
+    "test_fix_texts.py": ("tests/test_fix_texts.py::",),  # one demo build, seven checks runs (~1-2 min)
     **{m: (f"tests/{m}::",) for m in ("test_drill.py", "test_grants.py", "test_host.py", "test_custom_sql.py",
                                       "test_dumps.py", "test_offsite.py", "test_trends.py", "test_init.py",
                                       "test_minimal_target.py")},
@@ -36,6 +37,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_grants_differential.py": ("tests/test_grants_differential.py::",),
     "test_sample_db.py": ("tests/test_sample_db.py::",),
     "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
+    "test_host_names.py": ("tests/test_host_names.py::",),
 }
 
 

@@ -17,7 +17,7 @@ import testinfra
 
 from pgbackup_verify.config import HostSection
 from pgbackup_verify.facts import cron, cronline
-from pgbackup_verify.facts.dumps.inventory import DumpFile
+from pgbackup_verify.facts.dumps.inventory import DumpFile, display_name
 
 ROOT_CRONTAB = "crontab -l -u root"
 SYSTEM_CRONTAB = "/etc/crontab"
@@ -26,6 +26,21 @@ _PIPEFAIL = re.compile(r"^[ \t]*set[ \t]+[^#\n]*\bpipefail\b.*$", re.MULTILINE)
 _UMASK = re.compile(r"^[ \t]*umask[ \t]+(\S+)", re.MULTILINE)
 
 Host = Any  # testinfra.host.Host; its type is not exported in a typed way
+
+
+def _names(res: Any) -> str:
+    """A command's output that holds file names: decoded as bytes with `surrogateescape`, because a name
+    need not be UTF-8 and testinfra's `stdout` raises on it. Show such names with `display_name`."""
+    return res.stdout_bytes.decode("utf-8", "surrogateescape")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def shown_name(name: object) -> str:
+    """A file name as one printable line: undecodable bytes as \\xNN (`display_name`), and control
+    characters (a newline would split the finding) as \\n, \\t or \\xNN."""
+    return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], display_name(str(name)))
 
 
 def get_host(spec: str) -> Host:
@@ -137,7 +152,12 @@ def read_crontabs(host: Host, section: HostSection) -> list[cron.Crontab]:
         tabs.append(_read_file_crontab(host, SYSTEM_CRONTAB, debian))
     if host.file(CRON_D).is_directory:
         listing = host.run("find -H %s -mindepth 1 -maxdepth 1 ! -type d -printf '%%p\\0'", CRON_D)
-        tabs += [_read_file_crontab(host, p, debian) for p in sorted(filter(None, listing.stdout.split("\0")))]
+        for p in sorted(filter(None, _names(listing).split("\0"))):
+            if display_name(p) != p:  # undecodable bytes: testinfra cannot put the name into a command
+                tabs.append(cron.Crontab(shown_name(p), error="file name is not valid UTF-8: not read (Debian's "
+                                                              "cron skips such names too); rename it"))
+            else:
+                tabs.append(_read_file_crontab(host, p, debian))
     return tabs
 
 
@@ -219,7 +239,7 @@ class BackupDirFacts:
 
     @property
     def shown(self) -> str:
-        return f"{self.path} -> {self.resolved}" if self.resolved else self.path
+        return shown_name(f"{self.path} -> {self.resolved}" if self.resolved else self.path)
 
 
 def backup_dir_facts(host: Host, directory: str, pattern: str) -> BackupDirFacts:
@@ -234,11 +254,12 @@ def backup_dir_facts(host: Host, directory: str, pattern: str) -> BackupDirFacts
     resolved = ""
     if d.is_symlink:
         res = host.run("readlink -f -- %s", directory)
-        resolved = res.stdout.strip() if res.rc == 0 else ""
-    res = host.run("find -H %s -maxdepth 1 -type f -name %s -printf '%%m\\t%%s\\t%%T@\\t%%p\\n'", directory,
+        resolved = _names(res).strip() if res.rc == 0 else ""
+    # NUL-terminated: a file name may hold a newline (and any byte but NUL and "/").
+    res = host.run("find -H %s -maxdepth 1 -type f -name %s -printf '%%m\\t%%s\\t%%T@\\t%%p\\0'", directory,
                    pattern)
     dumps = []
-    for line in res.stdout.splitlines():
+    for line in filter(None, _names(res).split("\0")):
         fmode, size, mtime, path = line.split("\t", 3)
         dumps.append(DumpFile(Path(path), int(size), float(mtime), int(fmode, 8)))
     dumps.sort(key=lambda x: x.mtime)
