@@ -66,13 +66,6 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "quoted": (".sql.gz", "set -o pipefail; " + PLAIN.format(args="--quote-all-identifiers")),
     "z9": (".sql.gz", 'pg_dump -Z9 -d "$DB" -f "$OUT"'),
 }
-# Healthy variants the suite still cries wolf on, each with the finding and the check it reddens;
-# the work on row counting in issue 10 (item 1) removes them. strict: the xfail goes once fixed.
-FALSE_ALARMS: dict[str, tuple[str, str]] = {
-    "via-root": ("test_every_table_has_the_rows_read_from_the_dump",
-                 "--load-via-partition-root: the COPY target is the partitioned root public.payment and the row "
-                 "check counts FROM ONLY the root, '0 rows restored vs 16049 in the dump'"),
-}
 
 
 @dataclass(repr=False)
@@ -210,10 +203,7 @@ ROWS = "test_every_table_has_the_rows_read_from_the_dump"
 TOC = "test_custom_format_toc_lists_expected_schemas"
 
 
-@pytest.mark.parametrize("variant", [
-    pytest.param(v, marks=pytest.mark.xfail(strict=True, reason=f"{FALSE_ALARMS[v][1]} - fixed by the "
-                                            "parser/row-count work in issue 10"))
-    if v in FALSE_ALARMS else v for v in VARIANTS])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_healthy_sample_is_green_every_way_it_is_dumped(sample: Sample, variant: str) -> None:
     result = sample[variant]
     assert red(result) == {}, result.text
@@ -228,8 +218,6 @@ def test_healthy_sample_is_green_every_way_it_is_dumped(sample: Sample, variant:
     result.fnmatch_line(f"dump used: {sample.dumps[variant]} (*) ({fmt}, *")
 
 
-@pytest.mark.xfail(strict=True, reason="--inserts: the row check passes on '0 rows in 0 COPY blocks', it checked "
-                   "nothing - fixed by the row-count work in issue 10 (item 1)")
 def test_rows_of_an_insert_dump_are_counted(sample: Sample) -> None:
     result = sample["inserts"]
     assert result.outcome(ROWS) == "passed"
@@ -304,8 +292,6 @@ def test_the_no_blobs_dump_really_lacks_the_large_object(sample: Sample) -> None
     assert has_lo(sample.dumps["plain-gzip"]) and not has_lo(sample.dumps["no-blobs"])
 
 
-@pytest.mark.xfail(strict=True, reason="--no-blobs leaves out the large object and no check counts large objects - "
-                   "fixed by the drill's large-object count (issue 10 item 5)")
 def test_a_no_blobs_dump_is_red_naming_the_large_objects(sample: Sample) -> None:
     result = sample["no-blobs"]
     assert any("large object" in m for m in red(result).values()), result.text
