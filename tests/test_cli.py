@@ -98,8 +98,9 @@ def test_checks_are_named_by_name_not_by_path(tmp_path: Path, target_file: Path)
     listed = [ln for ln in proc.stdout.splitlines() if ln.startswith(("FAILED ", "ERROR ", "SKIPPED "))]
     assert listed == [
         "FAILED t sql \u00b7 custom sql check [always a row]: always a row: FAILED (1 row(s): 1); fix: remove it",
-        "SKIPPED [5] t kuma: target 't' has no [kuma] section; add one to check its Kuma monitors (every named "
-        "monitor exists in kuma, every monitor is effectively active, latest heartbeat is up, +2 more)"]
+        "SKIPPED [7] t kuma: not configured: target 't' has no [kuma] section; add one to check its Kuma monitors "
+        "(every named monitor exists in kuma, every monitor is effectively active, every monitor has an active "
+        "notification, +4 more)"]
 
 
 def test_an_unknown_option_also_replaces_latest(tmp_path: Path) -> None:

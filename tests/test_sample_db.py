@@ -248,7 +248,7 @@ def test_select_revoked_on_a_table_names_the_table(sample: Sample) -> None:
     result = sample["select-revoked"]
     failed = red(result)
     select = failed["test_dump_role_can_select_every_relation"]
-    assert select.startswith("dump role SELECT on every relation: FAILED (1 of "), select
+    assert select.startswith("dump role reads every table: FAILED (1 of "), select
     assert "without SELECT for pagila_dump" in select, select
     assert select.endswith("GRANT SELECT ON TABLE public.rental TO pagila_dump;"), select
     assert "test_dump_role_has_usage_on_every_schema" not in failed

@@ -193,7 +193,7 @@ def test_unwritable_history_is_a_note_not_a_traceback(pytester: pytest.Pytester,
     facts_plugin(pytester, payload_bytes=40 * MIB, drill_seconds=12.5)
     result = run(pytester, tmp_path)
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["pgbackup-verify: run history not written to reports/history.jsonl (Is a directory);"
+    result.stdout.fnmatch_lines(["pgbackup-verify: run history not written to */reports/history.jsonl (Is a directory);"
                                  " fix the reports directory",
                                  "pgbackup-verify: OK targets=t *"])
     ev = dict(checks_json(pytester)["test_payload_follows_its_recent_trend"]["evidence"])
