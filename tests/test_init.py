@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from checkrun import CHECKS, pytester_env, run_checks
+from demohost import built_demo
 from pgbackup_verify_demo import demo
 
 from pgbackup_verify import initcmd
@@ -30,11 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def demo_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[demo.Demo]:
-    d = demo.build(tmp_path_factory.mktemp("init-demo"))
-    try:
-        yield d
-    finally:
-        d.cluster.stop()
+    yield from built_demo(tmp_path_factory, "init-demo")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from checkrun import CHECKS, ChecksRun, TargetResult, run_checks
+from demohost import built_demo
 from pgbackup_verify_demo import demo
 
 from pgbackup_verify.facts.drill.run import LIVE_DEFAULT
@@ -30,11 +31,7 @@ NOT_CONFIGURED = "not configured"
 
 @pytest.fixture(scope="module")
 def demo_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[demo.Demo]:
-    d = demo.build(tmp_path_factory.mktemp("minimal-demo"))
-    try:
-        yield d
-    finally:
-        d.cluster.stop()
+    yield from built_demo(tmp_path_factory, "minimal-demo")
 
 
 def optional_sections(d: demo.Demo) -> dict[str, str]:

@@ -225,7 +225,7 @@ def test_rows_of_an_insert_dump_are_counted(sample: Sample) -> None:
 
 
 def test_plain_dump_rows_are_all_counted(sample: Sample) -> None:
-    sample["plain-gzip"].fnmatch_line("rows: 49636 rows in 21 COPY blocks")
+    sample["plain-gzip"].fnmatch_line("rows: 49636 rows in 21 COPY blocks*")
 
 
 def test_usage_revoked_on_the_schema_is_the_seed_incident(sample: Sample) -> None:
@@ -249,7 +249,7 @@ def test_select_revoked_on_a_table_names_the_table(sample: Sample) -> None:
     failed = red(result)
     select = failed["test_dump_role_can_select_every_relation"]
     assert select.startswith("dump role reads every table: FAILED (1 of "), select
-    assert "without SELECT for pagila_dump" in select, select
+    assert "unreadable by pagila_dump" in select, select
     assert select.endswith("GRANT SELECT ON TABLE public.rental TO pagila_dump;"), select
     assert "test_dump_role_has_usage_on_every_schema" not in failed
     assert "0 bytes decompressed" in failed["test_latest_dump_payload_reaches_minimum"]
