@@ -3,12 +3,17 @@ with every row the dump holds, and leaves nothing behind (seed Phase C, section 
 
 from __future__ import annotations
 
+import time
+from datetime import date
+
 import pytest
 
 from pgbackup_verify.config import Target
 from pgbackup_verify.evidence import Evidence, fail, human_bytes
 from pgbackup_verify.facts.catalog import KINDS
+from pgbackup_verify.facts.drill import tiers
 from pgbackup_verify.facts.drill.run import DrillFacts, drill_config, expected_schemas
+from pgbackup_verify.facts.history import History
 
 pytestmark = pytest.mark.drill
 
@@ -27,6 +32,7 @@ def _record(evidence: Evidence, f: DrillFacts) -> None:
     if f.outcome:
         evidence("error lines", "; ".join(f.outcome.problems) or "none")
     evidence("seconds", f"{f.seconds:.1f}")
+    _record_tier(evidence, f)
 
 
 def _ran(f: DrillFacts, evidence: Evidence) -> DrillFacts:
@@ -131,8 +137,10 @@ def test_sequences_views_functions_are_restored(drill: DrillFacts, target: Targe
 def test_every_table_has_the_rows_read_from_the_dump(drill: DrillFacts, evidence: Evidence) -> None:
     f = _ran(drill, evidence)
     assert f.outcome is not None and f.restored is not None
+    schema_only = f.tier is not None and f.tier.tier == tiers.SCHEMA
     if f.outcome.rows is None:
-        pytest.skip(f"row fidelity needs a plain dump stream; {f.fmt} restored with {f.outcome.tool}")
+        pytest.skip(tiers.NO_DATA if schema_only else
+                    f"row fidelity needs a plain dump stream; {f.fmt} restored with {f.outcome.tool}")
     evidence("rows", f.rows_read)
     for tree, scope in sorted(f.row_scope.items()):
         evidence(f"compared {tree}", scope)
@@ -148,14 +156,23 @@ def test_every_table_has_the_rows_read_from_the_dump(drill: DrillFacts, evidence
                  f"{tables} restored tables: the dump holds no table data); fix: the dump job writes the schema "
                  "only (--schema-only, -s, or every table in --exclude-table-data): make it dump the data too")
         pytest.skip("row fidelity: the dump holds no tables and no rows, nothing to compare")
+    # A schema or sample drill loads no data into some tables: those must exist, empty.
+    loaded = {t: f.tier is None or f.tier.wants(t) for t in f.rows}
+    if f.tier is not None and not all(loaded.values()):
+        evidence("rows compared", f"{sum(loaded.values())} of {len(f.rows)} tables loaded ({f.tier.tier} tier); "
+                                  "the others must exist")
     lost = [f"{t}{' (partition tree)' if t in f.row_scope else ''}: "
             f"{'table missing' if got is None else f'{got} rows'} restored vs {n} in the dump"
-            for t, (n, got) in sorted(f.rows.items()) if got != n]
+            for t, (n, got) in sorted(f.rows.items()) if (got != n if loaded[t] else got is None)]
     lost += [f"materialized view {m}: not populated after the dump's REFRESH" for m, n in sorted(f.matviews.items())
              if n is None]
+    if lost and all("table missing" in x for x in lost):  # data for a table the restore never created
+        fail(f"restore drill row fidelity: FAILED ({'; '.join(lost[:20])}); {FIX_DUMP}")
     if lost:
         fail(f"restore drill row fidelity: FAILED ({'; '.join(lost[:20])}); fix: find what drops "
                     "rows on load (triggers, rules, constraints in the dump) and repair the dump")
+    if schema_only:
+        pytest.skip(f"{tiers.NO_DATA}; all {len(f.rows)} tables the dump holds data for exist")
 
 
 def test_every_large_object_is_restored(drill: DrillFacts, evidence: Evidence) -> None:
@@ -186,3 +203,35 @@ def test_drill_left_nothing_behind(drill: DrillFacts, evidence: Evidence) -> Non
     if left:
         fail(f"restore drill cleanup: FAILED (left behind: {'; '.join(left)}); fix: remove them by hand "
                     "(dropdb / rm -rf); the next drill's sweep also removes them")
+
+
+def _record_tier(evidence: Evidence, f: DrillFacts) -> None:
+    """Which tier ran (facts/drill/tiers.py): `tier: schema (full on sunday)`."""
+    if f.tier is not None:
+        evidence("tier", f.tier.describe())  # the Kuma message repeats it (kuma/verdict.py)
+        if f.tier.tier == tiers.SAMPLE:
+            evidence("sampled tables", f.tier.sampled())
+
+
+def test_last_full_drill_is_recent_enough(drill: DrillFacts, target: Target, run_history: History,
+                                          evidence: Evidence) -> None:
+    """A schema or sample drill proves less than a full one: the last passing full drill must be recent."""
+    if drill.skipped:
+        pytest.skip(f"restore drill not run: {drill.skipped}")
+    d = drill_config(target)
+    # A drill that stopped before it planned its tier was still today's full drill if one was due.
+    ran_full = (drill.tier.tier if drill.tier else tiers.tier_on(d, date.today())) == tiers.FULL
+    passed = ran_full and drill.outcome is not None and tiers.restore_passed(
+        drill.aborted, drill.outcome.problems, drill.rows)
+    age = tiers.full_age(run_history, target.name, passed, time.time())
+    _record_tier(evidence, drill)
+    evidence("last passing full drill", "never" if age.days is None else
+             age.when if age.when == "today" else f"{age.when} ({age.days:.1f} days ago)")
+    evidence("max_full_age_days", d.max_full_age_days)
+    problem = age.problem(d.max_full_age_days, ran_full)
+    if problem:
+        day = tiers.next_full_day(d, date.today())
+        wait = ("; every drill is full: the other drill checks say why it failed" if d.tier == tiers.FULL
+                else f" or wait for {day}" if day else " or set [drill].full_on to a weekday")
+        fail(f"restore drill full age: FAILED ({problem}); fix: run a full drill (pgbackup-verify --target "
+             f"{target.source} -m drill with [drill].tier = \"full\"){wait}")

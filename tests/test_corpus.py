@@ -34,7 +34,7 @@ WEIRD = display_name(corpus.WEIRD_SCHEMA, corpus.WEIRD_TABLE)
 NEWLINE = display_name(corpus.NEWLINE_SCHEMA, corpus.NEWLINE_TABLE)
 TOTAL_ROWS = sum(n for n in corpus.EXPECTED_ROWS.values() if n > 0) + corpus.MOOD_ROWS
 # Plain healthy targets: 9 dump checks (shrink: no earlier dump; TOC: not -Fc), 7 drill checks.
-PLAIN_OK = {"passed": 14, "skipped": 2}
+PLAIN_OK = {"passed": 15, "skipped": 2}
 DROP_EVEN = """CREATE FUNCTION public.drop_even() RETURNS trigger LANGUAGE plpgsql
     AS $$BEGIN IF NEW.id % 2 = 0 THEN RETURN NULL; END IF; RETURN NEW; END$$;
 """
@@ -191,7 +191,7 @@ def test_load_via_partition_root_is_compared_per_tree(corpus_run):
 
 def test_healthy_custom_format_dump_lists_every_unusual_schema(corpus_run):
     result = corpus_run["custom"]
-    result.assert_outcomes(passed=14, skipped=2)  # shrink: no earlier dump; row fidelity needs a plain dump
+    result.assert_outcomes(passed=15, skipped=2)  # shrink: no earlier dump; row fidelity needs a plain dump
     text = result.text
     assert f"schemas in TOC: {display_name(corpus.WEIRD_SCHEMA)}, " in text and '"new\\nline"' in text
     assert "large objects in TOC: 3" in text and "(read from the archive TOC)" in text

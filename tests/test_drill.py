@@ -185,7 +185,7 @@ def drills(seed_cluster: ThrowawayCluster, cluster: ThrowawayCluster, healthy_ba
 
 def test_healthy_dump_restores_and_every_drill_check_passes(drills):
     result = drills["healthy"]
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8)
     out = result.text
     assert f"dump used: {newest(drills.backups['healthy'])}" in out
     assert "schemas: cutter_governance,public,sandbox_tac" in out
@@ -212,7 +212,7 @@ def config_only_target(tmp_path: Path, extra: str) -> Path:
 
 def test_dump_missing_a_schema_and_a_table_fails_naming_them(drills):
     result = drills["missing-schema"]
-    result.assert_outcomes(passed=4, failed=3)
+    result.assert_outcomes(passed=5, failed=3)
     out = result.text
     assert "restore drill schemas: FAILED (missing after restore: sandbox_tac)" in out
     assert "public: 11 tables vs minimum 12" in out
@@ -226,12 +226,12 @@ def test_statement_that_errors_fails_the_drill_and_shows_the_line(drills):
     assert "restore drill errors: FAILED (1 error lines vs 0)" in out
     assert (f'dump line {line_no}: ERROR: relation "public.no_such_table" does not exist | line: {BAD_STATEMENT}'
             in out)
-    result.assert_outcomes(passed=4, failed=3)  # ON_ERROR_STOP: later tables never arrived
+    result.assert_outcomes(passed=5, failed=3)  # ON_ERROR_STOP: later tables never arrived
 
 
 def test_rows_lost_on_the_way_fail_row_fidelity_with_both_counts(drills):
     result = drills["rows-lost"]
-    result.assert_outcomes(passed=6, failed=1)
+    result.assert_outcomes(passed=7, failed=1)
     out = result.text
     assert "restore drill row fidelity: FAILED (public.item_03: 100 rows restored vs 200 in the dump)" in out
     assert f"WARNING: drill probe | line: {WARN}" in out  # warnings are shown with their line, not counted
@@ -389,7 +389,7 @@ def test_scratch_database_mode_leaves_the_server_as_it_found_it(pytester, cluste
     target = write_target(backups, drill_toml(work_dir, mode="scratch", server_dsn=cluster.dsn(),
                                               expect_live_catalog=True))
     result = run_one(pytester, target)
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8)
     out = result.stdout.str()
     assert f"swept leftover database restore_drill_20000101_000000_1 (owner pid {gone.pid} is gone)" in out
     assert f"on server 127.0.0.1:{cluster.port}" in out
@@ -473,7 +473,7 @@ def test_long_restore_reports_progress_with_bytes_and_share_read(backups, write_
 def test_drill_restores_the_offsite_archive_member(drills):
     """[drill].source = "offsite": the PG member of the newest archive, streamed through a real rclone."""
     result, remote = drills["offsite"], drills.facts["offsite"]["remote"]
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8)
     out = result.text
     assert f"dump used: :local:{remote}/vps-backup-" in out and "member */postgresql-directus.sql.gz" in out
     assert "tables: 21" in out and "error lines: none" in out

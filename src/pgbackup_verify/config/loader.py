@@ -117,6 +117,8 @@ def _convert(value: Any, tp: Any, where: str, base: Path, path_kind: str | None)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         inner = next(a for a in typing.get_args(tp) if a is not type(None))
+        if inner is str and isinstance(value, list):  # `str | tuple[str, ...]`: one name or a list of them
+            inner = next((a for a in typing.get_args(tp) if typing.get_origin(a) is tuple), str)
         return _convert(value, inner, where, base, path_kind)
     if origin is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
         table = where.replace("[", "").replace("]", "")  # "[kuma].push" -> "kuma.push"

@@ -159,6 +159,9 @@ class TrendsSection(Section):
                               f"{self.payload_window}; lower it or widen the window")
 
 
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")  # date.weekday() order
+
+
 @dataclass(frozen=True)
 class DrillSection(Section):
     mode: str = key("where the drill restores: throwaway (local cluster), scratch (database on "
@@ -190,10 +193,27 @@ class DrillSection(Section):
                                "removed too", default=240.0, gt=0)
     source: str = key("dump the drill restores: local (newest file of [backups]) or offsite (the PG member "
                       "of the newest [offsite] archive, streamed through rclone)", default="local")
+    tier: str = key("what the drill restores: full (everything), schema (pre- and post-data, no table data) "
+                    "or sample (schema plus the data of sample_tables tables)", default="full")
+    sample_tables: int = key("tier sample: tables whose data is restored (plus the tables their foreign keys "
+                             "reference)", default=5, ge=1)
+    sample_pick: str = key("tier sample: which tables: largest (by size in the live database) or rotate "
+                           "(a different set each day, all tables in turn)", default="largest")
+    full_on: str | tuple[str, ...] = key("weekday(s) on which the drill is full whatever tier says, e.g. "
+                                         "\"sunday\" or [\"wednesday\", \"sunday\"]", default=())
+    max_full_age_days: int = key("a check fails when the last passing full drill (run history) is older "
+                                 "than this many days", default=8, ge=1)
 
     def validate(self) -> None:
         if self.source not in ("local", "offsite"):
             raise ConfigError(f"[drill].source: '{self.source}' is not one of local, offsite")
+        if self.tier not in ("full", "schema", "sample"):
+            raise ConfigError(f"[drill].tier: '{self.tier}' is not one of full, schema, sample")
+        if self.sample_pick not in ("largest", "rotate"):
+            raise ConfigError(f"[drill].sample_pick: '{self.sample_pick}' is not one of largest, rotate")
+        for day in (self.full_on,) if isinstance(self.full_on, str) else self.full_on:
+            if day.lower() not in WEEKDAYS:
+                raise ConfigError(f"[drill].full_on: '{day}' is not a weekday; use {', '.join(WEEKDAYS)}")
         if self.mode not in ("throwaway", "scratch", "off"):
             raise ConfigError(f"[drill].mode: '{self.mode}' is not one of throwaway, scratch, off")
         if self.mode == "scratch" and not self.server_dsn:

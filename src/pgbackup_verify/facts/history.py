@@ -8,6 +8,9 @@ the end of the run is recorded, so a new figure needs no change here.
 - `dump_age_hours`   age of the newest dump (dumps)
 - `drill_seconds`    wall time of the restore drill (drill)
 - `tables_restored`  tables the restore drill produced (drill)
+- `drill_tier`       the drill's tier: 0 schema, 1 sample, 2 full (drill; facts/drill/tiers.py)
+- `drill_full_passed` 1 when a full drill ran and restored without an error (drill): the age of the last
+                     passing full drill is read from these
 
 Text facts (server version, "restore drill: 21 tables ...") stay in the report header only.
 The file is append-only between trims; it keeps the newest `MAX_RUNS_PER_TARGET` lines per target.
@@ -30,6 +33,7 @@ MAX_RUNS_PER_TARGET = 400  # over a year of nightly runs, ~150 KB per target
 # The key figures, named once: fixtures store them, trends judge them, charts draw them.
 PAYLOAD_BYTES, DUMP_AGE_HOURS, DRILL_SECONDS, TABLES_RESTORED = (
     "payload_bytes", "dump_age_hours", "drill_seconds", "tables_restored")
+DRILL_TIER, DRILL_FULL_PASSED = "drill_tier", "drill_full_passed"
 
 # One target's `run_facts`: fact name -> value; text for the report header, numbers also for the history.
 RunFacts = dict[str, object]
@@ -69,6 +73,10 @@ class History:
 
     def for_target(self, name: str) -> list[RunRecord]:
         return [r for r in self.records if r.target == name]
+
+    def last_with(self, name: str, fact: str) -> RunRecord | None:
+        """The newest run of target `name` that recorded `fact` as 1 (a flag such as DRILL_FULL_PASSED)."""
+        return next((r for r in reversed(self.for_target(name)) if r.facts.get(fact) == 1), None)
 
     def series(self, name: str, fact: str) -> list[tuple[float, float, str]]:
         """(time, value, status) of one fact of one target, oldest first."""

@@ -67,6 +67,12 @@ def short_name(nodeid: str, single_target: str | None = None) -> str:
     return name.removesuffix(f"[{single_target}]") if single_target else name
 
 
+def drill_tier(covered: Iterable[CheckResult]) -> str:
+    """`, drill tier schema (full on sunday)` when a covered drill ran a tier other than the everyday full one."""
+    tier = next((v for c in covered for k, v in c.evidence if k == "tier"), "full")
+    return "" if tier == "full" else f", drill tier {tier}"
+
+
 def judge(m: PushMonitor, run: RunFold, ping_ms: int, claimed: Iterable[str] = ()) -> Verdict:
     """up only if the run was not aborted, none of the checks the monitor covers failed, errored or
     did not run, and at least one of them passed; anything else is down, with why."""
@@ -94,12 +100,12 @@ def judge(m: PushMonitor, run: RunFold, ping_ms: int, claimed: Iterable[str] = (
         kinds = Counter(c.kind if c.kind in (NOT_APPLICABLE, XFAIL) else "skipped" for c in skipped)
         note = "".join(f", {n} {'xfailed' if k == XFAIL else k}" for k, n in kinds.items())
         return Verdict(m, "up", clip(f"OK: {passed}/{len(covered)} checks passed{note} "
-                                     f"({', '.join(m.covers)})", MSG_LIMIT), ping_ms)
+                                     f"({', '.join(m.covers)}){drill_tier(covered)}", MSG_LIMIT), ping_ms)
     by_kind: dict[str, list[str]] = {}
     for c in sorted(bad, key=order_key):  # the first reason is the cause: grants before dumps before drill
         by_kind.setdefault(NOT_JUDGED if c.kind == NOT_JUDGED else c.outcome, []).append(name(c))
     kinds_text = ", ".join(f"{len(v)} {k}{'s' if k == ERROR and len(v) > 1 else ''}" for k, v in by_kind.items())
     names = [n for k in (FAILED, ERROR, NOT_RUN, NOT_JUDGED) for n in by_kind.get(k, [])]
-    return Verdict(m, "down", _short(f"{kinds_text} of {len(covered)}: ", names), ping_ms)
+    return Verdict(m, "down", _short(f"{kinds_text} of {len(covered)}{drill_tier(covered)}: ", names), ping_ms)
 
 

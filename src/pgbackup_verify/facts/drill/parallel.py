@@ -17,6 +17,10 @@ COPY rows counted). What the scan lets pass is then split three ways:
   start once its data is in, while other tables still load, like pg_restore; foreign keys wait
   for everything before them (they need the keys they reference).
 
+A schema or sample drill (facts/drill/tiers.py) gives a `copy_filter`: the COPY blocks it declines are
+still read and scanned like any other (rows counted, meta-commands refused), but their header and
+data go nowhere, so the table stays empty.
+
 Only statements matched by the strict patterns below leave psql, and they go through the
 extended query protocol, which the server refuses to run as more than one statement; COPY
 headers are re-checked to name one table and plain columns. Anything unexpected (a transaction
@@ -36,7 +40,7 @@ import threading
 import time
 from array import array
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -291,8 +295,11 @@ class ParallelRestore:
     """One parallel restore; run() returns what restore_plain returns."""
 
     def __init__(self, source: DumpSource, conninfo: str, env: dict[str, str], jobs: int, time_limit: float,
-                 janitor: Janitor, work_dir: Path, progress: Progress | None = None) -> None:
+                 janitor: Janitor, work_dir: Path, progress: Progress | None = None,
+                 copy_filter: Callable[[str], bool] | None = None) -> None:
         self.source, self.conninfo, self.env, self.jobs = source, conninfo, env, max(jobs, 1)
+        self.copy_filter = copy_filter
+        self.skip_copy = False  # the COPY block being read is declined by copy_filter: its data is dropped
         self.time_limit, self.janitor, self.work_dir, self.progress = time_limit, janitor, work_dir, progress
         self.outcome = RestoreOutcome(tool="psql")
         self.outcome.parallel = self.jobs
@@ -327,6 +334,9 @@ class ParallelRestore:
         timer.start()
         raw = None
         sent, last, read_all = 0, start, False
+        watch = getattr(self.progress, "watch_rows", None)
+        if watch is not None:  # a progress line that shows rows (facts/drill/progress.py)
+            watch(lambda: sum(self.scanner.rows.values()))
         try:
             self._connect()
             raw = Counting(self.source.open())
@@ -408,6 +418,8 @@ class ParallelRestore:
         return sent
 
     def _data(self, piece: bytes | memoryview, last: bool) -> None:
+        if self.skip_copy:
+            return
         if self.copy_job is not None:
             assert self.copy_job.data is not None
             self.spool.wait_room(self.stopped)
@@ -421,10 +433,14 @@ class ParallelRestore:
             assert self.copy_job.data is not None
             self.copy_job.data.close()
             self.copy_job = None
-        self.inline_copy = False
+        self.inline_copy = self.skip_copy = False
 
     def _header(self, ev: _Event) -> None:
         m = _STRICT_COPY.match(ev.line)
+        if (self.copy_filter is not None and m is not None and not (self.pending or self.serial_stmt)
+                and not self.copy_filter(m.group(1).decode(errors="replace"))):
+            self.skip_copy = True  # scanned to its end by the scanner, loaded nowhere
+            return
         if self.in_tx or m is None or self.pending or self.serial_stmt:
             self._serial_line(ev, barrier=True)  # the serial way: header and data to psql
             self.inline_copy = True
@@ -721,7 +737,7 @@ def _parallel_item(text: bytes, last_no: int, first: bytes, session: tuple[bytes
 
 
 def restore_parallel(source: DumpSource, conninfo: str, env: dict[str, str], jobs: int, time_limit: float,
-                     janitor: Janitor, work_dir: Path | None = None, progress: Progress | None = None
-                     ) -> RestoreOutcome:
+                     janitor: Janitor, work_dir: Path | None = None, progress: Progress | None = None,
+                     copy_filter: Callable[[str], bool] | None = None) -> RestoreOutcome:
     return ParallelRestore(source, conninfo, env, jobs, time_limit, janitor,
-                           work_dir or Path(tempfile.gettempdir()), progress).run()
+                           work_dir or Path(tempfile.gettempdir()), progress, copy_filter).run()

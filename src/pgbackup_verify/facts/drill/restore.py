@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -134,16 +134,17 @@ def psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreO
 
 def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_limit: float,
                   janitor: Janitor, progress: Progress | None = None, jobs: int = 1,
-                  work_dir: Path | None = None) -> RestoreOutcome:
+                  work_dir: Path | None = None, copy_filter: Callable[[str], bool] | None = None
+                  ) -> RestoreOutcome:
     """Stream the dump once: decompress, scan, count rows, feed psql under \\restrict.
 
     With jobs > 1 the COPY data and the index and key builds run on that many connections
     (facts/drill/parallel.py); jobs = 1 is the plain serial restore below.
     """
-    if jobs > 1:
+    if jobs > 1 or copy_filter is not None:  # a schema/sample tier drops COPY data there (tiers.py)
         from pgbackup_verify.facts.drill.parallel import restore_parallel  # imports this module
 
-        return restore_parallel(source, conninfo, env, jobs, time_limit, janitor, work_dir, progress)
+        return restore_parallel(source, conninfo, env, jobs, time_limit, janitor, work_dir, progress, copy_filter)
     outcome = RestoreOutcome(tool="psql")
     scanner = PlainDumpScanner()
     start = time.monotonic()
@@ -211,12 +212,13 @@ def _spool(source: DumpSource, work_dir: Path, janitor: Janitor) -> Path:
 
 
 def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs: int, time_limit: float,
-                   janitor: Janitor, work_dir: Path, progress: Progress | None = None) -> RestoreOutcome:
+                   janitor: Janitor, work_dir: Path, progress: Progress | None = None,
+                   extra_args: Sequence[str] = ()) -> RestoreOutcome:
     outcome = RestoreOutcome(tool=f"pg_restore -j{jobs}")
     start = time.monotonic()
     path = source.path or _spool(source, work_dir, janitor)
-    proc = subprocess.Popen(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", "-d", conninfo,
-                             str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", *extra_args,
+                             "-d", conninfo, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     janitor.add("pg_restore", lambda: _kill(proc))
     assert proc.stderr is not None
     lines: list[str] = []

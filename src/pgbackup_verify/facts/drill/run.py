@@ -21,7 +21,7 @@ from psycopg import sql
 from pgbackup_verify.config import DrillSection, Target
 from pgbackup_verify.facts.catalog import Catalog, read_catalog
 from pgbackup_verify.facts.db import DatabaseUnreachable, connect_readonly, scalar
-from pgbackup_verify.facts.drill import owner, safety
+from pgbackup_verify.facts.drill import owner, safety, tiers
 from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, ThrowawayCluster
 from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
 from pgbackup_verify.facts.dumps.plainscan import PlainDumpScanner, display_name
@@ -59,6 +59,7 @@ class DrillFacts:
     lock_wait: float = 0.0
     disk: str = ""
     seconds: float = 0.0
+    tier: tiers.TierPlan | None = None  # what today's drill restored (facts/drill/tiers.py)
 
 
 def drill_config(target: Target) -> DrillSection:
@@ -290,11 +291,14 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
     facts.database = site.name
     site.create()
     facts.where = site.where
+    facts.tier = plan = tiers.plan(target, d)
     remaining = d.time_limit_seconds - (time.monotonic() - start)
     if source.fmt == "custom":
-        facts.outcome = restore_custom(source, site.dsn(), site.env, d.jobs, remaining, janitor, work_dir, progress)
+        facts.outcome = restore_custom(source, site.dsn(), site.env, d.jobs, remaining, janitor, work_dir, progress,
+                                       plan.pg_restore_args(source, janitor, work_dir))
     else:
-        facts.outcome = restore_plain(source, site.dsn(), site.env, remaining, janitor, progress, d.jobs, work_dir)
+        facts.outcome = restore_plain(source, site.dsn(), site.env, remaining, janitor, progress, d.jobs, work_dir,
+                                      plan.copy_filter)
     with psycopg.connect(site.dsn(), autocommit=True, connect_timeout=10) as conn:
         facts.restored = read_catalog(conn)
         facts.lo_dump, facts.lo_restored = facts.outcome.large_objects, int(scalar(conn, _LARGE_OBJECTS) or 0)
