@@ -140,7 +140,7 @@ def test_every_table_has_the_rows_read_from_the_dump(drill: DrillFacts, evidence
     schema_only = f.tier is not None and f.tier.tier == tiers.SCHEMA
     if f.outcome.rows is None:
         pytest.skip(tiers.NO_DATA if schema_only else
-                    f"row fidelity needs a plain dump stream; {f.fmt} restored with {f.outcome.tool}")
+                    f"row fidelity: the dump's rows were not read; {f.fmt} restored with {f.outcome.tool}")
     evidence("rows", f.rows_read)
     for tree, scope in sorted(f.row_scope.items()):
         evidence(f"compared {tree}", scope)

@@ -21,7 +21,7 @@ from isal import igzip
 
 from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
-from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, read_archive_toc
+from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, count_archive_rows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
 
@@ -40,8 +40,8 @@ class RestoreOutcome:
     refused: str | None = None
     timed_out: bool = False
     payload_bytes: int = 0
-    rows: dict[str, int] | None = None  # COPY/INSERT target -> rows read from the dump (plain only)
-    scan: PlainDumpScanner | None = None  # what else the plain dump loads (targets, large objects, matviews)
+    rows: dict[str, int] | None = None  # COPY/INSERT target -> rows read from the dump (None: not read)
+    scan: PlainDumpScanner | None = None  # what else the dump loads (targets, large objects, matviews)
     large_objects: int | None = None  # large objects in the dump (plain: lo_create calls; custom: its TOC)
     complete_marker: bool | None = None
     seconds: float = 0.0
@@ -213,10 +213,25 @@ def _spool(source: DumpSource, work_dir: Path, janitor: Janitor) -> Path:
 
 def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs: int, time_limit: float,
                    janitor: Janitor, work_dir: Path, progress: Progress | None = None,
-                   extra_args: Sequence[str] = ()) -> RestoreOutcome:
+                   extra_args: Sequence[str] = (), count_rows: bool = False) -> RestoreOutcome:
+    """pg_restore -j into the database; with count_rows, the archive's rows are read meanwhile.
+
+    The count reads the archive a second time (`pg_restore --data-only -f -`, see
+    customfmt.count_archive_rows), alongside the restore so that it mostly costs CPU, not time.
+    """
     outcome = RestoreOutcome(tool=f"pg_restore -j{jobs}")
     start = time.monotonic()
     path = source.path or _spool(source, work_dir, janitor)
+    counted: list[ArchiveRows] = []
+    counter: threading.Thread | None = None
+    if count_rows:
+        deadline = start + time_limit
+
+        def count() -> None:
+            counted.append(count_archive_rows(
+                path, extra_args, deadline, lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
+        counter = threading.Thread(target=count, daemon=True)
+        counter.start()
     proc = subprocess.Popen(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", *extra_args,
                              "-d", conninfo, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     janitor.add("pg_restore", lambda: _kill(proc))
@@ -239,6 +254,14 @@ def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs:
         elif text.startswith("pg_restore: warning:") and "errors ignored" not in text:
             outcome.warnings.append(text.removeprefix("pg_restore: "))
     outcome.payload_bytes = source.payload_estimate()
+    if counter is not None:
+        counter.join(max(time_limit - (time.monotonic() - start), 0) + 10)  # the count has the same deadline
+        if counted:
+            outcome.rows, outcome.scan = counted[0].scan.rows, counted[0].scan
+            if counted[0].error:
+                outcome.errors.append(counted[0].error)
+        else:
+            outcome.errors.append("row count of the archive did not end within the time limit")
     try:
         outcome.large_objects = read_archive_toc(path).large_objects()
     except (ArchiveFormatError, OSError):

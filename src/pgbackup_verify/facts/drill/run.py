@@ -294,8 +294,10 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
     facts.tier = plan = tiers.plan(target, d)
     remaining = d.time_limit_seconds - (time.monotonic() - start)
     if source.fmt == "custom":
+        # A schema drill loads no data: its archive rows are not read (that is what makes it cheap).
         facts.outcome = restore_custom(source, site.dsn(), site.env, d.jobs, remaining, janitor, work_dir, progress,
-                                       plan.pg_restore_args(source, janitor, work_dir))
+                                       plan.pg_restore_args(source, janitor, work_dir),
+                                       count_rows=plan.tier != tiers.SCHEMA)
     else:
         facts.outcome = restore_plain(source, site.dsn(), site.env, remaining, janitor, progress, d.jobs, work_dir,
                                       plan.copy_filter)
@@ -304,6 +306,8 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         facts.lo_dump, facts.lo_restored = facts.outcome.large_objects, int(scalar(conn, _LARGE_OBJECTS) or 0)
         if facts.outcome.scan is not None:
             _row_counts(conn, facts.outcome.scan, facts)
+            if source.fmt == "custom":
+                facts.rows_read += " (the archive's data blocks, read with pg_restore --data-only)"
 
 
 __all__ = ["CLUSTER_PREFIX", "DrillFacts", "expected_schemas", "live_expectation", "run_drill"]
