@@ -9,7 +9,9 @@ Each round restores the same dump, each variant into a fresh database of one clu
 - the drill's serial plain restore (decompress + COPY-aware scan + row counting, one read of the
   stream, psql under \\restrict). Goal: <= 1.10x bare;
 - the drill's parallel plain restore on --jobs connections. Goal: <= 0.80x bare with 2 jobs;
-- `pg_restore -j1` and `-jN` of the custom-format dump of the same database.
+- `pg_restore -j1` and `-jN` of the custom-format dump of the same database;
+- the drill's custom-format restore (`pg_restore -jN`, and alongside it the archive's rows counted
+  from `pg_restore --data-only -f -` through the plain scanner, for the row check).
 The drill variants run in a child process each, which reports its own peak RSS. Then the whole
 drill (lock, sweep, throwaway cluster, restore, catalog, row counts, cleanup) once.
 """
@@ -31,7 +33,7 @@ import psycopg
 
 from pgbackup_verify.config import load_target
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
-from pgbackup_verify.facts.drill.restore import restore_plain
+from pgbackup_verify.facts.drill.restore import restore_custom, restore_plain
 from pgbackup_verify.facts.drill.run import run_drill
 from pgbackup_verify.facts.drill.safety import Janitor
 from pgbackup_verify.facts.dumps.source import from_path
@@ -106,7 +108,7 @@ def main() -> int:
         print(f"dump: {args.tables} tables x {args.rows} rows, payload {payload / 2**20:.0f} MiB, "
               f"{plain.stat().st_size / 2**20:.0f} MiB .sql.gz, {custom.stat().st_size / 2**20:.0f} MiB -Fc "
               f"(built in {t:.0f} s)")
-        times: dict[str, list[float]] = {k: [] for k in ("bare", "serial", "parallel", "j1", "jn")}
+        times: dict[str, list[float]] = {k: [] for k in ("bare", "serial", "parallel", "j1", "jn", "jn_rows")}
         last: dict[str, dict] = {}
         for _ in range(args.runs):
             dsn = fresh_db(dst, "bare")
@@ -121,6 +123,12 @@ def main() -> int:
                 dsn = fresh_db(dst, key)
                 times[key].append(timed(lambda d=dsn, j=jobs: subprocess.run(
                     ["pg_restore", "-j", str(j), "-d", d, str(custom)], env=dst.env(), check=True)))
+            janitor = Janitor()
+            out = restore_custom(from_path(custom), fresh_db(dst, "jn_rows"), dst.env(), args.jobs, 3600, janitor,
+                                 work, count_rows=True)
+            assert not janitor.run_all() and not out.problems, out.problems
+            assert sum((out.rows or {}).values()) == args.tables * args.rows, "every row of the archive counted"
+            times["jn_rows"].append(out.seconds)
             load.append(os.getloadavg()[0])
         with psycopg.connect(dst.dsn("parallel")) as conn:
             restored = sum(conn.execute(f"SELECT count(*) FROM {s}.{t}").fetchone()[0]  # type: ignore[index]
@@ -134,7 +142,8 @@ def main() -> int:
                                  ("drill plain restore, serial", "serial", "bare"),
                                  (f"drill plain restore, {args.jobs} jobs", "parallel", "bare"),
                                  ("pg_restore -j1 (custom format)", "j1", "bare"),
-                                 (f"pg_restore -j{args.jobs}", "jn", "bare")):
+                                 (f"pg_restore -j{args.jobs}", "jn", "bare"),
+                                 (f"drill custom, -j{args.jobs} + row count", "jn_rows", "jn")):
             print(f"{label:34s} {m[key]:8.2f}  {m[key] / m[base]:5.2f}x  "
                   + " ".join(f"{x:.2f}" for x in times[key]))
         print(f"pg_restore -j{args.jobs} vs -j1: {m['jn'] / m['j1']:.2f}x; parallel drill vs serial drill: "
