@@ -21,9 +21,13 @@ import pytest
 from checkrun import ChecksRun, run_checks
 
 from pgbackup_verify.cli import checks_dir
+from pgbackup_verify.facts.drill import tiers
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster, stop_cluster_dir
+from pgbackup_verify.facts.drill.restore import restore_custom
+from pgbackup_verify.facts.drill.safety import Janitor
 from pgbackup_verify.facts.dumps.customfmt import count_archive_rows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import display_name
+from pgbackup_verify.facts.dumps.source import from_path
 
 WEIRD_SCHEMA, WEIRD_TABLE = 'Odd "s" ;x', "t (a)\nb"
 QUOTED = ".".join('"' + p.replace('"', '""') + '"' for p in (WEIRD_SCHEMA, WEIRD_TABLE))  # real newline and all
@@ -37,6 +41,8 @@ CREATE SCHEMA {QUOTED.split(".")[0]};
 CREATE TABLE {QUOTED} (id int, v text);
 INSERT INTO {QUOTED} SELECT g, E'line\\nbreak\\\\.' FROM generate_series(1, 8) g;
 CREATE TABLE public.empty (id int);
+CREATE TABLE public."a b" (id int);
+INSERT INTO public."a b" SELECT generate_series(1, 5);
 """
 WEIRD = display_name(WEIRD_SCHEMA, WEIRD_TABLE)
 DROP_EVEN = ("\nCREATE FUNCTION public.drop_even() RETURNS trigger LANGUAGE plpgsql AS "
@@ -89,6 +95,7 @@ expected_schemas = {json.dumps(["public", WEIRD_SCHEMA])}
 
 class Scene:
     def __init__(self, c: ThrowawayCluster, root: Path) -> None:
+        self.cluster, self.root = c, root
         self.healthy, self.lossy = root / "healthy" / "src_1.dump", root / "lossy" / "src_1.dump"
         for d in (self.healthy.parent, self.lossy.parent):
             d.mkdir()
@@ -125,7 +132,24 @@ def test_archive_rows_are_counted_per_copy_target_from_its_data_blocks(scene):
     assert counted.error is None
     rows = {display_name(*counted.scan.targets[t]): n for t, n in counted.scan.rows.items()}
     # pg_dump 15 loads hash partitions on an enum key through the root: every row goes to public.moods.
-    assert rows == {"public.moods": 30, WEIRD: 8, "public.empty": 0}
+    assert rows == {"public.moods": 30, WEIRD: 8, "public.empty": 0, display_name("public", "a b"): 5}
+
+
+def test_sample_tier_counts_only_the_tables_it_restores(scene):
+    """The count reads the archive through the same restore list as the sample restore: no full read."""
+    plan = tiers.TierPlan(tiers.SAMPLE, "sample", ("public.a b",), (), frozenset({("public", "a b")}))
+    with psycopg.connect(scene.cluster.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE sampled")
+    work, janitor, source = scene.root / "work-sample", Janitor(), from_path(scene.healthy)
+    work.mkdir()
+    try:
+        out = restore_custom(source, scene.cluster.dsn("sampled"), scene.cluster.env(), 2, 120, janitor, work,
+                             None, plan.pg_restore_args(source, janitor, work), count_rows=True)
+    finally:
+        assert janitor.run_all() == []
+    assert out.problems == [] and out.scan is not None
+    counted = {display_name(*out.scan.targets[t]): n for t, n in out.scan.rows.items()}
+    assert counted == {display_name("public", "a b"): 5}
 
 
 def test_healthy_custom_dump_is_green_with_the_row_evidence(scene):
@@ -133,7 +157,7 @@ def test_healthy_custom_dump_is_green_with_the_row_evidence(scene):
     result.assert_outcomes("row", passed=1)
     text = result.text
     # Two COPY blocks into public.moods: one per partition, both written to load through the root.
-    assert ("rows: 38 rows in 4 COPY blocks, into 3 tables (the archive's data blocks, read with pg_restore "
+    assert ("rows: 43 rows in 5 COPY blocks, into 4 tables (the archive's data blocks, read with pg_restore "
             "--data-only)") in text
     assert "compared public.moods: whole partition tree of 3 tables, rows loaded into public.moods" in text
 
