@@ -157,7 +157,8 @@ def test_every_table_has_the_rows_read_from_the_dump(drill: DrillFacts, evidence
                  "only (--schema-only, -s, or every table in --exclude-table-data): make it dump the data too")
         pytest.skip("row fidelity: the dump holds no tables and no rows, nothing to compare")
     # A schema or sample drill loads no data into some tables: those must exist, empty.
-    loaded = {t: f.tier is None or f.tier.wants(t) for t in f.rows}
+    # Asked by the names as the dump wrote them (display names do not read back when a name holds a newline).
+    loaded = {t: f.tier is None or any(f.tier.wants(k) for k in f.row_keys.get(t, [t])) for t in f.rows}
     if f.tier is not None and not all(loaded.values()):
         evidence("rows compared", f"{sum(loaded.values())} of {len(f.rows)} tables loaded ({f.tier.tier} tier); "
                                   "the others must exist")

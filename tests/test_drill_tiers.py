@@ -438,3 +438,14 @@ def test_progress_of_a_short_drill_says_nothing():
     assert written == []
     p = for_stream("t", sys.stderr, quiet=False)
     assert p.tty is sys.stderr.isatty()
+
+
+def test_a_sampled_table_whose_name_holds_a_newline_is_matched_by_its_dump_id():
+    """`pg_restore -l` prints the newline as a space, so its text cannot name the table; the archive's own
+    TOC (read by dump id) can: the sampled table's data stays in the list, the other's is commented out."""
+    listed = ["3350; 0 16390 TABLE DATA public a b postgres\n", "3351; 0 16391 TABLE DATA public a b c postgres\n"]
+    exact = {3350: ("public", "a\nb"), 3351: ("public", "a b c")}
+    kept = tiers.restore_list(listed, frozenset({("public", "a\nb")}), exact)
+    assert kept == [listed[0], ";" + listed[1]]
+    # Without the archive's TOC (a stream) the text is all there is: the newline name is not found.
+    assert tiers.restore_list(listed, frozenset({("public", "a\nb")}))[0].startswith(";")

@@ -47,6 +47,7 @@ class DrillFacts:
     expected_from: str = ""  # where `live` came from, for the evidence; "" when not read
     rows: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # table or tree -> (dump, restored)
     row_scope: dict[str, str] = field(default_factory=dict)  # partition tree compared whole -> what it holds
+    row_keys: dict[str, list[str]] = field(default_factory=dict)  # shown name -> its COPY/INSERT targets as written
     rows_read: str = ""  # where the dump's rows came from: COPY blocks, INSERT statements
     rows_uncounted: dict[str, str] = field(default_factory=dict)  # target -> why its rows are not compared
     matviews: dict[str, int | None] = field(default_factory=dict)  # refreshed by the dump -> rows (None: empty)
@@ -198,11 +199,13 @@ def _row_counts(conn: psycopg.Connection, scan: PlainDumpScanner, facts: DrillFa
         if rel is None:
             schema, table = scan.targets.get(key, (None, key))
             facts.rows[display_name(schema, table)] = (scan.rows[key], None)
+            facts.row_keys.setdefault(display_name(schema, table), []).append(key)
         elif rel.root is not None and rel.root in trees:
             grouped.setdefault(rel.root, []).append(key)
         else:
             shown, n = singles.get(rel.oid, (display_name(rel.schema, rel.name), 0))
             singles[rel.oid] = (shown, n + scan.rows[key])
+            facts.row_keys.setdefault(shown, []).append(key)
     for oid, (shown, n) in singles.items():
         rel = next(r for r in found.values() if r.oid == oid)
         facts.rows[shown] = (n, _count(conn, rel.schema, rel.name, only=True))
@@ -214,6 +217,7 @@ def _row_counts(conn: psycopg.Connection, scan: PlainDumpScanner, facts: DrillFa
         into = ", ".join(sorted({display_name(found[k].schema, found[k].name) for k in members}))
         restored = _count(conn, rel.root_schema, rel.root_name, only=False)
         facts.rows[shown] = (sum(scan.rows[k] for k in members), restored)
+        facts.row_keys[shown] = list(members)
         facts.row_scope[shown] = f"whole partition tree of {size} tables, rows loaded into {into}"
     blocks = f"{scan.copy_blocks} COPY blocks" + (f" and {scan.insert_statements} INSERT statements"
                                                  if scan.insert_statements else "")

@@ -33,6 +33,7 @@ from pgbackup_verify.config.sections import WEEKDAYS
 from pgbackup_verify.facts.db import connect_readonly
 from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
+from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import split_name
 from pgbackup_verify.facts.dumps.source import DumpSource
 from pgbackup_verify.facts.history import DRILL_FULL_PASSED, History
@@ -108,7 +109,7 @@ class TierPlan:
             return []
         # A restore list rather than --section: sequences are still set and large objects restored,
         # as the plain-dump tiers do (they load no COPY data, everything else runs).
-        listing = restore_list(toc_lines(source), self.data)
+        listing = restore_list(toc_lines(source), self.data, _exact_table_data(source))
         d = Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=work_dir))
         janitor.add(f"restore list {d}", lambda: shutil.rmtree(d, ignore_errors=True))
         mark_owner(d)
@@ -157,7 +158,21 @@ def toc_lines(source: DumpSource) -> list[str]:
     return out.stdout.decode(errors="replace").splitlines(keepends=True)
 
 
-def restore_list(lines: Sequence[str], data: frozenset[Table]) -> list[str]:
+def _exact_table_data(source: DumpSource) -> dict[int, Table]:
+    """TABLE DATA entries by dump id, names exactly as in the archive's own TOC (empty: no file to read).
+
+    `pg_restore -l` prints a newline in a name as a space, and a space separates schema and name
+    there, so the text alone cannot say which table a line is; pg_restore -L reads only the id."""
+    if source.path is None:
+        return {}
+    try:
+        toc = read_archive_toc(source.path)
+    except (OSError, ArchiveFormatError):
+        return {}
+    return {e.dump_id: (e.namespace or "", e.tag) for e in toc.entries if e.desc == "TABLE DATA"}
+
+
+def restore_list(lines: Sequence[str], data: frozenset[Table], exact: dict[int, Table] | None = None) -> list[str]:
     """The restore list with the data of every table outside `data` commented out."""
     out = []
     for line in lines:
@@ -165,7 +180,9 @@ def restore_list(lines: Sequence[str], data: frozenset[Table]) -> list[str]:
         fields = rest.split(" ", 2) if sep and head.strip().isdigit() else []
         body = fields[2] if len(fields) == 3 else ""
         skip = False
-        if body.startswith("TABLE DATA "):
+        if fields and exact and int(head) in exact:
+            skip = exact[int(head)] not in data
+        elif body.startswith("TABLE DATA "):
             names = body.removeprefix("TABLE DATA ")
             skip = not any(names.startswith(f"{s} {t} ") for s, t in data)
         out.append(";" + line if skip else line)
