@@ -377,8 +377,8 @@ def _audit_catalog(target: Target,
         concerns: Concerns = (None, None, None, None, None)
         if role.exists:
             q = role.ident
-            # has_*_privilege already answers true for superusers and pg_read_all_data members;
-            # row-level security and large objects are decided in the queries themselves.
+            # Superuser, pg_read_all_data, row-level security and large objects are decided in
+            # the queries themselves.
             default_privileges = _default_privileges(fetch(cur, grants_sql.DEFAULT_PRIVILEGES), q)
             relations, sequences = _split(fetch(cur, grants_sql.RELATIONS, many=True))
             concerns = (_schemas(fetch(cur, grants_sql.SCHEMAS), q),

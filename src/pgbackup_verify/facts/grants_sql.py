@@ -3,8 +3,8 @@
 
 Each statement aggregates on the server and returns the audited count plus only the objects
 that miss something, so 100,000 healthy relations cost one row, not 100,000.
-Privileges are tested one at a time: has_*_privilege(role, obj, 'USAGE,SELECT') is true when
-ANY of the listed privileges is held. has_table_privilege ignores the schema's USAGE, so schemas
+Privileges are tested one at a time (a multi-privilege has_*_privilege(role, obj, 'USAGE,SELECT')
+is true when ANY of them is held). Relation privileges ignore the schema's USAGE, so schemas
 have their own query. Names come back through quote_ident(), PostgreSQL's own quoting rules.
 Parameters: %(role)s the dump role name, %(exclude)s the excluded schema names.
 
@@ -70,28 +70,51 @@ FROM audited a, role
 # sequences, per schema, in one pass over pg_class. Per problem object: name, relkind, owner,
 # SELECT held, USAGE held (sequences; true for the others), row-level security stops pg_dump,
 # FORCE ROW LEVEL SECURITY. No ORDER BY inside the aggregates so that the server can hash-group
-# 100,000 rows instead of sorting them (the caller orders the few). has_table_privilege's SELECT
-# is the sequence's SELECT too (one ACL bit); USAGE exists for sequences only.
+# 100,000 rows instead of sorting them (the caller orders the few).
+# SELECT and USAGE are read from relacl itself, the way has_table_privilege decides them: not
+# through has_*_privilege per object, which looks every relation up in the syscache one by one
+# (on a fresh connection, most of the audit's time). `held` is PUBLIC (0) plus every role whose
+# privileges the dump role has (itself included). A NULL relacl means the owner's defaults: all
+# to the owner, nothing to PUBLIC; an explicit relacl is all there is (an owner can revoke its
+# own SELECT). Each distinct ACL is exploded once, not once per relation. A relation's SELECT
+# bit is its sequence's SELECT too; USAGE exists for sequences only. Superuser has everything;
+# pg_read_all_data (a membership, never an ACL grantee) gives SELECT but not USAGE.
 # Row-level security matters on plain tables and partitions only: pg_dump COPYs each partition
 # itself, and a policy on the partitioned parent does not apply to that.
 RELATIONS = f"""
 WITH {_ROLE}, {_AUDITED}, {_EXT},
+held AS MATERIALIZED (
+    SELECT 0::oid AS g UNION ALL SELECT x.oid FROM pg_roles x, role WHERE pg_has_role(role.r, x.oid, 'USAGE')),
+reads_all AS MATERIALIZED (
+    SELECT role.super OR EXISTS (SELECT 1 FROM pg_roles x JOIN held h ON h.g = x.oid
+                                 WHERE x.rolname = 'pg_read_all_data') AS sel FROM role),
+scan AS MATERIALIZED (
+    SELECT c.relnamespace, c.relname, c.relkind, c.relowner, c.relforcerowsecurity, c.relrowsecurity, c.relacl
+    FROM pg_class c JOIN audited a ON c.relnamespace = a.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+    LEFT JOIN ext x ON x.oid = c.oid WHERE coalesce(x.config, true)),
+acls AS MATERIALIZED (
+    SELECT a.relacl,
+           EXISTS (SELECT 1 FROM aclexplode(a.relacl) x JOIN held h ON h.g = x.grantee
+                   WHERE x.privilege_type = 'SELECT') AS sel,
+           EXISTS (SELECT 1 FROM aclexplode(a.relacl) x JOIN held h ON h.g = x.grantee
+                   WHERE x.privilege_type = 'USAGE') AS usage
+    FROM (SELECT DISTINCT relacl FROM scan WHERE relacl IS NOT NULL) a),
 rel AS (
-    SELECT a.nspname, c.relname, c.relkind, c.relowner, c.relforcerowsecurity AS forced,
-           has_table_privilege(role.r, c.oid, 'SELECT') AS sel,
-           CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(role.r, c.oid, 'USAGE') ELSE true END AS usage,
+    SELECT c.relnamespace, c.relname, c.relkind, c.relowner, c.relforcerowsecurity AS forced,
+           e.sel OR CASE WHEN c.relacl IS NULL THEN c.relowner IN (SELECT g FROM held) ELSE j.sel END AS sel,
+           CASE WHEN c.relkind <> 'S' OR role.super THEN true
+                WHEN c.relacl IS NULL THEN c.relowner IN (SELECT g FROM held) ELSE j.usage END AS usage,
            CASE WHEN c.relkind = 'r' AND c.relrowsecurity AND NOT role.super AND NOT role.bypass
                 THEN c.relforcerowsecurity OR NOT pg_has_role(role.r, c.relowner, 'USAGE')
                 ELSE false END AS rls
-    FROM audited a JOIN pg_class c ON c.relnamespace = a.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-    LEFT JOIN ext x ON x.oid = c.oid, role
-    WHERE coalesce(x.config, true))
-SELECT quote_ident(nspname),
-       (count(*) FILTER (WHERE relkind <> 'S'))::int, (count(*) FILTER (WHERE relkind = 'S'))::int,
-       coalesce(json_agg(json_build_array(quote_ident(relname), relkind, quote_ident(pg_get_userbyid(relowner)),
-                                          sel, usage, rls, forced))
-                FILTER (WHERE NOT sel OR NOT usage OR rls), '[]')
-FROM rel GROUP BY nspname
+    FROM scan c LEFT JOIN acls j ON j.relacl = c.relacl, role, reads_all e)
+SELECT quote_ident(a.nspname), g.n_rel, g.n_seq, g.problems
+FROM (SELECT relnamespace, (count(*) FILTER (WHERE relkind <> 'S'))::int AS n_rel,
+             (count(*) FILTER (WHERE relkind = 'S'))::int AS n_seq,
+             coalesce(json_agg(json_build_array(quote_ident(relname), relkind, quote_ident(pg_get_userbyid(relowner)),
+                                                sel, usage, rls, forced))
+                      FILTER (WHERE NOT sel OR NOT usage OR rls), '[]') AS problems
+      FROM rel GROUP BY relnamespace) g JOIN audited a ON a.oid = g.relnamespace
 """
 
 # Large objects per owner: how many, how many the dump role cannot SELECT, and LO_LISTED of
