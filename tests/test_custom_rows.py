@@ -10,19 +10,18 @@ is red, naming the table and both counts. One checks run judges both.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from checkrun import ChecksRun, run_checks
+from srcdb import source_database
 
 from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.facts.drill import tiers
-from pgbackup_verify.facts.drill.cluster import ThrowawayCluster, stop_cluster_dir
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 from pgbackup_verify.facts.drill.restore import restore_custom
 from pgbackup_verify.facts.drill.safety import Janitor
 from pgbackup_verify.facts.dumps.customfmt import count_archive_rows, read_archive_toc
@@ -112,19 +111,8 @@ class Scene:
 
 @pytest.fixture(scope="module")
 def scene() -> Iterator[Scene]:
-    root = Path(tempfile.mkdtemp(prefix="pgbv-fcrows-"))
-    root.chmod(0o711)
-    with ThrowawayCluster(tag="fcrows-") as c:
-        with psycopg.connect(c.dsn(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE src")
-        with psycopg.connect(c.dsn("src"), autocommit=True) as conn:
-            conn.execute(SOURCE)  # type: ignore[arg-type]
-        try:
-            yield Scene(c, root)
-        finally:
-            for leftover in root.glob("work-*/pgbv-cluster-*"):
-                stop_cluster_dir(leftover)
-            shutil.rmtree(root, ignore_errors=True)
+    with source_database("fcrows-", SOURCE) as (c, root):
+        yield Scene(c, root)
 
 
 def test_archive_rows_are_counted_per_copy_target_from_its_data_blocks(scene):

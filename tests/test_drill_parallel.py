@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
+from srcdb import source_database
 
 from pgbackup_verify.facts.drill import parallel
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster, stop_cluster_dir
@@ -114,15 +115,8 @@ class Source:
 
 @pytest.fixture(scope="module")
 def source() -> Iterator[Source]:
-    work = Path(tempfile.mkdtemp(prefix="pgbv-partest-"))
-    work.chmod(0o711)
-    with ThrowawayCluster(tag="parallel-") as c:
-        with psycopg.connect(c.dsn(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE src")
-        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", c.dsn("src")], input=SOURCE.encode(),
-                       check=True, stdout=subprocess.DEVNULL)
+    with source_database("parallel-", SOURCE, psql=True) as (c, work):
         yield Source(c, work)
-    subprocess.run(["rm", "-rf", str(work)], check=False)
 
 
 def test_parallel_restore_rebuilds_keys_triggers_matview_sequences_and_large_objects(source: Source) -> None:

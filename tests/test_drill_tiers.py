@@ -13,10 +13,8 @@ import json
 import os
 import pty
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -24,11 +22,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from srcdb import source_database
 
 from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.config import ConfigError, DrillSection, load_target
 from pgbackup_verify.facts.drill import tiers
-from pgbackup_verify.facts.drill.cluster import ThrowawayCluster, stop_cluster_dir
+from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 from pgbackup_verify.facts.drill.progress import DrillProgress, for_stream
 from pgbackup_verify.facts.drill.restore import restore_custom, restore_plain
 from pgbackup_verify.facts.drill.run import run_drill
@@ -127,20 +126,8 @@ class Scene:
 
 @pytest.fixture(scope="module")
 def scene() -> Iterator[Scene]:
-    root = Path(tempfile.mkdtemp(prefix="pgbv-tiertest-"))
-    root.chmod(0o711)
-    with ThrowawayCluster(tag="tiers-") as c:
-        with psycopg.connect(c.dsn(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE src")
-        with psycopg.connect(c.dsn("src"), autocommit=True) as conn:
-            conn.execute(SOURCE)  # type: ignore[arg-type]
-            conn.execute("ANALYZE")
-        try:
-            yield Scene(c, root)
-        finally:
-            for leftover in root.glob("work*/pgbv-cluster-*"):
-                stop_cluster_dir(leftover)
-            shutil.rmtree(root, ignore_errors=True)
+    with source_database("tiers-", SOURCE, analyze=True) as (c, root):
+        yield Scene(c, root)
 
 
 def _named(rows: dict[str, int]) -> dict[str, int]:
