@@ -16,14 +16,13 @@ import pytest
 from pgbackup_verify.config import OffsiteSection, Target
 from pgbackup_verify.evidence import fail, human_bytes, require, verdict
 from pgbackup_verify.facts.dumps.inventory import DumpFile
-from pgbackup_verify.facts.dumps.nights import nearest_same_night, night_rule
+from pgbackup_verify.facts.dumps.nights import UPLOAD_WINDOW_S, nearest_same_night, nearest_to_upload, night_rule
 from pgbackup_verify.facts.host import BackupDirFacts, shown_name
 from pgbackup_verify.facts.offsite import Archive, ArchiveScan, Listing
 
 pytestmark = pytest.mark.offsite
 
 
-SAME_NIGHT_S = 24 * 3600
 Finding = tuple[str, str, str]  # (finding, fix, the check that reports it)
 FRESH, HOSTILE, CONTAINS, COMPLETE = ("test_newest_offsite_archive_is_fresh_and_big_enough",
                                       "test_offsite_archive_holds_no_hostile_member",
@@ -177,8 +176,7 @@ def _same_night(dumps: list[DumpFile], when: float, member_time: bool, boundary:
         rule = night_rule(boundary, [d.mtime for d in dumps])
         return nearest_same_night(rule, dumps, when), (
             f"of the night of {rule.night_of(when)} ({rule.describe()}) of the member written {_hhmm(when)}")
-    near = [d for d in dumps if abs(d.mtime - when) <= SAME_NIGHT_S]
-    return (min(near, key=lambda d: abs(d.mtime - when)) if near else None), f"within 24 h of {_hhmm(when)}"
+    return nearest_to_upload(dumps, when), f"within {UPLOAD_WINDOW_S // 3600} h of {_hhmm(when)}"
 
 
 def _hhmm(when: float) -> str:

@@ -112,3 +112,15 @@ def nearest_same_night(rule: NightRule, dumps: Sequence[D], when: float) -> D | 
     """The dump of the same night as `when` closest in time to it, or None (for the offsite match)."""
     same = [d for d in dumps if rule.same_night(d.mtime, when)]
     return min(same, key=lambda d: abs(d.mtime - when)) if same else None
+
+
+UPLOAD_WINDOW_S = 24 * 3600
+
+
+def nearest_to_upload(dumps: Sequence[D], uploaded: float) -> D | None:
+    """The dump closest to an upload's own time, within 24 h, or None.
+
+    For archives that carry no member time (they re-dumped): the upload runs hours after the dump,
+    maybe across the night boundary, so the night rule would pick the wrong night there."""
+    near = [d for d in dumps if abs(d.mtime - uploaded) <= UPLOAD_WINDOW_S]
+    return min(near, key=lambda d: abs(d.mtime - uploaded)) if near else None
