@@ -33,6 +33,7 @@ import psycopg
 
 from pgbackup_verify.config import load_target
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.restore import restore_custom, restore_plain
 from pgbackup_verify.facts.drill.run import run_drill
 from pgbackup_verify.facts.drill.safety import Janitor
@@ -71,7 +72,7 @@ def timed(fn) -> float:
 def child(dump: str, dsn: str, jobs: int, work: str) -> int:
     """One drill restore in this (child) process: its time, rows and peak RSS as JSON."""
     start = time.perf_counter()
-    out = restore_plain(from_path(Path(dump)), dsn, dict(os.environ), 3600, Janitor(), jobs=jobs, work_dir=Path(work))
+    out = restore_plain(from_path(Path(dump)), Endpoint(dsn), 3600, Janitor(), jobs=jobs, work_dir=Path(work))
     seconds = time.perf_counter() - start
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "problems": out.problems, "rows": sum((out.rows or {}).values()),
@@ -124,7 +125,7 @@ def main() -> int:
                 times[key].append(timed(lambda d=dsn, j=jobs: subprocess.run(
                     ["pg_restore", "-j", str(j), "-d", d, str(custom)], env=dst.env(), check=True)))
             janitor = Janitor()
-            out = restore_custom(from_path(custom), fresh_db(dst, "jn_rows"), dst.env(), args.jobs, 3600, janitor,
+            out = restore_custom(from_path(custom), Endpoint(fresh_db(dst, "jn_rows")), args.jobs, 3600, janitor,
                                  work, count_rows=True)
             assert not janitor.run_all() and not out.problems, out.problems
             assert sum((out.rows or {}).values()) == args.tables * args.rows, "every row of the archive counted"

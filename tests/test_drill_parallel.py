@@ -24,6 +24,7 @@ from srcdb import source_database
 
 from pgbackup_verify.facts.drill import parallel
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster, stop_cluster_dir
+from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.restore import RestoreOutcome, restore_plain
 from pgbackup_verify.facts.drill.safety import Janitor
 from pgbackup_verify.facts.dumps.source import from_path
@@ -108,7 +109,7 @@ class Source:
 
     def restore(self, text: str | None = None, jobs: int = 2) -> tuple[RestoreOutcome, str]:
         dsn = self.fresh()
-        out = restore_plain(from_path(self.write(text or self.dump)), dsn, self.cluster.env(), 120, Janitor(),
+        out = restore_plain(from_path(self.write(text or self.dump)), Endpoint(dsn), 120, Janitor(),
                             jobs=jobs, work_dir=self.work)
         return out, dsn
 

@@ -203,10 +203,17 @@ class DrillSection(Section):
                                          "\"sunday\" or [\"wednesday\", \"sunday\"]", default=())
     max_full_age_days: int = key("a check fails when the last passing full drill (run history) is older "
                                  "than this many days", default=8, ge=1)
+    sandbox: str = key("throwaway mode: bwrap (the server and psql run in a bubblewrap sandbox as an unnamed "
+                       "uid, no network) or none (no namespaces; every report says the drill ran unsandboxed)",
+                       default="bwrap")
+    allow_superuser_restore: bool = key("scratch mode: restore even when server_dsn's role is a superuser or may "
+                                        "run server programs or files (every report then flags it)", default=False)
 
     def validate(self) -> None:
         if self.source not in ("local", "offsite"):
             raise ConfigError(f"[drill].source: '{self.source}' is not one of local, offsite")
+        if self.sandbox not in ("bwrap", "none"):
+            raise ConfigError(f"[drill].sandbox: '{self.sandbox}' is not one of bwrap, none")
         if self.tier not in ("full", "schema", "sample"):
             raise ConfigError(f"[drill].tier: '{self.tier}' is not one of full, schema, sample")
         if self.sample_pick not in ("largest", "rotate"):

@@ -20,6 +20,7 @@ from typing import IO
 from isal import igzip
 
 from pgbackup_verify.facts.drill.cluster import mark_owner
+from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
 from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, count_archive_rows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
@@ -113,6 +114,20 @@ def _watchdog(proc: subprocess.Popen[bytes], seconds: float, outcome: RestoreOut
     return t
 
 
+_COPY_CONTEXT = re.compile(r"^(CONTEXT:\s+)?(COPY .*?, line \d+)(, column [^:]+)?: .*$", re.DOTALL)
+
+
+_ROW_VALUES = re.compile(r"^(DETAIL:\s+Failing row contains ).*$|(Key \([^)]*\)=)\(.*?\)", re.DOTALL)
+
+
+def no_row_data(text: str) -> str:
+    """A COPY error's context without the row it quotes: the dump's data never reaches a report."""
+    m = _COPY_CONTEXT.match(text)
+    if m:
+        return f"{m.group(1) or ''}{m.group(2)}{m.group(3) or ''}"
+    return _ROW_VALUES.sub(lambda v: f"{v.group(1)}(values not shown)" if v.group(1) else f"{v.group(2)}(...)", text)
+
+
 def psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreOutcome) -> None:
     current: list[str] | None = None
     for text in lines:
@@ -127,13 +142,13 @@ def psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreO
             if len(current) < MAX_MESSAGES:
                 current.append(msg)
         elif current and text.strip() and current[-1].count("\n") < 4 and not text.startswith("psql:"):
-            current[-1] += "\n    " + text.strip()[:200]
+            current[-1] += "\n    " + no_row_data(text.strip())[:200]
         elif text.startswith("psql:") and "NOTICE" not in text:
             outcome.errors.append(text[:300])
 
 
-def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_limit: float,
-                  janitor: Janitor, progress: Progress | None = None, jobs: int = 1,
+def restore_plain(source: DumpSource, endpoint: Endpoint, time_limit: float, janitor: Janitor,
+                  progress: Progress | None = None, jobs: int = 1,
                   work_dir: Path | None = None, copy_filter: Callable[[str], bool] | None = None
                   ) -> RestoreOutcome:
     """Stream the dump once: decompress, scan, count rows, feed psql under \\restrict.
@@ -144,12 +159,12 @@ def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_l
     if jobs > 1 or copy_filter is not None:  # a schema/sample tier drops COPY data there (tiers.py)
         from pgbackup_verify.facts.drill.parallel import restore_parallel  # imports this module
 
-        return restore_parallel(source, conninfo, env, jobs, time_limit, janitor, work_dir, progress, copy_filter)
+        return restore_parallel(source, endpoint, jobs, time_limit, janitor, work_dir, progress, copy_filter)
     outcome = RestoreOutcome(tool="psql")
     scanner = PlainDumpScanner()
     start = time.monotonic()
-    proc = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    argv, kwargs = endpoint.command(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", endpoint.conninfo, "-f", "-"])
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
     janitor.add("psql", lambda: _kill(proc))
     assert proc.stdin is not None and proc.stderr is not None
     lines: list[str] = []
@@ -211,7 +226,7 @@ def _spool(source: DumpSource, work_dir: Path, janitor: Janitor) -> Path:
     return path
 
 
-def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs: int, time_limit: float,
+def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit: float,
                    janitor: Janitor, work_dir: Path, progress: Progress | None = None,
                    extra_args: Sequence[str] = (), count_rows: bool = False) -> RestoreOutcome:
     """pg_restore -j into the database; with count_rows, the archive's rows are read meanwhile.
@@ -232,8 +247,12 @@ def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs:
                 path, extra_args, deadline, lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
         counter = threading.Thread(target=count, daemon=True)
         counter.start()
-    proc = subprocess.Popen(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", *extra_args,
-                             "-d", conninfo, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # The archive is the host's (root-only): pg_restore reads it as root without capabilities, in
+    # its own namespaces, seeing the archive and the restore list read-only (sandbox.py).
+    lists = [Path(a) for a in extra_args if a != "-L" and Path(a).is_absolute()]
+    argv, kwargs = endpoint.command(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", *extra_args,
+                                     "-d", endpoint.conninfo, str(path)], ro=[path.resolve(), *lists], reader=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
     janitor.add("pg_restore", lambda: _kill(proc))
     assert proc.stderr is not None
     lines: list[str] = []
