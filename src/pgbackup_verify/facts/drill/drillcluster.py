@@ -185,7 +185,7 @@ class DrillCluster:
 
     def _launch(self, secret: str, timeout: float) -> None:
         options = [*SERVER_OPTIONS, "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.sock}",
-                   "-c", "unix_socket_permissions=0777", "-c", "password_encryption=scram-sha-256"]
+                   "-c", "unix_socket_permissions=0777"]  # password_encryption is scram-sha-256 by default
         argv = [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(PORT), *options]
         # The one pg_hba line: even the socket asks for a password.
         hba = self.data / "pg_hba.conf"

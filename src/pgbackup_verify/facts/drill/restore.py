@@ -128,13 +128,19 @@ def no_row_data(text: str) -> str:
     return _ROW_VALUES.sub(lambda v: f"{v.group(1)}(values not shown)" if v.group(1) else f"{v.group(2)}(...)", text)
 
 
+def _copy_header(scanner: PlainDumpScanner, dump_line: int) -> str | None:
+    """The COPY header of a data line (data lines are never kept, nor shown: only their table)."""
+    prev = next((text for no, text in reversed(scanner.recent) if no < dump_line), b"")
+    return prev.decode(errors="replace").rstrip("\r\n") if prev.startswith(b"COPY ") else None
+
+
 def psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreOutcome) -> None:
     current: list[str] | None = None
     for text in lines:
         m = _PSQL_MSG.match(text)
         if m:
             dump_line = int(m.group(1)) - 1  # line 1 of psql's input is our \restrict
-            shown = scanner.line_text(dump_line)
+            shown = scanner.line_text(dump_line) or _copy_header(scanner, dump_line)
             msg = f"dump line {dump_line}: {m.group(2).upper()}: {m.group(3)}"
             if shown is not None:
                 msg += f" | line: {shown.strip()[:200]}"
@@ -265,13 +271,19 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
     outcome.exit_code = proc.returncode
     timer.cancel()
     reader.join(5)
+    last: str | None = None  # the error the following context lines belong to
     for text in lines:
         if text.startswith("pg_restore: error:") and len(outcome.errors) < MAX_MESSAGES:
             outcome.errors.append(text.removeprefix("pg_restore: "))
+            last = "error"
         elif text.startswith("Command was:") and outcome.errors:
             outcome.errors[-1] += f" | command: {text[12:].strip()[:200]}"
         elif text.startswith("pg_restore: warning:") and "errors ignored" not in text:
             outcome.warnings.append(text.removeprefix("pg_restore: "))
+            last = None
+        elif last and outcome.errors and text.strip() and not text.startswith("pg_restore:") \
+                and outcome.errors[-1].count("\n") < 4:
+            outcome.errors[-1] += "\n    " + no_row_data(text.strip())[:200]
     outcome.payload_bytes = source.payload_estimate()
     if counter is not None:
         counter.join(max(time_limit - (time.monotonic() - start), 0) + 10)  # the count has the same deadline

@@ -29,7 +29,9 @@ _TRIED = (
      "a superuser-only operation", "runs with superuser rights"),
 )
 _FUNCTION = re.compile(r"(?:PL/pgSQL|SQL) function ([^\s(]+(?:\([^)]*\))?)")
-_OBJECT = re.compile(r"\| line: (?:COPY|INSERT INTO|CREATE (?:UNIQUE )?INDEX \S+ ON(?: ONLY)?|"
+_OBJECT = re.compile(r"COPY failed for table \"([^\"]+)\"|"
+                     r"\| (?:line|command): (?:COPY|INSERT INTO|CREATE EXTENSION(?: IF NOT EXISTS)?|"
+                     r"CREATE (?:UNIQUE )?INDEX \S+ ON(?: ONLY)?|"
                      r"REFRESH MATERIALIZED VIEW|CREATE MATERIALIZED VIEW|ALTER TABLE(?: ONLY)?|CREATE TABLE)\s+(\S+)")
 
 
@@ -55,7 +57,8 @@ def find_traps(messages: list[str]) -> list[Trap]:
         if hit is None:
             continue
         obj, fn = _OBJECT.search(msg), _FUNCTION.search(msg)
-        traps.append(Trap(obj.group(1).rstrip(";") if obj else "a statement of the dump",
+        name = obj and (obj.group(1) or obj.group(2))
+        traps.append(Trap(name.rstrip(";") if name else "a statement of the dump",
                           fn.group(1) if fn else "", *hit))
     return traps
 
