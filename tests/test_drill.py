@@ -382,10 +382,13 @@ def test_scratch_database_mode_leaves_the_server_as_it_found_it(pytester, cluste
     gone = subprocess.Popen(["true"])
     gone.wait()
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:  # what a crashed drill left behind
-        conn.execute("CREATE DATABASE restore_drill_20000101_000000_1")
+        # Scratch mode as it should be set up: a role with CREATEDB only (a superuser is refused).
+        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'drill_maker') THEN "
+                     "CREATE ROLE drill_maker LOGIN CREATEDB; END IF; END $$")
+        conn.execute("CREATE DATABASE restore_drill_20000101_000000_1 OWNER drill_maker")
         conn.execute("COMMENT ON DATABASE restore_drill_20000101_000000_1 IS "
                      f"'pgbackup-verify drill pid={gone.pid} host={socket.gethostname()} started={int(time.time())}'")
-    target = write_target(backups, drill_toml(work_dir, mode="scratch", server_dsn=cluster.dsn(),
+    target = write_target(backups, drill_toml(work_dir, mode="scratch", server_dsn=cluster.dsn(user="drill_maker"),
                                               expect_live_catalog=True))
     result = run_one(pytester, target)
     result.assert_outcomes(passed=8)
