@@ -26,6 +26,8 @@ def _record(evidence: Evidence, f: DrillFacts) -> None:
     if f.outcome:
         evidence("payload bytes", f.outcome.payload_bytes)
     evidence("restore db", f"{f.database} on {f.where}" if f.where else f.database or "-")
+    if f.isolation:
+        evidence("isolation", f.isolation)
     if f.restored:
         evidence("tables", f.restored.table_count())
         evidence("schemas", ",".join(sorted(f.restored.schemas)))

@@ -44,7 +44,7 @@ from pgbackup_verify.facts.drill.cluster import (
     save_template,
     template_secret,
 )
-from pgbackup_verify.facts.drill.sandbox import Sandbox
+from pgbackup_verify.facts.drill.sandbox import Sandbox, SandboxUnavailable
 
 ADMIN = "pgbv_admin"
 RESTORER = "pgbv_restore"
@@ -107,11 +107,22 @@ class Endpoint:
         return Endpoint(psycopg.conninfo.make_conninfo("", **params), self.password, self.sandbox, self.socket_dir)
 
 
+def reachable(work_dir: Path) -> None:
+    """The drill user passes through the work dir to its own cluster dir: every ancestor needs o+x."""
+    for d in (work_dir.resolve(), *work_dir.resolve().parents):
+        if not os.stat(d).st_mode & 0o001:
+            raise SandboxUnavailable(f"[drill].work_dir: the drill's unnamed user cannot pass through {d} (mode "
+                                     f"{os.stat(d).st_mode & 0o777:04o}); chmod o+x {d}, or set [drill].work_dir "
+                                     "to a directory under one it can (e.g. /var/tmp)")
+
+
 class DrillCluster:
     """A throwaway cluster in `base`, started in `sandbox`; stop() kills it and removes everything."""
 
     def __init__(self, sandbox: Sandbox, base: Path | None = None, tag: str = "",
                  template_cache: Path | None = None) -> None:
+        if sandbox.drops_uid:
+            reachable(Path(base or tempfile.gettempdir()))
         self.root = Path(tempfile.mkdtemp(prefix=f"{CLUSTER_PREFIX}{tag}", dir=base))
         mark_owner(self.root)
         (self.root / SANDBOX_FILE).write_text(sandbox.mode)

@@ -42,6 +42,7 @@ class DrillFacts:
     stored_bytes: int | None = None
     database: str = ""
     where: str = ""
+    isolation: str = ""  # how the restore was contained (sandbox.py), for every report's header
     outcome: RestoreOutcome | None = None
     restored: Catalog | None = None
     live: Catalog | None = None  # expectations read from the live catalog (asked, or nothing written)
@@ -102,12 +103,13 @@ class _Site:
     def __init__(self, d: DrillSection, work_dir: Path, janitor: safety.Janitor) -> None:
         self.d, self.work_dir, self.janitor = d, work_dir, janitor
         self.name = safety.guard_name(db_name(d.prefix), d.prefix)
-        self.where = ""
+        self.where = self.isolation = ""
         self.endpoint = Endpoint("")
 
     def create(self) -> None:
         if self.d.mode == "throwaway":
             box = sandbox.resolve(self.d.sandbox)  # fails closed: SandboxUnavailable names what is missing
+            self.isolation = box.describe()
             cluster = DrillCluster(box, base=self.work_dir, tag=safety.CLUSTER_TAG)  # marks its owner
             self.janitor.add(f"cluster {cluster.root}", cluster.stop)
             self.where = cluster.where
@@ -118,7 +120,9 @@ class _Site:
         params = psycopg.conninfo.conninfo_to_dict(self.d.server_dsn)
         self.where = f"server {params.get('host', 'local socket')}:{params.get('port', 5432)}"
         with psycopg.connect(self.d.server_dsn, autocommit=True, connect_timeout=10) as conn:
-            safety.refuse_superuser(conn, self.d)
+            powers = safety.refuse_superuser(conn, self.d)
+            self.isolation = (f"scratch database, restored as {conn.info.user!r}" + (
+                f" ({powers}: SUPERUSER RESTORE allowed by [drill].allow_superuser_restore)" if powers else ""))
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(self.name)))
             self.janitor.add(f"database {self.name}", self.drop)
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
@@ -291,7 +295,7 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
     try:
         site.create()
     finally:
-        facts.where = site.where
+        facts.where, facts.isolation = site.where, site.isolation
     facts.tier = plan = tiers.plan(target, d)
     remaining = d.time_limit_seconds - (time.monotonic() - start)
     if source.fmt == "custom":

@@ -208,17 +208,19 @@ FROM pg_roles r WHERE r.rolname = current_user
 """
 
 
-def refuse_superuser(conn: psycopg.Connection, d: DrillSection) -> None:
+def refuse_superuser(conn: psycopg.Connection, d: DrillSection) -> str:
     """Scratch mode: a restore as a superuser (or a role that may run programs or files on the
-    server) runs every trap a database object owner put in the dump. Refused unless asked for."""
+    server) runs every trap a database object owner put in the dump. Refused unless asked for;
+    returns the powers allowed ("" for a plain role)."""
     row = conn.execute(_POWERFUL).fetchone()
-    if row is None or d.allow_superuser_restore:
-        return
+    if row is None:
+        return ""
     powers = "a superuser" if row[0] else "a member of " + " and ".join(row[1]) if row[1] else ""
-    if powers:
+    if powers and not d.allow_superuser_restore:
         raise ConfigError(f"[drill].server_dsn: its role {conn.info.user!r} is {powers}: a restore as "
                           "that role runs code any object owner put in the dump with those rights; use a role with "
                           "CREATEDB only, or set [drill].allow_superuser_restore = true (every report then says so)")
+    return powers
 
 
 def preflight_disk(work_dir: Path, payload: int, factor: float) -> str:
