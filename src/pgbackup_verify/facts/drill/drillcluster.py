@@ -133,6 +133,7 @@ class DrillCluster:
         self.template_cache = template_cache
         self.proc: subprocess.Popen[bytes] | None = None
         self._passwords: dict[str, str] = {}
+        self._owners: tuple[str, ...] = ()
         self._prepare_dirs()
 
     def _prepare_dirs(self) -> None:
@@ -249,13 +250,26 @@ class DrillCluster:
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
                              .format(sql.Identifier(role)))
                 conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(RESTORER)))
+        self._passwords[RESTORER] = password
+        self._owners = tuple(dict.fromkeys(owners))
+        return self.database(dbname)
+
+    def database(self, dbname: str) -> Endpoint:
+        """A fresh database owned by the restore role (prepare_restore made it), and how to restore into it."""
+        with self.admin().connect(autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(dbname)))
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
                 sql.Identifier(dbname), sql.Identifier(RESTORER)))
         with self.admin(dbname).connect(autocommit=True) as conn:
-            for role in dict.fromkeys(owners):  # objects in public handed to an owner need its CREATE there
+            for role in self._owners:  # objects in public handed to an owner need its CREATE there
                 conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-        self._passwords[RESTORER] = password
         return self._endpoint(RESTORER, dbname)
+
+    def __enter__(self) -> DrillCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
