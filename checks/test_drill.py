@@ -28,6 +28,8 @@ def _record(evidence: Evidence, f: DrillFacts) -> None:
     evidence("restore db", f"{f.database} on {f.where}" if f.where else f.database or "-")
     if f.isolation:
         evidence("isolation", f.isolation)
+    if f.extensions:
+        evidence("superuser step", "; ".join(f.extensions))
     if f.restored:
         evidence("tables", f.restored.table_count())
         evidence("schemas", ",".join(sorted(f.restored.schemas)))

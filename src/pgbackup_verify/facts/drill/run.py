@@ -21,7 +21,7 @@ from psycopg import sql
 from pgbackup_verify.config import DrillSection, Target
 from pgbackup_verify.facts.catalog import Catalog, read_catalog
 from pgbackup_verify.facts.db import DatabaseUnreachable, connect_readonly, scalar
-from pgbackup_verify.facts.drill import owner, safety, sandbox, tiers
+from pgbackup_verify.facts.drill import extensions, owner, safety, sandbox, tiers
 from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX
 from pgbackup_verify.facts.drill.drillcluster import DrillCluster, Endpoint
 from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
@@ -43,6 +43,7 @@ class DrillFacts:
     database: str = ""
     where: str = ""
     isolation: str = ""  # how the restore was contained (sandbox.py), for every report's header
+    extensions: list[str] = field(default_factory=list)  # created by the superuser step (extensions.py)
     outcome: RestoreOutcome | None = None
     restored: Catalog | None = None
     live: Catalog | None = None  # expectations read from the live catalog (asked, or nothing written)
@@ -105,6 +106,7 @@ class _Site:
         self.name = safety.guard_name(db_name(d.prefix), d.prefix)
         self.where = self.isolation = ""
         self.endpoint = Endpoint("")
+        self.admin: Endpoint | None = None  # the throwaway cluster's superuser, for the narrow steps
 
     def create(self) -> None:
         if self.d.mode == "throwaway":
@@ -116,6 +118,7 @@ class _Site:
             cluster.start()
             # `postgres` too: the superuser here is pgbv_admin, so a dump's OWNER TO postgres is a plain owner.
             self.endpoint = cluster.prepare_restore(self.name, ("postgres", *self.d.roles))
+            self.admin = cluster.admin(self.name)
             return
         params = psycopg.conninfo.conninfo_to_dict(self.d.server_dsn)
         self.where = f"server {params.get('host', 'local socket')}:{params.get('port', 5432)}"
@@ -296,6 +299,8 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         site.create()
     finally:
         facts.where, facts.isolation = site.where, site.isolation
+    if site.admin is not None:  # the one superuser step: untrusted extensions the dump creates
+        facts.extensions = extensions.create_untrusted(site.admin, extensions.dump_extensions(source))
     facts.tier = plan = tiers.plan(target, d)
     remaining = d.time_limit_seconds - (time.monotonic() - start)
     if source.fmt == "custom":
