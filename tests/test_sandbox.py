@@ -8,6 +8,7 @@ contained (no file on the host, the live server unchanged) and red, naming the o
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -266,10 +267,19 @@ def _restoring_backend(seconds: float = 60) -> psutil.Process:
     raise AssertionError("the drill never reached its pg_sleep")
 
 
-def test_nobody_else_can_reach_the_drill_server_while_it_runs(live: tuple[ThrowawayCluster, Path]) -> None:
+def test_nobody_else_can_reach_the_drill_server_while_it_runs(live: tuple[ThrowawayCluster, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = f"planted-{uuid.uuid4().hex}"
+    monkeypatch.setenv("PGPASSWORD", secret)  # the run's own secrets: no child of the drill may inherit them
+    monkeypatch.setenv("KUMA_PUSH_LOCAL", secret)
     thread, out, work = _sleeping_drill(live, "reach")
     try:
         backend = _restoring_backend()
+        children = psutil.Process().children(recursive=True)
+        assert children
+        for p in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                assert secret not in " ".join(f"{k}={v}" for k, v in p.environ().items()), p.cmdline()
         [root] = work.glob("pgbv-cluster-drill-*")
         server = [p for p in psutil.process_iter(["uids", "cmdline"]) if p.info["uids"].real == backend.uids().real]
         # The server runs as an unnamed uid (not root, not postgres), in a network namespace of its own.

@@ -183,6 +183,11 @@ class Sandbox:
         return [*cmd, "--", *argv]
 
 
+def tool_env() -> dict[str, str]:
+    """The environment of a tool that only reads a dump (pg_restore -l): the host's PATH and a locale."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": LOCALE, "LANG": LOCALE}
+
+
 def resolve(mode: str) -> Sandbox:
     """The sandbox of `[drill].sandbox`; raises SandboxUnavailable (fail closed) when bwrap cannot run."""
     uid = pick_uid() if os.geteuid() == 0 else os.geteuid()
