@@ -3,6 +3,7 @@ archives of real dumps: green on last night's archive, red on each broken one.""
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import io
 import os
@@ -74,6 +75,12 @@ FAULTS = {
         [HOSTILE], [CONTAINS, COMPLETE, MATCHES],
         ["FAILED (could not be read: archive unreadable after 2 members: ", "fix: re-run the upload job, the archive "
          "is damaged", "not judged: offsite archive offsite:", f"(reported by {HOSTILE})"]),
+    "one night behind": (
+        [MATCHES], [],
+        ["offsite PG dump night: FAILED (vps-backup-", "/postgresql-directus.sql.gz in vps-backup-",
+         ": the member is the dump of the night of {member_night}, written ", "but the archive was packed ",
+         "in the night of {night}, whose dump {dump} (written ", ") it does not hold: the offsite copy is one night "
+         "behind); fix: schedule the upload after the dump job, or make it wait on the dump's lock"]),
     "old dump in a fresh archive": (
         [CONTAINS], [],
         ["offsite PG dump age: FAILED (vps-backup-", "/postgresql-directus.sql.gz in vps-backup-",
@@ -121,6 +128,10 @@ def _write_case(case: str, remote: Path, dump: Path) -> None:
         with archive.open("r+b") as f:
             f.truncate(cut)
         os.utime(archive, (when, when))
+    elif case == "one night behind":
+        # The upload ran half an hour before the night's dump finished: it packed the night before's.
+        previous = sorted(dump.parent.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)[-2]
+        scene.write_archive(remote, previous, when=dump.stat().st_mtime - 1800)
     elif case == "old dump in a fresh archive":
         oldest = min(dump.parent.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)
         assert dump.stat().st_mtime - oldest.stat().st_mtime > 3 * 86400
@@ -168,6 +179,8 @@ def offsite_run(seed_cluster: ThrowawayCluster, healthy_backups: Path,
 def test_last_nights_archive_passes(offsite_run: Remotes) -> None:
     result, dump = offsite_run["last night"], offsite_run.dump
     result.assert_outcomes(passed=OFFSITE_CHECKS)
+    night = dt.date.fromtimestamp(dump.stat().st_mtime)
+    assert f"in the night of {night}; member of the night of {night} (a night runs from " in result.text
     assert "B gzip, valid, footer found" in result.text
     assert f"vs local {dump} {dump.stat().st_size} B (0.0%" in result.text
 
@@ -196,7 +209,9 @@ def test_each_offsite_fault_fails_its_check(fault: str, offsite_run: Remotes) ->
                            skipped=len(not_judged))
     assert result.failed() == set(failing)
     assert {c["name"] for c in result.checks if c["outcome"] == "skipped"} == set(not_judged)
+    night = dt.date.fromtimestamp(offsite_run.dump.stat().st_mtime)  # the dumps are written at the same hour
     for m in messages:
+        m = m.format(night=night, member_night=night - dt.timedelta(days=1), dump=offsite_run.dump)
         assert m in result.text
     remote = offsite_run.remotes[fault]
     assert not (remote.parent.parent / "etc").exists()  # nothing was ever written out of the archive
