@@ -33,6 +33,7 @@ from pgbackup_verify.facts.dumps import customfmt
 from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, DumpScan, scan_file
 from pgbackup_verify.facts.dumps.nights import NightRule, night_rule
 from pgbackup_verify.facts.dumps.progress import InProgress, find_in_progress
+from pgbackup_verify.facts.dumps.scanrecord import ScanRecord
 
 # Names that only interrupted or half-finished writers leave behind.
 STRAY_GLOBS = ("*.raw", "*.tmp", "*.part", "*.partial", "*.incomplete", "*.inprogress", "*.swp")
@@ -114,10 +115,12 @@ class Inventory:
 
 @dataclass
 class ScanCache:
-    """One scan per file per session; a file rewritten in between gets a new key."""
+    """One scan per file per session; a file rewritten in between gets a new key. With a `record`,
+    one read per file in its life (scanrecord.py): unchanged older dumps keep their verdict across runs."""
 
     scans: dict[tuple[str, int, int], DumpScan] = field(default_factory=dict)
     hits: int = 0
+    record: ScanRecord | None = None
 
     def scan(self, dump: DumpFile) -> DumpScan:
         try:
@@ -128,7 +131,7 @@ class ScanCache:
         if key in self.scans:
             self.hits += 1
             return self.scans[key]
-        result = scan_dump(dump.path)
+        result = self.record.scan(dump.path, scan_dump) if self.record else scan_dump(dump.path)
         self.scans[key] = result
         return result
 
@@ -139,6 +142,11 @@ def is_custom_format(path: Path) -> bool:
             return f.read(len(CUSTOM_MAGIC)) == CUSTOM_MAGIC
     except OSError:
         return False
+
+
+# The verdicts of the scanners below, as kept in the scan record: bump on any change to what a scan
+# of the same bytes says (a new check, a fixed parser), so no record of the older scanner is reused.
+SCANNER_VERSION = 1
 
 
 def scan_dump(path: Path) -> DumpScan:

@@ -1,0 +1,191 @@
+"""Each dump is read once in its life: a persistent record of what scanning a file showed.
+
+A full read of a dump costs seconds to minutes; a night's dump does not change once written, so
+reading every kept dump again every run makes the run's cost grow with retention, not with what is
+new. The record keeps, per dump file, the scanner's result and the key that proves the file unchanged
+since: device, inode, size, mtime and ctime in nanoseconds (ctime moves on any write, chmod or
+`touch -d`, and cannot be set back by a user), plus the scanner's version. A key that moved, another
+scanner version, another result type or a record that cannot be read all mean a fresh scan: never a
+stale verdict. The newest dump is read in full every run (it is what the night is about), and each
+kept dump again at least every `rescan_days` (bit rot on old files is real), on a day of its own so
+that no run pays for all of them.
+
+What a read cannot vouch for is not kept: a file the run's user cannot open, a read error, a file
+that changed while it was read. The record is a JSON file per target beside the run history,
+0600 in a 0700 directory, replaced atomically (safefs); it knows nothing of dump formats: results
+are stored as the fields of the scanner's (dataclass) result type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pgbackup_verify.safefs import atomic_write
+
+RECORD_DIR = "scan-records"  # beside history.jsonl in the reports (state) directory
+DAY_S = 86400
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """What proves a file unchanged since it was read."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileKey | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def day_of_period(self, days: int) -> int:
+        """A stable day in each `days`-day period for this file (the same in every process)."""
+        digest = hashlib.sha256(f"{self.dev}:{self.ino}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") % days
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How this run got one dump's verdict: read in full, or from the record (and when that was)."""
+
+    name: str
+    read: bool
+    why: str  # "newest dump", "no record", "changed since ...", "rescan due", "unchanged since ..."
+    scanned_at: float  # when the verdict in use was read
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.scanned_at))
+        return f"{self.name} ({self.why})" if self.read else f"{self.name} (recorded {when})"
+
+
+def record_path(state_dir: Path, target: str) -> Path:
+    """The record file of one target (a name that is safe on disk and unique per target name)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", target).strip("-.")[:60] or "target"
+    return state_dir / RECORD_DIR / f"{safe}-{hashlib.sha256(target.encode()).hexdigest()[:8]}.json"
+
+
+def _lasting(result: Any) -> bool:
+    """Would reading the same bytes again say the same? Not for what the reader's rights or the
+    disk decided (an unreadable file, a read error): those are read again next run."""
+    fmt = getattr(result, "format", "")
+    error = str(getattr(result, "error", "") or "")
+    return fmt != "unreadable" and not error.startswith(("read error", "cannot read"))
+
+
+@dataclass
+class ScanRecord:
+    """The persistent record of one target's dumps; `scan` is the one entry point."""
+
+    path: Path | None  # None: no state directory, nothing persists (every dump is read)
+    scanner_version: int
+    types: Sequence[type]  # the scanner's result types (dataclasses) a record may hold
+    newest: Path | None = None  # read in full every run, whatever the record says
+    rescan_days: int = 7
+    now: float = field(default_factory=time.time)
+    readings: list[Reading] = field(default_factory=list)
+    problem: str = ""  # why the record could not be read or written ("" when it could)
+    _entries: dict[str, dict[str, Any]] | None = None
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._entries is None:
+            self._entries = {}
+            if self.path is not None:
+                try:
+                    doc = json.loads(self.path.read_bytes())
+                    entries = doc.get("dumps") if isinstance(doc, dict) else None
+                    if isinstance(entries, dict):
+                        self._entries = {k: v for k, v in entries.items() if isinstance(v, dict)}
+                    else:
+                        self.problem = f"scan record {self.path} is not a record: every dump is read"
+                except FileNotFoundError:
+                    pass
+                except (OSError, ValueError) as e:
+                    self.problem = f"scan record {self.path} unreadable ({e}): every dump is read"
+        return self._entries
+
+    def _restore(self, entry: dict[str, Any], key: FileKey) -> tuple[Any, float] | str:
+        """(result, scanned_at) from a valid entry, else why it cannot be used."""
+        if entry.get("key") != list(dataclasses.astuple(key)):
+            return "changed since its last read"
+        if entry.get("scanner") != self.scanner_version:
+            return f"read by scanner version {entry.get('scanner')}, now {self.scanner_version}"
+        result = entry.get("result")
+        cls = next((t for t in self.types if isinstance(result, dict) and t.__name__ == result.get("type")), None)
+        fields = result.get("fields") if isinstance(result, dict) else None
+        if cls is None or not isinstance(fields, dict) or set(fields) != {f.name for f in dataclasses.fields(cls)}:
+            return "record of another result type"
+        scanned_at = entry.get("scanned_at")
+        if not isinstance(scanned_at, int | float):
+            return "record without a date"
+        try:
+            return cls(**fields), float(scanned_at)
+        except (TypeError, ValueError):
+            return "record of another result type"
+
+    def _due(self, key: FileKey, scanned_at: float) -> bool:
+        age = self.now - scanned_at
+        if age < 0 or age >= self.rescan_days * DAY_S:
+            return True  # overdue, or a date from the future (a clock set back): read it
+        today = int(self.now // DAY_S)
+        return today != int(scanned_at // DAY_S) and today % self.rescan_days == key.day_of_period(self.rescan_days)
+
+    def scan(self, path: Path, scanner: Callable[[Path], R]) -> R:
+        """The verdict on `path`: from the record when it still proves the file unchanged, else read."""
+        name = path.name
+        key = FileKey.of(path)
+        entry = self._load().get(str(path)) if key is not None else None
+        if key is None:
+            why = "cannot stat"
+        elif self.newest is not None and path == self.newest:
+            why = "newest dump"
+        elif entry is None:
+            why = "no record"
+        else:
+            restored = self._restore(entry, key)
+            if isinstance(restored, str):
+                why = restored
+            elif self._due(key, restored[1]):
+                why = f"rescan due (every {self.rescan_days} days)"
+            else:
+                self.readings.append(Reading(name, False, "unchanged", restored[1]))
+                return restored[0]
+        result = scanner(path)
+        self.readings.append(Reading(name, True, why, self.now))
+        if key is not None and FileKey.of(path) == key and _lasting(result) and dataclasses.is_dataclass(result):
+            self._keep(path, key, result)
+        return result
+
+    def _keep(self, path: Path, key: FileKey, result: Any) -> None:
+        entries = self._load()
+        entries[str(path)] = {"key": list(dataclasses.astuple(key)), "scanner": self.scanner_version,
+                              "scanned_at": round(self.now, 3),
+                              "result": {"type": type(result).__name__, "fields": dataclasses.asdict(result)}}
+        self._save(entries)
+
+    def _save(self, entries: dict[str, dict[str, Any]]) -> None:
+        if self.path is None:
+            return
+        # Files gone from disk leave the record with them (a rotation deletes a night a day).
+        kept = {p: e for p, e in entries.items() if os.path.lexists(p)}
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.path.parent, 0o700)
+            atomic_write(self.path, json.dumps({"dumps": kept}, separators=(",", ":")), mode=0o600)
+        except OSError as e:
+            self.problem = f"scan record {self.path} not written ({e.strerror or e}): the next run reads every dump"
