@@ -17,6 +17,7 @@ from pgbackup_verify.config import OffsiteSection, Target
 from pgbackup_verify.evidence import FAILED, Evidence, fail, human_bytes, require, verdict
 from pgbackup_verify.facts.dumps.inventory import DumpFile
 from pgbackup_verify.facts.dumps.nights import UPLOAD_WINDOW_S, nearest_same_night, nearest_to_upload, night_rule
+from pgbackup_verify.facts.dumps.scanrecord import ScanRecord
 from pgbackup_verify.facts.host import BackupDirFacts, shown_name
 from pgbackup_verify.facts.offsite import Archive, ArchiveScan, Listing
 
@@ -114,8 +115,16 @@ def test_newest_offsite_archive_is_fresh_and_big_enough(offsite_listing: Listing
 
 
 def test_offsite_archive_holds_no_hostile_member(offsite_listing: Listing, offsite_scan: ArchiveScan | None,
-                                                 offsite_section: OffsiteSection, evidence) -> None:
+                                                 offsite_section: OffsiteSection, offsite_record: ScanRecord,
+                                                 evidence) -> None:
     scan = _upstream(offsite_listing, offsite_scan, offsite_section, HOSTILE)
+    if offsite_record.path is not None:
+        for r in offsite_record.readings:
+            evidence("archive read", f"downloaded and read this run ({r.why})" if r.read else
+                     f"verdict from the scan record of {_hhmm(r.scanned_at)} (unchanged on the remote: same size, "
+                     f"time and hash; read again every {offsite_record.rescan_days} days)")
+        if offsite_record.problem:
+            evidence("scan record", offsite_record.problem)
     evidence("members", f"{scan.members} in {scan.archive.name}, {scan.links_inside} link(s) staying inside")
     problems = []
     if scan.hostile:

@@ -290,3 +290,36 @@ def test_offsite_section_mistakes_are_one_line(tmp_path: Path, toml: str, expect
 def test_link_targets_are_resolved_through_the_archives_own_links(member: tarfile.TarInfo, reason: str) -> None:
     links = {"a/b/ok": "../c", "a/up": "../..", "a/out": "/etc", "a/loop": "loop2", "a/loop2": "loop"}
     assert offsite.hostile_reason(member, links) == reason
+
+
+def test_an_archive_unchanged_on_the_remote_is_not_downloaded_again(healthy_backups: Path,
+                                                                    seed_cluster: ThrowawayCluster,
+                                                                    tmp_path: Path) -> None:
+    """Runs in one working directory (one scan record): read, then kept, then read again once the remote's
+    hash differs, though size and time are the same (a byte flipped in place, the mtime set back)."""
+    remote = tmp_path / "offsite"
+    remote.mkdir()
+    dump = _newest_dump(healthy_backups)
+    archive = scene.write_archive(remote, dump, when=dump.stat().st_mtime + 3600)
+    target = demo.write_target_file(tmp_path / "t.toml", seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE),
+                                    healthy_backups, name="kept", extra=scene.offsite_toml(remote))
+
+    def run() -> TargetResult:
+        return run_checks(tmp_path / "run", [target], [CHECKS], env=scene.RCLONE_ENV)["kept"]
+
+    first, second = run(), run()
+    first.assert_outcomes(passed=OFFSITE_CHECKS)
+    second.assert_outcomes(passed=OFFSITE_CHECKS)
+    assert "archive read: downloaded and read this run (no record)" in first.text
+    assert "archive read: verdict from the scan record of " in second.text
+    assert "B gzip, valid, footer found" in second.text  # the member's verdict, from the record
+    st = archive.stat()
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns))
+    third = run()
+    assert "archive read: downloaded and read this run (changed since its last read)" in third.text
+    # Judged again: the flipped byte breaks the member's deflate data or its CRC, or the archive itself.
+    assert third.failed() & {HOSTILE, COMPLETE}, third.text
+    assert "FAILED (" in third.text and ("CRC" in third.text or "corrupt" in third.text)

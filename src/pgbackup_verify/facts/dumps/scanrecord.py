@@ -24,6 +24,8 @@ import json
 import os
 import re
 import time
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +56,11 @@ class FileKey:
             return None
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def day_of_period(self, days: int) -> int:
-        """A stable day in each `days`-day period for this file (the same in every process)."""
-        digest = hashlib.sha256(f"{self.dev}:{self.ino}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") % days
+
+
+def day_of_period(seed: str, days: int) -> int:
+    """A stable day in each `days`-day period for one file (the same in every process)."""
+    return int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big") % days
 
 
 @dataclass(frozen=True)
@@ -81,19 +84,53 @@ def record_path(state_dir: Path, target: str) -> Path:
 
 
 def _lasting(result: Any) -> bool:
-    """Would reading the same bytes again say the same? Not for what the reader's rights or the
-    disk decided (an unreadable file, a read error): those are read again next run."""
+    """Would reading the same bytes again say the same? Not for what the reader's rights, the disk or
+    the network decided (an unreadable file, a read error, rclone failing): those are read again."""
     fmt = getattr(result, "format", "")
     error = str(getattr(result, "error", "") or "")
+    if hasattr(result, "archive"):  # an offsite archive scan: any read error may be the network's
+        return not error
     return fmt != "unreadable" and not error.startswith(("read error", "cannot read"))
+
+
+_PRIMITIVES = (bool, int, float, str)
+
+
+def _build(cls: type, data: Any) -> Any:
+    """An instance of the dataclass `cls` from its asdict() form, every field checked against its type
+    hint (nested dataclasses, `X | None`, lists of primitives); ValueError when anything does not fit."""
+    if not isinstance(data, dict) or set(data) != {f.name for f in dataclasses.fields(cls)}:
+        raise ValueError(f"not a {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _value(hints[name], value) for name, value in data.items()})
+
+
+def _value(hint: Any, value: Any) -> Any:
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        origin = typing.get_origin(option)
+        if dataclasses.is_dataclass(option) and isinstance(option, type):
+            return _build(option, value)
+        if origin in (list, tuple) and isinstance(value, list):
+            (item, *_) = typing.get_args(option) or (str,)
+            if all(isinstance(v, item) for v in value):
+                return value if origin is list else tuple(value)
+        if option in _PRIMITIVES and isinstance(value, option) and not (option is int and isinstance(value, bool)):
+            return value
+        if option is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+    raise ValueError(f"{value!r} is not a {hint}")
 
 
 @dataclass
 class ScanRecord:
-    """The persistent record of one target's dumps; `scan` is the one entry point."""
+    """The persistent record of one target's dumps (or offsite archives); `scan` and `scan_remote` read
+    through it."""
 
-    path: Path | None  # None: no state directory, nothing persists (every dump is read)
-    scanner_version: int
+    path: Path | None  # None: no state directory, nothing persists (everything is read)
+    scanner_version: int | str  # of the scanners that made the verdicts; another one reads everything again
     types: Sequence[type]  # the scanner's result types (dataclasses) a record may hold
     newest: Path | None = None  # read in full every run, whatever the record says
     rescan_days: int = 7
@@ -112,80 +149,84 @@ class ScanRecord:
                     if isinstance(entries, dict):
                         self._entries = {k: v for k, v in entries.items() if isinstance(v, dict)}
                     else:
-                        self.problem = f"scan record {self.path} is not a record: every dump is read"
+                        self.problem = f"scan record {self.path} is not a record: everything is read"
                 except FileNotFoundError:
                     pass
                 except (OSError, ValueError) as e:
-                    self.problem = f"scan record {self.path} unreadable ({e}): every dump is read"
+                    self.problem = f"scan record {self.path} unreadable ({e}): everything is read"
         return self._entries
 
-    def _restore(self, entry: dict[str, Any], key: FileKey) -> tuple[Any, float] | str:
+    def _restore(self, entry: dict[str, Any], key: list[Any]) -> tuple[Any, float] | str:
         """(result, scanned_at) from a valid entry, else why it cannot be used."""
-        if entry.get("key") != list(dataclasses.astuple(key)):
+        if entry.get("key") != key:
             return "changed since its last read"
         if entry.get("scanner") != self.scanner_version:
             return f"read by scanner version {entry.get('scanner')}, now {self.scanner_version}"
         result = entry.get("result")
         cls = next((t for t in self.types if isinstance(result, dict) and t.__name__ == result.get("type")), None)
-        fields = result.get("fields") if isinstance(result, dict) else None
-        if cls is None or not isinstance(fields, dict) or set(fields) != {f.name for f in dataclasses.fields(cls)}:
-            return "record of another result type"
         scanned_at = entry.get("scanned_at")
-        if not isinstance(scanned_at, int | float):
-            return "record without a date"
+        if cls is None or not isinstance(scanned_at, int | float) or isinstance(scanned_at, bool):
+            return "record of another result type"
         try:
-            return cls(**fields), float(scanned_at)
+            return _build(cls, result.get("fields")), float(scanned_at)  # type: ignore[union-attr]
         except (TypeError, ValueError):
             return "record of another result type"
 
-    def _due(self, key: FileKey, scanned_at: float) -> bool:
+    def _due(self, seed: str, scanned_at: float) -> bool:
         age = self.now - scanned_at
         if age < 0 or age >= self.rescan_days * DAY_S:
             return True  # overdue, or a date from the future (a clock set back): read it
         today = int(self.now // DAY_S)
-        return today != int(scanned_at // DAY_S) and today % self.rescan_days == key.day_of_period(self.rescan_days)
+        return today != int(scanned_at // DAY_S) and today % self.rescan_days == day_of_period(seed, self.rescan_days)
 
-    def scan(self, path: Path, scanner: Callable[[Path], R]) -> R:
-        """The verdict on `path`: from the record when it still proves the file unchanged, else read."""
-        name = path.name
-        key = FileKey.of(path)
-        entry = self._load().get(str(path)) if key is not None else None
+    def _through(self, ident: str, name: str, key: list[Any] | None, seed: str, read: Callable[[], R],
+                 always: str, unchanged: Callable[[], bool], keep: Callable[[str], bool]) -> R:
+        entry = self._load().get(ident) if key is not None else None
         if key is None:
             why = "cannot stat"
-        elif self.newest is not None and path == self.newest:
-            why = "newest dump"
+        elif always:
+            why = always
         elif entry is None:
             why = "no record"
         else:
             restored = self._restore(entry, key)
             if isinstance(restored, str):
                 why = restored
-            elif self._due(key, restored[1]):
+            elif self._due(seed, restored[1]):
                 why = f"rescan due (every {self.rescan_days} days)"
             else:
                 self.readings.append(Reading(name, False, "unchanged", restored[1]))
                 return restored[0]
-        result = scanner(path)
+        result = read()
         self.readings.append(Reading(name, True, why, self.now))
-        if key is not None and FileKey.of(path) == key and _lasting(result) and dataclasses.is_dataclass(result):
-            self._keep(path, key, result)
+        if key is not None and _lasting(result) and dataclasses.is_dataclass(result) and unchanged():
+            entries = self._load()
+            entries[ident] = {"key": key, "scanner": self.scanner_version, "scanned_at": round(self.now, 3),
+                              "result": {"type": type(result).__name__, "fields": dataclasses.asdict(result)}}  # type: ignore[arg-type]
+            self._save({k: v for k, v in entries.items() if keep(k)})
         return result
 
-    def _keep(self, path: Path, key: FileKey, result: Any) -> None:
-        entries = self._load()
-        entries[str(path)] = {"key": list(dataclasses.astuple(key)), "scanner": self.scanner_version,
-                              "scanned_at": round(self.now, 3),
-                              "result": {"type": type(result).__name__, "fields": dataclasses.asdict(result)}}
-        self._save(entries)
+    def scan(self, path: Path, scanner: Callable[[Path], R]) -> R:
+        """The verdict on the file `path`: from the record while it proves the file unchanged, else read."""
+        key = FileKey.of(path)
+        return self._through(str(path), path.name, list(dataclasses.astuple(key)) if key else None,
+                             f"{key.dev}:{key.ino}" if key else "", lambda: scanner(path),
+                             "newest dump" if self.newest is not None and path == self.newest else "",
+                             lambda: FileKey.of(path) == key,
+                             os.path.lexists)  # files gone from disk leave the record with them
+
+    def scan_remote(self, ident: str, name: str, key: list[Any], read: Callable[[], R]) -> R:
+        """The verdict on a remote object `ident` listed as `key` (size, time, hash): from the record while
+        the listing shows it unchanged, else read. Only the newest one is kept in the record."""
+        return self._through(ident, name, key, ident, read, "", lambda: True, lambda k: k == ident)
 
     def _save(self, entries: dict[str, dict[str, Any]]) -> None:
+        self._entries = entries
         if self.path is None:
             return
-        # Files gone from disk leave the record with them (a rotation deletes a night a day).
-        kept = {p: e for p, e in entries.items() if os.path.lexists(p)}
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.path.parent, 0o700)
-            atomic_write(self.path, json.dumps({"dumps": kept}, separators=(",", ":")), mode=0o600)
+            atomic_write(self.path, json.dumps({"dumps": entries}, separators=(",", ":")), mode=0o600)
         except OSError as e:
-            self.problem = f"scan record {self.path} not written ({e.strerror or e}): the next run reads every dump"
+            self.problem = f"scan record {self.path} not written ({e.strerror or e}): the next run reads everything"
