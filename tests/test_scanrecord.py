@@ -52,17 +52,21 @@ class Dir:
         return record, {p.name: record.scan(p, scanner) for p in self.files}
 
 
-@pytest.fixture
-def nights(tmp_path: Path) -> Dir:
-    d = tmp_path / "backups"
+def write_nights(d: Path, count: int, lines: int = 4000) -> Dir:
+    """`count` real gzip dumps, one a night, the newest a day before T0."""
     d.mkdir()
     files = []
-    for i in range(5):
-        p = d / f"db_2027-01-0{i + 1}_0200.sql.gz"
-        p.write_bytes(gzip.compress(sql(i)))
-        os.utime(p, (T0 - (5 - i) * DAY_S, T0 - (5 - i) * DAY_S))
+    for i in range(count):
+        p = d / f"db_{i:02d}.sql.gz"
+        p.write_bytes(gzip.compress(sql(i, lines)))
+        os.utime(p, (T0 - (count - i) * DAY_S, T0 - (count - i) * DAY_S))
         files.append(p)
     return Dir(d, files)
+
+
+@pytest.fixture
+def nights(tmp_path: Path) -> Dir:
+    return write_nights(tmp_path / "backups", 5)
 
 
 def read_names(record: ScanRecord) -> dict[str, str]:
@@ -199,15 +203,8 @@ def test_the_newest_dump_is_read_every_run(nights: Dir, tmp_path: Path) -> None:
 
 
 def test_rescans_come_at_least_every_rescan_days_and_spread_over_the_runs(tmp_path: Path) -> None:
-    d = tmp_path / "backups"
-    d.mkdir()
-    files = []
-    for i in range(30):
-        p = d / f"db_{i:02d}.sql.gz"
-        p.write_bytes(gzip.compress(sql(i, 50)))
-        os.utime(p, (T0 - (30 - i) * DAY_S, T0 - (30 - i) * DAY_S))
-        files.append(p)
-    nights = Dir(d, files)
+    nights = write_nights(tmp_path / "backups", 30, lines=50)
+    files = nights.files
     nights.run(tmp_path / "state")
     read_on: dict[str, list[int]] = {p.name: [0] for p in files}
     per_day = []
