@@ -179,16 +179,24 @@ def test_a_record_of_another_scanner_version_is_ignored(nights: Dir, tmp_path: P
     assert list(read_names(back)) == [nights.newest.name]
 
 
-@pytest.mark.parametrize("garbage", [b"", b"{not json", b"[1, 2]", json.dumps({"dumps": {"x": 1}}).encode()])
-def test_an_unreadable_record_means_every_dump_is_read(nights: Dir, tmp_path: Path, garbage: bytes) -> None:
+@pytest.mark.parametrize("garbage", [b"", b"{not json", b"[1, 2]", b'{"dumps": {"x": 1}}', "a field's type",
+                                     "a field missing", "a field too many", "no date"])
+def test_an_unreadable_record_means_every_dump_is_read(nights: Dir, tmp_path: Path, garbage: bytes | str) -> None:
     state = tmp_path / "state"
     nights.run(state)
     path = record_path(state, "t")
     data = json.loads(path.read_bytes())
-    if garbage.startswith(b'{"dumps"'):  # a well-formed file whose entries were edited by hand
+    if isinstance(garbage, str):  # a well-formed file whose entries were edited by hand
         for entry in data["dumps"].values():
-            entry["result"]["fields"]["valid"] = "yes"
-            del entry["result"]["fields"]["error"]
+            fields = entry["result"]["fields"]
+            if garbage == "a field's type":
+                fields["valid"] = "yes"
+            elif garbage == "a field missing":
+                del fields["error"]
+            elif garbage == "a field too many":
+                fields["trusted"] = True
+            else:
+                del entry["scanned_at"]
         garbage = json.dumps(data).encode()
     path.write_bytes(garbage)
     record, scans = nights.run(state, now=T0 + 60)

@@ -90,7 +90,8 @@ def _lasting(result: Any) -> bool:
     error = str(getattr(result, "error", "") or "")
     if hasattr(result, "archive"):  # an offsite archive scan: any read error may be the network's
         return not error
-    return fmt != "unreadable" and not error.startswith(("read error", "cannot read"))
+    # pg_restore's verdict on a custom-format archive depends on the pg_restore installed (its version).
+    return fmt != "unreadable" and not error.startswith(("read error", "cannot read", "pg_restore failed"))
 
 
 _PRIMITIVES = (bool, int, float, str)
