@@ -8,6 +8,8 @@ is found (retention coverage, min good dumps). With one good dump per night and 
 window that is ~7 scans per run: e.g. 7 x 118 MB in ~3.3 s. A night whose newest file is bad
 costs one more scan per older file of that night. A custom-format dump is read in full by
 `pg_restore -f -` (customfmt.verify_archive), which costs more than a gunzip of the same data.
+Across runs, the scan record (scanrecord.py, the cache's `record`) keeps each file's verdict while
+the file is unchanged: a run reads the newest dump and the ones whose rescan is due, not the window.
 
 Nights follow `nights.NightRule` (24-hour windows anchored away from the job's usual time), never
 the calendar day. A dump still being written (open for writing by a process, or still growing) is
