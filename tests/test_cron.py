@@ -97,6 +97,8 @@ G = "/usr/lib/php/sessionclean"
     (f"[ -x /usr/bin/php ] && {G}", False),
     (f"[ -x {G} ]; {G}", False),
     (f"[ -x {G} ] || {G}", False),
+    (f"true || [ -x {G} ] && {G}", False),  # (true || test) && G: G runs after `true` alone
+    (f"[ -x {G} ] && {G} || logger failed", True),
     (f"! [ -x {G} ] && {G}", False),
     (f"[ ! -x {G} ] && {G}", False),
     (f"if [ -x {G} ]; then :; else {G}; fi", False),

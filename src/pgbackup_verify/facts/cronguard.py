@@ -52,6 +52,7 @@ class _Frame:
     spoiled: bool = False  # the condition has `||`, `!` or is an until's: it guards nothing
     body: list[Tok] = field(default_factory=list)  # the condition's tests, while in its then/do part
     in_cond: bool = False
+    or_seen: bool = False  # an `||` earlier in this and-or list: `A || [ -x P ] && P` runs P after A alone
 
 
 class _Tracker:
@@ -87,7 +88,7 @@ class _Tracker:
         """The simple command read so far ends at control operator `op`."""
         tested = None if self.negated else tested_file(self.words)
         f = self.top
-        if tested is not None and op == "&&":
+        if tested is not None and op == "&&" and not f.or_seen:
             f.andlist.append(tested)
         if f.in_cond:
             if op == "||" or self.negated:
@@ -95,7 +96,7 @@ class _Tracker:
             elif tested is not None:
                 f.cond.append(tested)
         if op in (";", "\n", "&", "||", ";;"):
-            f.andlist = []
+            f.andlist, f.or_seen = [], op == "||"
         if op == "(":
             self.stack.append(_Frame("group"))
         elif op == ")" and len(self.stack) > 1:
