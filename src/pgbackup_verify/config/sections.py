@@ -98,6 +98,8 @@ class BackupsSection(Section):
                                   default=0.2, ge=0, lt=1)
     retention_days: int = key("window in which every night must have a good dump", default=7, gt=0)
     min_good_dumps: int = key("good dumps that must be kept (nights expected)", default=7, ge=1)
+    rescan_days: int = key("each kept dump is read again in full at least every this many days (the newest every "
+                           "run; between, the scan record of an unchanged file stands)", default=7, ge=1)
     stray_max_bytes: int = key("a dump file smaller than this is a stray partial artifact", default=1024)
     expected_schemas: tuple[str, ...] = key("schemas a custom-format dump's TOC must list", default=())
     night_boundary: str = key("local time of day \"HH:MM\" at which one night ends and the next begins; "
