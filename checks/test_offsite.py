@@ -192,6 +192,9 @@ def _hhmm(when: float) -> str:
     return time.strftime('%Y-%m-%d %H:%M', time.localtime(when))
 
 
+RACE_WINDOW_S = 3 * 3600  # a dump finished this soon after the archive was packed was running meanwhile
+
+
 def _nights_behind(dumps: list[DumpFile], member_written: float, packed: float, boundary: str,
                    evidence: Evidence) -> str:
     """Why the member is an older night's dump than the archive's own night ('' when it is not).
@@ -205,7 +208,10 @@ def _nights_behind(dumps: list[DumpFile], member_written: float, packed: float, 
                        f"{member_night} ({rule.describe()})")
     if member_night >= night:
         return ""
-    due = [d for d in dumps if rule.night_of(d.mtime) == night and evidence.upstream(f"dump {d.path}") != FAILED]
+    # Only a dump that was done, or still running, when the archive was packed: an evening upload that
+    # ships the morning's dump is not behind because the next morning's dump exists by the time we look.
+    due = [d for d in dumps if rule.night_of(d.mtime) == night and d.mtime <= packed + RACE_WINDOW_S
+           and evidence.upstream(f"dump {d.path}") != FAILED]
     if not due:
         return ""  # that night has no good local dump: the dump checks say so
     newest = max(due, key=lambda d: d.mtime)
@@ -240,8 +246,7 @@ def test_offsite_pg_dump_matches_the_local_dump(offsite_listing: Listing, offsit
         require(not behind, (
             f"offsite PG dump night: FAILED ({scan.matches[0]} in {a.name}: {behind}); fix: schedule the upload "
             "after the dump job, or make it wait on the dump's lock (run both under `flock` on the same lock "
-            "file); an upload meant to ship the night before: set [backups].night_boundary between the upload "
-            "and the next dump"))
+            "file)"))
     size = scan.member_size or 0
     diff = abs(size - local.size) / max(local.size, 1)
     shown = shown_name(local.path)  # a local name need not be UTF-8

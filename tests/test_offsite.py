@@ -132,6 +132,10 @@ def _write_case(case: str, remote: Path, dump: Path) -> None:
         # The upload ran half an hour before the night's dump finished: it packed the night before's.
         previous = sorted(dump.parent.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)[-2]
         scene.write_archive(remote, previous, when=dump.stat().st_mtime - 1800)
+    elif case == "evening upload of the morning's dump":
+        # Packed 18 h after the night before's dump and 6 h before the newest one started: not behind.
+        previous = sorted(dump.parent.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)[-2]
+        scene.write_archive(remote, previous, when=dump.stat().st_mtime - 6 * 3600)
     elif case == "old dump in a fresh archive":
         oldest = min(dump.parent.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)
         assert dump.stat().st_mtime - oldest.stat().st_mtime > 3 * 86400
@@ -161,8 +165,8 @@ def offsite_run(seed_cluster: ThrowawayCluster, healthy_backups: Path,
     dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
     dump = _newest_dump(healthy_backups)
     remotes, targets = {}, []
-    for case in ["last night", "links staying inside", "local dumps behind a symlink", *FAULTS, "empty remote",
-                 "missing remote"]:
+    for case in ["last night", "links staying inside", "local dumps behind a symlink",
+                 "evening upload of the morning's dump", *FAULTS, "empty remote", "missing remote"]:
         remote = root / slug(case) / "offsite"
         remote.mkdir(parents=True)
         _write_case(case, remote, dump)
@@ -183,6 +187,11 @@ def test_last_nights_archive_passes(offsite_run: Remotes) -> None:
     assert f"in the night of {night}; member of the night of {night} (a night runs from " in result.text
     assert "B gzip, valid, footer found" in result.text
     assert f"vs local {dump} {dump.stat().st_size} B (0.0%" in result.text
+
+
+def test_an_evening_upload_of_the_mornings_dump_is_not_behind(offsite_run: Remotes) -> None:
+    result = offsite_run["evening upload of the morning's dump"]
+    assert result.outcome("test_offsite_pg_dump_matches_the_local_dump") == "passed", result.text
 
 
 def test_local_dumps_behind_a_symlinked_backup_dir_are_compared(offsite_run: Remotes) -> None:
