@@ -15,6 +15,7 @@ import gzip
 import json
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,8 @@ min_good_dumps = 1
 expected_schemas = [{schemas}]
 
 [drill]
-mode = "scratch"
-server_dsn = "{c.dsn()}"
+# The sandboxed throwaway drill: the corpus restores as the plain restore role, its odd owners made plain roles.
+roles = {json.dumps(list(corpus.ROLES))}
 work_dir = "{work}"
 lock_file = "{work / 'drill.lock'}"
 expect_live_catalog = true
@@ -104,8 +105,10 @@ class Corpus:
 
 
 @pytest.fixture(scope="module")
-def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
-    root = tmp_path_factory.mktemp("corpus")
+def corpus_run() -> Iterator[Corpus]:
+    # Under /tmp, passable by others (0711): the sandboxed drill's unnamed user walks through to its cluster.
+    root = Path(tempfile.mkdtemp(prefix="pgbv-corpus-"))
+    root.chmod(0o711)
     with ThrowawayCluster(tag="corpus-") as c:
         corpus.build(c.dsn(), c.dsn(corpus.DBNAME))
         dumps: dict[str, Path] = {}
@@ -152,7 +155,7 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
             for w in works:
                 for leftover in w.glob("pgbv-cluster-*"):
                     stop_cluster_dir(leftover)
-                shutil.rmtree(w, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 HEALTHY = ["plain", "inserts", "column-inserts", "via-root", "no-owner", "quote-all-z9"]

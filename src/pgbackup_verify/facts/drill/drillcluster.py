@@ -48,6 +48,26 @@ from pgbackup_verify.facts.drill.sandbox import Sandbox, SandboxUnavailable
 
 ADMIN = "pgbv_admin"
 RESTORER = "pgbv_restore"
+SOURCE_SUPERUSER = "postgres"
+OWNERS = "pgbv_owners"  # every owner role is a member: what one schema grants it, all owners may use
+# A superuser restore hands any object to any owner; a plain one may only if that owner can CREATE in the
+# object's schema (pg_dump grants it at the very end, if at all). So while the drill restores, each schema
+# the dump creates lets the owners create in it. Names come from the catalog (already quoted identities);
+# the trigger and its function are dropped before the restored catalog is read.
+_OWNERS_TRIGGER = f"""
+CREATE FUNCTION public.pgbv_owners_may_create() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog AS $f$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT object_identity FROM pg_event_trigger_ddl_commands() WHERE object_type = 'schema' LOOP
+    EXECUTE format('GRANT CREATE ON SCHEMA %s TO {OWNERS}', r.object_identity);
+  END LOOP;
+END $f$;
+CREATE EVENT TRIGGER pgbv_owners_may_create ON ddl_command_end WHEN TAG IN ('CREATE SCHEMA')
+  EXECUTE FUNCTION public.pgbv_owners_may_create();
+"""
+_OWNERS_TRIGGER_DROP = ("DROP EVENT TRIGGER IF EXISTS pgbv_owners_may_create; "
+                        "DROP FUNCTION IF EXISTS public.pgbv_owners_may_create()")
 PORT = 5432  # names the socket file only: there is no TCP listener
 # The key of the sandboxed template (cluster.template_dir): not the unsandboxed one's.
 INITDB_KEY = (f"--username={ADMIN}", "--auth=scram-sha-256", "--encoding=UTF8", f"--locale={LOCALE}",
@@ -246,10 +266,18 @@ class DrillCluster:
         with self.admin().connect(autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION BYPASSRLS "
                                  "PASSWORD {}").format(sql.Identifier(RESTORER), sql.Literal(password)))
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(OWNERS)))
             for role in dict.fromkeys(owners):
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
                              .format(sql.Identifier(role)))
                 conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(RESTORER)))
+                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(OWNERS), sql.Identifier(role)))
+            # `postgres` stands for the source's superuser, who could read every owner's objects (a matview
+            # it owns over their tables refreshes only so): here a plain role that is a member of each owner.
+            for role in dict.fromkeys(owners):
+                if role != SOURCE_SUPERUSER and SOURCE_SUPERUSER in owners:
+                    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role),
+                                                                  sql.Identifier(SOURCE_SUPERUSER)))
         self._passwords[RESTORER] = password
         self._owners = tuple(dict.fromkeys(owners))
         return self.database(dbname)
@@ -261,9 +289,15 @@ class DrillCluster:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
                 sql.Identifier(dbname), sql.Identifier(RESTORER)))
         with self.admin(dbname).connect(autocommit=True) as conn:
-            for role in self._owners:  # objects in public handed to an owner need its CREATE there
-                conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+            if self._owners:  # objects in public handed to an owner need its CREATE there, and so on
+                conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(OWNERS)))
+                conn.execute(_OWNERS_TRIGGER)
         return self._endpoint(RESTORER, dbname)
+
+    def after_restore(self, dbname: str) -> None:
+        """Remove what the drill added for the restore's sake, before the restored catalog is read."""
+        with self.admin(dbname).connect(autocommit=True) as conn:
+            conn.execute(_OWNERS_TRIGGER_DROP)
 
     def __enter__(self) -> DrillCluster:
         return self.start()

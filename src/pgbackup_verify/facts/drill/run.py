@@ -10,6 +10,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -107,6 +108,7 @@ class _Site:
         self.where = self.isolation = ""
         self.endpoint = Endpoint("")
         self.admin: Endpoint | None = None  # the throwaway cluster's superuser, for the narrow steps
+        self.after_restore: Callable[[], None] = lambda: None
 
     def create(self) -> None:
         if self.d.mode == "throwaway":
@@ -119,6 +121,7 @@ class _Site:
             # `postgres` too: the superuser here is pgbv_admin, so a dump's OWNER TO postgres is a plain owner.
             self.endpoint = cluster.prepare_restore(self.name, ("postgres", *self.d.roles))
             self.admin = cluster.admin(self.name)
+            self.after_restore = lambda: cluster.after_restore(self.name)
             return
         params = psycopg.conninfo.conninfo_to_dict(self.d.server_dsn)
         self.where = f"server {params.get('host', 'local socket')}:{params.get('port', 5432)}"
@@ -311,6 +314,7 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
     else:
         facts.outcome = restore_plain(source, site.endpoint, remaining, janitor, progress, d.jobs, work_dir,
                                       plan.copy_filter)
+    site.after_restore()
     with site.endpoint.connect(autocommit=True) as conn:
         facts.restored = read_catalog(conn)
         facts.lo_dump, facts.lo_restored = facts.outcome.large_objects, int(scalar(conn, _LARGE_OBJECTS) or 0)
