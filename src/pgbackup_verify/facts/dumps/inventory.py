@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pgbackup_verify.config import BackupsSection
 from pgbackup_verify.facts.dumps import customfmt
+from pgbackup_verify.facts.dumps.compression import named_compression
 from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, DumpScan, scan_file
 from pgbackup_verify.facts.dumps.nights import NightRule, night_rule
 from pgbackup_verify.facts.dumps.progress import InProgress, find_in_progress
@@ -145,8 +146,9 @@ def scan_dump(path: Path) -> DumpScan:
     """Full verification of one dump, whatever its format."""
     if is_custom_format(path):
         return customfmt.verify_archive(path)
-    # A name ending in .gz must be gzip; anything else is taken for what its bytes say.
-    return scan_file(path, compressed=True if path.name.endswith((".gz", ".gzip")) else None)
+    # A name ending in .gz, .zst, .xz, .lz4 or .bz2 must be compressed (by whichever compressor its
+    # bytes say); anything else is taken for what its bytes say.
+    return scan_file(path, compressed=True if named_compression(path.name) else None)
 
 
 def take_inventory(backups: BackupsSection, now: float | None = None,

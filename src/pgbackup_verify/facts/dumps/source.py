@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgbackup_verify.config import BackupsSection
-from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, GZIP_MAGIC
+from pgbackup_verify.facts.dumps.compression import GZIP, MAGIC_BYTES, compression_of, named_compression
+from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC
 from pgbackup_verify.facts.dumps.inventory import take_inventory
 
 CUSTOM_RATIO = 6  # measured: pg_dump -Fc 119 MB for a 708 MB plain payload
@@ -29,7 +30,7 @@ class NoDumpFound(Exception):
 class DumpSource:
     description: str  # shown in reports: file path, or archive + member
     name: str
-    fmt: str  # "plain-gzip" | "plain" | "custom"
+    fmt: str  # "plain", "plain-gzip", "plain-zstd", "plain-xz", "plain-lz4", "plain-bzip2" | "custom"
     size: int | None  # bytes of the stored (compressed) stream, when known
     payload_hint: int | None  # decompressed bytes, when known (gzip footer, inventory)
     open: Callable[[], io.BufferedIOBase]  # a buffered binary stream: a file opened "rb", a BufferedReader
@@ -44,13 +45,11 @@ class DumpSource:
 
 
 def detect_format(head: bytes, name: str) -> str:
+    """The bytes decide; the name only for an empty head (a file still to be written, a stream)."""
     if head.startswith(CUSTOM_MAGIC):
         return "custom"
-    if head.startswith(GZIP_MAGIC):
-        return "plain-gzip"
-    if head or name.endswith(".sql"):
-        return "plain"
-    return "plain-gzip" if name.endswith(".gz") else "plain"
+    compression = compression_of(head) or (None if head else named_compression(name))
+    return f"plain-{compression}" if compression else "plain"
 
 
 def _gzip_payload(path: Path, size: int) -> int | None:
@@ -68,9 +67,9 @@ def _gzip_payload(path: Path, size: int) -> int | None:
 def from_path(path: Path) -> DumpSource:
     st = path.stat()
     with path.open("rb") as f:
-        head = f.read(5)
+        head = f.read(MAGIC_BYTES)
     fmt = detect_format(head, path.name)
-    payload = _gzip_payload(path, st.st_size) if fmt == "plain-gzip" else None
+    payload = _gzip_payload(path, st.st_size) if fmt == f"plain-{GZIP}" else None
     if fmt == "plain":
         payload = st.st_size
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))
