@@ -24,6 +24,7 @@ from pgbackup_verify.facts.db import DatabaseUnreachable, connect_readonly, scal
 from pgbackup_verify.facts.drill import owner, safety, tiers
 from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, ThrowawayCluster
 from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
+from pgbackup_verify.facts.dumps.gzipscan import ARCHIVE_FORMATS
 from pgbackup_verify.facts.dumps.plainscan import PlainDumpScanner, display_name
 from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound, newest_dump
 from pgbackup_verify.facts.grants import dump_job
@@ -297,9 +298,11 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
     facts.where = site.where
     facts.tier = plan = tiers.plan(target, d)
     remaining = d.time_limit_seconds - (time.monotonic() - start)
-    if source.fmt == "custom":
+    if source.fmt in ARCHIVE_FORMATS:
         # A schema drill loads no data: its archive rows are not read (that is what makes it cheap).
-        facts.outcome = restore_custom(source, site.dsn(), site.env, d.jobs, remaining, janitor, work_dir, progress,
+        # pg_restore restores a tar archive with one job only ("parallel restore is not supported").
+        jobs = 1 if source.fmt == "tar" else d.jobs
+        facts.outcome = restore_custom(source, site.dsn(), site.env, jobs, remaining, janitor, work_dir, progress,
                                        plan.pg_restore_args(source, janitor, work_dir),
                                        count_rows=plan.tier != tiers.SCHEMA)
     else:
@@ -310,7 +313,7 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         facts.lo_dump, facts.lo_restored = facts.outcome.large_objects, int(scalar(conn, _LARGE_OBJECTS) or 0)
         if facts.outcome.scan is not None:
             _row_counts(conn, facts.outcome.scan, facts)
-            if source.fmt == "custom":
+            if source.fmt in ARCHIVE_FORMATS:
                 facts.rows_read += " (the archive's data blocks, read with pg_restore --data-only)"
 
 

@@ -12,15 +12,9 @@ the end-of-stream marker and is an error, never a quiet short payload.
 
 from __future__ import annotations
 
-import bz2
 import io
-import lzma
 import zlib
 from typing import TYPE_CHECKING, Any, Protocol
-
-import lz4.frame
-import zstandard
-from isal import igzip, isal_zlib
 
 if TYPE_CHECKING:
     from pgbackup_verify.facts.dumps.source import DumpSource
@@ -81,20 +75,34 @@ def payload_reader(raw: Stored, compression: str | None) -> PayloadReader:
     """
     if compression is None:
         return _as_raw(raw)
-    return _Judged(_open(raw, compression), compression)
+    return _Judged(*_open(raw, compression), compression)
 
 
-def _open(raw: Stored, compression: str) -> PayloadReader:
+def _open(raw: Stored, compression: str) -> tuple[PayloadReader, tuple[type[BaseException], ...]]:
+    """The binding's reader and what it raises on bad data. Each binding is imported when its format
+    is met (an import costs ~1.5 MB of RSS, and most hosts use one compressor)."""
     if compression == GZIP:
-        return igzip.IGzipFile(fileobj=io.BufferedReader(_as_raw(raw), READ_SIZE), mode="rb")
+        from isal import igzip, isal_zlib
+
+        # isal's stub declares `error` an Exception instance; it is the exception class.
+        return (igzip.IGzipFile(fileobj=io.BufferedReader(_as_raw(raw), READ_SIZE), mode="rb"),
+                (isal_zlib.error, zlib.error))  # type: ignore[return-value]
     if compression == ZSTD:
-        return _ZstdReader(raw)
+        import zstandard
+
+        return _ZstdReader(raw), (zstandard.ZstdError,)
     if compression == XZ:
-        return lzma.LZMAFile(_as_raw(raw), "rb")  # type: ignore[arg-type]
+        import lzma
+
+        return lzma.LZMAFile(_as_raw(raw), "rb"), (lzma.LZMAError,)  # type: ignore[arg-type]
     if compression == LZ4:
-        return lz4.frame.LZ4FrameFile(_as_raw(raw), "rb")
+        import lz4.frame
+
+        return lz4.frame.LZ4FrameFile(_as_raw(raw), "rb"), (RuntimeError,)  # LZ4F_decompress failed ...
     if compression == BZIP2:
-        return bz2.BZ2File(_as_raw(raw), "rb")
+        import bz2
+
+        return bz2.BZ2File(_as_raw(raw), "rb"), ()  # bad bzip2 data is an OSError without errno
     raise ValueError(f"unknown compression {compression!r}")
 
 
@@ -106,11 +114,6 @@ def open_payload(source: DumpSource, raw: Stored | None = None) -> PayloadReader
     """
     return payload_reader(raw if raw is not None else source.open(), compression_of_fmt(source.fmt))
 
-
-# What a broken stream raises while it is read, per binding (lz4.frame raises RuntimeError).
-# isal's stub declares `error` an Exception instance; it is the exception class.
-_BINDING_ERRORS: tuple[type[BaseException], ...] = (  # type: ignore[assignment]
-    EOFError, OSError, zlib.error, isal_zlib.error, lzma.LZMAError, zstandard.ZstdError, RuntimeError)
 
 
 class PayloadError(OSError):
@@ -136,8 +139,9 @@ def _judge(compression: str, e: BaseException) -> PayloadError:
 class _Judged(io.RawIOBase):
     """A binding's reader whose errors come out as PayloadError; a failing disk stays an OSError."""
 
-    def __init__(self, reader: PayloadReader, compression: str) -> None:
+    def __init__(self, reader: PayloadReader, errors: tuple[type[BaseException], ...], compression: str) -> None:
         self._reader, self._compression = reader, compression
+        self._errors: tuple[type[BaseException], ...] = (EOFError, OSError, *errors)
 
     def readable(self) -> bool:
         return True
@@ -147,7 +151,7 @@ class _Judged(io.RawIOBase):
             return self._reader.readinto(b)
         except PayloadError:
             raise
-        except _BINDING_ERRORS as e:
+        except self._errors as e:
             if isinstance(e, OSError) and e.errno is not None:  # the disk or the pipe, not the data
                 raise
             raise _judge(self._compression, e) from e
@@ -168,6 +172,8 @@ class _ZstdReader(io.RawIOBase):
     """
 
     def __init__(self, raw: Stored) -> None:
+        import zstandard
+
         self._raw = raw
         self._frames = _ZstdFrames(raw)
         self._reader = zstandard.ZstdDecompressor().stream_reader(self._frames,  # type: ignore[arg-type]
