@@ -209,7 +209,7 @@ def test_custom_format_toc_lists_expected_schemas(custom_dump_toc: tuple | None,
                                                   evidence: Evidence) -> None:
     if custom_dump_toc is None:
         pytest.skip(f"no custom-format dump configured ([backups].pattern '{target.backups.pattern}' "
-                    "names plain SQL dumps, and the newest is not a pg_dump -Fc archive)")
+                    "names plain SQL dumps, and the newest is not a pg_dump -Fc, -Fd or -Ft archive)")
     dump, toc = custom_dump_toc
     evidence("file", f"{dump.path} ({dump.size} bytes)")
     require(toc.readable, (

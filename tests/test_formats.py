@@ -10,6 +10,7 @@ the format and the fix. One run of the shipped checks judges all targets.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -71,7 +72,10 @@ def dumpall_through(c: ThrowawayCluster, out: Path, *args: str) -> None:
         assert dump.wait() == 0
 
 
-PG16_ARCHIVES = {"custom-zstd.dump": ["-Fc", "--compress=zstd"], "custom-lz4.dump": ["-Fc", "--compress=lz4"],
+# pg_dump 16 archives; lz4 and zstd only where the 16 build supports them (pgserver 0.1.4's 16.2 does not:
+# "this build does not support compression with LZ4"): those cases then skip, saying so.
+PG16_ARCHIVES = {"custom-gzip.dump": ["-Fc", "--compress=gzip:9"], "dir-gzip.d": ["-Fd", "-j", "2"],
+                 "custom-zstd.dump": ["-Fc", "--compress=zstd"], "custom-lz4.dump": ["-Fc", "--compress=lz4"],
                  "dir-zstd.d": ["-Fd", "--compress=zstd", "-j", "2"], "dir-lz4.d": ["-Fd", "--compress=lz4"]}
 
 
@@ -180,11 +184,15 @@ def formats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Formats]:
             side.mkdir()
             for name, args in PG16_ARCHIVES.items():
                 p = files[f"pg16-{name}"] = side / name
-                subprocess.run([str(bin16 / "pg_dump"), "-d", corpus.DBNAME, "-f", str(p), *args], env=c.env(),
-                               check=True)
-            p = files["pg16-dir-lz4-cut"] = side / "dir-lz4-cut.d"
-            shutil.copytree(files["pg16-dir-lz4.d"], p)
-            cut = biggest(p, "[0-9]*.dat.lz4")
+                done = subprocess.run([str(bin16 / "pg_dump"), "-d", corpus.DBNAME, "-f", str(p), *args],
+                                      env=c.env(), capture_output=True, text=True)
+                if "does not support compression" in done.stderr:
+                    facts[f"pg16-{name}"] = done.stderr.strip()
+                else:
+                    assert done.returncode == 0, done.stderr
+            p = files["pg16-dir-cut"] = side / "dir-cut.d"
+            shutil.copytree(files["pg16-dir-gzip.d"], p)
+            cut = biggest(p, "[0-9]*.dat.gz")
             cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
 
         # Cluster dumps: pg_dumpall | gzip, and --globals-only beside the per-database dumps.
@@ -303,16 +311,20 @@ def test_cluster_dump_header_and_footer_are_accepted(formats, case):
 def test_init_recognises_each_format_and_its_pattern(formats, case, fmt):
     """`pgbackup-verify init` reads the backup directory as it finds it: the pattern and format it writes."""
     facts = read_dumps(formats.files[case].parent)
-    assert (facts.fmt, facts.pattern, facts.good) == (fmt, formats.files[case].name, 1)
-    assert facts.smallest_payload > 100_000  # decompressed (or restored-to) SQL, not the stored bytes
+    name = formats.files[case].name
+    assert (facts.fmt, facts.good) == (fmt, 1) and fnmatch.fnmatch(name, facts.pattern), facts
+    assert facts.pattern.endswith(name[name.index("."):])  # .sql.lz4 stays .sql.lz4 (its digits are no date)
+    assert facts.smallest_payload > 50_000  # decompressed (or restored-to) SQL, not the stored bytes
     if fmt in ("directory", "tar"):
         assert facts.toc_schemas is not None and corpus.WEIRD_SCHEMA in facts.toc_schemas
 
 
 @pytest.mark.parametrize("name", list(PG16_ARCHIVES))
-def test_pg16_lz4_and_zstd_archives_toc_read_and_data_blocks_counted(formats, name, monkeypatch):
+def test_pg16_archives_toc_read_and_data_blocks_counted(formats, name, monkeypatch):
     if formats.bin16 is None:
         pytest.skip("the PostgreSQL 16 binaries of the pgserver wheel do not run here")
+    if f"pg16-{name}" in formats.facts:
+        pytest.skip(f"pg_dump 16 here: {formats.facts[f'pg16-{name}']}")
     monkeypatch.setenv("PATH", f"{formats.bin16}{os.pathsep}{os.environ['PATH']}")  # the host's pg_restore is 16
     p = formats.files[f"pg16-{name}"]
     toc = read_archive_toc(p)
@@ -325,10 +337,10 @@ def test_pg16_lz4_and_zstd_archives_toc_read_and_data_blocks_counted(formats, na
     assert rows.error is None and sum(rows.scan.rows.values()) == TOTAL_ROWS
 
 
-def test_pg16_directory_with_a_cut_lz4_data_file_is_red(formats, monkeypatch):
+def test_pg16_directory_with_a_cut_data_file_is_red(formats, monkeypatch):
     if formats.bin16 is None:
         pytest.skip("the PostgreSQL 16 binaries of the pgserver wheel do not run here")
     monkeypatch.setenv("PATH", f"{formats.bin16}{os.pathsep}{os.environ['PATH']}")
-    scan = scan_dump(formats.files["pg16-dir-lz4-cut"])
+    scan = scan_dump(formats.files["pg16-dir-cut"])
     assert not scan.valid
     assert scan.error is not None and scan.error.startswith("pg_restore failed reading the archive: "), scan.error

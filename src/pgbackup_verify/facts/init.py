@@ -184,7 +184,12 @@ def family(name: str, directory_dump: bool = False) -> str | None:
     """The glob of a dump file's family: digits (dates, times, counters) become *; None if not a dump name."""
     if not (directory_dump or name.endswith(DUMP_SUFFIXES)) or any(Path(name).match(g) for g in STRAY_GLOBS):
         return None
-    return re.sub(r"\*[^A-Za-z]*\*", "*", re.sub(r"[0-9]+", "*", name)) if re.search(r"[0-9]", name) else name
+    # The suffix stays as written: the digits of .lz4 and .bz2 are not a date.
+    suffix = next((s for s in sorted(DUMP_SUFFIXES, key=len, reverse=True) if name.endswith(s)), "")
+    stem = name[:len(name) - len(suffix)]
+    if re.search(r"[0-9]", stem):
+        stem = re.sub(r"\*[^A-Za-z]*\*", "*", re.sub(r"[0-9]+", "*", stem))
+    return stem + suffix
 
 
 def guess_pattern(directory: Path) -> tuple[str, str]:
