@@ -31,6 +31,7 @@ from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 from pgbackup_verify.facts.drill.safety import stop_cluster_dir
 from pgbackup_verify.facts.dumps.customfmt import count_archive_rows, read_archive_toc, read_toc
 from pgbackup_verify.facts.dumps.inventory import scan_dump
+from pgbackup_verify.facts.dumps.plainscan import CLUSTER_DUMP, MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.init import read_dumps
 
 CHECKS = [checks_dir() / "test_dumps.py", checks_dir() / "test_drill.py"]
@@ -197,6 +198,7 @@ def formats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Formats]:
 
         # Cluster dumps: pg_dumpall | gzip, and --globals-only beside the per-database dumps.
         dumpall_through(c, case("dumpall", ".sql.gz", fault=True))
+        dumpall_through(c, case("dumpall-drill", ".sql.gz"))  # the drill: not restored yet, and said so
         p = case("globals", ".sql.gz", fault=True, pattern="corpus_*globals*.sql.gz")
         dumpall_through(c, p, "--globals-only")
         try:
@@ -344,3 +346,21 @@ def test_pg16_directory_with_a_cut_data_file_is_red(formats, monkeypatch):
     scan = scan_dump(formats.files["pg16-dir-cut"])
     assert not scan.valid
     assert scan.error is not None and scan.error.startswith("pg_restore failed reading the archive: "), scan.error
+
+
+def test_cluster_dump_in_the_drill_is_refused_saying_what_to_do(formats):
+    """pg_dumpall's `\\connect` is refused like every meta-command (nothing runs), but named for what it is."""
+    text = formats["dumpall-drill"].text
+    assert re.search(r"restore drill errors: FAILED \(dump refused: dump line \d+: psql meta-command refused: "
+                     r"\\connect \S+ \(a pg_dumpall cluster dump switching databases\)\); fix: the drill restores "
+                     r"one database's dump, not yet a whole cluster: point \[backups\]\.pattern at the "
+                     r"per-database pg_dump files", text), text
+
+
+@pytest.mark.parametrize(("line", "cluster"), [(b"\\connect corpus\n", True), (b"\\c other\n", True),
+                                                (b"\\! id\n", False), (b"\\connectx\n", False)])
+def test_every_meta_command_stays_refused_and_only_connect_is_named_a_cluster_dump(line, cluster):
+    scanner = PlainDumpScanner()
+    with pytest.raises(MetaCommandRefused) as refused:
+        list(scanner.feed(b"SELECT 1;\n" + line))
+    assert (CLUSTER_DUMP in str(refused.value)) is cluster
