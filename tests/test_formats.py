@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from pgbackup_verify.facts.drill.safety import stop_cluster_dir
 from pgbackup_verify.facts.dumps.customfmt import count_archive_rows, read_archive_toc, read_toc
 from pgbackup_verify.facts.dumps.inventory import scan_dump
 from pgbackup_verify.facts.dumps.plainscan import CLUSTER_DUMP, MetaCommandRefused, PlainDumpScanner
+from pgbackup_verify.facts.dumps.scanrecord import FileKey
 from pgbackup_verify.facts.init import read_dumps
 
 CHECKS = [checks_dir() / "test_dumps.py", checks_dir() / "test_drill.py"]
@@ -364,3 +366,17 @@ def test_every_meta_command_stays_refused_and_only_connect_is_named_a_cluster_du
     with pytest.raises(MetaCommandRefused) as refused:
         list(scanner.feed(b"SELECT 1;\n" + line))
     assert (CLUSTER_DUMP in str(refused.value)) is cluster
+
+
+def test_scan_record_key_of_a_directory_archive_moves_when_a_data_file_is_rewritten(tmp_path):
+    """The record keeps a verdict while the key proves the dump unchanged: for a directory, its files count."""
+    d = tmp_path / "corpus.d"
+    d.mkdir()
+    (d / "toc.dat").write_bytes(b"PGDMP")
+    data = d / "3000.dat.gz"
+    data.write_bytes(b"abc")
+    before, st = FileKey.of(d), os.stat(d)
+    time.sleep(0.02)
+    data.write_bytes(b"abd")  # same size, rewritten in place: the directory's own stamps do not move
+    assert (os.stat(d).st_mtime_ns, os.stat(d).st_ctime_ns) == (st.st_mtime_ns, st.st_ctime_ns)
+    assert FileKey.of(d) != before

@@ -67,7 +67,7 @@ def compression_of_fmt(fmt: str) -> str | None:
     return name if name in COMPRESSORS else None
 
 
-def payload_reader(raw: Stored, compression: str | None) -> PayloadReader:
+def payload_reader(raw: Stored, compression: str | None) -> io.RawIOBase:
     """The decompressed payload of `raw` (the stored bytes), read in pieces.
 
     Concatenated members/frames/streams are read as one payload, as `gzip -dc` and `zstd -dc` do.
@@ -107,13 +107,15 @@ def _open(raw: Stored, compression: str) -> tuple[PayloadReader, tuple[type[Base
     raise ValueError(f"unknown compression {compression!r}")
 
 
-def open_payload(source: DumpSource, raw: Stored | None = None) -> PayloadReader:
-    """A dump's decompressed payload stream (plain SQL), whatever compressor wrote it.
+def open_payload(source: DumpSource, raw: Stored | None = None) -> io.BufferedReader:
+    """A dump's decompressed payload stream (plain SQL), whatever compressor wrote it: read(n),
+    readinto, and lines (iteration, readline). Bad data raises PayloadError (an OSError).
 
     `raw` is the source's stored stream when the caller already opened it (e.g. wrapped to count
     stored bytes for progress); by default `source.open()`. Closing the reader closes the source.
     """
-    return payload_reader(raw if raw is not None else source.open(), compression_of_fmt(source.fmt))
+    stored = raw if raw is not None else source.open()
+    return io.BufferedReader(payload_reader(stored, compression_of_fmt(source.fmt)), READ_SIZE)
 
 
 
