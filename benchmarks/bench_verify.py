@@ -185,12 +185,15 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workdir", type=Path, help="keep generated dumps here and reuse them")
     ap.add_argument("--formats", default="gzip,zstd,xz", help="which compressors to time (default: %(default)s)")
+    ap.add_argument("--sizes", default="10 MB,100 MB", help="which dump sizes (default: %(default)s; `xz -6` "
+                    "of the 600 MB payload takes minutes on a loaded machine)")
     args = ap.parse_args()
     if not GNU_TIME:
         print("note: GNU time (/usr/bin/time) missing: peak RSS shown as nan (apt-get install time)")
     if not shutil.which("pigz"):
         print("note: pigz not installed (./dev setup installs it); its column is skipped")
     sizes = {"10 MB": 60_000_000, "100 MB": 600_000_000}  # payload; gzip -6 gives ~6x here
+    sizes = {k: v for k, v in sizes.items() if k in args.sizes.split(",")}
     if args.big:
         sizes["1 GB payload"] = 1_100_000_000
     work = args.workdir or Path(tempfile.mkdtemp(prefix="pgbv-bench-"))

@@ -27,8 +27,6 @@ MAGICS = ((GZIP, b"\x1f\x8b"), (ZSTD, b"\x28\xb5\x2f\xfd"), (XZ, b"\xfd7zXZ\x00"
 MAGIC_BYTES = 6
 COMPRESSORS = tuple(name for name, _ in MAGICS)
 SUFFIXES = {".gz": GZIP, ".gzip": GZIP, ".zst": ZSTD, ".zstd": ZSTD, ".xz": XZ, ".lz4": LZ4, ".bz2": BZIP2}
-# The command that writes each format, for fixes that say what the job should pipe through.
-TOOLS = {GZIP: "gzip", ZSTD: "zstd", XZ: "xz", LZ4: "lz4", BZIP2: "bzip2"}
 READ_SIZE = 1 << 17  # stored bytes per read: 128 KiB input pieces avoid allocator churn (measurements.md)
 
 
@@ -41,7 +39,7 @@ class Stored(Protocol):
 
 
 class PayloadReader(Protocol):
-    """What every reader here offers: igzip, _ZstdReader, LZMAFile, LZ4FrameFile, BZ2File, a raw file."""
+    """What every binding's reader here offers: isal's IGzipFile, _ZstdReader, _Streams (xz, lz4, bzip2)."""
 
     def read(self, size: int = -1, /) -> bytes: ...
 

@@ -154,7 +154,7 @@ SCANNER_VERSION = 2  # 2: zstd, xz, lz4, bzip2, directory and tar formats; clust
 
 def scan_dump(path: Path) -> DumpScan:
     """Full verification of one dump, whatever its format."""
-    if path.is_dir():
+    if pgarchive.is_directory(path):
         return pgarchive.verify(path, "directory")
     if is_custom_format(path):
         return customfmt.verify_archive(path)

@@ -31,6 +31,15 @@ _BLOBS_TOC_MAX = 64 << 20  # one short line per large object; a bigger blobs.toc
 TAR_BLOCK = 512
 
 
+def is_directory(path: Path) -> bool:
+    """path.is_dir() that says False where the path cannot be stat()ed (Path.is_dir raises on EACCES):
+    the file's own read then reports what it can."""
+    try:
+        return stat.S_ISDIR(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def is_directory_dump(path: Path) -> bool:
     """A directory holding a toc.dat: what pg_dump -Fd writes (toc.dat first, then the data files)."""
     try:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import psutil
 
-from pgbackup_verify.facts.dumps.pgarchive import directory_stat
+from pgbackup_verify.facts.dumps.pgarchive import directory_stat, is_directory
 
 GROWTH_WINDOW_S = 120.0
 GROWTH_WAIT_S = 1.0
@@ -63,7 +63,7 @@ def open_for_writing(paths: Iterable[Path]) -> dict[Path, str]:
     wanted: dict[str, Path] = {}
     for path in paths:
         wanted[os.path.realpath(path)] = path
-        if path.is_dir():  # a pg_dump -Fd archive: its writer holds the files inside open
+        if is_directory(path):  # a pg_dump -Fd archive: its writer holds the files inside open
             try:
                 with os.scandir(path) as entries:
                     wanted.update({os.path.realpath(e.path): path for e in entries})
@@ -140,7 +140,7 @@ def still_growing(files: Sequence[FileLike], wait: float) -> dict[Path, str]:
     found = {}
     for f in files:
         try:
-            size, mtime = directory_stat(f.path) if f.path.is_dir() else _size_mtime(f.path)
+            size, mtime = directory_stat(f.path) if is_directory(f.path) else _size_mtime(f.path)
         except OSError:
             continue  # removed meanwhile (rotation): the next run sees the directory as it is then
         if size != f.size or mtime != f.mtime:

@@ -80,7 +80,7 @@ FORMAT_WORDS = {"custom": "pg_dump -Fc", "directory": "pg_dump -Fd, a directory 
 
 def format_of(path: Path) -> str:
     """A dump's format (DumpSource.fmt) from its bytes (a directory: from its toc.dat)."""
-    if path.is_dir():
+    if pgarchive.is_directory(path):
         return "directory"
     if pgarchive.is_tar_dump(path):
         return "tar"
