@@ -13,6 +13,7 @@ from pgbackup_verify.evidence import Evidence, fail, human_bytes
 from pgbackup_verify.facts.catalog import KINDS
 from pgbackup_verify.facts.drill import tiers, traps
 from pgbackup_verify.facts.drill.run import DrillFacts, drill_config, expected_schemas
+from pgbackup_verify.facts.dumps.plainscan import CLUSTER_DUMP
 from pgbackup_verify.facts.history import History
 
 pytestmark = pytest.mark.drill
@@ -57,6 +58,10 @@ def test_restore_finished_without_errors(drill: DrillFacts, evidence: Evidence) 
     if f.outcome.warnings:
         evidence("warnings", "; ".join(f.outcome.warnings))
     problems = f.outcome.problems
+    if f.outcome.refused and CLUSTER_DUMP in f.outcome.refused:
+        fail(f"restore drill errors: FAILED (dump refused: {f.outcome.refused}); fix: the drill restores one "
+             "database's dump, not yet a whole cluster: point [backups].pattern at the per-database pg_dump "
+             "files (keep pg_dumpall --globals-only for the roles), or deselect the drill for this target")
     if f.outcome.refused:
         fail(f"restore drill errors: FAILED (dump refused: {f.outcome.refused}); fix: a pg_dump never "
                     "writes meta-commands; find what wrote or edited this dump and take a clean one")

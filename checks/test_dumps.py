@@ -16,7 +16,8 @@ import pytest
 
 from pgbackup_verify.config import Target
 from pgbackup_verify.evidence import Evidence, fail, human_bytes, require
-from pgbackup_verify.facts.dumps.gzipscan import FOOTER, HEADER, TAIL_BYTES, DumpScan
+from pgbackup_verify.facts.dumps.compression import named_compression
+from pgbackup_verify.facts.dumps.gzipscan import ARCHIVE_FORMATS, FOOTER, HEADER, TAIL_BYTES, DumpScan
 from pgbackup_verify.facts.dumps.inventory import UNJUDGED, Coverage, DumpFile, Inventory, LatestDump, ScanCache
 from pgbackup_verify.facts.dumps.plainscan import display_name
 from pgbackup_verify.facts.history import RunFacts
@@ -93,8 +94,9 @@ def test_latest_dump_payload_reaches_minimum(latest_dump: LatestDump | None, tar
     latest = _latest(latest_dump, target, evidence, backup_inventory)
     s, minimum = latest.scan, target.backups.min_payload_bytes
     why = "" if s.valid else f", {s.error}"
+    source = f" from {s.format}" if s.compressed else ""
     require(s.payload_bytes >= minimum, (
-        f"latest dump payload: FAILED ({latest.file.name}: {s.payload_bytes} bytes decompressed, "
+        f"latest dump payload: FAILED ({latest.file.name}: {s.payload_bytes} bytes decompressed{source}, "
         f"{latest.file.size} bytes on disk, minimum {minimum}{why}); fix: {JOB_LOG_FIX}"))
 
 
@@ -103,14 +105,17 @@ def test_latest_dump_gzip_stream_is_valid(latest_dump: LatestDump | None, target
     latest = _latest(latest_dump, target, evidence, backup_inventory)
     s = latest.scan
     evidence("read", f"{s.compressed_bytes} bytes in {s.seconds:.2f} s")
-    what = "archive" if s.format == "custom" else "gzip stream"
-    if s.format in ("gzip", "custom"):
+    if s.format in ARCHIVE_FORMATS:
+        what = "archive"
+    else:  # the format its bytes say, else the one its name promises
+        what = f"{s.format if s.compressed else named_compression(latest.file.name) or 'compressed'} stream"
+    if s.compressed or s.format in ARCHIVE_FORMATS:
         fix = ("the file is damaged or was cut while being written: check free space (df -h) and the job log "
                "for a killed pg_dump/gzip, make the job write to a temporary name and rename it on success, "
                "then re-run the backup")
     else:
-        fix = ("the backup job did not write gzip data under this name: make it pipe pg_dump through gzip, "
-               "or set [backups].pattern to the files it really writes")
+        fix = ("the backup job did not write compressed data under this name: make it pipe pg_dump through "
+               "gzip (or zstd, xz, lz4, bzip2), or set [backups].pattern to the files it really writes")
     require(s.valid, f"latest dump {what}: FAILED ({latest.file.name}: {s.error}); fix: {fix}")
 
 
@@ -218,7 +223,7 @@ def test_custom_format_toc_lists_expected_schemas(custom_dump_toc: tuple | None,
                                                   evidence: Evidence) -> None:
     if custom_dump_toc is None:
         pytest.skip(f"no custom-format dump configured ([backups].pattern '{target.backups.pattern}' "
-                    "names plain SQL dumps, and the newest is not a pg_dump -Fc archive)")
+                    "names plain SQL dumps, and the newest is not a pg_dump -Fc, -Fd or -Ft archive)")
     dump, toc = custom_dump_toc
     evidence("file", f"{dump.path} ({dump.size} bytes)")
     require(toc.readable, (

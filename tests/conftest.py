@@ -38,6 +38,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_grants_differential.py": ("tests/test_grants_differential.py::",),
     "test_sample_db.py": ("tests/test_sample_db.py::",),
     "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
+    "test_formats.py": ("tests/test_formats.py::",),  # one corpus cluster, one checks run: every dump format
     "test_host_names.py": ("tests/test_host_names.py::",),
 }
 

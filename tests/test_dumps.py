@@ -222,7 +222,7 @@ def test_seed_night_empty_gzip_fails_payload_and_is_named(week):
     week["seed-night"].assert_outcomes("payload_reaches", "gzip_stream", "header_and_footer", "shrink", "stray",
                                        passed=1, failed=4)
     text = out(week, "seed-night")
-    assert (f"latest dump payload: FAILED ({p.name}: 0 bytes decompressed, 20 bytes on disk, minimum 10000); "
+    assert (f"latest dump payload: FAILED ({p.name}: 0 bytes decompressed from gzip, 20 bytes on disk, minimum 10000); "
             "fix: check pg_dump's stderr in the backup job log") in text
     assert "shrank 100.0%, allowed 20%" in text
     assert f"{p.name} (dump file smaller than 1024 bytes, 20 bytes)" in text
@@ -261,8 +261,8 @@ def test_corrupt_gzip_fails_stream_check(week, damage):
 def test_not_gzip_at_all_is_a_clear_failure(week):
     p = week.facts["not-gzip"]["p"]
     week["not-gzip"].assert_outcomes("latest_dump", passed=1, failed=3)  # age still fine
-    assert (f"latest dump gzip stream: FAILED ({p.name}: not a gzip file: plain SQL text (starts with b'--\\n--')); "
-            "fix: the backup job did not write gzip data") in out(week, "not-gzip")
+    assert (f"latest dump gzip stream: FAILED ({p.name}: not a compressed file: plain SQL text (starts with "
+            "b'--\\n-- ')); fix: the backup job did not write compressed data") in out(week, "not-gzip")
 
 
 def test_multi_member_gzip_passes(week):

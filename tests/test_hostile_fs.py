@@ -64,7 +64,8 @@ CASES = {  # case -> (damage, the stray finding's words)
     "loop": (_loop, "directus_loop_a.sql.gz (symlink loop: not judged), directus_loop_b.sql.gz (symlink loop"),
     "dangling": (_dangling, "directus_gone.sql.gz (symlink to a missing file: not judged)"),
     "fifo": (_fifo, "directus_fifo.sql.gz (a named pipe (FIFO) named like a dump, not a regular file: not read)"),
-    "directory": (_directory, "directus_dir.sql.gz (a directory named like a dump, not a regular file: not read)"),
+    "directory": (_directory, "directus_dir.sql.gz (a directory named like a dump without a toc.dat (not a "
+                              "pg_dump -Fd archive, or pg_dump failed before writing it): not read)"),
 }
 
 

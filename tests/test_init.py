@@ -108,7 +108,8 @@ def test_init_never_overwrites_a_file(demo_host: demo.Demo, tmp_path: Path,
 @pytest.mark.parametrize(("case", "code", "line"), [
     ("no dir", 4, "--backups: directory '{missing}' does not exist; pass the directory the dump job writes to"),
     ("no dumps", 4, "backup directory '{empty}' holds no dump (.sql.gz, .sql, .gz, .dump, .backup, .pgdump, "
-                    ".custom, .fc); pass the directory the dump job writes to, or --pattern GLOB"),
+                    ".custom, .fc, .tar, .gzip, .zst, .zstd, .xz, .lz4, .bz2, or a pg_dump -Fd directory); pass the "
+                    "directory the dump job writes to, or --pattern GLOB"),
     ("bad pattern", 4, "backup directory '{backups}' holds no file matching 'nothing-*.dump'; fix --pattern or pass "
                        "the directory the dump job writes to"),
     ("password", 4, "[database].dsn: contains a password; remove it and use PGPASSWORD, ~/.pgpass or "

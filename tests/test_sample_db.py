@@ -241,7 +241,7 @@ def test_usage_revoked_on_the_schema_is_the_seed_incident(sample: Sample) -> Non
                             "pagila_dump"), usage
     assert usage.endswith("GRANT USAGE ON SCHEMA public TO pagila_dump;"), usage
     payload = failed["test_latest_dump_payload_reaches_minimum"]
-    assert "0 bytes decompressed, 20 bytes on disk, minimum 100000" in payload
+    assert "0 bytes decompressed from gzip, 20 bytes on disk, minimum 100000" in payload
     assert "pagila_" in failed["test_latest_dump_has_pg_dump_header_and_footer"]
     assert not_judged(result, "test_drill.py"), result.text  # nothing to restore: the dump is the news
 

@@ -74,7 +74,7 @@ def test_seed_night_fails_grant_and_payload_checks_with_the_fix(tmp_path: Path) 
     assert ("dump role USAGE on every schema: FAILED (1 of 3 schemas without USAGE for directus vs 0 allowed); "
             "fix (as workflow_admin or a superuser): GRANT USAGE ON SCHEMA sandbox_tac TO directus;") in out
     assert "latest dump payload: FAILED (directus_" in out
-    assert "0 bytes decompressed, 20 bytes on disk, minimum 10000" in out
+    assert "0 bytes decompressed from gzip, 20 bytes on disk, minimum 10000" in out
     assert "pgbackup-verify: FAILED targets=demo" in out
     # ...and Kuma hears about it that night: the monitor covering the grants goes DOWN naming the check.
     assert "Kuma PG Dump Permission Guard: DOWN '1 failed of 8: test_dump_role_has_usage_on_every_schema'" in out

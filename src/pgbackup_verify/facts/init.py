@@ -22,19 +22,22 @@ from pathlib import Path
 import psycopg
 
 from pgbackup_verify.config import BackupsSection
-from pgbackup_verify.facts.dumps import customfmt
+from pgbackup_verify.facts.dumps import customfmt, pgarchive
+from pgbackup_verify.facts.dumps.compression import SUFFIXES
+from pgbackup_verify.facts.dumps.gzipscan import ARCHIVE_FORMATS
 from pgbackup_verify.facts.dumps.inventory import (
     CUSTOM_SUFFIXES,
     STRAY_GLOBS,
     DumpFile,
     ScanCache,
-    is_custom_format,
     take_inventory,
 )
 from pgbackup_verify.facts.dumps.nights import night_rule
+from pgbackup_verify.facts.dumps.source import FORMAT_WORDS, format_of
 
 # Names a dump job writes; a family of them is one glob (the digits of a date/time replaced by *).
-DUMP_SUFFIXES = (".sql.gz", ".sql", ".gz", *CUSTOM_SUFFIXES)
+# A directory holding a toc.dat (pg_dump -Fd) is a dump whatever its name.
+DUMP_SUFFIXES = (".sql.gz", ".sql", ".gz", *CUSTOM_SUFFIXES, ".tar", *(s for s in SUFFIXES if s != ".gz"))
 MAX_SCANNED = 8  # dumps read in full to learn the payload: the newest ones, enough for a week
 TABLE_MARGIN = 0.9  # min_tables = 90% of today's tables, so dropping one table is not a failure
 PAYLOAD_MARGIN = 0.5  # min_payload_bytes = half the smallest payload read
@@ -73,7 +76,7 @@ class DumpFacts:
     directory: Path
     pattern: str
     pattern_how: str
-    fmt: str  # "custom" or "plain"
+    fmt: str  # as DumpSource.fmt: "custom", "directory", "tar", "plain", "plain-gzip", "plain-zstd", ...
     count: int
     interval_hours: float | None  # median time between dumps; None with one dump
     nights: int  # consecutive nights up to the newest one that hold a good dump (of those read)
@@ -177,11 +180,16 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[A-Za-z0-9_]+", text)) | set(re.findall(r"[A-Za-z0-9]+", text))
 
 
-def family(name: str) -> str | None:
+def family(name: str, directory_dump: bool = False) -> str | None:
     """The glob of a dump file's family: digits (dates, times, counters) become *; None if not a dump name."""
-    if not name.endswith(DUMP_SUFFIXES) or any(Path(name).match(g) for g in STRAY_GLOBS):
+    if not (directory_dump or name.endswith(DUMP_SUFFIXES)) or any(Path(name).match(g) for g in STRAY_GLOBS):
         return None
-    return re.sub(r"\*[^A-Za-z]*\*", "*", re.sub(r"[0-9]+", "*", name)) if re.search(r"[0-9]", name) else name
+    # The suffix stays as written: the digits of .lz4 and .bz2 are not a date.
+    suffix = next((s for s in sorted(DUMP_SUFFIXES, key=len, reverse=True) if name.endswith(s)), "")
+    stem = name[:len(name) - len(suffix)]
+    if re.search(r"[0-9]", stem):
+        stem = re.sub(r"\*[^A-Za-z]*\*", "*", re.sub(r"[0-9]+", "*", stem))
+    return stem + suffix
 
 
 def guess_pattern(directory: Path) -> tuple[str, str]:
@@ -191,8 +199,9 @@ def guess_pattern(directory: Path) -> tuple[str, str]:
     try:
         with os.scandir(directory) as entries:
             for e in entries:
-                glob = family(e.name)
-                if glob is None or not e.is_file(follow_symlinks=True) or e.stat().st_size == 0:
+                is_dir_dump = pgarchive.is_directory_dump(Path(e.path))
+                glob = family(e.name, is_dir_dump)
+                if glob is None or not (is_dir_dump or (e.is_file(follow_symlinks=True) and e.stat().st_size)):
                     continue
                 families[glob] += 1
                 newest[glob] = max(newest.get(glob, 0.0), e.stat().st_mtime)
@@ -200,7 +209,8 @@ def guess_pattern(directory: Path) -> tuple[str, str]:
         raise InitError(f"backup directory '{directory}' cannot be listed ({e.strerror}); "
                         "pass the directory the dump job writes to") from None
     if not families:
-        raise InitError(f"backup directory '{directory}' holds no dump ({', '.join(DUMP_SUFFIXES)}); "
+        raise InitError(f"backup directory '{directory}' holds no dump ({', '.join(DUMP_SUFFIXES)}, or a "
+                        "pg_dump -Fd directory); "
                         "pass the directory the dump job writes to, or --pattern GLOB")
     best = max(families, key=lambda g: (families[g], newest[g]))
     others = [g for g in families if g != best]
@@ -220,7 +230,7 @@ def read_dumps(directory: Path, pattern: str | None = None, now: float | None = 
     if not dumps:
         raise InitError(f"backup directory '{directory}' holds no file matching '{pattern}'; "
                         "fix --pattern or pass the directory the dump job writes to")
-    fmt = "custom" if is_custom_format(dumps[0].path) else "plain"
+    fmt = format_of(dumps[0].path)
     times = sorted({d.mtime for d in dumps})
     gaps = [b - a for a, b in itertools.pairwise(times) if b - a > 60]
     interval = statistics.median(gaps) / 3600 if gaps else None
@@ -244,7 +254,7 @@ def read_dumps(directory: Path, pattern: str | None = None, now: float | None = 
     payloads = [p for _, p in good]  # newest first
     shrink = max((1 - newer / older for newer, older in itertools.pairwise(payloads) if older),
                  default=0.0)
-    toc = customfmt.read_toc(dumps[0].path).schemas if fmt == "custom" else None
+    toc = customfmt.read_toc(dumps[0].path).schemas if fmt in ARCHIVE_FORMATS else None
     return DumpFacts(directory, pattern, how, fmt, len(dumps), interval, nights, len(good), len(read),
                      min(payloads), min(d.size for d, _ in good), max(shrink, 0.0), toc)
 
@@ -290,8 +300,8 @@ def render(dsn: str, db: DatabaseFacts, dumps: DumpFacts, *, name: str = "", exc
         lines += ["# Left out of the dump on purpose (given with --exclude-schema): not audited, not expected.",
                   f"exclude_schemas = {_list(ex)}"]
     lines += ["", "[backups]", f"directory = {_s(str(dumps.directory))}",
-              f"# {dumps.fmt} format ({'pg_dump -Fc' if dumps.fmt == 'custom' else 'pg_dump piped through gzip'})"
-              f"; pattern {dumps.pattern_how}.",
+              f"# {dumps.fmt.removeprefix('plain-')} format ({FORMAT_WORDS.get(dumps.fmt, dumps.fmt)}); "
+              f"pattern {dumps.pattern_how}.",
               f"pattern = {_s(dumps.pattern)}"]
     if dumps.interval_hours is None:
         lines += ["# Only one dump present, so no cadence could be measured: assumed nightly (26 hours).",
@@ -330,7 +340,7 @@ def render(dsn: str, db: DatabaseFacts, dumps: DumpFacts, *, name: str = "", exc
               f"expected_schemas = {_list(expected)}", "", "[drill]",
               "# Restored into a throwaway local cluster and removed afterwards. Live schemas (owner, tables today):"]
     lines += [f"#   {s.name} (owner {s.owner}): {s.tables} table(s)" for s in db.schemas]
-    if dumps.fmt == "plain" and db.roles:
+    if dumps.fmt not in ARCHIVE_FORMATS and db.roles:
         lines += ["# Roles a plain dump made without --no-owner / --no-acl names (owners, grantees): created in the",
                   "# throwaway cluster before the restore. Harmless if your pg_dump uses --no-owner --no-acl.",
                   f"roles = {_list(db.roles)}"]

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from pgbackup_verify.config import OffsiteSection
+from pgbackup_verify.facts.dumps.compression import named_compression
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound
 
@@ -337,6 +338,7 @@ def member_source(o: OffsiteSection) -> DumpSource:
             raise NoDumpFound(f"archive {archive.path} holds no safe member matching '{o.member}'")
         return io.BufferedReader(_MemberReader(member.stream, stack), 1 << 20)
 
-    fmt = "plain-gzip" if o.member.endswith(".gz") else "plain"
+    compression = named_compression(o.member)  # a stream: the member's name is all there is to go by
+    fmt = f"plain-{compression}" if compression else "plain"
     return DumpSource(description=f"{archive.path} member {o.member}", name=archive.name, fmt=fmt,
                       size=None, payload_hint=None, open=_open, mtime=archive.mtime)

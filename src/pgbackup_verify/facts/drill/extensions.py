@@ -18,11 +18,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from isal import igzip
 from psycopg import sql
 
 from pgbackup_verify.facts.drill.drillcluster import RESTORER, Endpoint
+from pgbackup_verify.facts.dumps.compression import open_payload
 from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, read_archive_toc
+from pgbackup_verify.facts.dumps.gzipscan import ARCHIVE_FORMATS
 from pgbackup_verify.facts.dumps.source import DumpSource
 
 HEAD_LIMIT = 16 << 20  # pg_dump writes extensions right after the schemas: far less than this
@@ -37,7 +38,7 @@ def _unquote(name: str) -> str:
 
 def dump_extensions(source: DumpSource) -> list[tuple[str, str]]:
     """(extension, schema) the dump creates, read from its TOC or the head of its SQL."""
-    if source.fmt == "custom":
+    if source.fmt in ARCHIVE_FORMATS:
         if source.path is None:
             return []
         try:
@@ -47,7 +48,7 @@ def dump_extensions(source: DumpSource) -> list[tuple[str, str]]:
         return [(e.tag, e.namespace or "public") for e in toc.entries if e.desc == "EXTENSION"]
     found: list[tuple[str, str]] = []
     with source.open() as raw:
-        stream = igzip.IGzipFile(fileobj=raw) if source.fmt == "plain-gzip" else raw
+        stream = open_payload(source, raw)
         read = 0
         for line in stream:
             read += len(line)

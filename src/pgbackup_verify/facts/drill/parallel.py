@@ -46,11 +46,11 @@ from pathlib import Path
 from typing import IO
 
 import psycopg
-from isal import igzip
 
 from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.restore import CHUNK, Counting, Progress, RestoreOutcome, no_row_data, psql_messages
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
+from pgbackup_verify.facts.dumps.compression import open_payload
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
 
@@ -342,7 +342,7 @@ class ParallelRestore:
         try:
             self._connect()
             raw = Counting(self.source.open())
-            stream = igzip.IGzipFile(fileobj=raw) if self.source.fmt == "plain-gzip" else raw
+            stream = open_payload(self.source, raw)
             read = stream.read
             while chunk := read(CHUNK):
                 sent += self._route(scanner.feed(chunk))

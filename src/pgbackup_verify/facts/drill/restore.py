@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from isal import igzip
-
 from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
+from pgbackup_verify.facts.dumps.compression import open_payload
 from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, count_archive_rows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
@@ -177,7 +176,7 @@ def restore_plain(source: DumpSource, endpoint: Endpoint, time_limit: float, jan
     reader = _collect(proc.stderr, lines)
     timer = _watchdog(proc, time_limit, outcome)
     raw = Counting(source.open())
-    stream: igzip.IGzipFile | Counting = igzip.IGzipFile(fileobj=raw) if source.fmt == "plain-gzip" else raw
+    stream = open_payload(source, raw)
     write, sent, last, read_all = proc.stdin.write, 0, start, False
     try:
         # A key the dump cannot know: the dump's own \unrestrict can never lift it.

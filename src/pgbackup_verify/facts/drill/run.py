@@ -26,6 +26,7 @@ from pgbackup_verify.facts.drill import extensions, owner, safety, sandbox, tier
 from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX
 from pgbackup_verify.facts.drill.drillcluster import DrillCluster, Endpoint
 from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
+from pgbackup_verify.facts.dumps.gzipscan import ARCHIVE_FORMATS
 from pgbackup_verify.facts.dumps.plainscan import PlainDumpScanner, display_name
 from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound, newest_dump
 from pgbackup_verify.facts.grants import dump_job
@@ -306,9 +307,11 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         facts.extensions = extensions.create_untrusted(site.admin, extensions.dump_extensions(source))
     facts.tier = plan = tiers.plan(target, d)
     remaining = d.time_limit_seconds - (time.monotonic() - start)
-    if source.fmt == "custom":
+    if source.fmt in ARCHIVE_FORMATS:
         # A schema drill loads no data: its archive rows are not read (that is what makes it cheap).
-        facts.outcome = restore_custom(source, site.endpoint, d.jobs, remaining, janitor, work_dir, progress,
+        # pg_restore restores a tar archive with one job only ("parallel restore is not supported").
+        jobs = 1 if source.fmt == "tar" else d.jobs
+        facts.outcome = restore_custom(source, site.endpoint, jobs, remaining, janitor, work_dir, progress,
                                        plan.pg_restore_args(source, janitor, work_dir),
                                        count_rows=plan.tier != tiers.SCHEMA)
     else:
@@ -320,7 +323,7 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         facts.lo_dump, facts.lo_restored = facts.outcome.large_objects, int(scalar(conn, _LARGE_OBJECTS) or 0)
         if facts.outcome.scan is not None:
             _row_counts(conn, facts.outcome.scan, facts)
-            if source.fmt == "custom":
+            if source.fmt in ARCHIVE_FORMATS:
                 facts.rows_read += " (the archive's data blocks, read with pg_restore --data-only)"
 
 

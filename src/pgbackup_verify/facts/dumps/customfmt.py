@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
@@ -115,6 +116,7 @@ class TocEntry:
     tag: str  # the object's name, exactly
     owner: str | None
     defn: str
+    data_file: str | None = None  # directory and tar archives: the file holding the entry's data
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ _K_VERS_MAX = (1, 16)  # pg_dump 17's archive version; newer ones fall back to t
 class _Reader:
     """pg_dump's archive primitives (pg_backup_archiver.c ReadInt/ReadStr/ReadOffset)."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: IO[bytes]) -> None:
         self.f, self.int_size, self.off_size = f, 4, 8
 
     def bytes(self, n: int) -> bytes:
@@ -176,51 +178,78 @@ class _Reader:
         self.bytes(self.off_size)
 
 
-def read_archive_toc(path: str | Path) -> ArchiveToc:
-    """The TOC of a `pg_dump -Fc` archive, read from the archive itself (only its head is read)."""
-    with open(path, "rb") as f:
-        r = _Reader(f)
-        if r.bytes(5) != b"PGDMP":
-            raise ArchiveFormatError("not a pg_dump custom-format archive (no PGDMP magic)")
-        vmaj, vmin = r.byte(), r.byte()
-        vrev = r.byte() if (vmaj, vmin) > (1, 0) else 0
-        version = (vmaj, vmin, vrev)
-        if version[:2] < (1, 10) or version[:2] > _K_VERS_MAX:
-            raise ArchiveFormatError(f"archive version {vmaj}.{vmin}.{vrev} not known to this reader")
-        r.int_size, r.off_size = r.byte(), r.byte()
-        if r.byte() != 1:
-            raise ArchiveFormatError("archive is not in custom format (pg_dump -Fc)")
-        if version[:2] >= (1, 15):
-            r.byte()  # compression algorithm
-        else:
-            r.int()  # compression level
-        for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
-            r.int()
-        dbname, dumped_from, dumped_by = r.str() or "", r.str() or "", r.str() or ""
-        count = r.int()
-        entries = []
-        for _ in range(count):
-            dump_id = r.int()
-            r.int()  # had dumper
-            catalog_id = (r.str() or "0", r.str() or "0")
-            tag, desc = r.str() or "", r.str() or ""
-            if version[:2] >= (1, 11):
-                r.int()  # section
-            defn = r.str() or ""
-            r.str()  # drop statement
-            r.str()  # copy statement
-            namespace = r.str()
-            r.str()  # tablespace
-            if version[:2] >= (1, 14):
-                r.str()  # table access method
-            if version[:2] >= (1, 16):
-                r.int()  # relkind
-            owner = r.str()
-            r.str()  # "with oids", always false
-            while r.str() is not None:  # dependencies
-                pass
+# The format byte of the header: custom archives say 1; the toc.dat of directory (-Fd) and tar (-Ft)
+# archives says 3 (pg_dump writes the directory TOC's header as the tar one: pg_backup_directory.c).
+_CUSTOM, _TOC_DAT = 1, 3
+
+
+def read_archive_toc(path: str | Path | IO[bytes]) -> ArchiveToc:
+    """The TOC of a `pg_dump -Fc` archive, or of a toc.dat (-Fd, -Ft: pass the directory, or the toc.dat
+    stream), read from the archive itself (only its head is read)."""
+    if not isinstance(path, (str, Path)):
+        return _read_toc(path)
+    p = Path(path)
+    with open(p / "toc.dat" if p.is_dir() else p, "rb") as f:
+        head = f.read(512)
+        f.seek(0)
+        if head[257:262] == b"ustar":  # pg_dump -Ft: toc.dat is the first member; nothing is extracted
+            with tarfile.open(fileobj=f, mode="r|") as tf:
+                m = tf.next()
+                member = tf.extractfile(m) if m is not None and m.name == "toc.dat" and m.isreg() else None
+                if member is None:
+                    raise ArchiveFormatError("a tar file whose first member is not toc.dat (not pg_dump -Ft)")
+                return _read_toc(member)
+        return _read_toc(f)
+
+
+def _read_toc(f: IO[bytes]) -> ArchiveToc:
+    r = _Reader(f)
+    if r.bytes(5) != b"PGDMP":
+        raise ArchiveFormatError("not a pg_dump custom-format archive (no PGDMP magic)")
+    vmaj, vmin = r.byte(), r.byte()
+    vrev = r.byte() if (vmaj, vmin) > (1, 0) else 0
+    version = (vmaj, vmin, vrev)
+    if version[:2] < (1, 10) or version[:2] > _K_VERS_MAX:
+        raise ArchiveFormatError(f"archive version {vmaj}.{vmin}.{vrev} not known to this reader")
+    r.int_size, r.off_size = r.byte(), r.byte()
+    fmt = r.byte()
+    if fmt not in (_CUSTOM, _TOC_DAT):
+        raise ArchiveFormatError("archive is not in custom, directory or tar format (pg_dump -Fc/-Fd/-Ft)")
+    if version[:2] >= (1, 15):
+        r.byte()  # compression algorithm
+    else:
+        r.int()  # compression level
+    for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
+        r.int()
+    dbname, dumped_from, dumped_by = r.str() or "", r.str() or "", r.str() or ""
+    count = r.int()
+    entries = []
+    for _ in range(count):
+        dump_id = r.int()
+        r.int()  # had dumper
+        catalog_id = (r.str() or "0", r.str() or "0")
+        tag, desc = r.str() or "", r.str() or ""
+        if version[:2] >= (1, 11):
+            r.int()  # section
+        defn = r.str() or ""
+        r.str()  # drop statement
+        r.str()  # copy statement
+        namespace = r.str()
+        r.str()  # tablespace
+        if version[:2] >= (1, 14):
+            r.str()  # table access method
+        if version[:2] >= (1, 16):
+            r.int()  # relkind
+        owner = r.str()
+        r.str()  # "with oids", always false
+        while r.str() is not None:  # dependencies
+            pass
+        data_file = None
+        if fmt == _CUSTOM:
             r.offset()  # custom format: where the entry's data is
-            entries.append(TocEntry(dump_id, catalog_id, desc, namespace, tag, owner, defn))
+        else:
+            data_file = r.str() or None  # directory and tar: the file of the entry's data
+        entries.append(TocEntry(dump_id, catalog_id, desc, namespace, tag, owner, defn, data_file))
     return ArchiveToc(version, dbname, dumped_from, dumped_by, tuple(entries))
 
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgbackup_verify.config import BackupsSection
-from pgbackup_verify.facts.dumps import customfmt
+from pgbackup_verify.facts.dumps import customfmt, pgarchive
+from pgbackup_verify.facts.dumps.compression import named_compression
 from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, DumpScan, scan_file
 from pgbackup_verify.facts.dumps.nights import NightRule, night_rule
 from pgbackup_verify.facts.dumps.progress import InProgress, find_in_progress
@@ -148,15 +149,20 @@ def is_custom_format(path: Path) -> bool:
 
 # The verdicts of the scanners below, as kept in the scan record: bump on any change to what a scan
 # of the same bytes says (a new check, a fixed parser), so no record of the older scanner is reused.
-SCANNER_VERSION = 1
+SCANNER_VERSION = 2  # 2: zstd, xz, lz4, bzip2, directory and tar formats; cluster dump headers
 
 
 def scan_dump(path: Path) -> DumpScan:
     """Full verification of one dump, whatever its format."""
+    if pgarchive.is_directory(path):
+        return pgarchive.verify(path, "directory")
     if is_custom_format(path):
         return customfmt.verify_archive(path)
-    # A name ending in .gz must be gzip; anything else is taken for what its bytes say.
-    return scan_file(path, compressed=True if path.name.endswith((".gz", ".gzip")) else None)
+    if pgarchive.is_tar_dump(path):
+        return pgarchive.verify(path, "tar")
+    # A name ending in .gz, .zst, .xz, .lz4 or .bz2 must be compressed (by whichever compressor its
+    # bytes say); anything else is taken for what its bytes say.
+    return scan_file(path, compressed=True if named_compression(path.name) else None)
 
 
 def take_inventory(backups: BackupsSection, now: float | None = None,
@@ -202,6 +208,8 @@ def _classify(entry: os.DirEntry[str], backups: BackupsSection) -> tuple[DumpFil
         what = {errno.ELOOP: "symlink loop", errno.ENOENT: "symlink to a missing file"}.get(
             e.errno or 0, f"cannot stat ({e.strerror})")
         return None, Stray(path, 0, f"{what}: not judged", UNJUDGED)
+    if is_dump and stat.S_ISDIR(st.st_mode) and display_name(name) == name:
+        return _directory_dump(path, st)
     if not stat.S_ISREG(st.st_mode):
         if not is_dump:
             return None, None
@@ -214,6 +222,19 @@ def _classify(entry: os.DirEntry[str], backups: BackupsSection) -> tuple[DumpFil
     dump = DumpFile(path, st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode)) if is_dump else None
     reason = _stray_reason(name, st.st_size, is_dump, backups.stray_max_bytes)
     return dump, Stray(path, st.st_size, reason) if reason else None
+
+
+def _directory_dump(path: Path, st: os.stat_result) -> tuple[DumpFile | None, Stray | None]:
+    """A directory named like a dump: a pg_dump -Fd archive when it holds a toc.dat (its size the sum of
+    its files, its time the newest of them), else an entry the checks cannot judge."""
+    if not pgarchive.is_directory_dump(path):
+        return None, Stray(path, 0, "a directory named like a dump without a toc.dat (not a pg_dump -Fd "
+                           "archive, or pg_dump failed before writing it): not read", UNJUDGED)
+    try:
+        size, mtime = pgarchive.directory_stat(path)
+    except OSError as e:
+        return None, Stray(path, 0, f"directory archive cannot be listed ({e.strerror}): not judged", UNJUDGED)
+    return DumpFile(path, size, mtime, stat.S_IMODE(st.st_mode)), None
 
 
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
@@ -310,4 +331,6 @@ def custom_format_configured(backups: BackupsSection, inv: Inventory) -> bool:
     """Custom-format checks apply when the pattern names such files or the newest dump is one."""
     if backups.pattern.lower().rstrip("*").endswith(CUSTOM_SUFFIXES):
         return True
-    return inv.newest is not None and is_custom_format(inv.newest.path)
+    newest = inv.newest
+    return newest is not None and (is_custom_format(newest.path) or pgarchive.is_directory_dump(newest.path)
+                                   or pgarchive.is_tar_dump(newest.path))

@@ -69,11 +69,18 @@ def _copy_end(buf: bytes, pos: int) -> int:
         i += 1
 
 
+CLUSTER_DUMP = "a pg_dumpall cluster dump"
+_CONNECT = re.compile(r"\\c(?:onnect)?\s")
+
+
 class MetaCommandRefused(Exception):
-    """A backslash command outside COPY data; str() names the dump line."""
+    """A backslash command outside COPY data; str() names the dump line (and a pg_dumpall `\\connect`)."""
 
     def __init__(self, line_no: int, text: str) -> None:
-        super().__init__(f"dump line {line_no}: psql meta-command refused: {text}")
+        # The drill restores one database's dump; pg_dumpall's switches between databases are refused
+        # like any meta-command, but said for what they are.
+        what = f" ({CLUSTER_DUMP} switching databases)" if _CONNECT.match(text) else ""
+        super().__init__(f"dump line {line_no}: psql meta-command refused: {text}{what}")
         self.line_no = line_no
         self.text = text
 

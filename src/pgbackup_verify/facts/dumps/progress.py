@@ -24,6 +24,8 @@ from typing import Protocol
 
 import psutil
 
+from pgbackup_verify.facts.dumps.pgarchive import directory_stat, is_directory
+
 GROWTH_WINDOW_S = 120.0
 GROWTH_WAIT_S = 1.0
 WRITE_MODES = frozenset({"w", "a", "r+", "a+", "w+"})
@@ -58,7 +60,15 @@ class InProgress:
 
 def open_for_writing(paths: Iterable[Path]) -> dict[Path, str]:
     """path -> which process holds it open for writing, among the processes this user may see."""
-    wanted = {os.path.realpath(p): p for p in paths}
+    wanted: dict[str, Path] = {}
+    for path in paths:
+        wanted[os.path.realpath(path)] = path
+        if is_directory(path):  # a pg_dump -Fd archive: its writer holds the files inside open
+            try:
+                with os.scandir(path) as entries:
+                    wanted.update({os.path.realpath(e.path): path for e in entries})
+            except OSError:
+                pass  # unlistable: the growth check and the scan say what they can
     if not wanted:
         return {}
     if not os.path.isdir(PROC_FD):
@@ -130,12 +140,17 @@ def still_growing(files: Sequence[FileLike], wait: float) -> dict[Path, str]:
     found = {}
     for f in files:
         try:
-            st = f.path.stat()
+            size, mtime = directory_stat(f.path) if is_directory(f.path) else _size_mtime(f.path)
         except OSError:
             continue  # removed meanwhile (rotation): the next run sees the directory as it is then
-        if st.st_size != f.size or st.st_mtime != f.mtime:
-            found[f.path] = f"grew from {f.size} to {st.st_size} bytes in {wait:g} s"
+        if size != f.size or mtime != f.mtime:
+            found[f.path] = f"grew from {f.size} to {size} bytes in {wait:g} s"
     return found
+
+
+def _size_mtime(path: Path) -> tuple[int, float]:
+    st = path.stat()
+    return st.st_size, st.st_mtime
 
 
 def find_in_progress(files: Sequence[FileLike], now: float, growth_wait: float | None = None

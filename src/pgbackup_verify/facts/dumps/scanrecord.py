@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import time
 import types
 import typing
@@ -52,9 +53,20 @@ class FileKey:
     def of(cls, path: Path) -> FileKey | None:
         try:
             st = os.stat(path)
+            if stat.S_ISDIR(st.st_mode):  # a pg_dump -Fd archive: a data file rewritten in place moves no
+                return cls._of_directory(path, st)  # stamp of its directory, so every file's stamps count
         except OSError:
             return None
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    @classmethod
+    def _of_directory(cls, path: Path, st: os.stat_result) -> FileKey:
+        size, mtime, ctime = 0, st.st_mtime_ns, st.st_ctime_ns
+        with os.scandir(path) as entries:
+            for e in entries:
+                s = e.stat(follow_symlinks=False)
+                size, mtime, ctime = size + s.st_size, max(mtime, s.st_mtime_ns), max(ctime, s.st_ctime_ns)
+        return cls(st.st_dev, st.st_ino, size, mtime, ctime)
 
 
 
