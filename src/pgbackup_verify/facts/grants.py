@@ -284,8 +284,15 @@ def _sequences(rows: list[tuple[Any, ...]], role: str, job: DumpJob) -> Concern:
     return Concern(sum(r[1] for r in rows), tuple(needed), tuple(fixes), tuple(unneeded), tuple(unneeded_fixes))
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def _lo_loop(owner_oid: int, role_oid: int) -> str:
+    """No `GRANT ... ON ALL LARGE OBJECTS` exists: a DO loop grants each of the owner's objects.
+
+    The admin pastes it into psql as a superuser, so its body holds no text from the database:
+    both roles are named by oid, and the grantee's name reaches the GRANT only through format's %I
+    of pg_roles.rolname (a role named `$pgbv$;ALTER ROLE app SUPERUSER;--` stays a name)."""
+    return (f"DO $pgbv$DECLARE o oid; r name := (SELECT rolname FROM pg_roles WHERE oid = {int(role_oid)}); "
+            f"BEGIN FOR o IN SELECT oid FROM pg_largeobject_metadata WHERE lomowner = {int(owner_oid)} "
+            "LOOP EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %I', o, r); END LOOP; END$pgbv$;")
 
 
 def _large_objects(rows: list[tuple[Any, ...]], role: str, job: DumpJob, compat: bool) -> Concern:
@@ -296,18 +303,12 @@ def _large_objects(rows: list[tuple[Any, ...]], role: str, job: DumpJob, compat:
     needed: list[Missing] = []
     fixes: list[str] = []
     unlisted = 0
-    for owner, _total, lacking, oids in sorted(rows):
-        mine = [Missing("large object", str(oid), owner, ("SELECT",), f"GRANT SELECT ON LARGE OBJECT {oid} TO {role};")
-                for oid in oids]
+    for owner, _total, lacking, oids, owner_oid, role_oid in sorted(rows):
+        mine = [Missing("large object", str(oid), owner, ("SELECT",),
+                        f"GRANT SELECT ON LARGE OBJECT {int(oid)} TO {role};") for oid in oids]
         needed += mine
         unlisted += lacking - len(mine)
-        if lacking > PER_OBJECT_FIXES:
-            # No `ON ALL LARGE OBJECTS` exists: the owner grants each of theirs in one statement.
-            fixes.append(f"DO $pgbv$DECLARE o oid; BEGIN FOR o IN SELECT oid FROM pg_largeobject_metadata "
-                         f"WHERE lomowner = {_literal(owner)}::regrole LOOP EXECUTE format("
-                         f"'GRANT SELECT ON LARGE OBJECT %s TO %s', o, {_literal(role)}); END LOOP; END$pgbv$;")
-        else:
-            fixes += [m.fix for m in mine]
+        fixes += [_lo_loop(owner_oid, role_oid)] if lacking > PER_OBJECT_FIXES else [m.fix for m in mine]
     return Concern(audited, tuple(needed), tuple(fixes), unlisted=unlisted)
 
 
