@@ -27,6 +27,7 @@ from pgbackup_verify.facts.history import HISTORY_FILE
 from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY, TARGET_FILE_ATTR
 from pgbackup_verify.outcome import ABORTS, USER_ERROR_ATTR
 from pgbackup_verify.report import files as report
+from pgbackup_verify.report.console import printable
 from pgbackup_verify.report.summary import (
     REFUSED_KEY,
     CrashWitness,
@@ -232,7 +233,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         # the assertion's introspection would only bury it. --tb=long brings it back.
         rep.longrepr = str(call.excinfo.value).split("\nassert ")[0]
     report.attach_evidence(item, rep)
+    _printable_report(rep)
     return rep
+
+
+def _printable_report(rep: pytest.TestReport) -> None:
+    """Every finding and evidence section passes here before any output (terminal, cron mail, JSON,
+    HTML, Kuma): names and messages from the database or Kuma lose their terminal control characters."""
+    longrepr = rep.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (path, line, reason)
+        rep.longrepr = (longrepr[0], longrepr[1], printable(str(longrepr[2])))
+    elif longrepr is not None and (text := str(longrepr)) != printable(text):
+        rep.longrepr = printable(text)  # a traceback object with a control character: its text, made safe
+    rep.sections = [(title, printable(content)) for title, content in rep.sections]
 
 
 
@@ -302,18 +315,19 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if run is not None and not hasattr(config, "workerinput"):
         # What pytest's -r does not list already, named by check (-r would name a path; the CLI passes -rN).
         for line in check_lines(run.fold, terminalreporter.reportchars):
-            terminalreporter.write_line(line)
+            terminalreporter.write_line(printable(line))
     for line in summary_lines(run.fold) if run is not None else []:
-        terminalreporter.write_line(line)
+        terminalreporter.write_line(printable(line))
     for name, values in config.stash.get(RUN_FACTS_KEY, {}).items():
         if values:
-            terminalreporter.write_line(f"pgbackup-verify {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+            terminalreporter.write_line(printable(f"pgbackup-verify {name}: "
+                                                  + ", ".join(f"{k} {v}" for k, v in values.items())))
     settings = config.stash.get(SETTINGS_KEY, None)
     if run is not None and settings and settings.targets and not hasattr(config, "workerinput"):
         latest = settings.reports_dir / "latest.html" if settings.reports_dir else None
-        for note in run.notes:
-            terminalreporter.write_line(f"pgbackup-verify: {note}")
-        terminalreporter.write_line(run.line(str(latest) if latest else None))
+        for note in run.notes:  # a Kuma push failure quotes Kuma's answer
+            terminalreporter.write_line(printable(f"pgbackup-verify: {note}"))
+        terminalreporter.write_line(printable(run.line(str(latest) if latest else None)))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
