@@ -21,15 +21,23 @@ from pgbackup_verify.outcome import ABORTS, ERROR, FAILED, NOT_RUN
 from pgbackup_verify.report import charts
 from pgbackup_verify.report.render import render_text
 from pgbackup_verify.report.summary import REFUSED_KEY, RunSummary, write_json
-from pgbackup_verify.safefs import UnsafeDirectory, atomic_copy, atomic_write, check_dir_private_enough
+from pgbackup_verify.safefs import (
+    DIR_MODE,
+    UnsafeDirectory,
+    atomic_copy,
+    atomic_write,
+    check_dir_private_enough,
+    make_private,
+)
 
 
 def prepare_reports_dir(reports_dir: Path) -> None:
     """Create the reports directory and prove it writable, or raise UserError with the one line to show
     (pytest-html and junitxml would otherwise fail at the end, with a traceback and no report)."""
     try:
-        reports_dir.mkdir(parents=True, exist_ok=True)
+        reports_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         check_dir_private_enough(reports_dir, "reports directory")
+        make_private(reports_dir)  # one made by an older version (0755, 0644 files) is tightened too
         with tempfile.TemporaryFile(dir=reports_dir):
             pass
     except UnsafeDirectory as e:
@@ -60,6 +68,7 @@ def publish_latest(config: pytest.Config, reports_dir: Path, json_path: Path | N
                        (json_path, "latest.json")):
         if path and Path(path).is_file():
             atomic_copy(Path(path), reports_dir / name)  # replaces a planted link, never writes through it
+    make_private(reports_dir)  # pytest-html and junitxml created theirs with the process umask
 
 
 def replace_latest_unchecked(config: pytest.Config) -> None:
