@@ -12,8 +12,8 @@ costs one more scan per older file of that night. A custom-format dump is read i
 Nights follow `nights.NightRule` (24-hour windows anchored away from the job's usual time), never
 the calendar day. A dump still being written (open for writing by a process, or still growing) is
 set aside as in progress and the newest complete one is judged. Entries the checks cannot judge
-(non-regular files, symlink loops, names that are not UTF-8) named like dumps are findings, and
-are never opened: a FIFO would block the read.
+(non-regular files, symlink loops, links out of the backup directory, names that are not UTF-8)
+named like dumps are findings, and are never opened: a FIFO would block the read.
 """
 
 from __future__ import annotations
@@ -185,13 +185,15 @@ def _classify(entry: os.DirEntry[str], backups: BackupsSection) -> tuple[DumpFil
     is_dump = fnmatch.fnmatch(name, backups.pattern)
     ours = is_dump or any(fnmatch.fnmatch(name, g) for g in STRAY_GLOBS)
     try:
-        st = entry.stat()  # follows symlinks: a link to a dump is a dump
+        st = entry.stat()  # follows symlinks: a link to a dump is a dump (inside the directory, below)
     except OSError as e:
         if not ours:
             return None, None
         what = {errno.ELOOP: "symlink loop", errno.ENOENT: "symlink to a missing file"}.get(
             e.errno or 0, f"cannot stat ({e.strerror})")
         return None, Stray(path, 0, f"{what}: not judged", UNJUDGED)
+    if ours and _links_outside(entry, backups.directory):
+        return None, Stray(path, 0, "symlink to a file outside the backup directory: not read", UNJUDGED)
     if not stat.S_ISREG(st.st_mode):
         if not is_dump:
             return None, None
@@ -204,6 +206,19 @@ def _classify(entry: os.DirEntry[str], backups: BackupsSection) -> tuple[DumpFil
     dump = DumpFile(path, st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode)) if is_dump else None
     reason = _stray_reason(name, st.st_size, is_dump, backups.stray_max_bytes)
     return dump, Stray(path, st.st_size, reason) if reason else None
+
+
+def _links_outside(entry: os.DirEntry[str], directory: Path) -> bool:
+    """A link (or a chain of them) that ends outside the backup directory. Whoever may write there
+    (often the application's user) could otherwise make the run, as root, read any file and show
+    its lines in the reports; links inside the directory (`latest.sql.gz -> x.sql.gz`) still count."""
+    try:
+        if not entry.is_symlink():
+            return False
+    except OSError:
+        return False
+    home = os.path.realpath(directory)
+    return os.path.commonpath([home, os.path.realpath(entry.path)]) != home
 
 
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
