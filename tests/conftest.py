@@ -40,6 +40,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_host_names.py": ("tests/test_host_names.py::",),
     "test_paste_fixes.py": ("tests/test_paste_fixes.py::",),  # one cluster, one checks run, every fix pasted
     "test_console_controls.py": ("tests/test_console_controls.py::",),
+    "test_redact.py": ("tests/test_redact.py::",),
 }
 
 
