@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from checkrun import ChecksRun, pytester_env, run_checks
+from checkrun import write_probe_target as target
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_dumps.py"
 
@@ -24,14 +25,6 @@ def modes(reports: Path) -> dict[str, int]:
     out = {".": stat.S_IMODE(reports.stat().st_mode)}
     out.update({p.name: stat.S_IMODE(p.lstat().st_mode) for p in reports.iterdir()})
     return out
-
-
-def target(tmp: Path, dsn: str = "host=127.0.0.1 port=1 dbname=x user=y connect_timeout=1") -> Path:
-    (tmp / "backups").mkdir(exist_ok=True)
-    f = tmp / "t.toml"
-    f.write_text(f'[target]\nname = "t"\n[database]\ndsn = "{dsn}"\ndump_role = "y"\n'
-                 f'[backups]\ndirectory = "{tmp / "backups"}"\n')
-    return f
 
 
 @pytest.fixture(scope="module")

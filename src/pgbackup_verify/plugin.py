@@ -11,7 +11,7 @@ import pytest
 
 from pgbackup_verify import fixtures as factories
 from pgbackup_verify import hooks, runlock
-from pgbackup_verify.config import ConfigError, Target, load_target
+from pgbackup_verify.config import ConfigError, Target, envfile, load_target
 from pgbackup_verify.config.settings import (
     HELP,
     SETTINGS_KEY,
@@ -67,6 +67,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(flag, dest=dest, default=None, help=HELP[key], **kw)
         parser.addini(ini, HELP[key])
     group.addoption("--json", dest="pgbv_json", default=None, metavar="FILE", help=HELP["json"])
+    group.addoption("--env-file", dest="pgbv_env_file", default=None, metavar="FILE", help=HELP["env_file"])
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -76,10 +77,19 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    """Refuse an overlapping run before anything else happens (no report, no Kuma push)."""
+    """Read --env-file and refuse an overlapping run before anything else happens (no report, no Kuma push)."""
+    if hasattr(config, "workerinput"):
+        return None  # xdist workers inherit the environment and run under their controller's lock
+    env_file = config.getoption("pgbv_env_file", None)
+    if env_file:
+        try:
+            os.environ.update(envfile.read(Path(env_file)))  # before any setting or secret is read
+        except ConfigError as e:
+            print(f"pgbackup-verify: {e}", file=sys.stderr)
+            return CONFIG_ERROR
     path = lock_path(config)
-    if path is None or hasattr(config, "workerinput"):
-        return None  # xdist workers run under their controller's lock
+    if path is None:
+        return None
     try:
         config.stash[LOCK_KEY] = runlock.acquire(path)
     except (runlock.LockHeld, runlock.LockUnsafe) as e:

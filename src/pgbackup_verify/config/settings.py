@@ -28,6 +28,8 @@ HELP = {
     "keep": f"timestamped reports to keep in the reports directory (default {DEFAULT_KEEP}). Env: {KEEP_ENV}",
     "lock": f"lock file; a second run while one holds it is refused (exit 14). Env: {LOCK_ENV}",
     "json": "also write the machine-readable run summary (JSON) to this file",
+    "env_file": ("read KEY=\"value\" lines (PGPASSWORD, Kuma push tokens) into the run's environment as data, "
+                 "never run by a shell; refused unless owned by root (or this user) and private"),
 }
 
 
