@@ -4,10 +4,12 @@ too), and the --json copy 0600, whoever's umask the run inherits.
 One real run of the dump checks over an empty backup directory (it fails: reports are written all the
 same), under umask 022 as cron gives it; a reports directory an older version left 0755 with 0644 files
 is tightened by the next run; a run refused for a bad target file writes its NOT CHECKED latest.* 0600.
+With --reports-group, 0750 and 0640 in that group; an unknown group is one line and exit 4.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import stat
 import subprocess
@@ -81,3 +83,29 @@ def test_a_refused_run_writes_its_not_checked_report_private_too(tmp_path: Path)
     got = modes(reports)
     assert {"latest.html", "latest.xml", "latest.json"} <= set(got)
     assert got == {n: 0o700 if n == "." else 0o600 for n in got}, {n: f"{m:o}" for n, m in got.items()}
+
+
+def test_a_reports_group_reads_them_and_no_one_else(tmp_path: Path) -> None:
+    """--reports-group: 0750 and 0640 in that group (a web server's, a monitoring user's)."""
+    gid = grp.getgrnam("daemon").gr_gid
+    old = os.umask(0o022)
+    try:
+        run = run_checks(tmp_path / "run", [target(tmp_path)], [CHECKS], "--reports-group", "daemon")
+    finally:
+        os.umask(old)
+    reports = tmp_path / "run" / "reports"
+    got = modes(reports)
+    assert "history.jsonl" in got and "latest.html" in got
+    assert got == {n: 0o750 if n == "." else 0o640 for n in got}, {n: f"{m:o}" for n, m in got.items()}
+    assert {p.stat().st_gid for p in [reports, *reports.iterdir()]} == {gid}
+    assert run.ret in (0, 1)
+
+
+def test_an_unknown_reports_group_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pgbackup_verify.cli", "--target", str(target(tmp_path)),
+                           "--reports-dir", str(tmp_path / "reports"), "--reports-group", "no-such-group-pgbv"],
+                          cwd=tmp_path, env=pytester_env(tmp_path), capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "reports group 'no-such-group-pgbv' from command line does not exist" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -60,6 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, dest, ini, kw in (
         ("--target", "pgbv_target", "pgbackup_verify_target", {"action": "append", "metavar": "FILE|DIR"}),
         ("--reports-dir", "pgbv_reports", "pgbackup_verify_reports", {"metavar": "DIR"}),
+        ("--reports-group", "pgbv_reports_group", "pgbackup_verify_reports_group", {"metavar": "GROUP"}),
         ("--keep-reports", "pgbv_keep", "pgbackup_verify_keep_reports", {"metavar": "N"}),
         ("--lock", "pgbv_lock", "pgbackup_verify_lock", {"metavar": "FILE"}),
     ):
@@ -131,7 +132,7 @@ def _configure(config: pytest.Config) -> None:
     json_path = None
     if settings.reports_dir and not hasattr(config, "workerinput"):
         try:
-            json_path = report.plan_reports(config, settings.reports_dir)
+            json_path = report.plan_reports(config, settings.reports_dir, settings.reports_gid)
         except pytest.UsageError:
             refuse(config, "", CONFIG_ERROR)  # "": no reports can be written there, so none are tried
             raise
@@ -356,7 +357,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         if path:
             write_json(run, os.fspath(path))
     if settings.reports_dir:
-        report.publish_latest(config, settings.reports_dir, json_path)
+        report.publish_latest(config, settings.reports_dir, json_path, settings.reports_gid)
         report.rotate(settings.reports_dir, settings.keep_reports)
 
 
