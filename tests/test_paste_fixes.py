@@ -28,6 +28,7 @@ from psycopg import sql
 from pgbackup_verify.config import load_target
 from pgbackup_verify.facts import grants
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.redact import CONTROL_CHARS
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_grants.py"
 DB = "paste_db"
@@ -45,6 +46,7 @@ HOSTILE = (
     f"$$;{PAYLOAD}$$ ünï ✈",
     ":e :'e' :\"e\" \\! touch /tmp/pgbv-pwned\n\\gexec",
     f"*/ {PAYLOAD} /*",
+    f"\x1b[2J\r\x07\u202e\x9b {PAYLOAD}",  # terminal controls: the fix spells it U&"\001b..."
 )
 # Two targets audit the same database: one dump role hostile too (it comes from root's target file,
 # but quoting must not care), one plain (the report's own text around the names is then all plain).
@@ -180,6 +182,11 @@ def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def printed(name: str) -> str:
+    """How a fix spells the name: as the server quotes it, in U&"..." form when it holds a control character."""
+    return grants.sql_ident(quoted(name))
+
+
 @pytest.mark.parametrize("target", list(DUMP_ROLES))
 def test_every_grants_check_fails_and_prints_a_fix(pasted: Pasted, target: str) -> None:
     """Not vacuous: each concern fired with hostile names in its fix, the DO loop among them."""
@@ -190,7 +197,8 @@ def test_every_grants_check_fails_and_prints_a_fix(pasted: Pasted, target: str) 
     assert every.count("DO $pgbv$DECLARE o oid;") == len(HOSTILE[::2])  # one loop per owner with many large objects
     assert "BYPASSRLS" in every and "ALL TABLES IN SCHEMA" in every and "ALTER DEFAULT PRIVILEGES" in every
     for name in HOSTILE:  # each hostile name is in some fix, quoted as the server quotes it
-        assert quoted(name) in every, quoted(name)
+        assert printed(name) in every, printed(name)
+    assert not CONTROL_CHARS.search(every)  # what the console shows is what psql gets
 
 
 def test_psql_as_superuser_runs_every_fix_without_error(pasted: Pasted) -> None:

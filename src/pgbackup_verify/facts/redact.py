@@ -20,6 +20,10 @@ from __future__ import annotations
 import re
 
 VALUE, ROW = "<value withheld>", "<row withheld>"
+# Terminal control characters: C0 but TAB and LF, DEL, C1, and the bidirectional overrides ("Trojan
+# Source"), which reorder what a reader sees without being visible themselves. report.console shows
+# them as escapes; grants spells identifiers holding them in U&"..." form.
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 # A double-quoted string PostgreSQL writes ("" inside it is a quote), and the word before it.
 _QUOTED = re.compile(r'(?P<before>\b[\w/]+\s+)?"(?:[^"]|"")*"')

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import re
 
-# C0 but TAB and LF, DEL, C1; and the bidirectional overrides ("Trojan Source"), which reorder what
-# a reader sees without being visible themselves.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+from pgbackup_verify.facts.redact import CONTROL_CHARS
 
 
 def _escape(m: re.Match[str]) -> str:
@@ -24,4 +22,4 @@ def _escape(m: re.Match[str]) -> str:
 
 def printable(text: str) -> str:
     """`text` with every terminal control character (but TAB and newline) shown as an escape."""
-    return _CONTROL.sub(_escape, text)
+    return CONTROL_CHARS.sub(_escape, text)
