@@ -116,7 +116,8 @@ def test_an_entry_named_like_a_dump_that_cannot_be_judged_is_one_finding(hostile
 
 def test_a_planted_link_shows_nothing_of_the_file_it_points_at(hostile_run: ChecksRun) -> None:
     """Not a line, not a byte: every report file, the run's JSON and its output are searched."""
-    written = [hostile_run.workdir / "run.json", *(hostile_run.workdir / "reports").iterdir()]
+    written = [hostile_run.workdir / "run.json",
+               *(p for p in (hostile_run.workdir / "reports").rglob("*") if p.is_file())]  # scan records too
     assert any(p.name == "latest.html" for p in written)
     for part in (SECRET, "SECRE", "-- SE", "only-root"):  # 5 bytes: what "starts with b'...'" showed
         for p in written:
