@@ -60,7 +60,7 @@ def _latest(latest: LatestDump | None, target: Target, evidence: Evidence, inv: 
              "to a group of that user and make the job create them with mode 0640), or run the checks as "
              "the backup job's user")
     evidence("payload", f"{s.payload_bytes} bytes decompressed ({human_bytes(s.payload_bytes)}), {s.format}")
-    evidence("header line", repr(s.header_line))
+    evidence("header line", repr(s.header_line) if s.header_found else "not pg_dump's header (not shown)")
     if s.dumped_by:
         evidence("dumped by pg_dump", s.dumped_by)
     return latest
@@ -126,7 +126,7 @@ def test_latest_dump_has_pg_dump_header_and_footer(latest_dump: LatestDump | Non
     evidence("footer found", str(s.footer_found))
     problems = []
     if not s.header_found:
-        problems.append(f"first line {s.header_line!r} vs expected {HEADER!r}")
+        problems.append(f"first line not shown, it is not pg_dump's header vs expected {HEADER!r}")
     if not s.footer_found:
         problems.append(f"no {FOOTER!r} line in the last {TAIL_BYTES} bytes of {s.payload_bytes} payload bytes")
     require(not problems, (
@@ -211,9 +211,9 @@ def test_no_stray_partial_artifacts(backup_inventory: Inventory, target: Target,
                      f"{' ...' if len(leftovers) > 3 else ''}); make the job write to a temporary name and "
                      "clean up on failure")
     if len(leftovers) < len(strays):
-        fixes.append("entries named like dumps that cannot be judged (not regular files, symlink loops, names "
-                     "that are not UTF-8): move them out of the backup directory or rename them, or narrow "
-                     "[backups].pattern so it names only the job's dump files")
+        fixes.append("entries named like dumps that cannot be judged (not regular files, symlink loops, links "
+                     "out of the backup directory, names that are not UTF-8): move them out of the backup "
+                     "directory or rename them, or narrow [backups].pattern so it names only the job's dump files")
     require(not strays, (
         f"stray partial artifacts: FAILED ({len(strays)} in {backup_inventory.directory}: {shown}); "
         f"fix: {'; and '.join(fixes)}"))

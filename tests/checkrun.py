@@ -124,3 +124,13 @@ def run_checks(workdir: Path, targets: Iterable[Path], check_files: Iterable[str
 def run_sql_check(pytester: Any, *args: str) -> Any:
     """One pytester subprocess run of the custom SQL check alone: the cheapest whole run of the suite."""
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", str(CHECKS / "test_custom_sql.py"), *args)
+
+
+def write_probe_target(d: Path, extra: str = "") -> Path:
+    """`d/t.toml`: a target whose database is unreachable (port 1) and whose backup directory `d/b` is
+    empty, the cheapest whole run; `extra` goes into its [database] section."""
+    (d / "b").mkdir(exist_ok=True)
+    t = d / "t.toml"
+    t.write_text(f'[database]\ndsn = "host=127.0.0.1 port=1 dbname=x user=y"\ndump_role = "y"\n{extra}'
+                 f'[backups]\ndirectory = "{d / "b"}"\n')
+    return t

@@ -40,6 +40,9 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
     "test_formats.py": ("tests/test_formats.py::",),  # one corpus cluster, one checks run: every dump format
     "test_host_names.py": ("tests/test_host_names.py::",),
+    "test_paste_fixes.py": ("tests/test_paste_fixes.py::",),  # one cluster, one checks run, every fix pasted
+    "test_console_controls.py": ("tests/test_console_controls.py::",),
+    "test_redact.py": ("tests/test_redact.py::",),
 }
 
 

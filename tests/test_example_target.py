@@ -98,6 +98,7 @@ def uncommented(text: str) -> str:
 def with_paths(text: str, tmp_path: Path) -> str:
     """Every path a key must find (directory, *_dir, *_file, db) pointed at existing ones in tmp_path."""
     (tmp_path / "a-file").write_text("secret\n")
+    (tmp_path / "a-file").chmod(0o600)  # a password file others may read is refused (config.trust)
     text = re.sub(r'^((?:directory|[a-z_]*dir) = )"/[^"]+"', rf'\1"{tmp_path}"', text, flags=re.M)
     return re.sub(r'^((?:db|[a-z_]*file) = )"/[^"]+"', rf'\1"{tmp_path / "a-file"}"', text, flags=re.M)
 

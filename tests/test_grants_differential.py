@@ -141,9 +141,10 @@ CASES: dict[str, Case] = {
     "seven large objects without SELECT": Case(
         "SET ROLE gd_owner; SELECT lo_create(0) FROM generate_series(1, 7); RESET ROLE",
         # No GRANT ... ON ALL LARGE OBJECTS exists: past five, one loop for the owner's objects.
-        ("DO $pgbv$DECLARE o oid; BEGIN FOR o IN SELECT oid FROM pg_largeobject_metadata WHERE lomowner = "
-         "'gd_owner'::regrole LOOP EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %s', o, '{r}'); END LOOP; "
-         "END$pgbv$;",),
+        # Roles named by oid only: the body holds no name from the database (tests/test_paste_fixes.py).
+        ("DO $pgbv$DECLARE o oid; r name := (SELECT rolname FROM pg_roles WHERE oid = {role_oid}); BEGIN FOR o IN "
+         "SELECT oid FROM pg_largeobject_metadata WHERE lomowner = {owner_oid} LOOP EXECUTE format('GRANT SELECT ON "
+         "LARGE OBJECT %s TO %I', o, r); END LOOP; END$pgbv$;",),
         revert="SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid <> {lo}"),
     "large object without SELECT, lo_compat_privileges on": Case(
         f"ALTER DATABASE {DB} SET lo_compat_privileges = on; REVOKE SELECT ON LARGE OBJECT {{lo}} FROM {{r}}",
@@ -225,6 +226,10 @@ class Matrix:
             with self.ddl, psycopg.connect(self.cluster.dsn(DB), autocommit=True) as conn:
                 conn.execute(text.format(r=role, lo=self.lo))
 
+    def oid(self, role: str) -> int:
+        with psycopg.connect(self.cluster.dsn(DB), autocommit=True) as conn:
+            return int(conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0])  # type: ignore[index]
+
     def pg_dump(self, name: str, case: Case) -> subprocess.CompletedProcess[str]:
         args = ["pg_dump", "-d", DB, "-U", name, "-f", "/dev/null",
                 *[f"--exclude-schema={pattern(s)}" for s in case.exclude], *case.options]
@@ -265,6 +270,7 @@ class Outcome:
     dump: subprocess.CompletedProcess[str]
     audit: grants.GrantAudit
     role: str  # quoted
+    role_oid: int = 0
     repaired: subprocess.CompletedProcess[str] | None = None  # pg_dump after running the audit's fixes
     repaired_audit: grants.GrantAudit | None = None
 
@@ -280,7 +286,7 @@ def run_case(matrix: Matrix, layout: str) -> Outcome:
         if case.healthy:
             matrix.sql(HEALTHY, role)
         matrix.sql(case.sql, role)
-        out = Outcome(matrix.pg_dump(name, case), matrix.audit(name, case), role)
+        out = Outcome(matrix.pg_dump(name, case), matrix.audit(name, case), role, matrix.oid(name))
         if out.dump.returncode != 0:
             with matrix.ddl, psycopg.connect(matrix.cluster.dsn(DB), autocommit=True) as conn:
                 for stmt in all_fixes(out.audit):
@@ -323,7 +329,8 @@ def test_audit_fails_exactly_when_pg_dump_fails(outcomes: dict[str, Outcome | Ba
         f"{dump.stderr.strip()[-400:]}; audit fixes {all_fixes(audit)}")
     # The layout does what it claims: pg_dump fails exactly in the cases that name a fix.
     assert (dump.returncode != 0) == bool(case.fixes), dump.stderr
-    expected = [s.format(r=out.role, lo=matrix.lo) for s in case.fixes]
+    expected = [s.format(r=out.role, lo=matrix.lo, role_oid=out.role_oid, owner_oid=matrix.oid("gd_owner"))
+                for s in case.fixes]
     assert set(expected) <= set(all_fixes(audit)), f"{expected} not all in {all_fixes(audit)}"
     assert set(case.unneeded) <= unneeded(audit), f"{case.unneeded} not all in {unneeded(audit)}"
     if case.healthy and not case.unneeded:

@@ -1,11 +1,12 @@
 """Hostile backup directories: each odd entry a clear finding or a documented skip, never a traceback.
 
 Entries named like dumps that the checks cannot judge (a name that is not UTF-8, a symlink loop, a
-dangling symlink, a FIFO, a directory) are findings of the stray check, named (undecodable bytes as
-\\xNN) and never opened: a FIFO would block the read. The newest judgeable dump is judged as usual,
-and the reports are written. An unreadable dump is proven as the real unprivileged user `nobody`
-(the self-tests run as root, who reads a mode-0000 file): a permission finding, never the advice
-to pipe pg_dump through gzip.
+dangling symlink, a FIFO, a directory, a link out of the backup directory) are findings of the stray
+check, named (undecodable bytes as \\xNN) and never opened: a FIFO would block the read. The newest
+judgeable dump is judged as usual, and the reports are written. An unreadable dump is proven as the
+real unprivileged user `nobody` (the self-tests run as root, who reads a mode-0000 file): a
+permission finding, never the advice to pipe pg_dump through gzip. A link planted to a root-only
+file shows nothing of it in any report.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from checkrun import ChecksRun, run_checks
 from pgbackup_verify_demo import demo
 
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.dumps.gzipscan import scan_file
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks" / "test_dumps.py"
 STRAY = "test_no_stray_partial_artifacts"
@@ -54,6 +56,20 @@ def _fifo(d: Path) -> None:
     os.utime(d / "directus_fifo.sql.gz", (NEWER, NEWER))
 
 
+SECRET = "SECRET-4242 root:$6$only-root-reads-this"
+
+
+def _outside_link(d: Path) -> None:
+    """Whoever writes the backup directory plants a link to a root-only file, newest by mtime."""
+    private = Path(tempfile.mkdtemp(prefix="pgbv-private-", dir=d.parent))  # 0700, root's
+    for name, text in (("shadow", f"{SECRET}\n"), ("dump.sql", f"-- {SECRET}\nSELECT '{SECRET}';\n")):
+        (private / name).write_text(text)
+        (private / name).chmod(0o600)
+        os.utime(private / name, (NEWER, NEWER))
+    os.symlink(private / "shadow", d / "directus_zz.sql.gz")
+    os.symlink(private / "dump.sql", d / "directus_zz_plain.sql.gz")
+
+
 def _directory(d: Path) -> None:
     (d / "directus_dir.sql.gz").mkdir()
     os.utime(d / "directus_dir.sql.gz", (NEWER, NEWER))
@@ -66,6 +82,7 @@ CASES = {  # case -> (damage, the stray finding's words)
     "fifo": (_fifo, "directus_fifo.sql.gz (a named pipe (FIFO) named like a dump, not a regular file: not read)"),
     "directory": (_directory, "directus_dir.sql.gz (a directory named like a dump without a toc.dat (not a "
                               "pg_dump -Fd archive, or pg_dump failed before writing it): not read)"),
+    "outside-link": (_outside_link, "directus_zz.sql.gz (symlink to a file outside the backup directory: not read)"),
 }
 
 
@@ -91,11 +108,35 @@ def test_an_entry_named_like_a_dump_that_cannot_be_judged_is_one_finding(hostile
     [stray] = [c for c in result.checks if c["name"] == STRAY]
     assert CASES[case][1] in stray["message"], stray["message"]
     assert stray["message"].endswith("fix: entries named like dumps that cannot be judged (not regular files, "
-                                     "symlink loops, names that are not UTF-8): move them out of the backup "
-                                     "directory or rename them, or narrow [backups].pattern so it names only "
-                                     "the job's dump files"), stray["message"]
+                                     "symlink loops, links out of the backup directory, names that are not "
+                                     "UTF-8): move them out of the backup directory or rename them, or narrow "
+                                     "[backups].pattern so it names only the job's dump files"), stray["message"]
     # The newest dump the checks CAN judge is the one judged, not the odd entry.
     result.fnmatch_line("file: */directus_20*_0200.sql.gz (*")
+
+
+def test_a_planted_link_shows_nothing_of_the_file_it_points_at(hostile_run: ChecksRun) -> None:
+    """Not a line, not a byte: every report file, the run's JSON and its output are searched."""
+    written = [hostile_run.workdir / "run.json",
+               *(p for p in (hostile_run.workdir / "reports").rglob("*") if p.is_file())]  # scan records too
+    assert any(p.name == "latest.html" for p in written)
+    for part in (SECRET, "SECRE", "-- SE", "only-root"):  # 5 bytes: what "starts with b'...'" showed
+        for p in written:
+            assert part.encode() not in p.read_bytes(), (part, p)
+        assert part not in hostile_run.stdout + hostile_run.stderr, part
+
+
+def test_a_file_that_is_not_a_dump_has_no_line_shown() -> None:
+    """Reached by name (a job that writes elsewhere, a path typo): still no line of it in a finding."""
+    d = Path(tempfile.mkdtemp(prefix="pgbv-notdump-"))
+    try:
+        (d / "x.sql").write_text(f"-- {SECRET}\nSELECT 1;\n")
+        (d / "y.sql.gz").write_text(f"{SECRET}\n")
+        for scan in (scan_file(d / "x.sql", compressed=None), scan_file(d / "y.sql.gz")):
+            shown = " ".join([scan.header_line, scan.error or "", *scan.problems(1 << 20)])
+            assert not scan.header_found and "SECRET" not in shown, shown
+    finally:
+        shutil.rmtree(d)
 
 
 def test_the_reports_are_written_and_hold_no_traceback(hostile_run: ChecksRun) -> None:

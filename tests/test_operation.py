@@ -99,6 +99,7 @@ def test_refused_login_is_exit_11_without_the_password(pytester: pytest.Pytester
         (tmp_path / "b").mkdir()
         pw = tmp_path / "pw"
         pw.write_text("Wr0ng-S3cret\n")
+        pw.chmod(0o600)  # a password file others may read is refused (config.trust)
         t = demo.write_target_file(tmp_path / "t.toml", cluster.dsn("postgres", "pwuser"), tmp_path / "b", name="t")
         t.write_text(t.read_text().replace('dump_role = ', f'password_file = "{pw}"\ndump_role = '))
         result = run(pytester, "--target", str(t))

@@ -19,7 +19,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from checkrun import run_sql_check
+from checkrun import run_sql_check, write_probe_target
 
 # Probe checks that need a target but no database: the plugin's whole run, in a second.
 PROBE = """
@@ -61,14 +61,6 @@ def notes(reports: Path) -> list[str]:
 
 def latest_json(reports: Path) -> dict:
     return json.loads((reports / "latest.json").read_text())
-
-
-def write_probe_target(d: Path, extra: str = "") -> Path:
-    (d / "b").mkdir(exist_ok=True)
-    t = d / "t.toml"
-    t.write_text(f'[database]\ndsn = "host=127.0.0.1 port=1 dbname=x user=y"\ndump_role = "y"\n{extra}'
-                 f'[backups]\ndirectory = "{d / "b"}"\n')
-    return t
 
 
 def green_then(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, probe: str) -> pytest.RunResult:

@@ -11,7 +11,7 @@ import pytest
 
 from pgbackup_verify import fixtures as factories
 from pgbackup_verify import hooks, runlock
-from pgbackup_verify.config import ConfigError, Target, load_target
+from pgbackup_verify.config import ConfigError, Target, envfile, load_target
 from pgbackup_verify.config.settings import (
     HELP,
     SETTINGS_KEY,
@@ -27,6 +27,7 @@ from pgbackup_verify.facts.history import HISTORY_FILE
 from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY, TARGET_FILE_ATTR
 from pgbackup_verify.outcome import ABORTS, USER_ERROR_ATTR
 from pgbackup_verify.report import files as report
+from pgbackup_verify.report.console import printable
 from pgbackup_verify.report.summary import (
     REFUSED_KEY,
     CrashWitness,
@@ -59,6 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, dest, ini, kw in (
         ("--target", "pgbv_target", "pgbackup_verify_target", {"action": "append", "metavar": "FILE|DIR"}),
         ("--reports-dir", "pgbv_reports", "pgbackup_verify_reports", {"metavar": "DIR"}),
+        ("--reports-group", "pgbv_reports_group", "pgbackup_verify_reports_group", {"metavar": "GROUP"}),
         ("--keep-reports", "pgbv_keep", "pgbackup_verify_keep_reports", {"metavar": "N"}),
         ("--lock", "pgbv_lock", "pgbackup_verify_lock", {"metavar": "FILE"}),
     ):
@@ -66,6 +68,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(flag, dest=dest, default=None, help=HELP[key], **kw)
         parser.addini(ini, HELP[key])
     group.addoption("--json", dest="pgbv_json", default=None, metavar="FILE", help=HELP["json"])
+    group.addoption("--env-file", dest="pgbv_env_file", default=None, metavar="FILE", help=HELP["env_file"])
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -75,10 +78,19 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    """Refuse an overlapping run before anything else happens (no report, no Kuma push)."""
+    """Read --env-file and refuse an overlapping run before anything else happens (no report, no Kuma push)."""
+    if hasattr(config, "workerinput"):
+        return None  # xdist workers inherit the environment and run under their controller's lock
+    env_file = config.getoption("pgbv_env_file", None)
+    if env_file:
+        try:
+            os.environ.update(envfile.read(Path(env_file)))  # before any setting or secret is read
+        except ConfigError as e:
+            print(f"pgbackup-verify: {e}", file=sys.stderr)
+            return CONFIG_ERROR
     path = lock_path(config)
-    if path is None or hasattr(config, "workerinput"):
-        return None  # xdist workers run under their controller's lock
+    if path is None:
+        return None
     try:
         config.stash[LOCK_KEY] = runlock.acquire(path)
     except (runlock.LockHeld, runlock.LockUnsafe) as e:
@@ -120,7 +132,7 @@ def _configure(config: pytest.Config) -> None:
     json_path = None
     if settings.reports_dir and not hasattr(config, "workerinput"):
         try:
-            json_path = report.plan_reports(config, settings.reports_dir)
+            json_path = report.plan_reports(config, settings.reports_dir, settings.reports_gid)
         except pytest.UsageError:
             refuse(config, "", CONFIG_ERROR)  # "": no reports can be written there, so none are tried
             raise
@@ -232,7 +244,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         # the assertion's introspection would only bury it. --tb=long brings it back.
         rep.longrepr = str(call.excinfo.value).split("\nassert ")[0]
     report.attach_evidence(item, rep)
+    _printable_report(rep)
     return rep
+
+
+def _printable_report(rep: pytest.TestReport) -> None:
+    """Every finding and evidence section passes here before any output (terminal, cron mail, JSON,
+    HTML, Kuma): names and messages from the database or Kuma lose their terminal control characters."""
+    longrepr = rep.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (path, line, reason)
+        rep.longrepr = (longrepr[0], longrepr[1], printable(str(longrepr[2])))
+    elif longrepr is not None and (text := str(longrepr)) != printable(text):
+        rep.longrepr = printable(text)  # a traceback object with a control character: its text, made safe
+    rep.sections = [(title, printable(content)) for title, content in rep.sections]
 
 
 
@@ -302,18 +326,19 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if run is not None and not hasattr(config, "workerinput"):
         # What pytest's -r does not list already, named by check (-r would name a path; the CLI passes -rN).
         for line in check_lines(run.fold, terminalreporter.reportchars):
-            terminalreporter.write_line(line)
+            terminalreporter.write_line(printable(line))
     for line in summary_lines(run.fold) if run is not None else []:
-        terminalreporter.write_line(line)
+        terminalreporter.write_line(printable(line))
     for name, values in config.stash.get(RUN_FACTS_KEY, {}).items():
         if values:
-            terminalreporter.write_line(f"pgbackup-verify {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+            terminalreporter.write_line(printable(f"pgbackup-verify {name}: "
+                                                  + ", ".join(f"{k} {v}" for k, v in values.items())))
     settings = config.stash.get(SETTINGS_KEY, None)
     if run is not None and settings and settings.targets and not hasattr(config, "workerinput"):
         latest = settings.reports_dir / "latest.html" if settings.reports_dir else None
-        for note in run.notes:
-            terminalreporter.write_line(f"pgbackup-verify: {note}")
-        terminalreporter.write_line(run.line(str(latest) if latest else None))
+        for note in run.notes:  # a Kuma push failure quotes Kuma's answer
+            terminalreporter.write_line(printable(f"pgbackup-verify: {note}"))
+        terminalreporter.write_line(printable(run.line(str(latest) if latest else None)))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -332,7 +357,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         if path:
             write_json(run, os.fspath(path))
     if settings.reports_dir:
-        report.publish_latest(config, settings.reports_dir, json_path)
+        report.publish_latest(config, settings.reports_dir, json_path, settings.reports_gid)
         report.rotate(settings.reports_dir, settings.keep_reports)
 
 

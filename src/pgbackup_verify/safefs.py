@@ -4,6 +4,10 @@
 directory and renames it over the destination; rename replaces a planted symlink instead of
 writing through it. `check_dir_private_enough` refuses a reports directory that other users may
 write into, since pytest-html and junitxml open their own files there by name.
+
+Reports are private: what the suite writes is 0600 in a 0700 directory (`make_private` brings
+pytest-html's and junitxml's own files, and those of older versions, to the same modes). With a
+reports group, 0640 in 0750 and that group.
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ def _replace(path: Path, write: Callable[[BinaryIO], None], mode: int) -> None:
         raise
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+FILE_MODE, DIR_MODE = 0o600, 0o700  # without a reports group
+GROUP_FILE_MODE, GROUP_DIR_MODE = 0o640, 0o750
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = FILE_MODE) -> None:
     raw = data.encode("utf-8") if isinstance(data, str) else data
 
     def write(f: BinaryIO) -> None:
@@ -44,7 +52,7 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     _replace(path, write, mode)
 
 
-def atomic_copy(src: Path, dst: Path, mode: int = 0o644) -> None:
+def atomic_copy(src: Path, dst: Path, mode: int = FILE_MODE) -> None:
     def copy(out: BinaryIO) -> None:
         with open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, 1 << 20)  # streamed: a report may be large
@@ -53,8 +61,8 @@ def atomic_copy(src: Path, dst: Path, mode: int = 0o644) -> None:
 
 
 def open_append(path: Path) -> int:
-    """An fd for appending to `path` (created 0644), refusing a symlink at the end of the path."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    """An fd for appending to `path` (created 0600), refusing a symlink at the end of the path."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(f"'{path}' is not a regular file")
@@ -71,3 +79,31 @@ def check_dir_private_enough(path: Path, what: str) -> None:
         raise UnsafeDirectory(f"{what} '{path}' can be written by other users (owner uid {st.st_uid}, mode "
                               f"{stat.S_IMODE(st.st_mode):o}); use a directory owned by this user, not shared")
 
+
+
+def make_private(directory: Path, gid: int | None = None) -> None:
+    """`directory` 0700 and every regular file in it 0600 (0750/0640 and group `gid` with one), for
+    what this user owns; links and other users' files are left alone, never followed."""
+    dir_mode, file_mode = (DIR_MODE, FILE_MODE) if gid is None else (GROUP_DIR_MODE, GROUP_FILE_MODE)
+    _restrict(directory, dir_mode, gid, os.O_DIRECTORY)
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                _restrict(Path(entry.path), file_mode, gid, 0)
+
+
+def _restrict(path: Path, mode: int, gid: int | None, flags: int) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | flags)
+    except OSError:
+        return  # gone meanwhile (rotation), a link, or not ours to open
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            return
+        if gid is not None and st.st_gid != gid:
+            os.fchown(fd, -1, gid)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pgbackup_verify.config import trust
 from pgbackup_verify.config.ops import (
     KUMA_MARKERS,
     SHELLCHECK_SEVERITIES,
@@ -81,7 +82,8 @@ class Target:
     def password(self) -> str | None:
         """The database password, read only when connecting, never stored in reports."""
         pf = self.database.password_file
-        return pf.read_text().strip() if pf else None
+        # Judged again on the file opened: it may have been swapped since the target was loaded.
+        return trust.read_trusted(pf, "[database].password_file", secret=True).strip() if pf else None
 
 
 class ListEntry(Protocol):
@@ -281,8 +283,10 @@ def _read_target(source: Path) -> str:
     try:
         # O_NONBLOCK: a FIFO named like a target must not hang the run at open().
         with os.fdopen(os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
                 raise ConfigError(f"{where} is not a regular file; pass a TOML file or a directory of them")
+            trust.check(st, "target file", shown(source))  # judged on the file opened, as sshd does
             data = f.read(MAX_TARGET_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{where} does not exist; pass an existing file to --target") from None
@@ -344,8 +348,8 @@ def load_target(path: str | os.PathLike[str]) -> Target:
 def load_section(path: Path, name: str) -> Any:
     """One validated section of a TOML file (e.g. a Kuma-only file for the push plugin used alone)."""
     try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raw = tomllib.loads(trust.read_trusted(path, "target file", limit=MAX_TARGET_BYTES))
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"'{path}': cannot be read ({e}); fix it") from None
     cls, _ = SECTIONS[name]
     try:

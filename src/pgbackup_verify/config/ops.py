@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import difflib
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgbackup_verify.config import trust
 from pgbackup_verify.config.concerns import CONCERNS
 from pgbackup_verify.config.sections import Section, key
 from pgbackup_verify.errors import ConfigError
@@ -67,6 +69,9 @@ class OffsiteSection(Section):
         if ":" not in self.remote:
             raise ConfigError(f"[offsite].remote: '{self.remote}' is not an rclone path; write REMOTE:PATH "
                               "(e.g. gdrive:backups or :local:/srv/offsite)")
+        found = shutil.which(self.rclone)
+        if found:  # not installed: the offsite checks say so; installed, root runs it
+            trust.check_path(Path(found), "[offsite].rclone")
 
 
 KUMA_MARKERS = tuple(CONCERNS)  # one list of concern markers for the plugin, the report and Kuma

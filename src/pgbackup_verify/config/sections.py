@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg.conninfo
 
+from pgbackup_verify.config import trust
 from pgbackup_verify.config.concerns import CONCERNS
 from pgbackup_verify.errors import ConfigError
 
@@ -82,6 +83,8 @@ class DatabaseSection(Section):
         if "password" in conninfo(self.dsn, "[database].dsn"):
             raise ConfigError("[database].dsn: contains a password; remove it and use PGPASSWORD, "
                               "~/.pgpass or [database].password_file")
+        if self.password_file:
+            trust.check_path(self.password_file, "[database].password_file", secret=True)
         for option in self.dump_options:
             if not option.startswith("-"):
                 raise ConfigError(f"[database].dump_options: {option!r} is not an option; write an option's "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ TARGET_ENV = "PGBACKUP_VERIFY_TARGET"
 REPORTS_ENV = "PGBACKUP_VERIFY_REPORTS"
 LOCK_ENV = "PGBACKUP_VERIFY_LOCK"
 KEEP_ENV = "PGBACKUP_VERIFY_KEEP_REPORTS"
+GROUP_ENV = "PGBACKUP_VERIFY_REPORTS_GROUP"
 DEFAULT_KEEP = 30
 
 # One help text per option, shared by the CLI flag and the ini key.
@@ -25,9 +27,13 @@ HELP = {
     "target": f"target file (TOML) or directory of them; repeatable. Env: {TARGET_ENV}",
     "reports": ("directory for the HTML/JUnit/JSON reports and latest.* (default: ./reports under the directory "
                 f"the run starts in; always printed as an absolute path). Env: {REPORTS_ENV}"),
+    "reports_group": ("group that may read the reports: the directory becomes 0750 and its files 0640 in that "
+                      f"group (default: none, 0700 and 0600). Env: {GROUP_ENV}"),
     "keep": f"timestamped reports to keep in the reports directory (default {DEFAULT_KEEP}). Env: {KEEP_ENV}",
     "lock": f"lock file; a second run while one holds it is refused (exit 14). Env: {LOCK_ENV}",
     "json": "also write the machine-readable run summary (JSON) to this file",
+    "env_file": ("read KEY=\"value\" lines (PGPASSWORD, Kuma push tokens) into the run's environment as data, "
+                 "never run by a shell; refused unless owned by root (or this user) and private"),
 }
 
 
@@ -49,6 +55,7 @@ class Settings:
     keep_reports: int
     lock: Path | None
     broken: tuple[BrokenTarget, ...] = ()
+    reports_gid: int | None = None  # --reports-group: may read the reports (0750/0640)
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()  # resolved once in the core plugin's pytest_configure
@@ -161,7 +168,19 @@ def resolve(config: pytest.Config, registry: Collection[str] = CONCERNS) -> Sett
     except ValueError:
         raise ConfigError(f"invalid keep-reports '{keep_raw}' from {keep_source}; use a whole number >= 1") from None
     return Settings(targets=tuple(targets), target_source=source, reports_dir=reports_dir,
-                    keep_reports=keep, lock=lock_path(config), broken=tuple(broken))
+                    keep_reports=keep, lock=lock_path(config), broken=tuple(broken), reports_gid=reports_gid(config))
+
+
+def reports_gid(config: pytest.Config) -> int | None:
+    """The group --reports-group names (a name or a number), None without one."""
+    raw, source = _pick(config, "pgbv_reports_group", "pgbackup_verify_reports_group", GROUP_ENV)
+    if raw is None:
+        return None
+    try:
+        return int(str(raw)) if str(raw).isdigit() else grp.getgrnam(str(raw)).gr_gid
+    except KeyError:
+        raise ConfigError(f"reports group '{raw}' from {source} does not exist; name an existing group "
+                          "(getent group) or leave it out for reports only root reads") from None
 
 
 def lock_path(config: pytest.Config) -> Path | None:

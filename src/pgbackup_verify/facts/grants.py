@@ -26,6 +26,7 @@ import psycopg
 from pgbackup_verify.config import Target
 from pgbackup_verify.facts import grants_sql
 from pgbackup_verify.facts.db import connect_readonly
+from pgbackup_verify.facts.redact import CONTROL_CHARS
 
 RELKINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "f": "foreign table"}
 # Up to this many missing objects in a schema get one GRANT each; more (or all) get one
@@ -174,8 +175,20 @@ def local_pg_dump(server: str, server_num: int, found: tuple[str | None, str] | 
     return PgDumpVersion(path, local, major, server, major_of(server_num))
 
 
+def sql_ident(quoted: str) -> str:
+    """A name as quote_ident() spelled it, or, when it holds a terminal control character (which the
+    console shows as an escape, so a pasted fix would name another object), the same identifier in
+    PostgreSQL's Unicode-escape form `U&"\\001b[2J"`: printable, and still exactly that object."""
+    if not CONTROL_CHARS.search(quoted):
+        return quoted
+    body = quoted[1:-1] if quoted.startswith('"') else quoted  # quote_ident quotes such a name anyway
+    body = CONTROL_CHARS.sub(lambda m: f"\\{ord(m[0]):04x}", body.replace("\\", "\\\\"))
+    return f'U&"{body}"'
+
+
 def _role(row: tuple[Any, ...], name: str) -> RoleFacts:
     exists, login, superuser, expired, reads_all, connect, db, db_q, role_q = row[:9]
+    db_q, role_q = sql_ident(db_q), sql_ident(role_q)
     fixes: list[str] = []
     if not exists:
         fixes.append(f"CREATE ROLE {role_q} LOGIN;")
@@ -195,7 +208,7 @@ def _schemas(row: tuple[Any, ...], role: str) -> Concern:
     total, missing = row
     items = [Missing("schema", s, owner, ("USAGE",), f"GRANT USAGE ON SCHEMA {s} TO {role};",
                      "" if reads else "holds no table or sequence pg_dump reads")
-             for s, owner, reads in missing]
+             for s, owner, reads in ((sql_ident(s), sql_ident(o), r) for s, o, r in missing)]
     needed = tuple(m for (_, _, reads), m in zip(missing, items, strict=True) if reads)
     unneeded = tuple(m for m in items if m not in needed)
     return Concern(total, needed, tuple(m.fix for m in needed), unneeded, tuple(m.fix for m in unneeded))
@@ -213,7 +226,8 @@ def _split(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tup
     """The one pass over pg_class -> (schema, count, problems) rows of relations and of sequences."""
     relations, sequences = [], []
     for schema, n_rel, n_seq, problems in rows:
-        problems = sorted(problems)
+        schema = sql_ident(schema)
+        problems = sorted([sql_ident(p[0]), p[1], sql_ident(p[2]), *p[3:]] for p in problems)
         relations.append((schema, n_rel, [(name, kind, owner, sel, rls, forced)
                                           for name, kind, owner, sel, _, rls, forced in problems if kind != "S"]))
         sequences.append((schema, n_seq, [(name, usage, sel, owner)
@@ -284,8 +298,15 @@ def _sequences(rows: list[tuple[Any, ...]], role: str, job: DumpJob) -> Concern:
     return Concern(sum(r[1] for r in rows), tuple(needed), tuple(fixes), tuple(unneeded), tuple(unneeded_fixes))
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def _lo_loop(owner_oid: int, role_oid: int) -> str:
+    """No `GRANT ... ON ALL LARGE OBJECTS` exists: a DO loop grants each of the owner's objects.
+
+    The admin pastes it into psql as a superuser, so its body holds no text from the database:
+    both roles are named by oid, and the grantee's name reaches the GRANT only through format's %I
+    of pg_roles.rolname (a role named `$pgbv$;ALTER ROLE app SUPERUSER;--` stays a name)."""
+    return (f"DO $pgbv$DECLARE o oid; r name := (SELECT rolname FROM pg_roles WHERE oid = {int(role_oid)}); "
+            f"BEGIN FOR o IN SELECT oid FROM pg_largeobject_metadata WHERE lomowner = {int(owner_oid)} "
+            "LOOP EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %I', o, r); END LOOP; END$pgbv$;")
 
 
 def _large_objects(rows: list[tuple[Any, ...]], role: str, job: DumpJob, compat: bool) -> Concern:
@@ -296,25 +317,20 @@ def _large_objects(rows: list[tuple[Any, ...]], role: str, job: DumpJob, compat:
     needed: list[Missing] = []
     fixes: list[str] = []
     unlisted = 0
-    for owner, _total, lacking, oids in sorted(rows):
-        mine = [Missing("large object", str(oid), owner, ("SELECT",), f"GRANT SELECT ON LARGE OBJECT {oid} TO {role};")
-                for oid in oids]
+    for owner, _total, lacking, oids, owner_oid, role_oid in sorted(rows):
+        owner = sql_ident(owner)
+        mine = [Missing("large object", str(oid), owner, ("SELECT",),
+                        f"GRANT SELECT ON LARGE OBJECT {int(oid)} TO {role};") for oid in oids]
         needed += mine
         unlisted += lacking - len(mine)
-        if lacking > PER_OBJECT_FIXES:
-            # No `ON ALL LARGE OBJECTS` exists: the owner grants each of theirs in one statement.
-            fixes.append(f"DO $pgbv$DECLARE o oid; BEGIN FOR o IN SELECT oid FROM pg_largeobject_metadata "
-                         f"WHERE lomowner = {_literal(owner)}::regrole LOOP EXECUTE format("
-                         f"'GRANT SELECT ON LARGE OBJECT %s TO %s', o, {_literal(role)}); END LOOP; END$pgbv$;")
-        else:
-            fixes += [m.fix for m in mine]
+        fixes += [_lo_loop(owner_oid, role_oid)] if lacking > PER_OBJECT_FIXES else [m.fix for m in mine]
     return Concern(audited, tuple(needed), tuple(fixes), unlisted=unlisted)
 
 
 def _default_privileges(row: tuple[Any, ...], role: str) -> Concern:
     total, missing = row
     grouped: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-    for owner, schema, objtype, priv in missing:
+    for owner, schema, objtype, priv in ((sql_ident(o), sql_ident(s), t, p) for o, s, t, p in missing):
         grouped[(owner, schema, "TABLES" if objtype == "r" else "SEQUENCES")].append(priv)
     items = []
     for (owner, schema, objects), privs in grouped.items():

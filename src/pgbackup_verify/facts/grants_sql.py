@@ -122,7 +122,8 @@ FROM (SELECT relnamespace, (count(*) FILTER (WHERE relkind <> 'S'))::int AS n_re
 # 17): NULL means the owner's defaults; a grant counts when it names PUBLIC or a role whose
 # privileges the dump role has (ownership works the same way). Neither pg_read_all_data nor
 # BYPASSRLS opens a large object; superuser does. Objects are grouped by (owner, ACL) first, so
-# a million objects granted alike cost one aclexplode, not a million.
+# a million objects granted alike cost one aclexplode, not a million. The owner's and the dump role's
+# oids come back too: the fix for many objects names roles by oid only (no name inside its DO body).
 LO_LISTED = 200
 LARGE_OBJECTS = f"""
 WITH {_ROLE},
@@ -135,7 +136,8 @@ judged AS (SELECT a.*, role.super OR EXISTS (
            FROM acls a, role)
 SELECT quote_ident(pg_get_userbyid(lomowner)), sum(n)::int, coalesce(sum(n) FILTER (WHERE NOT sel), 0)::int,
        coalesce((SELECT array_agg(o ORDER BY o) FROM (SELECT unnest(oids) AS o FROM judged j
-                 WHERE j.lomowner = judged.lomowner AND NOT j.sel LIMIT {LO_LISTED}) first), '{{}}')
+                 WHERE j.lomowner = judged.lomowner AND NOT j.sel LIMIT {LO_LISTED}) first), '{{}}'),
+       lomowner::bigint, (SELECT r::bigint FROM role)
 FROM judged GROUP BY lomowner
 """
 

@@ -28,6 +28,7 @@ from pgbackup_verify.errors import EXIT_CODES
 from pgbackup_verify.kuma import client, routing
 from pgbackup_verify.kuma import verdict as kr
 from pgbackup_verify.outcome import ABORTS, RunFold
+from pgbackup_verify.report.console import printable
 from pgbackup_verify.report.render import render_text
 from pgbackup_verify.report.summary import recorder
 
@@ -104,7 +105,8 @@ def push_all(verdicts: list[kr.Verdict], dry_run: bool) -> list[client.PushResul
 def describe(r: client.PushResult) -> str:
     v = r.verdict
     state = "PUSH FAILED" if not r.ok else ("would push" if "dry run" in r.detail else "pushed")
-    return f"{v.monitor.name}: {state} status={v.status} msg='{v.msg}' ping={v.ping_ms} ms -> {r.detail}"
+    # r.detail quotes Kuma's answer: no control character of it reaches the terminal (report.console).
+    return printable(f"{v.monitor.name}: {state} status={v.status} msg='{v.msg}' ping={v.ping_ms} ms -> {r.detail}")
 
 
 class KumaReporter:

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from pgbackup_verify.config import ConfigError
-from pgbackup_verify.config.settings import REPORTS_ENV, SETTINGS_KEY, Settings, reports_path, target_paths
+from pgbackup_verify.config.settings import (
+    REPORTS_ENV,
+    SETTINGS_KEY,
+    Settings,
+    reports_gid,
+    reports_path,
+    target_paths,
+)
 from pgbackup_verify.errors import CONFIG_ERROR, UserError
 from pgbackup_verify.evidence import EVIDENCE_KEY
 from pgbackup_verify.facts import history, trends
@@ -21,15 +28,23 @@ from pgbackup_verify.outcome import ABORTS, ERROR, FAILED, NOT_RUN
 from pgbackup_verify.report import charts
 from pgbackup_verify.report.render import render_text
 from pgbackup_verify.report.summary import REFUSED_KEY, RunSummary, write_json
-from pgbackup_verify.safefs import UnsafeDirectory, atomic_copy, atomic_write, check_dir_private_enough
+from pgbackup_verify.safefs import (
+    DIR_MODE,
+    UnsafeDirectory,
+    atomic_copy,
+    atomic_write,
+    check_dir_private_enough,
+    make_private,
+)
 
 
-def prepare_reports_dir(reports_dir: Path) -> None:
+def prepare_reports_dir(reports_dir: Path, gid: int | None = None) -> None:
     """Create the reports directory and prove it writable, or raise UserError with the one line to show
     (pytest-html and junitxml would otherwise fail at the end, with a traceback and no report)."""
     try:
-        reports_dir.mkdir(parents=True, exist_ok=True)
+        reports_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         check_dir_private_enough(reports_dir, "reports directory")
+        make_private(reports_dir, gid)  # one made by an older version (0755, 0644 files) is tightened too
         with tempfile.TemporaryFile(dir=reports_dir):
             pass
     except UnsafeDirectory as e:
@@ -39,10 +54,10 @@ def prepare_reports_dir(reports_dir: Path) -> None:
                         f"--reports-dir or set {REPORTS_ENV}") from None
 
 
-def plan_reports(config: pytest.Config, reports_dir: Path) -> Path:
+def plan_reports(config: pytest.Config, reports_dir: Path, gid: int | None = None) -> Path:
     """Point pytest-html and junitxml at reports/ unless the user chose paths already."""
     try:
-        prepare_reports_dir(reports_dir)
+        prepare_reports_dir(reports_dir, gid)
     except UserError as e:
         raise pytest.UsageError(str(e)) from None
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -54,12 +69,13 @@ def plan_reports(config: pytest.Config, reports_dir: Path) -> Path:
     return reports_dir / f"pgbackup-verify-{stamp}.json"
 
 
-def publish_latest(config: pytest.Config, reports_dir: Path, json_path: Path | None) -> None:
+def publish_latest(config: pytest.Config, reports_dir: Path, json_path: Path | None, gid: int | None = None) -> None:
     """Copy this run's reports to latest.html / latest.xml (a stable name to bookmark)."""
     for path, name in ((getattr(config.option, "htmlpath", None), "latest.html"), (config.option.xmlpath, "latest.xml"),
                        (json_path, "latest.json")):
         if path and Path(path).is_file():
             atomic_copy(Path(path), reports_dir / name)  # replaces a planted link, never writes through it
+    make_private(reports_dir, gid)  # pytest-html and junitxml created theirs with the process umask
 
 
 def replace_latest_unchecked(config: pytest.Config) -> None:
@@ -74,16 +90,20 @@ def replace_latest_unchecked(config: pytest.Config) -> None:
         reports_dir = settings.reports_dir if settings else reports_path(config, bool(target_paths(config)[0]))
     except (ConfigError, ValueError):
         return
+    try:
+        gid = settings.reports_gid if settings else reports_gid(config)
+    except ConfigError:
+        gid = None  # the unknown group is what the report names: written for root alone
     json_copy = config.getoption("pgbv_json", None)
     if not reason or (reports_dir is None and not json_copy):
         return
-    problem = publish_not_checked(reports_dir, reason, exit_status, Path(json_copy) if json_copy else None)
+    problem = publish_not_checked(reports_dir, reason, exit_status, Path(json_copy) if json_copy else None, gid)
     if problem:
         print(f"pgbackup-verify: {problem}", file=sys.stderr)
 
 
 def publish_not_checked(reports_dir: Path | None, reason: str, exit_status: int,
-                        json_copy: Path | None = None) -> str | None:
+                        json_copy: Path | None = None, gid: int | None = None) -> str | None:
     """Replace latest.{html,json,xml} (and write --json's copy) with a report that says the run checked
     nothing and why (a config error, a crash before the checks, an interrupt), so no earlier run's OK
     is left standing.
@@ -97,12 +117,13 @@ def publish_not_checked(reports_dir: Path | None, reason: str, exit_status: int,
             write_json(run, json_copy)
         if reports_dir is None:
             return None
-        prepare_reports_dir(reports_dir)
+        prepare_reports_dir(reports_dir, gid)
         atomic_write(reports_dir / "latest.json", run.to_json())
         atomic_write(reports_dir / "latest.html", render_text(
             "not_checked.html.j2", reason=reason, exit_status=exit_status,
             when=time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started))))
         atomic_write(reports_dir / "latest.xml", _junit_not_checked(reason))
+        make_private(reports_dir, gid)
     except (UserError, OSError) as e:
         return f"reports not replaced in '{reports_dir or json_copy}' ({getattr(e, 'strerror', None) or e})"
     return None

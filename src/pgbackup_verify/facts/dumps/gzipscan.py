@@ -58,7 +58,9 @@ class DumpScan:
     valid: bool  # the stream decompressed to its end with CRC and length correct
     error: str | None  # why it is not valid, one line
     header_found: bool  # the payload starts with pg_dump's (or pg_dumpall's) header comment
-    header_line: str  # the first meaningful payload line, as evidence
+    # The first meaningful payload line when it is pg_dump's header, else "": a file that is not a
+    # dump (a link to a root-only file, say) never has a line of it shown in a report.
+    header_line: str
     footer_found: bool  # "-- PostgreSQL database dump complete" (or the cluster one) in the tail window
     dumped_from: str  # "15.20 (Debian ...)" from "-- Dumped from database version ...", or ""
     dumped_by: str  # pg_dump version from the header, or ""
@@ -87,7 +89,7 @@ class DumpScan:
             if self.payload_bytes < min_payload_bytes:
                 out.append(f"payload {self.payload_bytes} bytes < minimum {min_payload_bytes}")
             if self.payload_bytes and not self.header_found:
-                out.append(f"no pg_dump header (starts with {self.header_line!r})")
+                out.append(f"no pg_dump header (the first line is not {HEADER!r}; not shown)")
             if self.payload_bytes and not self.footer_found:
                 out.append(f"no '{FOOTER}' line in the last {TAIL_BYTES} bytes (dump cut short)")
         return out
@@ -156,6 +158,8 @@ def _header_facts(head: bytes) -> tuple[bool, str, str, str]:
             dumped_from = ln.removeprefix("-- Dumped from database version ")
         elif ln.startswith("-- Dumped by pg_dump version "):
             dumped_by = ln.removeprefix("-- Dumped by pg_dump version ")
+    if not found:  # not pg_dump's: nothing of it is repeated (it may be any file the link pointed at)
+        return False, "", "", ""
     return found, first[:120], dumped_from, dumped_by
 
 
@@ -203,10 +207,11 @@ def scan_stream(stream: IO[bytes], description: str, *, compressed: bool | None 
 
 
 def _not_scanned(description: str, fmt: str, magic: bytes, raw: _Counting, started: float) -> DumpScan:
+    # No byte of a file that is not a dump is ever quoted (a link to a root-only file, say).
     why = {"custom": "a pg_dump custom-format archive, not compressed SQL (check it with pg_restore --list)",
            "empty": "file is empty (0 bytes), not even an empty compressed stream",
-           "plain": f"not a compressed file: plain SQL text (starts with {magic!r})",
-           }.get(fmt, f"not a compressed dump: no gzip, zstd, xz, lz4 or bzip2 magic (starts with {magic!r})")
+           "plain": "not a compressed file: plain SQL text",
+           }.get(fmt, "not a compressed dump: no gzip, zstd, xz, lz4 or bzip2 magic at its start")
     return DumpScan(description, fmt, raw.count, 0, False, why, False, "", False, "", "",
                     time.perf_counter() - started)
 

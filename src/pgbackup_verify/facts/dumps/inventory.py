@@ -14,8 +14,8 @@ the file is unchanged: a run reads the newest dump and the ones whose rescan is 
 Nights follow `nights.NightRule` (24-hour windows anchored away from the job's usual time), never
 the calendar day. A dump still being written (open for writing by a process, or still growing) is
 set aside as in progress and the newest complete one is judged. Entries the checks cannot judge
-(non-regular files, symlink loops, names that are not UTF-8) named like dumps are findings, and
-are never opened: a FIFO would block the read.
+(non-regular files, symlink loops, links out of the backup directory, names that are not UTF-8)
+named like dumps are findings, and are never opened: a FIFO would block the read.
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ def is_custom_format(path: Path) -> bool:
 
 # The verdicts of the scanners below, as kept in the scan record: bump on any change to what a scan
 # of the same bytes says (a new check, a fixed parser), so no record of the older scanner is reused.
-SCANNER_VERSION = 2  # 2: zstd, xz, lz4, bzip2, directory and tar formats; cluster dump headers
+SCANNER_VERSION = 3  # 2: zstd, xz, lz4, bzip2, directory and tar formats; cluster dump headers; 3: no line or
+# byte of a file that is not pg_dump's is kept (an older record may hold one)
 
 
 def scan_dump(path: Path) -> DumpScan:
@@ -201,13 +202,15 @@ def _classify(entry: os.DirEntry[str], backups: BackupsSection) -> tuple[DumpFil
     is_dump = fnmatch.fnmatch(name, backups.pattern)
     ours = is_dump or any(fnmatch.fnmatch(name, g) for g in STRAY_GLOBS)
     try:
-        st = entry.stat()  # follows symlinks: a link to a dump is a dump
+        st = entry.stat()  # follows symlinks: a link to a dump is a dump (inside the directory, below)
     except OSError as e:
         if not ours:
             return None, None
         what = {errno.ELOOP: "symlink loop", errno.ENOENT: "symlink to a missing file"}.get(
             e.errno or 0, f"cannot stat ({e.strerror})")
         return None, Stray(path, 0, f"{what}: not judged", UNJUDGED)
+    if ours and _links_outside(entry, backups.directory):
+        return None, Stray(path, 0, "symlink to a file outside the backup directory: not read", UNJUDGED)
     if is_dump and stat.S_ISDIR(st.st_mode) and display_name(name) == name:
         return _directory_dump(path, st)
     if not stat.S_ISREG(st.st_mode):
@@ -235,6 +238,17 @@ def _directory_dump(path: Path, st: os.stat_result) -> tuple[DumpFile | None, St
     except OSError as e:
         return None, Stray(path, 0, f"directory archive cannot be listed ({e.strerror}): not judged", UNJUDGED)
     return DumpFile(path, size, mtime, stat.S_IMODE(st.st_mode)), None
+def _links_outside(entry: os.DirEntry[str], directory: Path) -> bool:
+    """A link (or a chain of them) that ends outside the backup directory. Whoever may write there
+    (often the application's user) could otherwise make the run, as root, read any file and show
+    its lines in the reports; links inside the directory (`latest.sql.gz -> x.sql.gz`) still count."""
+    try:
+        if not entry.is_symlink():
+            return False
+    except OSError:
+        return False
+    home = os.path.realpath(directory)
+    return os.path.commonpath([home, os.path.realpath(entry.path)]) != home
 
 
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
