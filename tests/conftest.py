@@ -38,6 +38,8 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_sample_db.py": ("tests/test_sample_db.py::",),
     "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
     "test_host_names.py": ("tests/test_host_names.py::",),
+    "test_remote.py": ("tests/test_remote.py::",),  # one OpenSSH server and one checks run for the module
+    "test_tls.py": ("tests/test_tls.py::",),  # one TLS cluster
 }
 
 

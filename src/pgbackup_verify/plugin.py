@@ -61,6 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("--reports-dir", "pgbv_reports", "pgbackup_verify_reports", {"metavar": "DIR"}),
         ("--keep-reports", "pgbv_keep", "pgbackup_verify_keep_reports", {"metavar": "N"}),
         ("--lock", "pgbv_lock", "pgbackup_verify_lock", {"metavar": "FILE"}),
+        ("--shard", "pgbv_shard", "pgbackup_verify_shard", {"metavar": "K/N"}),
     ):
         key = dest.removeprefix("pgbv_")
         group.addoption(flag, dest=dest, default=None, help=HELP[key], **kw)
