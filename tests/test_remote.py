@@ -32,6 +32,7 @@ from test_host import FAULTS, slug
 from pgbackup_verify.config import load_target
 from pgbackup_verify.errors import HOST_KEY_REFUSED, HOST_UNREACHABLE
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.remote import HostKeyRefused, open_host
 
 pytestmark = pytest.mark.skipif(bool(sshd.available()), reason=sshd.available() or "sshd available")
 
@@ -139,10 +140,14 @@ def fleet(seed_cluster: ThrowawayCluster, cluster: ThrowawayCluster, healthy_bac
             subprocess.run(["userdel", sshd.LOGIN], check=False, capture_output=True)
 
 
-def lines(fleet: Fleet, target: str) -> list[tuple[str, str, str]]:
+def lines_of(run: ChecksRun, target: str) -> list[tuple[str, str, str]]:
     """Each check's one line; the target's own name (and file name) said as T."""
     return sorted((c["name"], c["outcome"], AGE.sub("N h old", c["message"]).replace(target, "T"))
-                  for c in fleet.run[target].checks)
+                  for c in run[target].checks)
+
+
+def lines(fleet: Fleet, target: str) -> list[tuple[str, str, str]]:
+    return lines_of(fleet.run, target)
 
 
 def test_every_check_says_the_same_line_remotely(fleet: Fleet) -> None:
@@ -219,6 +224,21 @@ def test_an_unreachable_host_is_one_line_with_its_exit_code(fleet: Fleet, tmp_pa
     assert re.fullmatch(rf"HostUnreachable: backup host '{re.escape(spec)}': FAILED \(unreachable: .*Connection "
                         r"refused\); fix: check the host name and port in \[target\].host, and that sshd runs there",
                         finding)
+
+
+def test_paramiko_targets_say_the_same_lines_and_check_host_keys(fleet: Fleet, tmp_path: Path) -> None:
+    """testinfra's paramiko backend accepts any host key: the suite compares it with known_hosts itself."""
+    spec = fleet.server.spec().replace("ssh://", "paramiko://", 1)
+    run = one_host_run(fleet, tmp_path, spec)
+    assert run.ret == 0, run.stdout[-2000:]
+    assert [(n, o) for n, o, _ in lines_of(run, "remote")] == [(n, o) for n, o, _ in lines(fleet, "local-host-healthy")
+                                                             if n in {c["name"] for c in run["remote"].checks}]
+    (fleet.server.home / "other_known_hosts").write_text(
+        f"[127.0.0.1]:{fleet.server.port} {(fleet.server.home / 'id_ed25519.pub').read_text().split(' pgbv')[0]}\n")
+    config = fleet.server.ssh_config("ssh_config_changed", UserKnownHostsFile=str(fleet.server.home /
+                                                                                   "other_known_hosts"))
+    with pytest.raises(HostKeyRefused, match=r"FAILED \(SSH host key refused: REMOTE HOST IDENTIFICATION HAS CHANGED"):
+        open_host(fleet.server.spec(config).replace("ssh://", "paramiko://", 1))
 
 
 def test_a_remote_target_needs_no_local_backup_dir_but_an_absolute_path(fleet: Fleet, tmp_path: Path) -> None:

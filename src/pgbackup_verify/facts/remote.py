@@ -14,6 +14,7 @@ This module adds only what an unattended nightly run needs on top of the backend
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ import testinfra
 
 from pgbackup_verify.config.sections import host_scheme as scheme
 from pgbackup_verify.config.sections import is_remote
-from pgbackup_verify.errors import HOST_KEY_REFUSED, HOST_LOGIN_REFUSED, HOST_UNREACHABLE, UserError
+from pgbackup_verify.errors import HOST_KEY_REFUSED, HOST_LOGIN_REFUSED, HOST_UNREACHABLE, ConfigError, UserError
 
 Host = Any  # testinfra.host.Host
 
@@ -79,10 +80,58 @@ def _ssh_options(spec: str) -> list[str]:
     return [*args, parts.hostname or ""]
 
 
+def _paramiko_config(spec: str) -> dict[str, Any]:
+    """What paramiko reads for this host from the spec's ssh_config (else ~/.ssh/config), as testinfra does."""
+    import paramiko  # type: ignore[import-untyped]  # only for paramiko:// targets (the `ssh` extra)
+
+    path = _query(spec).get("ssh_config") or os.path.expanduser("~/.ssh/config")
+    try:
+        with open(os.path.expanduser(path)) as f:
+            config = paramiko.SSHConfig()
+            config.parse(f)
+    except OSError:
+        return {}
+    return dict(config.lookup(urllib.parse.urlsplit(spec).hostname or ""))
+
+
+def check_paramiko_host_key(spec: str, host: Host) -> None:
+    """testinfra's paramiko backend loads no known_hosts and accepts any host key (paramiko's WarningPolicy):
+    compare the key of the connection it made with the known_hosts file (UserKnownHostsFile of its ssh_config,
+    else ~/.ssh/known_hosts) before any check runs there. Only `true` ran before this; no password is sent
+    when the login is by key, as it should be for an unattended run."""
+    import paramiko
+
+    cfg = _paramiko_config(spec)
+    if cfg.get("stricthostkeychecking") == "no":
+        return
+    parts = urllib.parse.urlsplit(spec)
+    name = cfg.get("hostname") or parts.hostname or ""
+    port = int(parts.port or cfg.get("port") or 22)
+    known_files = cfg.get("userknownhostsfile") or "~/.ssh/known_hosts"
+    known = paramiko.HostKeys()
+    for f in known_files.split():
+        if os.path.exists(os.path.expanduser(f)):
+            known.load(os.path.expanduser(f))
+    client = host.backend.client
+    key = client.get_transport().get_remote_server_key()
+    entry = name if port == 22 else f"[{name}]:{port}"
+    listed = known.lookup(entry)
+    why = ""
+    if listed is None or key.get_name() not in listed:
+        why = f"host key for {entry} not found in known_hosts ({known_files})"
+    elif listed[key.get_name()] != key:
+        why = f"REMOTE HOST IDENTIFICATION HAS CHANGED for {entry} (known_hosts: {known_files})"
+    if why:
+        client.close()
+        raise _classified(spec, why)
+
+
 def key_checking_off(spec: str) -> str:
     """Why host keys are NOT checked for this host ("" when they are): the effective OpenSSH setting
     (`ssh -G`, which reads the same files ssh itself will) or the paramiko backend's ssh_config."""
     kind = scheme(spec)
+    if kind == "paramiko" and _paramiko_config(spec).get("stricthostkeychecking") == "no":
+        return "StrictHostKeyChecking no in its SSH configuration: a changed host key goes unnoticed"
     if kind in ("ssh", "safe-ssh"):
         try:
             res = subprocess.run(["ssh", "-G", *_ssh_options(spec)], capture_output=True, text=True, timeout=10,
@@ -106,6 +155,8 @@ class RemoteHost:
 
     def close(self) -> None:
         """End the shared SSH connection now (not CONTROL_PERSIST_S later) and remove its directory."""
+        if scheme(self.spec) == "paramiko":
+            self.host.backend.client.close()
         if not self.control_dir:
             return
         socket = os.path.join(self.control_dir, "master")
@@ -145,6 +196,9 @@ def open_host(spec: str) -> RemoteHost:
     kind = scheme(spec)
     kwargs: dict[str, Any] = {}
     control_dir = ""
+    if kind == "paramiko" and importlib.util.find_spec("paramiko") is None:
+        raise ConfigError(f"[target].host: '{shown_spec(spec)}' needs the paramiko package; install "
+                          "pgbackup-verify[ssh], or use ssh:// (the OpenSSH client)")
     if kind in ("ssh", "safe-ssh"):
         control_dir = tempfile.mkdtemp(prefix="pgbv-ssh-")  # 0700: nobody else can use the shared connection
         kwargs = {"ssh_extra_args": "-o BatchMode=yes", "controlpath": os.path.join(control_dir, "master"),
@@ -153,6 +207,10 @@ def open_host(spec: str) -> RemoteHost:
         host = testinfra.get_host(spec, **kwargs)
         res = host.run("true")
         ok, why = res.rc == 0, (res.stderr.strip() or f"exit {res.rc}")
+        if kind == "paramiko":
+            check_paramiko_host_key(spec, host)
+    except HostUnreachable:
+        raise
     except Exception as e:  # every backend raises its own kinds on a bad spec or host
         if control_dir:
             shutil.rmtree(control_dir, ignore_errors=True)

@@ -6,10 +6,11 @@ Times are the backup host's own (`date` in the same command), so ages do not dep
 
 Reading streams: `RemoteFile` is a raw stream whose every refill is one `dd` of CHUNK bytes at the
 next offset, run through the host's backend like any other command (one shared SSH connection for an
-OpenSSH target). Nothing is copied to the local disk, memory stays at about two chunks whatever the dump's
-size, and nothing is written on the remote host. The same stream feeds the gzip/plain scanners and
-the restore drill (`remote_source`). A dump still being written is caught by its growth across a short
-pause (the process check of the local inventory needs /proc of the host: local only).
+OpenSSH target), the next chunk fetched while the scanner reads this one. Nothing is copied to the local
+disk, memory stays at a few chunks whatever the dump's size, and nothing is written on the remote host.
+The same stream feeds the gzip/plain scanners and the restore drill (`remote_source`). A dump still
+being written is caught by its growth across a short pause (the process check of the local inventory
+needs /proc of the host: local only).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import posixpath
 import struct
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -41,7 +43,7 @@ from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound, detect_f
 
 Host = Any  # testinfra.host.Host
 
-CHUNK = 4 << 20  # bytes per remote read: large enough that a command's cost is small against it
+CHUNK = 8 << 20  # bytes per remote read: large enough that a command's cost is small against it
 _KINDS = {"d": "a directory", "p": "a named pipe (FIFO)", "s": "a socket", "c": "a character device",
           "b": "a block device"}
 _LIST = "date +%%s && find -H %s -mindepth 1 -maxdepth 1 -printf '%%y\\t%%Y\\t%%m\\t%%s\\t%%T@\\t%%f\\0'"
@@ -155,34 +157,55 @@ def take_remote_inventory(host: Host, backups: BackupsSection, growth_wait: floa
 
 
 class RemoteFile(io.RawIOBase):
-    """A file on the backup host as a raw binary stream, CHUNK bytes per remote `dd`."""
+    """A file on the backup host as a raw binary stream, CHUNK bytes per remote `dd`. The next chunk is
+    fetched in the background while the reader works on this one, so transfer and scan overlap; at most
+    two chunks are held (plus the one a command is receiving)."""
 
     def __init__(self, host: Host, path: str, chunk: int = CHUNK) -> None:
         super().__init__()
         self.host, self.path, self.chunk = host, path, chunk
-        self._block = 0  # next CHUNK-sized block to fetch
+        self._block = 0  # next CHUNK-sized block to hand out
         self._buf = memoryview(b"")
         self._eof = False
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="pgbv-remote-read")
+        self._next: Future[bytes] | None = None
 
     def readable(self) -> bool:
         return True
 
-    def _fetch(self) -> None:
-        res = self.host.run("dd if=%s bs=%s skip=%s count=1", self.path, str(self.chunk), str(self._block))
+    def _get(self, block: int) -> bytes:
+        res = self.host.run("dd if=%s bs=%s skip=%s count=1", self.path, str(self.chunk), str(block))
         if res.rc != 0:
             raise OSError(f"cannot read {self.path} on the backup host ({_reason(res.stderr)})")
-        data = res.stdout_bytes
+        return bytes(res.stdout_bytes)
+
+    def fetch(self) -> None:
+        """The next chunk into the buffer (the first one at once: a caller may want it before reading)."""
+        future = self._next or self._pool.submit(self._get, self._block)
+        self._next = None
+        data = future.result()
         self._block += 1
         self._eof = len(data) < self.chunk
+        if not self._eof:
+            self._next = self._pool.submit(self._get, self._block)
         self._buf = memoryview(data)
+
+    def head(self, n: int) -> bytes:
+        return bytes(self._buf[:n])
 
     def readinto(self, b: Any) -> int:
         if not self._buf and not self._eof:
-            self._fetch()
+            self.fetch()
         n = min(len(b), len(self._buf))
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+        self._pool.shutdown(wait=True)  # a read under way ends with its chunk: no command is left running
+        super().close()
 
 
 def _unreadable(path: str, why: str) -> DumpScan:
@@ -194,16 +217,17 @@ def scan_remote(host: Host, dump: DumpFile) -> DumpScan:
     """The local `scan_dump` of one remote dump, streamed once. A custom-format archive is verified by
     `pg_restore` on a local file only: remotely it is a finding, never a silent pass."""
     path = str(dump.path)
-    stream = RemoteFile(host, path)
-    try:
-        stream._fetch()
-    except OSError as e:
-        return _unreadable(path, str(e).rsplit("(", 1)[-1].rstrip(")"))
-    if bytes(stream._buf[:5]).startswith(b"PGDMP"):
-        return DumpScan(path, "custom", dump.size, 0, False, "a custom-format archive on a remote host: verified "
-                        "on the backup host only (run the suite there, or dump in plain format)", False, "", False,
-                        "", "", 0.0)
-    return scan_stream(cast(IO[bytes], stream), path, compressed=True if path.endswith((".gz", ".gzip")) else None)
+    with RemoteFile(host, path) as stream:
+        try:
+            stream.fetch()
+        except OSError as e:
+            return _unreadable(path, str(e).rsplit("(", 1)[-1].rstrip(")"))
+        if stream.head(5).startswith(b"PGDMP"):
+            return DumpScan(path, "custom", dump.size, 0, False, "a custom-format archive on a remote host: "
+                            "verified on the backup host only (run the suite there, or dump in plain format)",
+                            False, "", False, "", "", 0.0)
+        return scan_stream(cast(IO[bytes], stream), path,
+                           compressed=True if path.endswith((".gz", ".gzip")) else None)
 
 
 @dataclass
