@@ -12,6 +12,7 @@ Peak RSS of the remote scan's process comes from GNU time. Needs root (sshd, a l
 
     python benchmarks/bench_remote.py                  # ~100 MB compressed dump (~600 MB payload)
     python benchmarks/bench_remote.py --payload-mb 60  # smaller
+    python benchmarks/bench_remote.py --suite          # the whole suite on the demo target, local vs ssh://
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def suite(root: Path, runs: int) -> None:
 
     from pgbackup_verify.config import load_target
 
+    (root / "demo").mkdir()
     d = demo.build(root / "demo")
     server = None
     try:

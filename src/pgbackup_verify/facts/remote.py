@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.parse
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,7 +206,10 @@ def open_host(spec: str) -> RemoteHost:
                   "controlpersist": CONTROL_PERSIST_S}
     try:
         host = testinfra.get_host(spec, **kwargs)
-        res = host.run("true")
+        with warnings.catch_warnings():
+            # paramiko's "Unknown host key" warning: the key is checked against known_hosts right after.
+            warnings.filterwarnings("ignore", message="Unknown .* host key", category=UserWarning)
+            res = host.run("true")
         ok, why = res.rc == 0, (res.stderr.strip() or f"exit {res.rc}")
         if kind == "paramiko":
             check_paramiko_host_key(spec, host)
