@@ -10,6 +10,7 @@ on the remote host after a run or a SIGTERM.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -29,9 +30,11 @@ from test_dumps import _cases as dump_cases
 from test_dumps import pg_dump_custom
 from test_host import FAULTS, slug
 
-from pgbackup_verify.config import load_target
+from pgbackup_verify.config import BackupsSection, load_target
 from pgbackup_verify.errors import HOST_KEY_REFUSED, HOST_UNREACHABLE
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.dumps.inventory import Inventory, take_inventory
+from pgbackup_verify.facts.dumps.remote import take_remote_inventory
 from pgbackup_verify.facts.remote import HostKeyRefused, open_host
 
 pytestmark = pytest.mark.skipif(bool(sshd.available()), reason=sshd.available() or "sshd available")
@@ -287,3 +290,32 @@ def test_the_whole_suite_is_green_remotely_and_the_drill_restores_the_streamed_d
 
     assert drill("full-remote") == drill("full-local") != []
     assert "on the backup host" in run.facts_line("full-remote") or "on the backup host" in run["full-remote"].text
+
+
+def test_hostile_entries_are_listed_the_same_remotely(fleet: Fleet, healthy_backups: Path) -> None:
+    """FIFOs, links (looping, dangling, to a dump), directories and non-UTF-8 names named like dumps:
+    the remote listing classifies them as the local inventory does, and never opens them."""
+    d = fleet.root / "hostile"
+    shutil.copytree(healthy_backups, d)
+    newest = sorted(d.iterdir())[-1]
+    os.mkfifo(d / "directus_fifo.sql.gz")
+    (d / "directus_loop.sql.gz").symlink_to(d / "directus_loop.sql.gz")
+    (d / "directus_gone.sql.gz").symlink_to(d / "nowhere")
+    (d / "directus_link.sql.gz").symlink_to(newest)
+    (d / "directus_dir.sql.gz").mkdir()
+    (d / os.fsdecode(b"directus_\xff.sql.gz")).write_bytes(newest.read_bytes())
+    (d / "directus_half.sql.raw").write_bytes(b"partial")
+    (d / "directus_zero.sql.gz").touch()
+    fix_owner(d)
+    backups = BackupsSection(directory=d, pattern="directus_*.sql.gz")
+    local = take_inventory(backups, growth_wait=0)
+    with_host = open_host(fleet.server.spec())
+    try:
+        far = take_remote_inventory(with_host.host, backups, growth_wait=0)
+    finally:
+        with_host.close()
+    def shown(inv: Inventory) -> list[tuple[Path, int, int, float]]:
+        return [(f.path, f.size, f.mode, round(f.mtime, 3)) for f in inv.dumps]  # find prints mtimes in decimal
+
+    assert shown(far) == shown(local) and far.strays == local.strays and far.in_progress == local.in_progress == ()
+    assert len(local.strays) >= 6
