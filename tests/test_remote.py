@@ -31,7 +31,7 @@ from test_dumps import pg_dump_custom
 from test_host import FAULTS, slug
 
 from pgbackup_verify.config import BackupsSection, load_target
-from pgbackup_verify.errors import HOST_KEY_REFUSED, HOST_UNREACHABLE
+from pgbackup_verify.errors import HOST_KEY_REFUSED, HOST_UNREACHABLE, ConfigError
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 from pgbackup_verify.facts.dumps.inventory import Inventory, take_inventory
 from pgbackup_verify.facts.dumps.remote import take_remote_inventory
@@ -319,3 +319,16 @@ def test_hostile_entries_are_listed_the_same_remotely(fleet: Fleet, healthy_back
 
     assert shown(far) == shown(local) and far.strays == local.strays and far.in_progress == local.in_progress == ()
     assert len(local.strays) >= 6
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("ssh://backup:secret@db1", "[target].host: contains a password; remove it and log in with a key"),
+    ("sftp://db1", "[target].host: 'sftp://' is not a testinfra backend; use local://, ssh://user@host"),
+])
+def test_host_spec_mistakes_are_one_line(tmp_path: Path, host: str, expected: str) -> None:
+    f = tmp_path / "t.toml"
+    f.write_text(f'[target]\nhost = "{host}"\n[database]\ndsn = "host=x"\ndump_role = "d"\n'
+                 '[backups]\ndirectory = "/var/backups/pg"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_target(f)
+    assert expected in str(exc.value) and "secret" not in str(exc.value) and "\n" not in str(exc.value)

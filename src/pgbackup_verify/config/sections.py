@@ -84,6 +84,10 @@ class TargetSection(Section):
         if host_scheme(self.host) not in HOST_BACKENDS:
             raise ConfigError(f"[target].host: '{host_scheme(self.host)}://' is not a testinfra backend; use "
                               "local://, ssh://user@host, paramiko://user@host or ansible://name")
+        netloc = self.host.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+        if ":" in netloc.rpartition("@")[0]:  # testinfra's user:password@host (sshpass puts it on a command line)
+            raise ConfigError("[target].host: contains a password; remove it and log in with a key "
+                              "(ssh_identity_file in the spec, or IdentityFile in its ssh_config)")
 
 
 @dataclass(frozen=True)
