@@ -1,7 +1,7 @@
 """The backup directory of a remote target, read through its testinfra host (facts/remote.py).
 
 Listing is one `find -H` over the directory (type, mode, size, mtime of every entry, NUL-separated;
-a `stat -L` for the rare symlink to a dump), classified by the same rules as the local inventory.
+a `find -L` for the rare symlink to a dump), classified by the same rules as the local inventory.
 Times are the backup host's own (`date` in the same command), so ages do not depend on clock skew.
 
 Reading streams: `RemoteFile` is a raw stream whose every refill is one `dd` of CHUNK bytes at the
@@ -84,8 +84,8 @@ def _listing(host: Host, directory: str) -> tuple[float, list[_Entry], str]:
 
 def _follow(host: Host, path: str, e: _Entry) -> _Entry:
     """A symlink to a regular file: the size, mode and mtime of the file it names (as os.stat does)."""
-    res = host.run("stat -L -c '%%s\t%%a\t%%Y' -- %s", path)
-    if res.rc != 0:
+    res = host.run("find -L %s -maxdepth 0 -printf '%%s\t%%m\t%%T@'", path)  # mtime to the ns, as the listing
+    if res.rc != 0 or not res.stdout.strip():
         return e
     size, mode, mtime = res.stdout.strip().split("\t")
     return _Entry(e.name, "f", "f", int(mode, 8), int(size), float(mtime))
