@@ -103,9 +103,7 @@ def main() -> int:
         try:
             suite(root, args.runs)
         finally:
-            shutil.rmtree(root, ignore_errors=True)
-            if created:
-                subprocess.run(["userdel", sshd.LOGIN], check=False, capture_output=True)
+            sshd.teardown(None, root, created)
         return 0
     root = Path(tempfile.mkdtemp(prefix="pgbv-bench-remote-"))
     root.chmod(0o755)
@@ -142,11 +140,7 @@ def main() -> int:
             print(f"  {name:28s} {med:6.2f} s  {size / 1e6 / med:6.0f} MB/s  {med / base:5.2f}x of ssh cat")
         print(f"  remote scan peak RSS: {rss:.1f} MiB")
     finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        if created:
-            subprocess.run(["userdel", sshd.LOGIN], check=False, capture_output=True)
+        sshd.teardown(server, root, created)
     return 0
 
 

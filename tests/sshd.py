@@ -135,3 +135,12 @@ LogLevel VERBOSE
             time.sleep(0.1)
     server.stop()
     raise RuntimeError("sshd did not listen within 20 s")
+
+
+def teardown(server: Sshd | None, root: Path, created_user: bool) -> None:
+    """Stop the server, remove its tree, and the login user when this run created it."""
+    if server is not None:
+        server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+    if created_user:
+        subprocess.run(["userdel", LOGIN], check=False, capture_output=True)

@@ -136,11 +136,7 @@ def fleet(seed_cluster: ThrowawayCluster, cluster: ThrowawayCluster, healthy_bac
         run = run_checks(work, targets, [HOST_CHECKS, DUMP_CHECKS], timeout=1200)
         yield Fleet(server, root, work, run, list(local_targets), hidden / "backups", before)
     finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        if created:
-            subprocess.run(["userdel", sshd.LOGIN], check=False, capture_output=True)
+        sshd.teardown(server, root, created)
 
 
 def lines_of(run: ChecksRun, target: str) -> list[tuple[str, str, str]]:
