@@ -43,6 +43,8 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_paste_fixes.py": ("tests/test_paste_fixes.py::",),  # one cluster, one checks run, every fix pasted
     "test_console_controls.py": ("tests/test_console_controls.py::",),
     "test_redact.py": ("tests/test_redact.py::",),
+    "test_remote.py": ("tests/test_remote.py::",),  # one OpenSSH server and one checks run for the module
+    "test_tls.py": ("tests/test_tls.py::",),  # one TLS cluster
 }
 
 

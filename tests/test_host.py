@@ -336,5 +336,5 @@ def test_host_section_mistakes_are_one_line(tmp_path: Path, toml: str, expected:
 def test_unreachable_host_is_one_line(hosts: Hosts) -> None:
     result = hosts["unreachable host"]
     result.assert_outcomes("cron_schedules_every", errors=1)
-    result.fnmatch_line("*backup host 'ssh://nobody@127.0.0.1:1': FAILED (cannot run a command: *); "
-                        "fix: check [[]target].host and the access to it*")
+    result.fnmatch_line("HostUnreachable: backup host 'ssh://nobody@127.0.0.1:1': FAILED (unreachable: *Connection "
+                        "refused); fix: check the host name and port in [[]target].host, and that sshd runs there")

@@ -18,6 +18,9 @@ DB_AUTH_FAILED = 11
 KUMA_PUSH_FAILED = 12
 KUMA_CREDENTIALS_MISSING = 13
 LOCK_HELD = 14
+HOST_UNREACHABLE = 15
+HOST_KEY_REFUSED = 16
+HOST_LOGIN_REFUSED = 17
 
 EXIT_CODES = {
     OK: "every selected check passed",
@@ -31,6 +34,9 @@ EXIT_CODES = {
     KUMA_PUSH_FAILED: "a push to Uptime Kuma failed",
     KUMA_CREDENTIALS_MISSING: "Uptime Kuma credentials or push tokens are missing",
     LOCK_HELD: "another run holds the lock",
+    HOST_UNREACHABLE: "a remote backup host is unreachable",
+    HOST_KEY_REFUSED: "a remote backup host's SSH host key is unknown or changed",
+    HOST_LOGIN_REFUSED: "a remote backup host refused the SSH login",
 }
 
 

@@ -63,6 +63,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("--reports-group", "pgbv_reports_group", "pgbackup_verify_reports_group", {"metavar": "GROUP"}),
         ("--keep-reports", "pgbv_keep", "pgbackup_verify_keep_reports", {"metavar": "N"}),
         ("--lock", "pgbv_lock", "pgbackup_verify_lock", {"metavar": "FILE"}),
+        ("--shard", "pgbv_shard", "pgbackup_verify_shard", {"metavar": "K/N"}),
     ):
         key = dest.removeprefix("pgbv_")
         group.addoption(flag, dest=dest, default=None, help=HELP[key], **kw)

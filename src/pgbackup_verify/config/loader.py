@@ -43,6 +43,7 @@ from pgbackup_verify.config.sections import (
     SqlCheck,
     TargetSection,
     TrendsSection,
+    is_remote,
 )
 from pgbackup_verify.errors import ConfigError
 
@@ -225,7 +226,7 @@ def _check_value(value: Any, where: str, f: dataclasses.Field[Any]) -> None:
                 raise ConfigError(f"{where}: glob '{pattern}' {problem}{example}")
 
 
-def _build(cls: type, table: Any, where: str, base: Path) -> Any:
+def _build(cls: type, table: Any, where: str, base: Path, remote: bool = False) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table [{where}], got {table!r}")
     hints = typing.get_type_hints(cls)
@@ -241,8 +242,12 @@ def _build(cls: type, table: Any, where: str, base: Path) -> Any:
     values = {}
     for name, f in fields.items():
         if name in table:
+            if remote and f.metadata.get("path") and not str(table[name]).startswith("/"):
+                raise ConfigError(f"[{where}].{name}: '{table[name]}' is not an absolute path on the backup host "
+                                  "([target].host); write it in full")
+            # A path on a remote backup host is not looked for here: its checks say whether it is there.
             values[name] = _convert(table[name], hints[name], f"[{where}].{name}", base,
-                                    f.metadata.get("path"))
+                                    None if remote else f.metadata.get("path"))
             _check_value(values[name], f"[{where}].{name}", f)
         elif f.default is dataclasses.MISSING:
             raise ConfigError(f"[{where}].{name}: required key is missing; add it ({f.metadata['help']})")
@@ -330,8 +335,10 @@ def load_target(path: str | os.PathLike[str]) -> Target:
         # Built generically from the tables above, so typed per field only by Target itself.
         fields: dict[str, Any] = {
             ATTRIBUTES.get(name, name): _build(cls, raw.get(name, {}), name, base) if name in raw or required else None
-            for name, (cls, required) in SECTIONS.items()
+            for name, (cls, required) in SECTIONS.items() if name != "backups"
         }
+        fields["backups"] = _build(BackupsSection, raw.get("backups", {}), "backups", base,
+                                   remote=is_remote(fields["target"].host if fields["target"] else "local://"))
         fields.update({name: _build_list(cls, raw.get(name, []), name, base) for name, cls in LIST_SECTIONS.items()})
         target = Target(source=source, **fields)
         _validate(target)

@@ -59,10 +59,36 @@ def conninfo(dsn: str, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: not a valid libpq connection string ({e})") from None
 
 
+# testinfra backends a backup host may be reached by ("local" is this machine).
+HOST_BACKENDS = ("local", "ssh", "safe-ssh", "paramiko", "ansible", "docker", "podman", "kubectl", "openshift",
+                 "lxc", "salt", "winrm", "chroot")
+
+
+def host_scheme(spec: str) -> str:
+    """testinfra's backend name of a host spec (`ssh://x` -> ssh; a bare name means paramiko, as in testinfra)."""
+    if "://" not in spec:
+        return "paramiko" if spec else "local"
+    return spec.split("://", 1)[0]
+
+
+def is_remote(spec: str) -> bool:
+    """Whether the target's files (dumps, crontabs, scripts) live on another machine than the checks run on."""
+    return host_scheme(spec) != "local"
+
+
 @dataclass(frozen=True)
 class TargetSection(Section):
     name: str = key("label of this target in reports and Kuma messages (default: file name)", default="")
     host: str = key("testinfra host spec of the backup host", default="local://")
+
+    def validate(self) -> None:
+        if host_scheme(self.host) not in HOST_BACKENDS:
+            raise ConfigError(f"[target].host: '{host_scheme(self.host)}://' is not a testinfra backend; use "
+                              "local://, ssh://user@host, paramiko://user@host or ansible://name")
+        netloc = self.host.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+        if ":" in netloc.rpartition("@")[0]:  # testinfra's user:password@host (sshpass puts it on a command line)
+            raise ConfigError("[target].host: contains a password; remove it and log in with a key "
+                              "(ssh_identity_file in the spec, or IdentityFile in its ssh_config)")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pgbackup_verify.config import ConfigError, Target, iter_target_files, load_target
+from pgbackup_verify.config import ConfigError, Target, iter_target_files, load_target, shard
 from pgbackup_verify.config.concerns import CONCERNS
 from pgbackup_verify.config.loader import shown
 from pgbackup_verify.config.sections import concern_problem
@@ -20,6 +20,7 @@ REPORTS_ENV = "PGBACKUP_VERIFY_REPORTS"
 LOCK_ENV = "PGBACKUP_VERIFY_LOCK"
 KEEP_ENV = "PGBACKUP_VERIFY_KEEP_REPORTS"
 GROUP_ENV = "PGBACKUP_VERIFY_REPORTS_GROUP"
+SHARD_ENV = "PGBACKUP_VERIFY_SHARD"
 DEFAULT_KEEP = 30
 
 # One help text per option, shared by the CLI flag and the ini key.
@@ -31,6 +32,8 @@ HELP = {
                       f"group (default: none, 0700 and 0600). Env: {GROUP_ENV}"),
     "keep": f"timestamped reports to keep in the reports directory (default {DEFAULT_KEEP}). Env: {KEEP_ENV}",
     "lock": f"lock file; a second run while one holds it is refused (exit 14). Env: {LOCK_ENV}",
+    "shard": ("K/N: check only shard K of N of the targets (sorted by name, dealt out in turn), to split a fleet "
+              f"over N verification hosts. Env: {SHARD_ENV}"),
     "json": "also write the machine-readable run summary (JSON) to this file",
     "env_file": ("read KEY=\"value\" lines (PGPASSWORD, Kuma push tokens) into the run's environment as data, "
                  "never run by a shell; refused unless owned by root (or this user) and private"),
@@ -159,6 +162,11 @@ def resolve(config: pytest.Config, registry: Collection[str] = CONCERNS) -> Sett
     [[sql_check]].concern must name."""
     paths, source = target_paths(config)
     targets, broken = load_targets(paths, registry)
+    shard_raw, shard_source = _pick(config, "pgbv_shard", "pgbackup_verify_shard", SHARD_ENV)
+    if shard_raw:
+        k, n = shard.parse(str(shard_raw), shard_source)
+        part = shard.mine([t.name for t in targets] + [b.name for b in broken], k, n)
+        targets, broken = [t for t in targets if t.name in part], [b for b in broken if b.name in part]
     reports_dir = reports_path(config, bool(targets))
     keep_raw, keep_source = _pick(config, "pgbv_keep", "pgbackup_verify_keep_reports", KEEP_ENV)
     try:
