@@ -48,7 +48,7 @@ from typing import IO
 import psycopg
 
 from pgbackup_verify.facts.drill.drillcluster import Endpoint
-from pgbackup_verify.facts.drill.restore import CHUNK, Counting, Progress, RestoreOutcome, no_row_data, psql_messages
+from pgbackup_verify.facts.drill.restore import CHUNK, Counting, Progress, RestoreOutcome, psql_messages
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
 from pgbackup_verify.facts.dumps.compression import open_payload
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
@@ -646,11 +646,10 @@ class ParallelRestore:
             line = job.line_no + int(m.group(1))  # COPY's own count: data line N is header + N
         msg = (f"dump line {line}: ERROR: {(diag.message_primary or str(e)).strip()} "
                f"| line: {job.first_line}")
-        context = [no_row_data(c) for c in (diag.context or "").splitlines()[:3]]
         for extra in (diag.message_detail and f"DETAIL: {diag.message_detail}",
-                      *(f"CONTEXT: {c}" for c in context)):
-            if extra and not (job.kind == "copy" and extra.startswith("DETAIL: Failing row contains")):
-                msg += f"\n    {extra[:200]}"
+                      *(f"CONTEXT: {c}" for c in (diag.context or "").splitlines()[:3])):
+            if extra:
+                msg += f"\n    {extra[:200]}"  # rows quoted here are withheld before any report (redact.py)
         with self.lock:
             self.failures.append(msg)
         self.stop(None)

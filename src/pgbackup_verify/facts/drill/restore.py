@@ -24,6 +24,7 @@ from pgbackup_verify.facts.dumps.compression import open_payload
 from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, count_archive_rows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
+from pgbackup_verify.facts.redact import redact_copy_error
 
 Progress = Callable[[int, int, int | None, float], None]  # payload sent, stored read, stored size, seconds
 _PSQL_MSG = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|PANIC|WARNING|error|warning|fatal):\s*(.*)$")
@@ -48,6 +49,14 @@ class RestoreOutcome:
     parallel: int = 0  # connections of a parallel plain restore (0: the serial one)
     spool_peak: int = 0  # most COPY data spooled to disk at once by the parallel restore
     parallel_jobs: dict[str, int] = field(default_factory=dict)  # copy / build / fk -> statements run in parallel
+
+    def redact(self) -> None:
+        """Messages without the dump's rows (facts/redact.py): what reaches a report names the dump line,
+        the table and the column, never the data."""
+        self.errors = [redact_copy_error(m) for m in self.errors]
+        self.warnings = [redact_copy_error(m) for m in self.warnings]
+        if self.refused:
+            self.refused = redact_copy_error(self.refused)
 
     @property
     def problems(self) -> list[str]:
@@ -113,20 +122,6 @@ def _watchdog(proc: subprocess.Popen[bytes], seconds: float, outcome: RestoreOut
     return t
 
 
-_COPY_CONTEXT = re.compile(r"^(CONTEXT:\s+)?(COPY .*?, line \d+)(, column [^:]+)?: .*$", re.DOTALL)
-
-
-_ROW_VALUES = re.compile(r"^(DETAIL:\s+Failing row contains ).*$|(Key \([^)]*\)=)\(.*?\)", re.DOTALL)
-
-
-def no_row_data(text: str) -> str:
-    """A COPY error's context without the row it quotes: the dump's data never reaches a report."""
-    m = _COPY_CONTEXT.match(text)
-    if m:
-        return f"{m.group(1) or ''}{m.group(2)}{m.group(3) or ''}"
-    return _ROW_VALUES.sub(lambda v: f"{v.group(1)}(values not shown)" if v.group(1) else f"{v.group(2)}(...)", text)
-
-
 def _copy_header(scanner: PlainDumpScanner, dump_line: int) -> str | None:
     """The COPY header of a data line (data lines are never kept, nor shown: only their table)."""
     prev = next((text for no, text in reversed(scanner.recent) if no < dump_line), b"")
@@ -147,7 +142,7 @@ def psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreO
             if len(current) < MAX_MESSAGES:
                 current.append(msg)
         elif current and text.strip() and current[-1].count("\n") < 4 and not text.startswith("psql:"):
-            current[-1] += "\n    " + no_row_data(text.strip())[:200]
+            current[-1] += "\n    " + text.strip()[:200]
         elif text.startswith("psql:") and "NOTICE" not in text:
             outcome.errors.append(text[:300])
 
@@ -282,7 +277,7 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
             last = None
         elif last and outcome.errors and text.strip() and not text.startswith("pg_restore:") \
                 and outcome.errors[-1].count("\n") < 4:
-            outcome.errors[-1] += "\n    " + no_row_data(text.strip())[:200]
+            outcome.errors[-1] += "\n    " + text.strip()[:200]
     outcome.payload_bytes = source.payload_estimate()
     if counter is not None:
         counter.join(max(time_limit - (time.monotonic() - start), 0) + 10)  # the count has the same deadline
