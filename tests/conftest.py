@@ -38,6 +38,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_sample_db.py": ("tests/test_sample_db.py::",),
     "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
     "test_host_names.py": ("tests/test_host_names.py::",),
+    "test_child_env.py": ("tests/test_child_env.py::",),  # one demo build, one checks run scanned
 }
 
 

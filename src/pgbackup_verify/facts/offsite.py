@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
+from pgbackup_verify import childenv
 from pgbackup_verify.config import OffsiteSection
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound
@@ -61,7 +62,7 @@ def list_archives(o: OffsiteSection) -> list[Archive]:
     """Archives matching the glob in the remote path, oldest first."""
     try:
         res = subprocess.run([o.rclone, "lsjson", "--files-only", o.remote], capture_output=True, text=True,
-                             timeout=300, check=False)
+                             timeout=300, check=False, env=childenv.rclone())
     except FileNotFoundError:
         raise RcloneError(f"rclone binary '{o.rclone}' not found; install rclone or set [offsite].rclone") from None
     if res.returncode != 0:
@@ -206,7 +207,8 @@ READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 def _tar_stream(o: OffsiteSection, archive: Archive) -> Iterator[tarfile.TarFile]:
     """`rclone cat` into tarfile's stream mode; a read error caused by rclone is reported as rclone's."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([o.rclone, "cat", archive.path], stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen([o.rclone, "cat", archive.path], stdout=subprocess.PIPE, stderr=err,
+                                env=childenv.rclone())
         assert proc.stdout is not None
         failure: BaseException | None = None
         try:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pgbackup_verify import childenv
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 
@@ -229,7 +230,7 @@ def read_toc(path: str | Path, timeout: float = 120) -> TocFacts:
     started = time.perf_counter()
     try:
         proc = subprocess.run(["pg_restore", "--list", str(path)], capture_output=True, timeout=timeout,
-                              check=False)
+                              check=False, env=childenv.plain())
     except (OSError, subprocess.TimeoutExpired) as e:
         return TocFacts(str(path), False, f"pg_restore --list could not run ({e})", 0, (), "", "",
                         time.perf_counter() - started)
@@ -255,7 +256,7 @@ def verify_archive(path: str | Path) -> DumpScan:
     try:
         size = p.stat().st_size
         proc = subprocess.Popen(["pg_restore", "-f", "-", str(p)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, env=childenv.plain())
     except OSError as e:
         return DumpScan(str(p), "custom", 0, 0, False, f"cannot read with pg_restore ({e})", False, "",
                         False, "", "", 0.0)
@@ -294,7 +295,7 @@ def count_archive_rows(path: str | Path, extra_args: Sequence[str] = (), deadlin
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty stderr cannot stall the stream
         try:
             proc = subprocess.Popen(["pg_restore", "--data-only", "-f", "-", *extra_args, str(path)],
-                                    stdout=subprocess.PIPE, stderr=err)
+                                    stdout=subprocess.PIPE, stderr=err, env=childenv.plain())
         except OSError as e:
             return ArchiveRows(scan, f"pg_restore could not run ({e})", 0, time.monotonic() - start)
         if started is not None:
