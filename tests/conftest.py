@@ -39,6 +39,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
     "test_host_names.py": ("tests/test_host_names.py::",),
     "test_child_env.py": ("tests/test_child_env.py::",),  # one demo build, one checks run scanned
+    "test_fuzz_parsers.py": ("tests/test_fuzz_parsers.py::",),  # one cluster for the -Fc archive, ~30 s of examples
 }
 
 

@@ -119,6 +119,8 @@ class KumaSection(Section):
     stale_days: float = key("active with no UP for longer than this: stale, advise pausing it", default=7.0,
                             gt=0)
     push_timeout: float = key("seconds per push attempt (one retry)", default=5.0, gt=0)
+    read_timeout: float = key("seconds the kuma checks may spend reading kuma.db or the Socket.IO API",
+                              default=20.0, gt=0)
 
     @property
     def read_path(self) -> str:

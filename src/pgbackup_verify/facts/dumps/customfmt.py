@@ -23,6 +23,7 @@ as for a plain dump.
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import tempfile
 import time
@@ -34,6 +35,7 @@ from typing import BinaryIO
 from pgbackup_verify import childenv
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
+from pgbackup_verify.safefs import open_regular
 
 # TOC entry descriptions of more than one word; the schema column follows the description.
 _MULTIWORD = ("TABLE DATA", "SEQUENCE SET", "SEQUENCE OWNED BY", "FK CONSTRAINT", "DEFAULT ACL",
@@ -179,7 +181,7 @@ class _Reader:
 
 def read_archive_toc(path: str | Path) -> ArchiveToc:
     """The TOC of a `pg_dump -Fc` archive, read from the archive itself (only its head is read)."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         r = _Reader(f)
         if r.bytes(5) != b"PGDMP":
             raise ArchiveFormatError("not a pg_dump custom-format archive (no PGDMP magic)")
@@ -228,9 +230,10 @@ def read_archive_toc(path: str | Path) -> ArchiveToc:
 def read_toc(path: str | Path, timeout: float = 120) -> TocFacts:
     """Does the archive open (`pg_restore --list`), and which schemas and large objects does it hold."""
     started = time.perf_counter()
-    try:
-        proc = subprocess.run(["pg_restore", "--list", str(path)], capture_output=True, timeout=timeout,
-                              check=False, env=childenv.plain())
+    try:  # pg_restore reads the file opened here (never a FIFO put in its place): see safefs.open_regular
+        with open_regular(path) as f:
+            proc = subprocess.run(["pg_restore", "--list"], stdin=f, capture_output=True, timeout=timeout,
+                                  check=False, env=childenv.plain())
     except (OSError, subprocess.TimeoutExpired) as e:
         return TocFacts(str(path), False, f"pg_restore --list could not run ({e})", 0, (), "", "",
                         time.perf_counter() - started)
@@ -246,19 +249,20 @@ def read_toc(path: str | Path, timeout: float = 120) -> TocFacts:
                     toc.dumped_by, time.perf_counter() - started, toc.large_objects())
 
 
-def verify_archive(path: str | Path) -> DumpScan:
+def verify_archive(path: str | Path, follow: bool = True) -> DumpScan:
     """Read the whole archive as SQL (`pg_restore -f -`) through the dump scanner.
 
     payload_bytes is then the size of the SQL the archive restores to, comparable with the
     decompressed payload of a .sql.gz of the same database.
     """
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        proc = subprocess.Popen(["pg_restore", "-f", "-", str(p)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=childenv.plain())
+    try:  # pg_restore reads the file opened here (never a FIFO put in its place): see safefs.open_regular
+        with open_regular(p, follow) as f:
+            size = os.fstat(f.fileno()).st_size
+            proc = subprocess.Popen(["pg_restore", "-f", "-"], stdin=f, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=childenv.plain())
     except OSError as e:
-        return DumpScan(str(p), "custom", 0, 0, False, f"cannot read with pg_restore ({e})", False, "",
+        return DumpScan(str(p), "custom", 0, 0, False, f"cannot read with pg_restore ({e.strerror or e})", False, "",
                         False, "", "", 0.0)
     assert proc.stdout is not None and proc.stderr is not None
     with proc:

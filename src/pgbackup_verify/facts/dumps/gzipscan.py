@@ -21,6 +21,8 @@ from typing import IO, TYPE_CHECKING
 
 from isal import igzip, isal_zlib
 
+from pgbackup_verify.safefs import open_regular
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
@@ -199,11 +201,12 @@ def _not_scanned(description: str, fmt: str, magic: bytes, raw: _Counting, start
                     time.perf_counter() - started)
 
 
-def scan_file(path: str | Path, *, compressed: bool | None = True) -> DumpScan:
-    """Verify one dump file on disk; unreadable files come back as an invalid scan."""
+def scan_file(path: str | Path, *, compressed: bool | None = True, follow: bool = True) -> DumpScan:
+    """Verify one dump file on disk; unreadable files (a FIFO or device put in its place too: see
+    safefs.open_regular) come back as an invalid scan."""
     p = Path(path)
     try:
-        with p.open("rb", buffering=0) as f:
+        with open_regular(p, follow, buffering=0) as f:
             return scan_stream(f, str(p), compressed=compressed)
     except OSError as e:
         # "unreadable", not "unknown": the bytes were never seen, so nothing may be said about them.

@@ -33,6 +33,7 @@ from pgbackup_verify.facts.dumps import customfmt
 from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, DumpScan, scan_file
 from pgbackup_verify.facts.dumps.nights import NightRule, night_rule
 from pgbackup_verify.facts.dumps.progress import InProgress, find_in_progress
+from pgbackup_verify.safefs import open_regular
 
 # Names that only interrupted or half-finished writers leave behind.
 STRAY_GLOBS = ("*.raw", "*.tmp", "*.part", "*.partial", "*.incomplete", "*.inprogress", "*.swp")
@@ -46,6 +47,7 @@ class DumpFile:
     size: int
     mtime: float
     mode: int = 0
+    link: bool = False  # listed as a symlink (to a dump); a plain file is never read through a link
 
     @property
     def name(self) -> str:
@@ -128,25 +130,25 @@ class ScanCache:
         if key in self.scans:
             self.hits += 1
             return self.scans[key]
-        result = scan_dump(dump.path)
+        result = scan_dump(dump.path, follow=dump.link)
         self.scans[key] = result
         return result
 
 
-def is_custom_format(path: Path) -> bool:
+def is_custom_format(path: Path, follow: bool = True) -> bool:
     try:
-        with path.open("rb") as f:
+        with open_regular(path, follow) as f:
             return f.read(len(CUSTOM_MAGIC)) == CUSTOM_MAGIC
     except OSError:
         return False
 
 
-def scan_dump(path: Path) -> DumpScan:
-    """Full verification of one dump, whatever its format."""
-    if is_custom_format(path):
-        return customfmt.verify_archive(path)
+def scan_dump(path: Path, follow: bool = True) -> DumpScan:
+    """Full verification of one dump, whatever its format; `follow=False` for a name listed as a plain file."""
+    if is_custom_format(path, follow):
+        return customfmt.verify_archive(path, follow)
     # A name ending in .gz must be gzip; anything else is taken for what its bytes say.
-    return scan_file(path, compressed=True if path.name.endswith((".gz", ".gzip")) else None)
+    return scan_file(path, compressed=True if path.name.endswith((".gz", ".gzip")) else None, follow=follow)
 
 
 def take_inventory(backups: BackupsSection, now: float | None = None,
@@ -201,7 +203,7 @@ def _classify(entry: os.DirEntry[str], backups: BackupsSection) -> tuple[DumpFil
         if not ours:
             return None, None
         return None, Stray(path, st.st_size, "file name is not valid UTF-8: not judged", UNJUDGED)
-    dump = DumpFile(path, st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode)) if is_dump else None
+    dump = DumpFile(path, st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode), entry.is_symlink()) if is_dump else None
     reason = _stray_reason(name, st.st_size, is_dump, backups.stray_max_bytes)
     return dump, Stray(path, st.st_size, reason) if reason else None
 

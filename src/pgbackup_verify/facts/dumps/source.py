@@ -8,6 +8,7 @@ more than `open()`, and a `path` only to let `pg_restore -j` seek.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 from pgbackup_verify.config import BackupsSection
 from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, GZIP_MAGIC
 from pgbackup_verify.facts.dumps.inventory import take_inventory
+from pgbackup_verify.safefs import open_regular
 
 CUSTOM_RATIO = 6  # measured: pg_dump -Fc 119 MB for a 708 MB plain payload
 
@@ -57,7 +59,7 @@ def _gzip_payload(path: Path, size: int) -> int | None:
     """The gzip footer holds the payload size modulo 4 GiB; lift it to at least the file size."""
     if size < 18:
         return None
-    with path.open("rb") as f:
+    with open_regular(path) as f:
         f.seek(-4, 2)
         isize = struct.unpack("<I", f.read(4))[0]
     while isize < size:
@@ -65,9 +67,15 @@ def _gzip_payload(path: Path, size: int) -> int | None:
     return isize
 
 
+def _open(path: Path) -> io.BufferedIOBase:
+    f = open_regular(path)
+    assert isinstance(f, io.BufferedReader)  # os.fdopen "rb" with buffering
+    return f
+
+
 def from_path(path: Path) -> DumpSource:
-    st = path.stat()
-    with path.open("rb") as f:
+    with open_regular(path) as f:  # a FIFO put in the dump's place is refused, never waited on
+        st = os.fstat(f.fileno())
         head = f.read(5)
     fmt = detect_format(head, path.name)
     payload = _gzip_payload(path, st.st_size) if fmt == "plain-gzip" else None
@@ -75,7 +83,7 @@ def from_path(path: Path) -> DumpSource:
         payload = st.st_size
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))
     return DumpSource(description=f"{path} ({stamp})", name=path.name, fmt=fmt, size=st.st_size,
-                      payload_hint=payload, open=lambda: path.open("rb"), path=path, mtime=st.st_mtime)
+                      payload_hint=payload, open=lambda: _open(path), path=path, mtime=st.st_mtime)
 
 
 def newest_dump(backups: BackupsSection) -> DumpSource:
