@@ -20,7 +20,7 @@ from checkrun import run_checks
 from demohost import built_demo
 from pgbackup_verify_demo import demo
 
-from pgbackup_verify import childenv
+from pgbackup_verify.facts import childenv
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks"
 SECRET = "pgbv-planted-secret-7f3a9c"

@@ -20,7 +20,7 @@ from srcdb import source_database
 
 from pgbackup_verify.config import ConfigError, load_target
 from pgbackup_verify.config.loader import LIST_SECTIONS, SECTIONS
-from pgbackup_verify.facts import cron, cronline, offsite
+from pgbackup_verify.facts import cron, cronline, offsite, tarcaps
 from pgbackup_verify.facts.dumps import customfmt
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 
@@ -242,7 +242,7 @@ def test_capped_tar_reader_on_mangled_archives(scratch: Path, members: list[tupl
     data = raw.getvalue()
     data = data[:at] + junk + data[at:]
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r|", tarinfo=offsite.capped_tarinfo()) as tf:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r|", tarinfo=tarcaps.capped_tarinfo()) as tf:
             for m in tf:
                 offsite.hostile_reason(m)
     except (tarfile.TarError, EOFError) as e:

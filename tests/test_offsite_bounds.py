@@ -5,14 +5,13 @@ is measured, and end as one read error naming the bound."""
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 import tarfile
 import time
-import zlib
 from pathlib import Path
 
+from bombs import write_gzip_zeros
 from isal import igzip
 
 GIB = 1 << 30
@@ -20,9 +19,9 @@ GIB = 1 << 30
 SCAN = """
 import json, resource, sys
 from pgbackup_verify.config import OffsiteSection
-from pgbackup_verify.facts import offsite
+from pgbackup_verify.facts import offsite, tarcaps
 if len(sys.argv) > 2:
-    offsite.MAX_MEMBERS = int(sys.argv[2])  # the cap's logic at a size a self-test reads in a second
+    tarcaps.MAX_MEMBERS = int(sys.argv[2])  # the cap's logic at a size a self-test reads in a second
 o = OffsiteSection(remote=":local:" + sys.argv[1], archive_glob="*.tar.gz", member="*/postgresql-directus.sql.gz")
 [archive] = offsite.list_archives(o)
 scan = offsite.scan_archive(o, archive)
@@ -47,23 +46,10 @@ def _header(name: str, kind: bytes, size: int) -> bytes:
 
 def _write_bomb(path: Path, kind: bytes, claimed: int) -> None:
     """A gzip'd tar whose first header (pax or GNU long name) claims `claimed` bytes, all of them present:
-    zeros, which compress ~1000:1 (the attack's 3 GiB claim is a 3 MB file). After a full flush deflate
-    starts afresh, so 1 MiB of zeros compresses to the same bytes every time: compressed once, written
-    claimed/1 MiB times, with gzip's header and trailer (CRC-32, length) around the raw deflate stream."""
-    zeros = bytes(1 << 20)
+    zeros, which compress ~1000:1 (the attack's 3 GiB claim is a 3 MB file)."""
     head = _header("././@PaxHeader" if kind == tarfile.XHDTYPE else "././@LongLink", kind, claimed)
     tail = _header("x/postgresql-directus.sql.gz", tarfile.REGTYPE, 0) + bytes(1024)  # + end of archive
-    co = zlib.compressobj(9, zlib.DEFLATED, -15)
-    crc = zlib.crc32(head)
-    with path.open("wb") as f:
-        f.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # gzip header: deflate, no name, no mtime
-        f.write(co.compress(head) + co.flush(zlib.Z_FULL_FLUSH))
-        block = co.compress(zeros) + co.flush(zlib.Z_FULL_FLUSH)
-        for _ in range(claimed >> 20):
-            f.write(block)
-            crc = zlib.crc32(zeros, crc)
-        f.write(co.compress(tail) + co.flush())
-        f.write(struct.pack("<II", zlib.crc32(tail, crc), (len(head) + claimed + len(tail)) & 0xFFFFFFFF))
+    write_gzip_zeros(path, claimed >> 20, head, tail)
 
 
 def test_a_pax_header_claiming_3_gib_keeps_the_scan_small(tmp_path: Path) -> None:
@@ -89,7 +75,7 @@ def test_a_gnu_long_name_claiming_500_mib_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_archive_of_too_many_members_stops_at_the_cap(tmp_path: Path) -> None:
-    cap = 1000  # the shipped cap is 100,000 (offsite.MAX_MEMBERS); the same code at a test's size
+    cap = 1000  # the shipped cap is 100,000 (tarcaps.MAX_MEMBERS); the same code at a test's size
     remote = tmp_path / "remote"
     remote.mkdir()
     with igzip.open(remote / "vps-backup-many.tar.gz", "wb", compresslevel=1) as gz:

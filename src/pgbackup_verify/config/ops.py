@@ -62,6 +62,8 @@ class OffsiteSection(Section):
     size_tolerance: float = key("allowed size difference of the member vs the local dump of the same night "
                                 "(0.05 = 5%)", default=0.05, ge=0, lt=1)
     rclone: str = key("rclone binary", default="rclone")
+    read_timeout_seconds: float = key("wall-clock limit of one archive's read through rclone (the member's "
+                                      "decompression included)", default=3600.0, gt=0)
 
     def validate(self) -> None:
         if ":" not in self.remote:

@@ -23,9 +23,8 @@ from typing import Any
 
 import psycopg
 
-from pgbackup_verify import childenv
 from pgbackup_verify.config import Target
-from pgbackup_verify.facts import grants_sql
+from pgbackup_verify.facts import childenv, grants_sql
 from pgbackup_verify.facts.db import connect_readonly
 
 RELKINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "f": "foreign table"}

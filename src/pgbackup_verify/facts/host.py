@@ -15,9 +15,8 @@ from typing import Any
 
 import testinfra
 
-from pgbackup_verify import childenv
 from pgbackup_verify.config import HostSection
-from pgbackup_verify.facts import cron, cronline
+from pgbackup_verify.facts import childenv, cron, cronline
 from pgbackup_verify.facts.dumps.inventory import DumpFile, display_name
 
 ROOT_CRONTAB = "crontab -l -u root"

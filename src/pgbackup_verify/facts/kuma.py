@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pgbackup_verify.bounded import DeadlineExceeded, within
 from pgbackup_verify.config import KumaSection
 from pgbackup_verify.errors import KUMA_CREDENTIALS_MISSING, UserError
+from pgbackup_verify.facts.bounded import DeadlineExceeded, within
 from pgbackup_verify.kuma.secret import Secret
 
 STATUS = {0: "DOWN", 1: "UP", 2: "PENDING", 3: "MAINTENANCE"}

@@ -15,16 +15,18 @@ import re
 import subprocess
 import tarfile
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any, Self
+from typing import IO, Any, cast
 
-from pgbackup_verify import childenv
 from pgbackup_verify.config import OffsiteSection
+from pgbackup_verify.facts import childenv
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound
+from pgbackup_verify.facts.tarcaps import ArchiveLimit, capped_tarinfo
 
 
 class RcloneError(Exception):
@@ -202,81 +204,32 @@ class ArchiveScan:
 
 READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
-# Bounds on what one archive's headers may make this process hold. tarfile reads a pax header's or a
-# GNU long name's whole payload in one piece, at the size its header claims (a 3 MB archive can claim
-# 3 GiB), and keeps every member's TarInfo. Honest archives stay far below these.
-MAX_HEADER_DATA = 1 << 20  # one pax header / GNU long name or link / sparse map
-MAX_HEADERS_TOTAL = 64 << 20  # all header data of the archive together
-MAX_MEMBERS = 100_000
+class _Until:
+    """rclone's output as tarfile reads it, ending in TimeoutError (an OSError: a read error) at `deadline`:
+    tarfile skips a member's data inside one call, which a check between members could not stop."""
 
+    def __init__(self, stream: IO[bytes], deadline: float, seconds: float) -> None:
+        self._stream, self._deadline, self._seconds = stream, deadline, seconds
 
-class ArchiveLimit(tarfile.TarError):
-    """An archive's headers are beyond the bounds above; str() names the bound."""
-
-
-class _CappedFile:
-    """The tar stream as the header reader sees it: each read bounded, their sum too."""
-
-    def __init__(self, fileobj: Any, budget: list[int]) -> None:
-        self._f, self._budget = fileobj, budget
-
-    def read(self, n: int) -> bytes:
-        if n > MAX_HEADER_DATA:
-            raise ArchiveLimit(f"a member header claims {n} bytes of extended header data (pax, GNU long name), "
-                               f"over the {MAX_HEADER_DATA >> 20} MiB limit")
-        self._budget[0] += n
-        if self._budget[0] > MAX_HEADERS_TOTAL:
-            raise ArchiveLimit(f"member headers exceed {MAX_HEADERS_TOTAL >> 20} MiB in all")
-        return bytes(self._f.read(n))
-
-    def tell(self) -> int:
-        return int(self._f.tell())
-
-
-class _CappedTarFile:
-    """Stands in for the TarFile while one member header is read (TarInfo.fromtarfile's argument):
-    the same TarFile, except that its `fileobj` is capped."""
-
-    def __init__(self, tf: tarfile.TarFile, budget: list[int]) -> None:
-        object.__setattr__(self, "_tf", tf)
-        object.__setattr__(self, "fileobj", _CappedFile(tf.fileobj, budget))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tf, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._tf, name, value)
-
-
-def capped_tarinfo() -> type[tarfile.TarInfo]:
-    """A TarInfo class for ONE archive (`tarfile.open(..., tarinfo=capped_tarinfo())`) whose header
-    reads stay within MAX_HEADER_DATA / MAX_HEADERS_TOTAL and which stops after MAX_MEMBERS members."""
-    budget = [0]
-    members = [0]
-
-    class CappedTarInfo(tarfile.TarInfo):
-        @classmethod
-        def fromtarfile(cls, tf: Any) -> Self:
-            if not isinstance(tf, _CappedTarFile):  # pax and long names recurse with the stand-in itself
-                members[0] += 1
-                if members[0] > MAX_MEMBERS:
-                    raise ArchiveLimit(f"more than {MAX_MEMBERS} members")
-                tf = _CappedTarFile(tf, budget)
-            return super().fromtarfile(tf)
-
-    return CappedTarInfo
+    def read(self, n: int = -1) -> bytes:
+        if time.monotonic() > self._deadline:
+            raise TimeoutError(f"not read to its end within {self._seconds:g} s ([offsite].read_timeout_seconds)")
+        return self._stream.read(n)
 
 
 @contextlib.contextmanager
-def _tar_stream(o: OffsiteSection, archive: Archive) -> Iterator[tarfile.TarFile]:
-    """`rclone cat` into tarfile's stream mode; a read error caused by rclone is reported as rclone's."""
+def _tar_stream(o: OffsiteSection, archive: Archive, seconds: float | None = None) -> Iterator[tarfile.TarFile]:
+    """`rclone cat` into tarfile's stream mode; a read error caused by rclone is reported as rclone's.
+    With `seconds`, reading stops with a TimeoutError after that much wall-clock time."""
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([o.rclone, "cat", archive.path], stdout=subprocess.PIPE, stderr=err,
                                 env=childenv.rclone())
         assert proc.stdout is not None
         failure: BaseException | None = None
         try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|gz", tarinfo=capped_tarinfo()) as tf:
+            source = proc.stdout if seconds is None else \
+                cast(IO[bytes], _Until(proc.stdout, time.monotonic() + seconds, seconds))  # read() is all tarfile uses
+            with tarfile.open(fileobj=source, mode="r|gz", tarinfo=capped_tarinfo()) as tf:
                 yield tf
         except READ_ERRORS as e:
             failure = e
@@ -286,7 +239,7 @@ def _tar_stream(o: OffsiteSection, archive: Archive) -> Iterator[tarfile.TarFile
             rc = proc.wait()
         err.seek(0)
         msg = err.read().decode(errors="replace").strip()
-    if isinstance(failure, ArchiveLimit):  # this reader stopped: rclone's broken pipe is only the consequence
+    if isinstance(failure, ArchiveLimit | TimeoutError):  # this reader stopped: rclone's broken pipe follows
         raise failure
     if rc not in (0, -9) and msg:
         raise RcloneError(f"rclone cannot read '{archive.path}': {_last_line(msg, rc)}") from failure
@@ -316,8 +269,9 @@ def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
     scan = ArchiveScan(archive)
     links: dict[str, str] = {}
     link_members: list[tarfile.TarInfo] = []
+    deadline = time.monotonic() + o.read_timeout_seconds
     try:
-        with _tar_stream(o, archive) as tf:
+        with _tar_stream(o, archive, o.read_timeout_seconds) as tf:
             for m in tf:
                 scan.members += 1
                 reason = name_reason(m, links)
@@ -335,7 +289,10 @@ def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
                         f = tf.extractfile(m)
                         assert f is not None
                         scan.member_size, scan.member_mtime = m.size, float(m.mtime)
-                        scan.gzip = scan_stream(f, f"{archive.name}:{m.name}")
+                        # Bounded twice: the download by _Until, the member's own inflation here (a tiny
+                        # download can inflate for hours).
+                        scan.gzip = scan_stream(f, f"{archive.name}:{m.name}", seconds=o.read_timeout_seconds,
+                                                setting="[offsite].read_timeout_seconds", until=deadline)
     except READ_ERRORS as e:
         scan.error = f"archive unreadable after {scan.members} members: {e}"
     except RcloneError as e:

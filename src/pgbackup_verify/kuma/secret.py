@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from pgbackup_verify.childenv import never_pass
+from pgbackup_verify.facts.childenv import never_pass
 
 REDACTED = "***"
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pgbackup_verify import childenv
-from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
+from pgbackup_verify.facts import childenv
+from pgbackup_verify.facts.dumps.gzipscan import STOPPED, DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.safefs import open_regular
 
@@ -249,7 +249,7 @@ def read_toc(path: str | Path, timeout: float = 120) -> TocFacts:
                     toc.dumped_by, time.perf_counter() - started, toc.large_objects())
 
 
-def verify_archive(path: str | Path, follow: bool = True) -> DumpScan:
+def verify_archive(path: str | Path, follow: bool = True, seconds: float | None = None) -> DumpScan:
     """Read the whole archive as SQL (`pg_restore -f -`) through the dump scanner.
 
     payload_bytes is then the size of the SQL the archive restores to, comparable with the
@@ -266,12 +266,14 @@ def verify_archive(path: str | Path, follow: bool = True) -> DumpScan:
                         False, "", "", 0.0)
     assert proc.stdout is not None and proc.stderr is not None
     with proc:
-        scan = scan_stream(proc.stdout, str(p), compressed=False)
+        scan = scan_stream(proc.stdout, str(p), compressed=False, seconds=seconds)
+        if scan.error and scan.error.startswith(STOPPED):
+            proc.kill()  # stopped by the time limit: pg_restore's own exit is not the finding
         proc.stdout.close()
         stderr = proc.stderr.read(65536)
         rc = proc.wait()
     error = scan.error
-    if rc != 0:
+    if rc != 0 and not (error or "").startswith(STOPPED):
         error = f"pg_restore failed reading the archive: {_last_line(stderr)}"
     return dataclasses.replace(scan, format="custom", compressed_bytes=size, valid=error is None, error=error)
 

@@ -154,12 +154,21 @@ def _describe_error(e: BaseException, at: int) -> str:
     return f"deflate data corrupt near byte {at} ({e})"
 
 
-def scan_stream(stream: IO[bytes], description: str, *, compressed: bool | None = True) -> DumpScan:
+STOPPED = "not read to its end within"  # the start of a time-limit error (see scan_stream)
+
+
+def scan_stream(stream: IO[bytes], description: str, *, compressed: bool | None = True,
+                seconds: float | None = None, setting: str = "[backups].read_timeout_seconds",
+                until: float | None = None) -> DumpScan:
     """Verify a dump read from `stream`: gzip expected (True), plain SQL (False), or by magic (None).
 
-    Never raises on bad content: a non-gzip or broken stream comes back as a fact.
+    Never raises on bad content: a non-gzip or broken stream comes back as a fact. `seconds` bounds
+    the read in wall-clock time (a few hundred bytes can inflate to terabytes); `setting` names the key
+    that sets it, for the message; `until` (time.monotonic()) is the deadline when the limit started
+    earlier than this read. No size limit: an honest dump of any size passes in its time.
     """
     started = time.perf_counter()
+    deadline = until if until is not None else time.monotonic() + seconds if seconds is not None else None
     magic = _read_exact(stream, 5)
     fmt = _format_of(magic)
     raw = _Counting(stream, magic)
@@ -182,6 +191,10 @@ def scan_stream(stream: IO[bytes], description: str, *, compressed: bool | None 
                 head += view[:min(n, HEAD_BYTES - len(head))]
             # Keep only the last TAIL_BYTES of payload seen so far.
             tail = (tail + bytes(view[max(0, n - TAIL_BYTES):n]))[-TAIL_BYTES:]
+            if deadline is not None and time.monotonic() > deadline:
+                error = (f"{STOPPED} {seconds:g} s ({payload} bytes of payload from {raw.count} read): a "
+                         f"decompression bomb or a stream that never ends? raise {setting} if it is honest")
+                break
     # isal's stub declares `error` an Exception instance; it is the exception class.
     except (EOFError, igzip.BadGzipFile, isal_zlib.error, zlib.error) as e:  # type: ignore[misc]
         error = _describe_error(e, raw.count)
@@ -201,13 +214,14 @@ def _not_scanned(description: str, fmt: str, magic: bytes, raw: _Counting, start
                     time.perf_counter() - started)
 
 
-def scan_file(path: str | Path, *, compressed: bool | None = True, follow: bool = True) -> DumpScan:
+def scan_file(path: str | Path, *, compressed: bool | None = True, follow: bool = True,
+              seconds: float | None = None) -> DumpScan:
     """Verify one dump file on disk; unreadable files (a FIFO or device put in its place too: see
     safefs.open_regular) come back as an invalid scan."""
     p = Path(path)
     try:
         with open_regular(p, follow, buffering=0) as f:
-            return scan_stream(f, str(p), compressed=compressed)
+            return scan_stream(f, str(p), compressed=compressed, seconds=seconds)
     except OSError as e:
         # "unreadable", not "unknown": the bytes were never seen, so nothing may be said about them.
         return DumpScan(str(p), "unreadable", 0, 0, False, f"cannot read ({e.strerror})", False, "", False,

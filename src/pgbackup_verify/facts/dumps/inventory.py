@@ -120,6 +120,7 @@ class ScanCache:
 
     scans: dict[tuple[str, int, int], DumpScan] = field(default_factory=dict)
     hits: int = 0
+    seconds: float | None = None  # [backups].read_timeout_seconds: wall-clock limit of one file's read
 
     def scan(self, dump: DumpFile) -> DumpScan:
         try:
@@ -130,7 +131,7 @@ class ScanCache:
         if key in self.scans:
             self.hits += 1
             return self.scans[key]
-        result = scan_dump(dump.path, follow=dump.link)
+        result = scan_dump(dump.path, follow=dump.link, seconds=self.seconds)
         self.scans[key] = result
         return result
 
@@ -143,12 +144,14 @@ def is_custom_format(path: Path, follow: bool = True) -> bool:
         return False
 
 
-def scan_dump(path: Path, follow: bool = True) -> DumpScan:
-    """Full verification of one dump, whatever its format; `follow=False` for a name listed as a plain file."""
+def scan_dump(path: Path, follow: bool = True, seconds: float | None = None) -> DumpScan:
+    """Full verification of one dump, whatever its format, within `seconds` of wall clock; `follow=False`
+    for a name listed as a plain file."""
     if is_custom_format(path, follow):
-        return customfmt.verify_archive(path, follow)
+        return customfmt.verify_archive(path, follow, seconds)
     # A name ending in .gz must be gzip; anything else is taken for what its bytes say.
-    return scan_file(path, compressed=True if path.name.endswith((".gz", ".gzip")) else None, follow=follow)
+    return scan_file(path, compressed=True if path.name.endswith((".gz", ".gzip")) else None, follow=follow,
+                     seconds=seconds)
 
 
 def take_inventory(backups: BackupsSection, now: float | None = None,
