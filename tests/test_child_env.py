@@ -62,7 +62,11 @@ class EnvironSampler:
             self.samples += 1
             for run in me.children():
                 if self._is_run(run):
-                    for p in run.children(recursive=True):
+                    try:
+                        below = run.children(recursive=True)
+                    except psutil.Error:
+                        continue  # the run (or a child) ended while being listed
+                    for p in below:
                         self._read(p)
             time.sleep(0.002)
 
@@ -100,6 +104,8 @@ def test_no_child_of_a_real_run_holds_a_planted_secret(demo_host: demo.Demo, tmp
         run = run_checks(workdir, [demo_host.target_file], checks, env=env)
     assert run.doc["checks"], run.stdout[-2000:]
     leaks = [s for s in sampler.seen.values() if s.secrets and s.name not in NEEDS_PGPASSWORD]
+    print(f"{len(sampler.seen)} child processes seen in {sampler.samples} samples "
+          f"({', '.join(sorted({s.name for s in sampler.seen.values()}))}); holding a planted secret: {len(leaks)}")
     assert not leaks, "children holding a planted secret:\n" + "\n".join(
         f"{s.name}: {sorted(s.secrets)} ({s.cmdline[:120]})" for s in leaks)
     names = {s.name for s in sampler.seen.values()}
