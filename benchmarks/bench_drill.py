@@ -3,7 +3,10 @@
     .venv/bin/python benchmarks/bench_drill.py [--tables 60] [--rows 25000] [--runs 3] [--jobs 2]
 
 Each round restores the same dump, each variant into a fresh database of one cluster, in turn
-(so a change in the machine's load hits every variant alike); medians over --runs rounds:
+(so a change in the machine's load hits every variant alike); medians over --runs rounds. That
+cluster is the drill's own (facts/drill/drillcluster.py): sandboxed (bubblewrap, socket only, scram),
+every variant restoring as the plain role `pgbv_restore`; the bare tools run outside the sandbox,
+the drill's psql inside it (--sandbox none: no namespaces).
 
 - bare `gunzip -c dump | psql -X -q -v ON_ERROR_STOP=1` (the baseline of the plain restores);
 - the drill's serial plain restore (decompress + COPY-aware scan + row counting, one read of the
@@ -33,9 +36,11 @@ import psycopg
 
 from pgbackup_verify.config import load_target
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.drillcluster import DrillCluster, Endpoint
 from pgbackup_verify.facts.drill.restore import restore_custom, restore_plain
 from pgbackup_verify.facts.drill.run import run_drill
 from pgbackup_verify.facts.drill.safety import Janitor
+from pgbackup_verify.facts.drill.sandbox import Sandbox, resolve
 from pgbackup_verify.facts.dumps.source import from_path
 
 
@@ -55,11 +60,26 @@ def build_source(c: ThrowawayCluster, tables: int, rows: int) -> None:
                          f"CASE WHEN g % 7 = 0 THEN E'tab\\tand\\\\backslash' END FROM generate_series(1, {rows}) g")
 
 
-def fresh_db(c: ThrowawayCluster, name: str) -> str:
-    with psycopg.connect(c.dsn(), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
-    return c.dsn(name)
+def fresh_db(c: DrillCluster, name: str) -> Endpoint:
+    return c.database(name)
+
+
+def bare_env(e: Endpoint) -> dict[str, str]:
+    """The bare tools' environment: the host's PATH, the restore role's password."""
+    return {**e.env(), "PATH": os.environ["PATH"]}
+
+
+def endpoint_json(e: Endpoint) -> str:
+    box = e.sandbox
+    assert box is not None
+    return json.dumps({"conninfo": e.conninfo, "password": e.password, "socket_dir": str(e.socket_dir),
+                       "mode": box.mode, "uid": box.uid, "gid": box.gid, "bwrap": box.bwrap, "etc": str(box.etc)})
+
+
+def endpoint_from_json(text: str) -> Endpoint:
+    d = json.loads(text)
+    box = Sandbox(d["mode"], d["uid"], d["gid"], d["bwrap"], Path(d["etc"]))
+    return Endpoint(d["conninfo"], d["password"], box, Path(d["socket_dir"]))
 
 
 def timed(fn) -> float:
@@ -68,10 +88,11 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def child(dump: str, dsn: str, jobs: int, work: str) -> int:
+def child(dump: str, endpoint: str, jobs: int, work: str) -> int:
     """One drill restore in this (child) process: its time, rows and peak RSS as JSON."""
     start = time.perf_counter()
-    out = restore_plain(from_path(Path(dump)), dsn, dict(os.environ), 3600, Janitor(), jobs=jobs, work_dir=Path(work))
+    out = restore_plain(from_path(Path(dump)), endpoint_from_json(endpoint), 3600, Janitor(), jobs=jobs,
+                        work_dir=Path(work))
     seconds = time.perf_counter() - start
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "problems": out.problems, "rows": sum((out.rows or {}).values()),
@@ -79,8 +100,9 @@ def child(dump: str, dsn: str, jobs: int, work: str) -> int:
     return 0
 
 
-def drill_restore(plain: Path, dsn: str, env: dict[str, str], jobs: int, work: Path) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--child", str(plain), dsn, str(jobs), str(work)], env=env,
+def drill_restore(plain: Path, endpoint: Endpoint, jobs: int, work: Path) -> dict:
+    env = {**os.environ, "PGBV_BENCH_ENDPOINT": endpoint_json(endpoint)}
+    res = subprocess.run([sys.executable, __file__, "--child", str(plain), "-", str(jobs), str(work)], env=env,
                          capture_output=True, text=True, check=True)
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert not out["problems"], out["problems"]
@@ -89,18 +111,20 @@ def drill_restore(plain: Path, dsn: str, env: dict[str, str], jobs: int, work: P
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        return child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        return child(sys.argv[2], os.environ["PGBV_BENCH_ENDPOINT"], int(sys.argv[4]), sys.argv[5])
     ap = argparse.ArgumentParser()
     ap.add_argument("--tables", type=int, default=60)
     ap.add_argument("--rows", type=int, default=25000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--sandbox", choices=("bwrap", "none"), default="bwrap")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pgbv-bench-"))
     work.chmod(0o711)
     plain, custom = work / "bench.sql.gz", work / "bench.dump"
     load = [os.getloadavg()[0]]
-    with ThrowawayCluster(tag="bench-src-") as src, ThrowawayCluster(tag="bench-dst-") as dst:
+    with ThrowawayCluster(tag="bench-src-") as src, DrillCluster(resolve(args.sandbox), work, "bench-dst-") as dst:
+        dst.prepare_restore("first", ("postgres",))  # as the drill does: the dump names postgres as owner
         t = timed(lambda: build_source(src, args.tables, args.rows))
         subprocess.run(f"pg_dump -d bench | gzip -6 > {plain}", shell=True, env=src.env(), check=True)
         subprocess.run(["pg_dump", "-Fc", "-f", str(custom), "-d", "bench"], env=src.env(), check=True)
@@ -111,26 +135,27 @@ def main() -> int:
         times: dict[str, list[float]] = {k: [] for k in ("bare", "serial", "parallel", "j1", "jn", "jn_rows")}
         last: dict[str, dict] = {}
         for _ in range(args.runs):
-            dsn = fresh_db(dst, "bare")
-            times["bare"].append(timed(lambda d=dsn: subprocess.run(
-                f"gunzip -c {plain} | psql -X -q -v ON_ERROR_STOP=1 -d '{d}'", shell=True, env=dst.env(),
+            e = fresh_db(dst, "bare")
+            times["bare"].append(timed(lambda e=e: subprocess.run(
+                f"gunzip -c {plain} | psql -X -q -v ON_ERROR_STOP=1 -d '{e.conninfo}'", shell=True, env=bare_env(e),
                 check=True, stdout=subprocess.DEVNULL)))
             for name, jobs in (("serial", 1), ("parallel", args.jobs)):
-                last[name] = drill_restore(plain, fresh_db(dst, name), dst.env(), jobs, work)
+                last[name] = drill_restore(plain, fresh_db(dst, name), jobs, work)
                 times[name].append(last[name]["seconds"])
                 assert last[name]["payload"] >= payload - 1024, "the drill must stream the whole payload"
             for key, jobs in (("j1", 1), ("jn", args.jobs)):
-                dsn = fresh_db(dst, key)
-                times[key].append(timed(lambda d=dsn, j=jobs: subprocess.run(
-                    ["pg_restore", "-j", str(j), "-d", d, str(custom)], env=dst.env(), check=True)))
+                e = fresh_db(dst, key)
+                times[key].append(timed(lambda e=e, j=jobs: subprocess.run(
+                    ["pg_restore", "-j", str(j), "--no-owner", "--no-privileges", "-d", e.conninfo, str(custom)],
+                    env=bare_env(e), check=True)))
             janitor = Janitor()
-            out = restore_custom(from_path(custom), fresh_db(dst, "jn_rows"), dst.env(), args.jobs, 3600, janitor,
+            out = restore_custom(from_path(custom), fresh_db(dst, "jn_rows"), args.jobs, 3600, janitor,
                                  work, count_rows=True)
             assert not janitor.run_all() and not out.problems, out.problems
             assert sum((out.rows or {}).values()) == args.tables * args.rows, "every row of the archive counted"
             times["jn_rows"].append(out.seconds)
             load.append(os.getloadavg()[0])
-        with psycopg.connect(dst.dsn("parallel")) as conn:
+        with dst.admin("parallel").connect() as conn:
             restored = sum(conn.execute(f"SELECT count(*) FROM {s}.{t}").fetchone()[0]  # type: ignore[index]
                            for s, t in conn.execute("SELECT schemaname, tablename FROM pg_tables "
                                                     "WHERE tablename LIKE 't\\_%'").fetchall())
@@ -154,7 +179,7 @@ def main() -> int:
     target_file.write_text(f'[database]\ndsn = "host=127.0.0.1 dbname=x user=x"\ndump_role = "x"\n'
                            f'[backups]\ndirectory = "{work}"\npattern = "bench.sql.gz"\n'
                            f'expected_schemas = ["public", "cutter_governance", "sandbox_tac"]\n'
-                           f'[drill]\nwork_dir = "{work}"\njobs = {args.jobs}\n')
+                           f'[drill]\nwork_dir = "{work}"\njobs = {args.jobs}\nsandbox = "{args.sandbox}"\n')
     facts = run_drill(load_target(target_file))
     assert facts.aborted is None and facts.outcome and not facts.outcome.problems, facts.aborted
     print(f"whole drill, {args.jobs} jobs (throwaway cluster, restore, catalog, {len(facts.rows)} row counts, "

@@ -11,7 +11,7 @@ import pytest
 from pgbackup_verify.config import Target
 from pgbackup_verify.evidence import Evidence, fail, human_bytes
 from pgbackup_verify.facts.catalog import KINDS
-from pgbackup_verify.facts.drill import tiers
+from pgbackup_verify.facts.drill import tiers, traps
 from pgbackup_verify.facts.drill.run import DrillFacts, drill_config, expected_schemas
 from pgbackup_verify.facts.history import History
 
@@ -26,6 +26,10 @@ def _record(evidence: Evidence, f: DrillFacts) -> None:
     if f.outcome:
         evidence("payload bytes", f.outcome.payload_bytes)
     evidence("restore db", f"{f.database} on {f.where}" if f.where else f.database or "-")
+    if f.isolation:
+        evidence("isolation", f.isolation)
+    if f.extensions:
+        evidence("superuser step", "; ".join(f.extensions))
     if f.restored:
         evidence("tables", f.restored.table_count())
         evidence("schemas", ",".join(sorted(f.restored.schemas)))
@@ -56,6 +60,10 @@ def test_restore_finished_without_errors(drill: DrillFacts, evidence: Evidence) 
     if f.outcome.refused:
         fail(f"restore drill errors: FAILED (dump refused: {f.outcome.refused}); fix: a pg_dump never "
                     "writes meta-commands; find what wrote or edited this dump and take a clean one")
+    found = traps.find_traps(problems)
+    if found:
+        shown = "; ".join(t.describe() for t in found[:5])
+        fail(f"restore drill: FAILED ({shown}); {traps.FIX}")
     if problems:
         shown = "\n  ".join(problems[:10])
         fail(f"restore drill errors: FAILED ({len(problems)} error lines vs 0):\n  {shown}\n{FIX_DUMP}")

@@ -17,7 +17,7 @@ import pytest
 from pgbackup_verify.config import Target
 from pgbackup_verify.evidence import Evidence, fail, human_bytes, require
 from pgbackup_verify.facts.dumps.gzipscan import FOOTER, HEADER, TAIL_BYTES, DumpScan
-from pgbackup_verify.facts.dumps.inventory import UNJUDGED, Coverage, DumpFile, Inventory, LatestDump
+from pgbackup_verify.facts.dumps.inventory import UNJUDGED, Coverage, DumpFile, Inventory, LatestDump, ScanCache
 from pgbackup_verify.facts.dumps.plainscan import display_name
 from pgbackup_verify.facts.history import RunFacts
 
@@ -150,9 +150,22 @@ def test_payload_did_not_shrink_beyond_allowed_ratio(latest_dump: LatestDump | N
         "raise [backups].max_shrink_ratio for one night"))
 
 
-def test_no_night_missing_in_retention_window(night_coverage: Coverage, target: Target, evidence: Evidence) -> None:
+def _readings(cache: ScanCache, evidence: Evidence) -> None:
+    """Which dumps this run read in full, and which verdicts came from the scan record (and from when)."""
+    record = cache.record
+    if record is None or record.path is None:
+        return
+    evidence("dumps read this run", ", ".join(r.describe() for r in record.readings if r.read) or "none")
+    evidence("dumps from the scan record", ", ".join(r.describe() for r in record.readings if not r.read) or "none")
+    if record.problem:
+        evidence("scan record", record.problem)
+
+
+def test_no_night_missing_in_retention_window(night_coverage: Coverage, target: Target, evidence: Evidence,
+                                              dump_scan_cache: ScanCache) -> None:
     nights = night_coverage.nights
     evidence("night rule", night_coverage.rule.describe())
+    _readings(dump_scan_cache, evidence)
     for n in nights:
         evidence(f"night {n.date}", n.good or ("no good dump: " + ("; ".join(n.bad) or "no dump file")))
     missing = night_coverage.missing
@@ -166,8 +179,9 @@ def test_no_night_missing_in_retention_window(night_coverage: Coverage, target: 
 
 
 def test_enough_good_dumps_kept(good_dumps: list[DumpFile], target: Target, evidence: Evidence,
-                                backup_inventory: Inventory) -> None:
+                                backup_inventory: Inventory, dump_scan_cache: ScanCache) -> None:
     minimum = target.backups.min_good_dumps
+    _readings(dump_scan_cache, evidence)
     evidence("dump files", str(len(backup_inventory.dumps)))
     evidence("good dumps (newest first)", ", ".join(d.name for d in good_dumps) or "none")
     require(len(good_dumps) >= minimum, (

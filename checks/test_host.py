@@ -82,6 +82,8 @@ def test_cron_schedules_every_backup_job(crontabs: list[Crontab], host_section: 
                     if bad is None and job not in e.scripts():
                         bad = (f"cron cuts the command at column {e.percent.column} before it runs {job}",
                                f"write every % as \\%: `{e.line(e.percent.escaped)}`")
+                    if bad is None and job in e.guarded() and not backup_host.file(job).exists:
+                        bad = (f"guarded: does nothing while {job} is absent", f"restore {job}: the job never runs")
                     found.append((e, bad or next(iter(_run_problems(e, backup_host)), None)))
         good = [e for e, bad in found if bad is None]
         if good:
@@ -141,9 +143,13 @@ def test_no_cron_entry_runs_a_missing_or_retired_script(crontabs: list[Crontab],
             if _retired(path, host_section):
                 problems.append(f"cron entry at {e.where}: FAILED (runs retired script {path}); fix: comment the "
                                 "line out with `crontab -e` and pause its Kuma monitor")
+        guarded = e.guarded()
         for path in e.scripts():
             checked += 1
             if path.startswith("/") and not backup_host.file(path).exists:
+                if path in guarded:  # `[ -x P ] && P`: a package removed but not purged, a harmless line
+                    evidence(f"cron entry at {e.where}", f"guarded: does nothing while {path} is absent")
+                    continue
                 problems.append(f"cron entry at {e.where}: FAILED (script {path} does not exist); fix: restore "
                                 "the script or remove the line with `crontab -e`")
     evidence("scripts run by cron", f"{checked} checked in {_sources(crontabs)}")

@@ -14,9 +14,10 @@ from typing import NoReturn
 import pytest
 
 from pgbackup_verify.config import OffsiteSection, Target
-from pgbackup_verify.evidence import fail, human_bytes, require, verdict
+from pgbackup_verify.evidence import FAILED, Evidence, fail, human_bytes, require, verdict
 from pgbackup_verify.facts.dumps.inventory import DumpFile
 from pgbackup_verify.facts.dumps.nights import UPLOAD_WINDOW_S, nearest_same_night, nearest_to_upload, night_rule
+from pgbackup_verify.facts.dumps.scanrecord import ScanRecord
 from pgbackup_verify.facts.host import BackupDirFacts, shown_name
 from pgbackup_verify.facts.offsite import Archive, ArchiveScan, Listing
 
@@ -114,8 +115,16 @@ def test_newest_offsite_archive_is_fresh_and_big_enough(offsite_listing: Listing
 
 
 def test_offsite_archive_holds_no_hostile_member(offsite_listing: Listing, offsite_scan: ArchiveScan | None,
-                                                 offsite_section: OffsiteSection, evidence) -> None:
+                                                 offsite_section: OffsiteSection, offsite_record: ScanRecord,
+                                                 evidence) -> None:
     scan = _upstream(offsite_listing, offsite_scan, offsite_section, HOSTILE)
+    if offsite_record.path is not None:
+        for r in offsite_record.readings:
+            evidence("archive read", f"downloaded and read this run ({r.why})" if r.read else
+                     f"verdict from the scan record of {_hhmm(r.scanned_at)} (unchanged on the remote: same size, "
+                     f"time and hash; read again every {offsite_record.rescan_days} days)")
+        if offsite_record.problem:
+            evidence("scan record", offsite_record.problem)
     evidence("members", f"{scan.members} in {scan.archive.name}, {scan.links_inside} link(s) staying inside")
     problems = []
     if scan.hostile:
@@ -183,6 +192,36 @@ def _hhmm(when: float) -> str:
     return time.strftime('%Y-%m-%d %H:%M', time.localtime(when))
 
 
+RACE_WINDOW_S = 3 * 3600  # a dump finished this soon after the archive was packed was running meanwhile
+
+
+def _nights_behind(dumps: list[DumpFile], member_written: float, packed: float, boundary: str,
+                   evidence: Evidence) -> str:
+    """Why the member is an older night's dump than the archive's own night ('' when it is not).
+
+    The archive's night is the night (by the dump checks' rule) it was packed in; the newest local dump
+    of that night that the dump checks did not find bad is what it should hold. An upload that ran
+    before that night's dump finished packs the night before, every night, and matches it perfectly."""
+    rule = night_rule(boundary, [d.mtime for d in dumps])
+    night, member_night = rule.night_of(packed), rule.night_of(member_written)
+    evidence("nights", f"archive packed {_hhmm(packed)}, in the night of {night}; member of the night of "
+                       f"{member_night} ({rule.describe()})")
+    if member_night >= night:
+        return ""
+    # Only a dump that was done, or still running, when the archive was packed: an evening upload that
+    # ships the morning's dump is not behind because the next morning's dump exists by the time we look.
+    due = [d for d in dumps if rule.night_of(d.mtime) == night and d.mtime <= packed + RACE_WINDOW_S
+           and evidence.upstream(f"dump {d.path}") != FAILED]
+    if not due:
+        return ""  # that night has no good local dump: the dump checks say so
+    newest = max(due, key=lambda d: d.mtime)
+    gap = (night - member_night).days
+    return (f"the member is the dump of the night of {member_night}, written {_hhmm(member_written)}, but the "
+            f"archive was packed {_hhmm(packed)}, in the night of {night}, whose dump {shown_name(newest.path)} "
+            f"(written {_hhmm(newest.mtime)}) it does not hold: the offsite copy is "
+            f"{'one night' if gap == 1 else f'{gap} nights'} behind")
+
+
 def test_offsite_pg_dump_matches_the_local_dump(offsite_listing: Listing, offsite_scan: ArchiveScan | None,
                                                 offsite_section: OffsiteSection,
                                                 backup_dir_facts: BackupDirFacts, target: Target,
@@ -200,6 +239,14 @@ def test_offsite_pg_dump_matches_the_local_dump(offsite_listing: Listing, offsit
         "fix: check the local dump job")
     # A local dump the dump checks found bad: the sizes differ because of it, not of the upload.
     evidence.require_upstream(f"dump {local.path}")
+    # A member older than max_age_hours is the contains check's finding (one fault, one red line).
+    if scan.member_mtime and (a.mtime - scan.member_mtime) / 3600 <= o.max_age_hours:
+        behind = _nights_behind(backup_dir_facts.dumps, scan.member_mtime, a.mtime, target.backups.night_boundary,
+                                evidence)
+        require(not behind, (
+            f"offsite PG dump night: FAILED ({scan.matches[0]} in {a.name}: {behind}); fix: schedule the upload "
+            "after the dump job, or make it wait on the dump's lock (run both under `flock` on the same lock "
+            "file)"))
     size = scan.member_size or 0
     diff = abs(size - local.size) / max(local.size, 1)
     shown = shown_name(local.path)  # a local name need not be UTF-8

@@ -33,7 +33,8 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
                                       "test_dumps.py", "test_offsite.py", "test_trends.py", "test_init.py",
                                       "test_minimal_target.py")},
     **{m: (f"tests/{m}::",) for m in ("test_nights.py", "test_in_progress.py", "test_hostile_fs.py", "test_pg16.py",
-                                      "test_drill_parallel.py", "test_drill_tiers.py", "test_custom_rows.py")},
+                                      "test_drill_parallel.py", "test_drill_tiers.py", "test_custom_rows.py",
+                                      "test_scanrecord.py")},
     "test_grants_differential.py": ("tests/test_grants_differential.py::",),
     "test_sample_db.py": ("tests/test_sample_db.py::",),
     "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module

@@ -76,6 +76,48 @@ def test_what_a_cron_command_finally_runs(command: str, expected: list[tuple[str
     assert runs(command) == expected
 
 
+G = "/usr/lib/php/sessionclean"
+
+
+@pytest.mark.parametrize(("command", "guarded"), [
+    # Debian's cron.d lines: a test of the program's own file before it runs it
+    (f"[ -x {G} ] && {G}", True),
+    (f"test -x {G} && {G} --full", True),
+    (f"/usr/bin/test -x {G} && {G}", True),
+    (f"[[ -x {G} ]] && {G}", True),
+    (f"if [ -x {G} ]; then {G}; fi", True),
+    (f"command -v {G} >/dev/null && {G}", True),
+    (f"command -v {G} > /dev/null 2>&1 && flock -n /run/lock/s {G}", True),
+    (f"[ -x {G} ] && if [ ! -d /run/systemd/system ]; then {G}; fi", True),
+    (f"if [ -x {G} ] && [ -d /run ]; then bash -c '{G} > /dev/null'; fi", True),
+    (f"test -f {G} && {{ {G}; }}", True),
+    (f"while [ -x {G} ]; do {G}; done", True),
+    ("cd /usr/lib/php && [ -x ./sessionclean ] && ./sessionclean", True),
+    # not guarded: another file tested, the test negated or not in force where it runs
+    (f"[ -x /usr/bin/php ] && {G}", False),
+    (f"[ -x {G} ]; {G}", False),
+    (f"[ -x {G} ] || {G}", False),
+    (f"true || [ -x {G} ] && {G}", False),  # (true || test) && G: G runs after `true` alone
+    (f"[ -x {G} ] && {G} || logger failed", True),
+    (f"! [ -x {G} ] && {G}", False),
+    (f"[ ! -x {G} ] && {G}", False),
+    (f"if [ -x {G} ]; then :; else {G}; fi", False),
+    (f"if [ -x {G} ] || [ -d /run ]; then {G}; fi", False),
+    (f"until [ -x {G} ]; do {G}; done", False),
+    (f"[ -x {G} ] && ( {G} ); {G}", False),  # run once unguarded: the missing script is real
+    (f"[ -d {G} ] && {G}", False),  # -d is no test of a program file
+])
+def test_a_guarded_program_is_known_to_run_only_when_present(command: str, guarded: bool) -> None:
+    e = cron.parse(f"0 2 * * * root {command}\n", "/etc/cron.d/php", system=True).entries[0]
+    assert G in e.scripts()
+    assert (G in e.guarded()) == guarded
+
+
+def test_command_v_only_looks_the_name_up() -> None:
+    assert runs(f"command -v {S} >/dev/null") == []
+    assert runs(f"command {S}") == [(S, True, "")]
+
+
 def test_a_relative_path_without_a_known_home_stays_relative() -> None:
     assert runs("./pg.sh", home=None) == [("./pg.sh", True, "")]
 

@@ -22,6 +22,7 @@ from srcdb import source_database
 from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.facts.drill import tiers
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.restore import restore_custom
 from pgbackup_verify.facts.drill.safety import Janitor
 from pgbackup_verify.facts.dumps.customfmt import count_archive_rows, read_archive_toc
@@ -84,6 +85,7 @@ pattern = "src_*.dump"
 [drill]
 mode = "scratch"
 server_dsn = "{c.dsn()}"
+allow_superuser_restore = true
 work_dir = "{work}"
 lock_file = "{work / 'drill.lock'}"
 jobs = 1
@@ -131,7 +133,7 @@ def test_sample_tier_counts_only_the_tables_it_restores(scene):
     work, janitor, source = scene.root / "work-sample", Janitor(), from_path(scene.healthy)
     work.mkdir()
     try:
-        out = restore_custom(source, scene.cluster.dsn("sampled"), scene.cluster.env(), 2, 120, janitor, work,
+        out = restore_custom(source, Endpoint(scene.cluster.dsn("sampled")), 2, 120, janitor, work,
                              None, plan.pg_restore_args(source, janitor, work), count_rows=True)
     finally:
         assert janitor.run_all() == []

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from checkrun import ChecksRun, TargetResult, run_checks
@@ -55,7 +56,7 @@ def _toml(v: object) -> str:
 
 def scratch(c: ThrowawayCluster) -> dict[str, str]:
     """Scratch mode on the session cluster: a database instead of initdb, where the mode does not matter."""
-    return {"mode": "scratch", "server_dsn": c.dsn()}
+    return {"mode": "scratch", "server_dsn": c.dsn(), "allow_superuser_restore": True}
 
 
 def drill_toml(work_dir: Path, **keys: object) -> str:
@@ -289,21 +290,19 @@ def test_scan_counts_copy_rows_and_drops_the_dumps_restrict_pair():
 
 
 def _wait_for_sleeping_restore(work_dir: Path, proc: subprocess.Popen, seconds: float = 60) -> Path:
-    """Until the drill cluster's restore sits in the dump's pg_sleep: then we are mid-restore."""
+    """Until the drill cluster's restore sits in the dump's pg_sleep: then we are mid-restore.
+
+    The drill's server takes no connection from us (socket only, a password per drill): its backend's
+    process title says what it runs (`postgres: pgbv_restore DB [local] SELECT`).
+    """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else "suite ended early"
-        for root in work_dir.glob("pgbv-cluster-drill-*"):
-            pidfile = root / "data" / "postmaster.pid"
-            try:
-                port = pidfile.read_text().splitlines()[3]
-                with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
-                                     connect_timeout=2) as conn:
-                    if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
-                                    " AND state = 'active'").fetchone()[0]:
-                        return root
-            except (OSError, IndexError, psycopg.OperationalError):
-                pass
+        roots = list(work_dir.glob("pgbv-cluster-drill-*"))
+        busy = [p for p in psutil.process_iter(["cmdline"])
+                if any("pgbv_restore" in a and a.endswith("SELECT") for a in p.info["cmdline"] or ())]
+        if roots and busy:
+            return roots[0]
         time.sleep(0.2)
     raise AssertionError("the drill never reached the sleeping statement")
 
@@ -383,10 +382,13 @@ def test_scratch_database_mode_leaves_the_server_as_it_found_it(pytester, cluste
     gone = subprocess.Popen(["true"])
     gone.wait()
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:  # what a crashed drill left behind
-        conn.execute("CREATE DATABASE restore_drill_20000101_000000_1")
+        # Scratch mode as it should be set up: a role with CREATEDB only (a superuser is refused).
+        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'drill_maker') THEN "
+                     "CREATE ROLE drill_maker LOGIN CREATEDB; END IF; END $$")
+        conn.execute("CREATE DATABASE restore_drill_20000101_000000_1 OWNER drill_maker")
         conn.execute("COMMENT ON DATABASE restore_drill_20000101_000000_1 IS "
                      f"'pgbackup-verify drill pid={gone.pid} host={socket.gethostname()} started={int(time.time())}'")
-    target = write_target(backups, drill_toml(work_dir, mode="scratch", server_dsn=cluster.dsn(),
+    target = write_target(backups, drill_toml(work_dir, mode="scratch", server_dsn=cluster.dsn(user="drill_maker"),
                                               expect_live_catalog=True))
     result = run_one(pytester, target)
     result.assert_outcomes(passed=8)

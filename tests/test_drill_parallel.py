@@ -24,6 +24,7 @@ from srcdb import source_database
 
 from pgbackup_verify.facts.drill import parallel
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster, stop_cluster_dir
+from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.restore import RestoreOutcome, restore_plain
 from pgbackup_verify.facts.drill.safety import Janitor
 from pgbackup_verify.facts.dumps.source import from_path
@@ -108,7 +109,7 @@ class Source:
 
     def restore(self, text: str | None = None, jobs: int = 2) -> tuple[RestoreOutcome, str]:
         dsn = self.fresh()
-        out = restore_plain(from_path(self.write(text or self.dump)), dsn, self.cluster.env(), 120, Janitor(),
+        out = restore_plain(from_path(self.write(text or self.dump)), Endpoint(dsn), 120, Janitor(),
                             jobs=jobs, work_dir=self.work)
         return out, dsn
 
@@ -242,20 +243,19 @@ def test_sigterm_mid_load_leaves_nothing_behind(source: Source, tmp_path: Path) 
 
 
 def _wait_for_copy(work: Path, proc: subprocess.Popen, seconds: float = 60) -> Path:
-    """Until a COPY of the drill runs on one of its connections: then the load is under way."""
+    """Until a COPY of the drill runs on one of its connections: then the load is under way.
+
+    The drill's server takes no connection from us (socket only, a password per drill): its
+    backends' process titles say what they run (`postgres: pgbv_restore DB [local] COPY`).
+    """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else "drill ended early"
-        for root in work.glob("pgbv-cluster-drill-*"):
-            try:
-                port = (root / "data" / "postmaster.pid").read_text().splitlines()[3]
-                with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
-                                     connect_timeout=2) as conn:
-                    if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY public.child%' "
-                                    "AND state = 'active'").fetchone()[0]:  # type: ignore[index]
-                        return root
-            except (OSError, IndexError, psycopg.OperationalError):
-                pass
+        roots = list(work.glob("pgbv-cluster-drill-*"))
+        copying = [p for p in psutil.process_iter(["cmdline"])
+                   if any("pgbv_restore" in a and a.endswith("COPY") for a in p.info["cmdline"] or ())]
+        if roots and copying:
+            return roots[0]
         time.sleep(0.1)
     raise AssertionError("the drill never reached the COPY of public.child")
 

@@ -28,6 +28,7 @@ from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.config import ConfigError, DrillSection, load_target
 from pgbackup_verify.facts.drill import tiers
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
+from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.progress import DrillProgress, for_stream
 from pgbackup_verify.facts.drill.restore import restore_custom, restore_plain
 from pgbackup_verify.facts.drill.run import run_drill
@@ -91,7 +92,8 @@ class Scene:
     def target(self, kind: str, backup_dir: Path | None = None, extra: str = "", **drill: object) -> Path:
         work = self.work()
         pattern = "src_*.sql.gz" if kind == "plain" else "src_*.dump"
-        keys = {"mode": "scratch", "server_dsn": self.cluster.dsn(), "work_dir": str(work),
+        keys = {"mode": "scratch", "server_dsn": self.cluster.dsn(), "allow_superuser_restore": True,
+                "work_dir": str(work),
                 "lock_file": str(work / "drill.lock"), "expected_schemas": ["public", "Odd Schema"], **drill}
         lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
         path = self.root / f"t{self.n}.toml"
@@ -108,14 +110,14 @@ class Scene:
         name = f"restore_{self.n}"
         with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")  # type: ignore[arg-type]
-        dsn, env, work, janitor = self.cluster.dsn(name), self.cluster.env(), self.work(), Janitor()
+        dsn, work, janitor = self.cluster.dsn(name), self.work(), Janitor()
         source = from_path(dump or self.dumps[kind])
         try:
             if kind == "custom":
-                out = restore_custom(source, dsn, env, jobs, 120, janitor, work, None,
+                out = restore_custom(source, Endpoint(dsn), jobs, 120, janitor, work, None,
                                      plan.pg_restore_args(source, janitor, work))
             else:
-                out = restore_plain(source, dsn, env, 120, janitor, None, jobs, work, plan.copy_filter)
+                out = restore_plain(source, Endpoint(dsn), 120, janitor, None, jobs, work, plan.copy_filter)
         finally:
             assert janitor.run_all() == []
         with psycopg.connect(dsn) as conn:

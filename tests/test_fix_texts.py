@@ -234,6 +234,7 @@ def runs(built: demo.Demo, tmp_path_factory: pytest.TempPathFactory) -> dict[str
                 # The drill restores into a scratch database of the demo's own server: the same drill and
                 # fix texts, without a cluster started per fault.
                 t.write_text(text + f'\n[drill]\nmode = "scratch"\nserver_dsn = "{built.cluster.dsn()}"\n'
+                             'allow_superuser_restore = true\n'
                              f'lock_file = "{root / slug / "drill.lock"}"\n')
                 checks_run = run_checks(root / slug / "run", [t], [CHECKS], "-p", "no:xdist")
                 abort = checks_run.doc.get("abort")

@@ -65,6 +65,12 @@ MAILTO=""
 35 2 * * * {pg} > {root}/pg-$(date +\\%F).log 2>&1
 """)
     _cron_d(h, "pg-offsite", f"0 20 * * * root nice -n 10 {gd} >> {root}/gd.log 2>&1\n")
+    # A package removed but not purged: Debian's guarded lines run nothing while their program is absent.
+    gone = f"{root}/removed/bin"
+    _cron_d(h, "php", "".join(f"{m} * * * * root {line}\n" for m, line in enumerate((
+        f"[ -x {gone}/sessionclean ] && if [ ! -d /run/systemd/system ]; then {gone}/sessionclean; fi",
+        f"test -x {gone}/a && {gone}/a", f"/usr/bin/test -x {gone}/b && {gone}/b", f"[[ -x {gone}/c ]] && {gone}/c",
+        f"if [ -x {gone}/d ]; then {gone}/d; fi", f"command -v {gone}/e >/dev/null && {gone}/e"))))
     # A package manager's leftover copy: cron skips it on purpose, and so do the checks.
     _cron_d(h, "pg-offsite.dpkg-old", f"0 21 * * * root {h.scripts}/gone.sh\n")
 
@@ -87,6 +93,17 @@ FAULTS: dict[str, tuple[Callable[[scene.HostScene, Path], None], list[str], str]
         lambda h, b: _append(h.crontab, f"0 3 * * * {h.retired} >> /dev/null 2>&1\n"),
         ["test_no_cron_entry_runs_a_missing_or_retired_script"],
         "cron entry at {crontab}:7: FAILED (runs retired script {retired}); fix: comment the line out"),
+    "guard on another file": (
+        lambda h, b: _append(h.crontab, f"30 3 * * * [ -x /usr/bin/env ] && {h.scripts}/gone.sh\n"),
+        ["test_no_cron_entry_runs_a_missing_or_retired_script"],
+        "cron entry at {crontab}:7: FAILED (script {scripts}/gone.sh does not exist); fix: restore the script"),
+    "backup job guarded and absent": (
+        lambda h, b: (h.crontab.write_text(h.crontab.read_text().replace(
+            f"0 2 * * * {h.pg_backup}", f"0 2 * * * [ -x {h.pg_backup} ] && {h.pg_backup}")), h.pg_backup.unlink())
+        and None,
+        ["test_cron_schedules_every_backup_job", "test_backup_scripts_are_root_owned_and_not_writable_by_others"],
+        "cron entry for {pg}: FAILED ({crontab}:5: guarded: does nothing while {pg} is absent); fix: restore {pg}: "
+        "the job never runs"),
     "entry runs a missing script": (
         lambda h, b: _append(h.crontab, f"30 3 * * * bash {h.scripts}/gone.sh\n"),
         ["test_no_cron_entry_runs_a_missing_or_retired_script"],
@@ -237,6 +254,9 @@ def test_every_wrapper_administrators_write_is_green(hosts: Hosts) -> None:
     assert (f"{h.crontab}:4 runs: {h.pg_backup} as root (through flock > timeout > nice > ionice > chronic)"
             in result.text)
     assert f"skipped by cron: {h.root}/cron.d/pg-offsite.dpkg-old" in result.text
+    for line, prog in enumerate(("sessionclean", "a", "b", "c", "d", "e"), 1):
+        assert (f"cron entry at {h.root}/cron.d/php:{line}: guarded: does nothing while {h.root}/removed/bin/{prog} "
+                "is absent") in result.text
 
 
 def test_a_symlinked_backup_dir_is_followed(hosts: Hosts) -> None:

@@ -3,6 +3,7 @@ archives of real dumps: green on last night's archive, red on each broken one.""
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import io
 import os
@@ -74,6 +75,12 @@ FAULTS = {
         [HOSTILE], [CONTAINS, COMPLETE, MATCHES],
         ["FAILED (could not be read: archive unreadable after 2 members: ", "fix: re-run the upload job, the archive "
          "is damaged", "not judged: offsite archive offsite:", f"(reported by {HOSTILE})"]),
+    "one night behind": (
+        [MATCHES], [],
+        ["offsite PG dump night: FAILED (vps-backup-", "/postgresql-directus.sql.gz in vps-backup-",
+         ": the member is the dump of the night of {member_night}, written ", "but the archive was packed ",
+         "in the night of {night}, whose dump {dump} (written ", ") it does not hold: the offsite copy is one night "
+         "behind); fix: schedule the upload after the dump job, or make it wait on the dump's lock"]),
     "old dump in a fresh archive": (
         [CONTAINS], [],
         ["offsite PG dump age: FAILED (vps-backup-", "/postgresql-directus.sql.gz in vps-backup-",
@@ -121,6 +128,14 @@ def _write_case(case: str, remote: Path, dump: Path) -> None:
         with archive.open("r+b") as f:
             f.truncate(cut)
         os.utime(archive, (when, when))
+    elif case == "one night behind":
+        # The upload ran half an hour before the night's dump finished: it packed the night before's.
+        previous = sorted(dump.parent.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)[-2]
+        scene.write_archive(remote, previous, when=dump.stat().st_mtime - 1800)
+    elif case == "evening upload of the morning's dump":
+        # Packed 18 h after the night before's dump and 6 h before the newest one started: not behind.
+        previous = sorted(dump.parent.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)[-2]
+        scene.write_archive(remote, previous, when=dump.stat().st_mtime - 6 * 3600)
     elif case == "old dump in a fresh archive":
         oldest = min(dump.parent.glob("directus_*.sql.gz"), key=lambda p: p.stat().st_mtime)
         assert dump.stat().st_mtime - oldest.stat().st_mtime > 3 * 86400
@@ -150,8 +165,8 @@ def offsite_run(seed_cluster: ThrowawayCluster, healthy_backups: Path,
     dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
     dump = _newest_dump(healthy_backups)
     remotes, targets = {}, []
-    for case in ["last night", "links staying inside", "local dumps behind a symlink", *FAULTS, "empty remote",
-                 "missing remote"]:
+    for case in ["last night", "links staying inside", "local dumps behind a symlink",
+                 "evening upload of the morning's dump", *FAULTS, "empty remote", "missing remote"]:
         remote = root / slug(case) / "offsite"
         remote.mkdir(parents=True)
         _write_case(case, remote, dump)
@@ -168,8 +183,15 @@ def offsite_run(seed_cluster: ThrowawayCluster, healthy_backups: Path,
 def test_last_nights_archive_passes(offsite_run: Remotes) -> None:
     result, dump = offsite_run["last night"], offsite_run.dump
     result.assert_outcomes(passed=OFFSITE_CHECKS)
+    night = dt.date.fromtimestamp(dump.stat().st_mtime)
+    assert f"in the night of {night}; member of the night of {night} (a night runs from " in result.text
     assert "B gzip, valid, footer found" in result.text
     assert f"vs local {dump} {dump.stat().st_size} B (0.0%" in result.text
+
+
+def test_an_evening_upload_of_the_mornings_dump_is_not_behind(offsite_run: Remotes) -> None:
+    result = offsite_run["evening upload of the morning's dump"]
+    assert result.outcome("test_offsite_pg_dump_matches_the_local_dump") == "passed", result.text
 
 
 def test_local_dumps_behind_a_symlinked_backup_dir_are_compared(offsite_run: Remotes) -> None:
@@ -196,7 +218,9 @@ def test_each_offsite_fault_fails_its_check(fault: str, offsite_run: Remotes) ->
                            skipped=len(not_judged))
     assert result.failed() == set(failing)
     assert {c["name"] for c in result.checks if c["outcome"] == "skipped"} == set(not_judged)
+    night = dt.date.fromtimestamp(offsite_run.dump.stat().st_mtime)  # the dumps are written at the same hour
     for m in messages:
+        m = m.format(night=night, member_night=night - dt.timedelta(days=1), dump=offsite_run.dump)
         assert m in result.text
     remote = offsite_run.remotes[fault]
     assert not (remote.parent.parent / "etc").exists()  # nothing was ever written out of the archive
@@ -275,3 +299,36 @@ def test_offsite_section_mistakes_are_one_line(tmp_path: Path, toml: str, expect
 def test_link_targets_are_resolved_through_the_archives_own_links(member: tarfile.TarInfo, reason: str) -> None:
     links = {"a/b/ok": "../c", "a/up": "../..", "a/out": "/etc", "a/loop": "loop2", "a/loop2": "loop"}
     assert offsite.hostile_reason(member, links) == reason
+
+
+def test_an_archive_unchanged_on_the_remote_is_not_downloaded_again(healthy_backups: Path,
+                                                                    seed_cluster: ThrowawayCluster,
+                                                                    tmp_path: Path) -> None:
+    """Runs in one working directory (one scan record): read, then kept, then read again once the remote's
+    hash differs, though size and time are the same (a byte flipped in place, the mtime set back)."""
+    remote = tmp_path / "offsite"
+    remote.mkdir()
+    dump = _newest_dump(healthy_backups)
+    archive = scene.write_archive(remote, dump, when=dump.stat().st_mtime + 3600)
+    target = demo.write_target_file(tmp_path / "t.toml", seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE),
+                                    healthy_backups, name="kept", extra=scene.offsite_toml(remote))
+
+    def run() -> TargetResult:
+        return run_checks(tmp_path / "run", [target], [CHECKS], env=scene.RCLONE_ENV)["kept"]
+
+    first, second = run(), run()
+    first.assert_outcomes(passed=OFFSITE_CHECKS)
+    second.assert_outcomes(passed=OFFSITE_CHECKS)
+    assert "archive read: downloaded and read this run (no record)" in first.text
+    assert "archive read: verdict from the scan record of " in second.text
+    assert "B gzip, valid, footer found" in second.text  # the member's verdict, from the record
+    st = archive.stat()
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns))
+    third = run()
+    assert "archive read: downloaded and read this run (changed since its last read)" in third.text
+    # Judged again: the flipped byte breaks the member's deflate data or its CRC, or the archive itself.
+    assert third.failed() & {HOSTILE, COMPLETE}, third.text
+    assert "FAILED (" in third.text and ("CRC" in third.text or "corrupt" in third.text)

@@ -146,7 +146,8 @@ def sample(pagila: ThrowawayCluster, tmp_path_factory: pytest.TempPathFactory) -
         work = Path(tempfile.mkdtemp(prefix="pgbv-drilltest-"))  # the postgres OS user must reach it
         work.chmod(0o711)
         works.append(work)
-        drill = (f'[drill]\nmode = "scratch"\nserver_dsn = "{pagila.dsn()}"\nwork_dir = "{work}"\n'
+        drill = (f'[drill]\nmode = "scratch"\nallow_superuser_restore = true\nserver_dsn = "{pagila.dsn()}"\n'
+                 f'work_dir = "{work}"\n'
                  f'lock_file = "{work / "drill.lock"}"\nexpect_live_catalog = true\n')
         targets.append(target_toml(root / name / "t.toml", name, pagila.dsn(db, ROLE), backups,
                                    f"{DB}_*{suffix}", drill))

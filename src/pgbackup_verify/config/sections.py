@@ -98,6 +98,8 @@ class BackupsSection(Section):
                                   default=0.2, ge=0, lt=1)
     retention_days: int = key("window in which every night must have a good dump", default=7, gt=0)
     min_good_dumps: int = key("good dumps that must be kept (nights expected)", default=7, ge=1)
+    rescan_days: int = key("each kept dump is read again in full at least every this many days (the newest every "
+                           "run; between, the scan record of an unchanged file stands)", default=7, ge=1)
     stray_max_bytes: int = key("a dump file smaller than this is a stray partial artifact", default=1024)
     expected_schemas: tuple[str, ...] = key("schemas a custom-format dump's TOC must list", default=())
     night_boundary: str = key("local time of day \"HH:MM\" at which one night ends and the next begins; "
@@ -205,10 +207,17 @@ class DrillSection(Section):
                                          "\"sunday\" or [\"wednesday\", \"sunday\"]", default=())
     max_full_age_days: int = key("a check fails when the last passing full drill (run history) is older "
                                  "than this many days", default=8, ge=1)
+    sandbox: str = key("throwaway mode: bwrap (the server and psql run in a bubblewrap sandbox as an unnamed "
+                       "uid, no network) or none (no namespaces; every report says the drill ran unsandboxed)",
+                       default="bwrap")
+    allow_superuser_restore: bool = key("scratch mode: restore even when server_dsn's role is a superuser or may "
+                                        "run server programs or files (every report then flags it)", default=False)
 
     def validate(self) -> None:
         if self.source not in ("local", "offsite"):
             raise ConfigError(f"[drill].source: '{self.source}' is not one of local, offsite")
+        if self.sandbox not in ("bwrap", "none"):
+            raise ConfigError(f"[drill].sandbox: '{self.sandbox}' is not one of bwrap, none")
         if self.tier not in ("full", "schema", "sample"):
             raise ConfigError(f"[drill].tier: '{self.tier}' is not one of full, schema, sample")
         if self.sample_pick not in ("largest", "rotate"):

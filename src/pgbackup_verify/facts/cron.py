@@ -8,6 +8,7 @@ mode and owner) is the host's knowledge: `Crontab.ignored`, set by `facts.host`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -50,8 +51,13 @@ class CronEntry:
 
     def runs(self) -> list[cronline.Run]:
         """What the line finally runs, wrappers peeled off; a run's user "" is the entry's user."""
-        return [r if r.user else cronline.Run(r.path, r.written, r.direct, self.user, r.via)
-                for r in self.parsed().runs]
+        return [r if r.user else dataclasses.replace(r, user=self.user) for r in self.parsed().runs]
+
+    def guarded(self) -> set[str]:
+        """Paths the line runs only behind a test of their own file (`[ -x P ] && P`, `if [ -x P ]; then
+        P; fi`, `command -v P >/dev/null && P`): while such a file is absent, the line does nothing."""
+        runs = [r for r in self.runs() if r.is_path]
+        return {r.path for r in runs if r.guarded} - {r.path for r in runs if not r.guarded}
 
     def scripts(self) -> list[str]:
         """Paths the line runs (commands named by a path, and scripts handed to an interpreter)."""

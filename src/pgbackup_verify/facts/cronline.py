@@ -17,6 +17,8 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from pgbackup_verify.facts import cronguard
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _OPS = ("&&", "||", ";;", "|&", ";", "&", "|", "(", ")", "\n")
 _REDIRS = ("&>>", "&>", ">>", ">|", ">&", "<<<", "<<-", "<<", "<&", "<>", ">", "<")
@@ -40,6 +42,7 @@ class Run:
     direct: bool  # executed itself (needs an execute bit); False: a script handed to an interpreter
     user: str  # who runs it: "" is the cron entry's own user, else a `sudo -u`/`su`/`runuser` user
     via: tuple[str, ...] = ()  # the wrappers around it, outermost first
+    guarded: bool = False  # runs only behind a test of its own file (`[ -x P ] && P`): absent, it is a no-op
 
     @property
     def is_path(self) -> bool:
@@ -252,6 +255,7 @@ class _Simple:
     assigns: list[str] = field(default_factory=list)
     redirect_targets: list[str] = field(default_factory=list)
     sep_before: str = ""
+    start: int = -1  # index of its first word (or assignment) among the tokens
 
 
 def simple_commands(toks: list[Tok]) -> list[_Simple]:
@@ -267,10 +271,12 @@ def simple_commands(toks: list[Tok]) -> list[_Simple]:
                 cmds[-1].redirect_targets.append(toks[i + 1].value)
                 i += 1
         elif not cmds[-1].words and not t.dynamic and _NAME.match(t.value):
+            cmds[-1].start = i if cmds[-1].start < 0 else cmds[-1].start
             cmds[-1].assigns.append(t.value)
         elif not cmds[-1].words and t.value in _RESERVED:
             pass  # `if`, `then`, `do`, `{` ... open a compound command; what follows is a command
         else:
+            cmds[-1].start = i if cmds[-1].start < 0 else cmds[-1].start
             cmds[-1].words.append(t)
         i += 1
     return [c for c in cmds if c.words or c.sep_before in ("(", ")")]
@@ -283,6 +289,7 @@ class _Ctx:
     user: str = ""
     via: tuple[str, ...] = ()
     depth: int = 0
+    guards: frozenset[str] = frozenset()  # files tested before this point runs (resolved paths)
 
 
 @dataclass
@@ -490,6 +497,11 @@ def _runitor(args: list[str], ctx: _Ctx) -> _Result:
     return None
 
 
+def _command(args: list[str], ctx: _Ctx) -> _Result:
+    opts, rest = _getopt(args)
+    return None if "-v" in opts or "-V" in opts else ("cmd", rest, ctx)  # -v/-V only look a name up
+
+
 def _after_dashdash(args: list[str], ctx: _Ctx) -> _Result:
     return ("cmd", args[args.index("--") + 1:], ctx) if "--" in args else None
 
@@ -526,7 +538,7 @@ WRAPPERS: dict[str, Callable[[list[str], _Ctx], _Result]] = {
     "run-one": _plain(),
     "unbuffer": _plain(),
     "exec": _plain("a"),
-    "command": _plain(),
+    "command": _command,
     "time": _plain("of", ("--output", "--format")),
     "stdbuf": _plain("ioe", ("--input", "--output", "--error")),
     "systemd-cat": _plain("tp", ("--identifier", "--priority", "--stderr-priority", "--level-prefix")),
@@ -564,7 +576,8 @@ def _final(words: list[Tok], ctx: _Ctx, out: Parsed) -> None:
             return
         if kind == "script":
             assert isinstance(what, str)
-            out.runs.append(Run(_resolve(what, ctx), what, False, ctx.user, ctx.via))
+            path = _resolve(what, ctx)
+            out.runs.append(Run(path, what, False, ctx.user, ctx.via, path in ctx.guards))
             return
         assert isinstance(what, list)
         values = what
@@ -572,14 +585,17 @@ def _final(words: list[Tok], ctx: _Ctx, out: Parsed) -> None:
     if values:
         if first_dynamic and "/" not in values[0]:
             return  # `$CMD args`: nothing we can name
-        out.runs.append(Run(_resolve(values[0], ctx), values[0], True, ctx.user, ctx.via))
+        path = _resolve(values[0], ctx)
+        out.runs.append(Run(path, values[0], True, ctx.user, ctx.via, path in ctx.guards))
 
 
 def _parse_into(command: str, ctx: _Ctx, out: Parsed) -> None:
     if ctx.depth > _MAX_DEPTH:
         return
     errors: list[str] = []
-    cmds = simple_commands(tokens(command, errors))
+    toks = tokens(command, errors)
+    cmds = simple_commands(toks)
+    tested = cronguard.guards(toks, _RESERVED)
     out.error = out.error or (errors[0] if errors else "")
     stack: list[str | None] = []
     cwd = ctx.cwd
@@ -602,7 +618,9 @@ def _parse_into(command: str, ctx: _Ctx, out: Parsed) -> None:
                 cwd = _resolve(args[0].value if args[0].value.startswith("/") or "/" in args[0].value
                                else "./" + args[0].value, replace(ctx, cwd=cwd))
             continue
-        _final(c.words, replace(ctx, cwd=cwd), out)
+        here = replace(ctx, cwd=cwd)
+        guards = ctx.guards | {_resolve(t.value, here) for t in tested.get(c.start, ())}
+        _final(c.words, replace(here, guards=guards), out)
 
 
 def parse_command(command: str, home: str | None = None, user: str = "") -> Parsed:

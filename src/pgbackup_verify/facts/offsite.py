@@ -263,6 +263,27 @@ def open_member(o: OffsiteSection, archive: Archive) -> Iterator[MemberStream | 
         yield None
 
 
+# What scan_archive says about the same bytes, as kept in the scan record: bump on any change to it (the
+# member's own scanner has dumps.inventory.SCANNER_VERSION; the record names both).
+ARCHIVE_SCANNER_VERSION = 1
+
+
+def remote_hash(o: OffsiteSection, archive: Archive) -> str:
+    """The remote's own hash of the archive ("md5:...", "sha1:..."), or "" where it offers none.
+
+    One file listed, with MD5 and SHA-1 asked for by name: a cloud remote keeps them as metadata; a
+    local one computes them (one read, no decompression); every other hash type is left alone."""
+    try:
+        res = subprocess.run([o.rclone, "lsjson", "--files-only", "--hash-type", "MD5", "--hash-type", "SHA-1",
+                              archive.path], capture_output=True, text=True, timeout=300, check=False,
+                             env=childenv.rclone())
+        entries = json.loads(res.stdout) if res.returncode == 0 else []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return ""
+    hashes = entries[0].get("Hashes") or {} if len(entries) == 1 and isinstance(entries[0], dict) else {}
+    return next((f"{k}:{v}" for k, v in sorted(hashes.items()) if v), "")
+
+
 def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
     """One streaming pass over the whole archive: every header checked, the first match verified.
     Link targets are judged at the end, against every symlink of the archive; nothing is followed."""

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +150,9 @@ def template_cache_dir() -> Path | None:
         return None
 
 
-def template_dir(bindir: Path, cache: Path) -> Path:
+def template_dir(bindir: Path, cache: Path, args: Sequence[str] = INITDB_ARGS) -> Path:
     """Where the template of this PostgreSQL build lives: keyed by its binaries and the initdb options."""
-    parts = [TEMPLATE_FORMAT, str(bindir.resolve()), *INITDB_ARGS]
+    parts = [TEMPLATE_FORMAT, str(bindir.resolve()), *args]
     for name in ("postgres", "initdb"):
         st = os.stat(bindir / name)
         parts += [name, str(st.st_size), str(st.st_mtime_ns), str(st.st_ino)]
@@ -166,28 +167,37 @@ def _own_dir(path: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
 
 
-def _chown_tree(root: Path) -> None:
-    """Hand a copied data directory to `postgres` (under root); links are never followed."""
+def _chown_tree(root: Path, owner: tuple[int, int] | None = None) -> None:
+    """Hand a copied data directory to `owner` (default: `postgres`, under root); links are never followed."""
     if os.geteuid() != 0:
         return
-    pw = pwd.getpwnam("postgres")
-    os.lchown(root, pw.pw_uid, pw.pw_gid)
+    if owner is None:
+        pw = pwd.getpwnam("postgres")
+        owner = (pw.pw_uid, pw.pw_gid)
+    os.lchown(root, *owner)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in (*dirnames, *filenames):
-            os.lchown(os.path.join(dirpath, name), pw.pw_uid, pw.pw_gid)
+            os.lchown(os.path.join(dirpath, name), *owner)
 
 
-def copy_template(bindir: Path, data: Path, cache: Path | None = None) -> bool:
+def template_secret(bindir: Path, cache: Path | None, args: Sequence[str]) -> str | None:
+    """The superuser password a template was made with (kept beside it, in the private cache)."""
+    cache = cache or template_cache_dir()
+    return None if cache is None else read_private(template_dir(bindir, cache, args) / "secret")
+
+
+def copy_template(bindir: Path, data: Path, cache: Path | None = None, args: Sequence[str] = INITDB_ARGS,
+                  owner: tuple[int, int] | None = None) -> bool:
     """Copy the cached initdb of this build into `data`; False when there is none (yet)."""
     cache = cache or template_cache_dir()
     if cache is None:
         return False
-    src = template_dir(bindir, cache)
+    src = template_dir(bindir, cache, args)
     if not _own_dir(src) or not (src / "data" / "PG_VERSION").is_file():
         return False
     try:
-        shutil.copytree(src / "data", data, symlinks=True, copy_function=shutil.copy)
-        _chown_tree(data)
+        shutil.copytree(src / "data", data, symlinks=True, copy_function=shutil.copy, dirs_exist_ok=True)
+        _chown_tree(data, owner)
     except OSError as e:
         log.warning("initdb template %s unusable (%s): running initdb", src, e)
         shutil.rmtree(data, ignore_errors=True)
@@ -195,12 +205,13 @@ def copy_template(bindir: Path, data: Path, cache: Path | None = None) -> bool:
     return True
 
 
-def save_template(bindir: Path, data: Path, cache: Path | None = None) -> None:
+def save_template(bindir: Path, data: Path, cache: Path | None = None, args: Sequence[str] = INITDB_ARGS,
+                  secret: str | None = None) -> None:
     """Keep a fresh, never started `data` as the template of this build (atomic: build, then rename)."""
     cache = cache or template_cache_dir()
     if cache is None:
         return
-    final = template_dir(bindir, cache)
+    final = template_dir(bindir, cache, args)
     for stale in cache.glob(".building-*"):  # a crashed build; a live one renames within seconds
         with contextlib.suppress(OSError):
             if time.time() - os.lstat(stale).st_mtime > 3600:
@@ -208,6 +219,10 @@ def save_template(bindir: Path, data: Path, cache: Path | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
     try:
         shutil.copytree(data, tmp / "data", symlinks=True, copy_function=shutil.copy)
+        if secret is not None:
+            fd = os.open(tmp / "secret", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret)
         os.rename(tmp, final)
     except OSError as e:
         if not final.exists():
@@ -229,10 +244,17 @@ def read_owner(root: Path) -> owner.Mark | None:
     return owner.parse_mark(read_private(root / OWNER_FILE) or read_private(root / LEGACY_OWNER_FILE))
 
 
+SANDBOX_FILE = "sandboxed"  # a drill cluster whose server ran in its own pid namespace (sandbox.py)
+
+
 def stop_cluster_dir(root: Path) -> None:
-    """Stop a (possibly orphaned) cluster living in `root` and remove the directory."""
+    """Stop a (possibly orphaned) cluster living in `root` and remove the directory.
+
+    A sandboxed server died with its owner (bwrap --die-with-parent), and the pid in its
+    postmaster.pid is one of its own pid namespace: never signalled from here.
+    """
     data = root / "data"
-    if (data / "postmaster.pid").exists():
+    if (data / "postmaster.pid").exists() and not (root / SANDBOX_FILE).exists():
         subprocess.run([str(pg_bindir() / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate", "-w"],
                        check=False, capture_output=True, timeout=60, **_run_as())
     shutil.rmtree(root, ignore_errors=True)

@@ -48,7 +48,8 @@ from typing import IO
 import psycopg
 from isal import igzip
 
-from pgbackup_verify.facts.drill.restore import CHUNK, Counting, Progress, RestoreOutcome, psql_messages
+from pgbackup_verify.facts.drill.drillcluster import Endpoint
+from pgbackup_verify.facts.drill.restore import CHUNK, Counting, Progress, RestoreOutcome, no_row_data, psql_messages
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
@@ -235,10 +236,11 @@ class _Job:
 class _Segment:
     """One psql under \\restrict; its input lines mapped back to dump lines for its messages."""
 
-    def __init__(self, conninfo: str, env: dict[str, str], session: list[tuple[int, bytes]]) -> None:
-        self.proc = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env=env)
+    def __init__(self, endpoint: Endpoint, session: list[tuple[int, bytes]]) -> None:
+        argv, kwargs = endpoint.command(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", endpoint.conninfo,
+                                         "-f", "-"])
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     **kwargs)
         assert self.proc.stdin is not None and self.proc.stderr is not None
         self.stdin = self.proc.stdin
         self.lines: list[str] = []
@@ -294,10 +296,10 @@ class _Segment:
 class ParallelRestore:
     """One parallel restore; run() returns what restore_plain returns."""
 
-    def __init__(self, source: DumpSource, conninfo: str, env: dict[str, str], jobs: int, time_limit: float,
+    def __init__(self, source: DumpSource, endpoint: Endpoint, jobs: int, time_limit: float,
                  janitor: Janitor, work_dir: Path, progress: Progress | None = None,
                  copy_filter: Callable[[str], bool] | None = None) -> None:
-        self.source, self.conninfo, self.env, self.jobs = source, conninfo, env, max(jobs, 1)
+        self.source, self.endpoint, self.jobs = source, endpoint, max(jobs, 1)
         self.copy_filter = copy_filter
         self.skip_copy = False  # the COPY block being read is declined by copy_filter: its data is dropped
         self.time_limit, self.janitor, self.work_dir, self.progress = time_limit, janitor, work_dir, progress
@@ -529,7 +531,7 @@ class ParallelRestore:
     def _segment(self) -> _Segment:
         if self.segment is None:
             try:
-                self.segment = _Segment(self.conninfo, self.env, sorted(self.session.values()))
+                self.segment = _Segment(self.endpoint, sorted(self.session.values()))
             except FileNotFoundError as e:
                 raise _NoPsql(e.errno, e.strerror, e.filename) from None
         return self.segment
@@ -562,7 +564,7 @@ class ParallelRestore:
 
     def _connect(self) -> None:
         for i in range(self.jobs):
-            conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+            conn = self.endpoint.connect(autocommit=True)
             self.conns.append(conn)
             t = threading.Thread(target=self._worker, args=(conn,), name=f"restore-{i}", daemon=True)
             self.threads.append(t)
@@ -644,9 +646,10 @@ class ParallelRestore:
             line = job.line_no + int(m.group(1))  # COPY's own count: data line N is header + N
         msg = (f"dump line {line}: ERROR: {(diag.message_primary or str(e)).strip()} "
                f"| line: {job.first_line}")
+        context = [no_row_data(c) for c in (diag.context or "").splitlines()[:3]]
         for extra in (diag.message_detail and f"DETAIL: {diag.message_detail}",
-                      diag.context and f"CONTEXT: {diag.context.splitlines()[0]}"):
-            if extra:
+                      *(f"CONTEXT: {c}" for c in context)):
+            if extra and not (job.kind == "copy" and extra.startswith("DETAIL: Failing row contains")):
                 msg += f"\n    {extra[:200]}"
         with self.lock:
             self.failures.append(msg)
@@ -736,8 +739,8 @@ def _parallel_item(text: bytes, last_no: int, first: bytes, session: tuple[bytes
     return None
 
 
-def restore_parallel(source: DumpSource, conninfo: str, env: dict[str, str], jobs: int, time_limit: float,
+def restore_parallel(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit: float,
                      janitor: Janitor, work_dir: Path | None = None, progress: Progress | None = None,
                      copy_filter: Callable[[str], bool] | None = None) -> RestoreOutcome:
-    return ParallelRestore(source, conninfo, env, jobs, time_limit, janitor,
+    return ParallelRestore(source, endpoint, jobs, time_limit, janitor,
                            work_dir or Path(tempfile.gettempdir()), progress, copy_filter).run()

@@ -20,6 +20,7 @@ from typing import IO
 from isal import igzip
 
 from pgbackup_verify.facts.drill.cluster import mark_owner
+from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
 from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, count_archive_rows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
@@ -113,13 +114,33 @@ def _watchdog(proc: subprocess.Popen[bytes], seconds: float, outcome: RestoreOut
     return t
 
 
+_COPY_CONTEXT = re.compile(r"^(CONTEXT:\s+)?(COPY .*?, line \d+)(, column [^:]+)?: .*$", re.DOTALL)
+
+
+_ROW_VALUES = re.compile(r"^(DETAIL:\s+Failing row contains ).*$|(Key \([^)]*\)=)\(.*?\)", re.DOTALL)
+
+
+def no_row_data(text: str) -> str:
+    """A COPY error's context without the row it quotes: the dump's data never reaches a report."""
+    m = _COPY_CONTEXT.match(text)
+    if m:
+        return f"{m.group(1) or ''}{m.group(2)}{m.group(3) or ''}"
+    return _ROW_VALUES.sub(lambda v: f"{v.group(1)}(values not shown)" if v.group(1) else f"{v.group(2)}(...)", text)
+
+
+def _copy_header(scanner: PlainDumpScanner, dump_line: int) -> str | None:
+    """The COPY header of a data line (data lines are never kept, nor shown: only their table)."""
+    prev = next((text for no, text in reversed(scanner.recent) if no < dump_line), b"")
+    return prev.decode(errors="replace").rstrip("\r\n") if prev.startswith(b"COPY ") else None
+
+
 def psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreOutcome) -> None:
     current: list[str] | None = None
     for text in lines:
         m = _PSQL_MSG.match(text)
         if m:
             dump_line = int(m.group(1)) - 1  # line 1 of psql's input is our \restrict
-            shown = scanner.line_text(dump_line)
+            shown = scanner.line_text(dump_line) or _copy_header(scanner, dump_line)
             msg = f"dump line {dump_line}: {m.group(2).upper()}: {m.group(3)}"
             if shown is not None:
                 msg += f" | line: {shown.strip()[:200]}"
@@ -127,13 +148,13 @@ def psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreO
             if len(current) < MAX_MESSAGES:
                 current.append(msg)
         elif current and text.strip() and current[-1].count("\n") < 4 and not text.startswith("psql:"):
-            current[-1] += "\n    " + text.strip()[:200]
+            current[-1] += "\n    " + no_row_data(text.strip())[:200]
         elif text.startswith("psql:") and "NOTICE" not in text:
             outcome.errors.append(text[:300])
 
 
-def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_limit: float,
-                  janitor: Janitor, progress: Progress | None = None, jobs: int = 1,
+def restore_plain(source: DumpSource, endpoint: Endpoint, time_limit: float, janitor: Janitor,
+                  progress: Progress | None = None, jobs: int = 1,
                   work_dir: Path | None = None, copy_filter: Callable[[str], bool] | None = None
                   ) -> RestoreOutcome:
     """Stream the dump once: decompress, scan, count rows, feed psql under \\restrict.
@@ -144,12 +165,12 @@ def restore_plain(source: DumpSource, conninfo: str, env: dict[str, str], time_l
     if jobs > 1 or copy_filter is not None:  # a schema/sample tier drops COPY data there (tiers.py)
         from pgbackup_verify.facts.drill.parallel import restore_parallel  # imports this module
 
-        return restore_parallel(source, conninfo, env, jobs, time_limit, janitor, work_dir, progress, copy_filter)
+        return restore_parallel(source, endpoint, jobs, time_limit, janitor, work_dir, progress, copy_filter)
     outcome = RestoreOutcome(tool="psql")
     scanner = PlainDumpScanner()
     start = time.monotonic()
-    proc = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    argv, kwargs = endpoint.command(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", endpoint.conninfo, "-f", "-"])
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
     janitor.add("psql", lambda: _kill(proc))
     assert proc.stdin is not None and proc.stderr is not None
     lines: list[str] = []
@@ -211,7 +232,7 @@ def _spool(source: DumpSource, work_dir: Path, janitor: Janitor) -> Path:
     return path
 
 
-def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs: int, time_limit: float,
+def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit: float,
                    janitor: Janitor, work_dir: Path, progress: Progress | None = None,
                    extra_args: Sequence[str] = (), count_rows: bool = False) -> RestoreOutcome:
     """pg_restore -j into the database; with count_rows, the archive's rows are read meanwhile.
@@ -232,8 +253,12 @@ def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs:
                 path, extra_args, deadline, lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
         counter = threading.Thread(target=count, daemon=True)
         counter.start()
-    proc = subprocess.Popen(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", *extra_args,
-                             "-d", conninfo, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # The archive is the host's (root-only): pg_restore reads it as root without capabilities, in
+    # its own namespaces, seeing the archive and the restore list read-only (sandbox.py).
+    lists = [Path(a) for a in extra_args if a != "-L" and Path(a).is_absolute()]
+    argv, kwargs = endpoint.command(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", *extra_args,
+                                     "-d", endpoint.conninfo, str(path)], ro=[path.resolve(), *lists], reader=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
     janitor.add("pg_restore", lambda: _kill(proc))
     assert proc.stderr is not None
     lines: list[str] = []
@@ -246,13 +271,19 @@ def restore_custom(source: DumpSource, conninfo: str, env: dict[str, str], jobs:
     outcome.exit_code = proc.returncode
     timer.cancel()
     reader.join(5)
+    last: str | None = None  # the error the following context lines belong to
     for text in lines:
         if text.startswith("pg_restore: error:") and len(outcome.errors) < MAX_MESSAGES:
             outcome.errors.append(text.removeprefix("pg_restore: "))
+            last = "error"
         elif text.startswith("Command was:") and outcome.errors:
             outcome.errors[-1] += f" | command: {text[12:].strip()[:200]}"
         elif text.startswith("pg_restore: warning:") and "errors ignored" not in text:
             outcome.warnings.append(text.removeprefix("pg_restore: "))
+            last = None
+        elif last and outcome.errors and text.strip() and not text.startswith("pg_restore:") \
+                and outcome.errors[-1].count("\n") < 4:
+            outcome.errors[-1] += "\n    " + no_row_data(text.strip())[:200]
     outcome.payload_bytes = source.payload_estimate()
     if counter is not None:
         counter.join(max(time_limit - (time.monotonic() - start), 0) + 10)  # the count has the same deadline

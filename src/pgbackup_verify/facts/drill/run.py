@@ -21,8 +21,9 @@ from psycopg import sql
 from pgbackup_verify.config import DrillSection, Target
 from pgbackup_verify.facts.catalog import Catalog, read_catalog
 from pgbackup_verify.facts.db import DatabaseUnreachable, connect_readonly, scalar
-from pgbackup_verify.facts.drill import owner, safety, tiers
-from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, ThrowawayCluster
+from pgbackup_verify.facts.drill import extensions, owner, safety, sandbox, tiers
+from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX
+from pgbackup_verify.facts.drill.drillcluster import DrillCluster, Endpoint
 from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
 from pgbackup_verify.facts.dumps.plainscan import PlainDumpScanner, display_name
 from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound, newest_dump
@@ -41,6 +42,8 @@ class DrillFacts:
     stored_bytes: int | None = None
     database: str = ""
     where: str = ""
+    isolation: str = ""  # how the restore was contained (sandbox.py), for every report's header
+    extensions: list[str] = field(default_factory=list)  # created by the superuser step (extensions.py)
     outcome: RestoreOutcome | None = None
     restored: Catalog | None = None
     live: Catalog | None = None  # expectations read from the live catalog (asked, or nothing written)
@@ -101,38 +104,37 @@ class _Site:
     def __init__(self, d: DrillSection, work_dir: Path, janitor: safety.Janitor) -> None:
         self.d, self.work_dir, self.janitor = d, work_dir, janitor
         self.name = safety.guard_name(db_name(d.prefix), d.prefix)
-        self.admin_dsn = d.server_dsn
-        self.env = dict(os.environ)
-        self.where = ""
+        self.where = self.isolation = ""
+        self.endpoint = Endpoint("")
+        self.admin: Endpoint | None = None  # the throwaway cluster's superuser, for the narrow steps
 
     def create(self) -> None:
         if self.d.mode == "throwaway":
-            cluster = ThrowawayCluster(base=self.work_dir, tag=safety.CLUSTER_TAG)  # marks its owner
+            box = sandbox.resolve(self.d.sandbox)  # fails closed: SandboxUnavailable names what is missing
+            self.isolation = box.describe()
+            cluster = DrillCluster(box, base=self.work_dir, tag=safety.CLUSTER_TAG)  # marks its owner
             self.janitor.add(f"cluster {cluster.root}", cluster.stop)
+            self.where = cluster.where
             cluster.start()
-            self.admin_dsn, self.env = cluster.dsn(), cluster.env()
-            self.where = f"throwaway cluster {cluster.root} port {cluster.port}"
-        else:
-            params = psycopg.conninfo.conninfo_to_dict(self.admin_dsn)
-            self.where = f"server {params.get('host', 'local socket')}:{params.get('port', 5432)}"
-        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
-            if self.d.mode == "throwaway":
-                for role in self.d.roles:
-                    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+            # `postgres` too: the superuser here is pgbv_admin, so a dump's OWNER TO postgres is a plain owner.
+            self.endpoint = cluster.prepare_restore(self.name, ("postgres", *self.d.roles))
+            self.admin = cluster.admin(self.name)
+            return
+        params = psycopg.conninfo.conninfo_to_dict(self.d.server_dsn)
+        self.where = f"server {params.get('host', 'local socket')}:{params.get('port', 5432)}"
+        with psycopg.connect(self.d.server_dsn, autocommit=True, connect_timeout=10) as conn:
+            powers = safety.refuse_superuser(conn, self.d)
+            self.isolation = (f"scratch database, restored as {conn.info.user!r}" + (
+                f" ({powers}: SUPERUSER RESTORE allowed by [drill].allow_superuser_restore)" if powers else ""))
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(self.name)))
-            if self.d.mode == "scratch":
-                self.janitor.add(f"database {self.name}", self.drop)
-                conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    sql.Identifier(self.name), sql.Literal(owner.owner_mark())))
+            self.janitor.add(f"database {self.name}", self.drop)
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(self.name), sql.Literal(owner.owner_mark())))
+        self.endpoint = Endpoint(self.d.server_dsn).for_db(self.name)
 
     def drop(self) -> None:
-        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(self.d.server_dsn, autocommit=True, connect_timeout=10) as conn:
             safety.drop_database(conn, self.name, self.d.prefix)
-
-    def dsn(self) -> str:
-        params = psycopg.conninfo.conninfo_to_dict(self.admin_dsn)
-        params["dbname"] = self.name
-        return psycopg.conninfo.make_conninfo("", **params)
 
 
 def _leftovers(d: DrillSection, work_dir: Path) -> list[str]:
@@ -293,19 +295,23 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         facts.disk = f"not measured: the scratch database lives on the server ({socket.gethostname()} cannot see it)"
     site = _Site(d, work_dir, janitor)
     facts.database = site.name
-    site.create()
-    facts.where = site.where
+    try:
+        site.create()
+    finally:
+        facts.where, facts.isolation = site.where, site.isolation
+    if site.admin is not None:  # the one superuser step: untrusted extensions the dump creates
+        facts.extensions = extensions.create_untrusted(site.admin, extensions.dump_extensions(source))
     facts.tier = plan = tiers.plan(target, d)
     remaining = d.time_limit_seconds - (time.monotonic() - start)
     if source.fmt == "custom":
         # A schema drill loads no data: its archive rows are not read (that is what makes it cheap).
-        facts.outcome = restore_custom(source, site.dsn(), site.env, d.jobs, remaining, janitor, work_dir, progress,
+        facts.outcome = restore_custom(source, site.endpoint, d.jobs, remaining, janitor, work_dir, progress,
                                        plan.pg_restore_args(source, janitor, work_dir),
                                        count_rows=plan.tier != tiers.SCHEMA)
     else:
-        facts.outcome = restore_plain(source, site.dsn(), site.env, remaining, janitor, progress, d.jobs, work_dir,
+        facts.outcome = restore_plain(source, site.endpoint, remaining, janitor, progress, d.jobs, work_dir,
                                       plan.copy_filter)
-    with psycopg.connect(site.dsn(), autocommit=True, connect_timeout=10) as conn:
+    with site.endpoint.connect(autocommit=True) as conn:
         facts.restored = read_catalog(conn)
         facts.lo_dump, facts.lo_restored = facts.outcome.large_objects, int(scalar(conn, _LARGE_OBJECTS) or 0)
         if facts.outcome.scan is not None:

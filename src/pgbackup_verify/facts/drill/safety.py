@@ -24,6 +24,8 @@ from types import FrameType
 import psycopg
 from psycopg import sql
 
+from pgbackup_verify.config import DrillSection
+from pgbackup_verify.errors import ConfigError
 from pgbackup_verify.facts.drill import owner
 from pgbackup_verify.facts.drill.cluster import (
     CLUSTER_PREFIX,
@@ -195,6 +197,30 @@ def sweep(work_dir: Path, prefix: str, stale_minutes: float, server_dsn: str | N
     for line in lines:
         log.warning("drill sweep: %s", line)
     return lines
+
+
+# Roles whose members run code on the server's host: a restore by one of them runs the dump's traps there.
+_POWERFUL = """
+SELECT r.rolsuper, array(SELECT p FROM unnest(ARRAY['pg_execute_server_program', 'pg_read_server_files',
+                                                     'pg_write_server_files']) AS p
+                         WHERE pg_has_role(r.oid, p, 'USAGE'))
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+
+def refuse_superuser(conn: psycopg.Connection, d: DrillSection) -> str:
+    """Scratch mode: a restore as a superuser (or a role that may run programs or files on the
+    server) runs every trap a database object owner put in the dump. Refused unless asked for;
+    returns the powers allowed ("" for a plain role)."""
+    row = conn.execute(_POWERFUL).fetchone()
+    if row is None:
+        return ""
+    powers = "a superuser" if row[0] else "a member of " + " and ".join(row[1]) if row[1] else ""
+    if powers and not d.allow_superuser_restore:
+        raise ConfigError(f"[drill].server_dsn: its role {conn.info.user!r} is {powers}: a restore as "
+                          "that role runs code any object owner put in the dump with those rights; use a role with "
+                          "CREATEDB only, or set [drill].allow_superuser_restore = true (every report then says so)")
+    return powers
 
 
 def preflight_disk(work_dir: Path, payload: int, factor: float) -> str:

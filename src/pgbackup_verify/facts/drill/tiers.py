@@ -33,6 +33,7 @@ from pgbackup_verify.config.sections import WEEKDAYS
 from pgbackup_verify.facts.db import connect_readonly
 from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
+from pgbackup_verify.facts.drill.sandbox import tool_env
 from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import split_name
 from pgbackup_verify.facts.dumps.source import DumpSource
@@ -121,10 +122,11 @@ class TierPlan:
 def toc_lines(source: DumpSource) -> list[str]:
     """`pg_restore -l` of the dump: from its file, or from the stream (only the header is read)."""
     if source.path is not None:
-        out = subprocess.run(["pg_restore", "-l", str(source.path)], capture_output=True, check=False)
+        out = subprocess.run(["pg_restore", "-l", str(source.path)], capture_output=True, check=False,
+                             env=tool_env())
     else:
         proc = subprocess.Popen(["pg_restore", "-l"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, env=tool_env())
         assert proc.stdin is not None
 
         def feed() -> None:

@@ -8,6 +8,8 @@ is found (retention coverage, min good dumps). With one good dump per night and 
 window that is ~7 scans per run: e.g. 7 x 118 MB in ~3.3 s. A night whose newest file is bad
 costs one more scan per older file of that night. A custom-format dump is read in full by
 `pg_restore -f -` (customfmt.verify_archive), which costs more than a gunzip of the same data.
+Across runs, the scan record (scanrecord.py, the cache's `record`) keeps each file's verdict while
+the file is unchanged: a run reads the newest dump and the ones whose rescan is due, not the window.
 
 Nights follow `nights.NightRule` (24-hour windows anchored away from the job's usual time), never
 the calendar day. A dump still being written (open for writing by a process, or still growing) is
@@ -33,6 +35,7 @@ from pgbackup_verify.facts.dumps import customfmt
 from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, DumpScan, scan_file
 from pgbackup_verify.facts.dumps.nights import NightRule, night_rule
 from pgbackup_verify.facts.dumps.progress import InProgress, find_in_progress
+from pgbackup_verify.facts.dumps.scanrecord import ScanRecord
 from pgbackup_verify.safefs import open_regular
 
 # Names that only interrupted or half-finished writers leave behind.
@@ -116,10 +119,12 @@ class Inventory:
 
 @dataclass
 class ScanCache:
-    """One scan per file per session; a file rewritten in between gets a new key."""
+    """One scan per file per session; a file rewritten in between gets a new key. With a `record`,
+    one read per file in its life (scanrecord.py): unchanged older dumps keep their verdict across runs."""
 
     scans: dict[tuple[str, int, int], DumpScan] = field(default_factory=dict)
     hits: int = 0
+    record: ScanRecord | None = None
     seconds: float | None = None  # [backups].read_timeout_seconds: wall-clock limit of one file's read
 
     def scan(self, dump: DumpFile) -> DumpScan:
@@ -131,7 +136,11 @@ class ScanCache:
         if key in self.scans:
             self.hits += 1
             return self.scans[key]
-        result = scan_dump(dump.path, follow=dump.link, seconds=self.seconds)
+
+        def read(path: Path) -> DumpScan:
+            return scan_dump(path, follow=dump.link, seconds=self.seconds)
+
+        result = self.record.scan(dump.path, read) if self.record else read(dump.path)
         self.scans[key] = result
         return result
 
@@ -142,6 +151,11 @@ def is_custom_format(path: Path, follow: bool = True) -> bool:
             return f.read(len(CUSTOM_MAGIC)) == CUSTOM_MAGIC
     except OSError:
         return False
+
+
+# The verdicts of the scanners below, as kept in the scan record: bump on any change to what a scan
+# of the same bytes says (a new check, a fixed parser), so no record of the older scanner is reused.
+SCANNER_VERSION = 1
 
 
 def scan_dump(path: Path, follow: bool = True, seconds: float | None = None) -> DumpScan:

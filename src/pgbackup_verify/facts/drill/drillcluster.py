@@ -1,0 +1,291 @@
+"""The drill's throwaway server: sandboxed, reachable by nobody else, restoring as a plain role.
+
+- No TCP listener: one Unix socket, in a directory only root and the drill user can enter (root:drill
+  0770 under root, 0700 otherwise). Its path is in the process list; the directory's mode is the lock.
+- Even there a password: scram-sha-256 for every role (pg_hba.conf has one `local ... scram-sha-256`
+  line). The superuser's password is made new for every drill, and so is the restore role's; both live
+  in this process and in the environment of the drill's own clients, never on a command line or in a file.
+- The superuser is `pgbv_admin`, not `postgres`: a dump that writes `OWNER TO postgres` gets a plain
+  `postgres` role like any other owner.
+- The restore runs as `pgbv_restore`: no superuser, none of pg_execute_server_program,
+  pg_read_server_files, pg_write_server_files; BYPASSRLS (pg_dump writes `SET row_security = off`, and
+  the dump's data is loaded as it was read). It owns the drill database; each owner role the drill makes
+  (`[drill].roles` and `postgres`) is a NOLOGIN plain role it is a member of, so `ALTER ... OWNER TO`
+  works and the owners' code still runs with no more than a plain role's rights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgbackup_verify.facts.drill.cluster import (
+    CLUSTER_PREFIX,
+    LOCALE,
+    PG_CTL_TIMEOUT,
+    SANDBOX_FILE,
+    SERVER_OPTIONS,
+    copy_template,
+    mark_owner,
+    pg_bindir,
+    read_private,
+    save_template,
+    template_secret,
+)
+from pgbackup_verify.facts.drill.sandbox import Sandbox, SandboxUnavailable
+
+ADMIN = "pgbv_admin"
+RESTORER = "pgbv_restore"
+PORT = 5432  # names the socket file only: there is no TCP listener
+# The key of the sandboxed template (cluster.template_dir): not the unsandboxed one's.
+INITDB_KEY = (f"--username={ADMIN}", "--auth=scram-sha-256", "--encoding=UTF8", f"--locale={LOCALE}",
+              "--wal-segsize=1", "--no-sync", "sandboxed")
+
+
+def tool(name: str) -> Path:
+    """A PostgreSQL client binary by its real path (Debian's /usr/bin/psql is a perl wrapper that
+    reads /etc/postgresql-common, which the sandbox does not see)."""
+    found = shutil.which(name)
+    if found and Path(found).resolve().name != "pg_wrapper":
+        return Path(found).resolve()
+    return pg_bindir() / name
+
+
+def install_root(binary: Path) -> list[Path]:
+    """What the sandbox must see of an installation outside /usr (e.g. a wheel's bin/ and lib/)."""
+    root = binary.resolve().parent.parent
+    return [] if Path("/usr") in (root, *root.parents) else [root]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How the drill's clients reach a database: a conninfo safe to show, and the secret kept apart."""
+
+    conninfo: str  # never holds the password: it goes on command lines and into messages
+    password: str | None = field(default=None, repr=False)
+    sandbox: Sandbox | None = None  # None: a scratch server of the user's, reached over the network
+    socket_dir: Path | None = None
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection:
+        if self.password is not None:
+            kwargs["password"] = self.password
+        return psycopg.connect(self.conninfo, connect_timeout=10, **kwargs)
+
+    def env(self) -> dict[str, str]:
+        """The complete environment of a client (psql, pg_restore): the password, nothing else secret."""
+        if self.sandbox is None:  # the scratch server's own PG* settings (.pgpass, PGPASSWORD, TLS)
+            keep = ("PATH", "HOME", "LANG", "LC_ALL")
+            base = {k: v for k, v in os.environ.items() if k.startswith("PG") or k in keep}
+            return {**base, **({"PGPASSWORD": self.password} if self.password else {})}
+        return self.sandbox.env(**({"PGPASSWORD": self.password} if self.password else {}))
+
+    def command(self, argv: Sequence[str], ro: Sequence[Path] = (), reader: bool = False
+                ) -> tuple[list[str], dict[str, Any]]:
+        """argv and Popen kwargs of a client; in the sandbox it sees the socket directory and `ro` only."""
+        argv = [str(tool(argv[0])), *argv[1:]]
+        if self.sandbox is None:
+            return argv, {"env": self.env()}
+        rw = [self.socket_dir] if self.socket_dir else []
+        return (self.sandbox.wrap(argv, rw=rw, ro=[*install_root(Path(argv[0])), *ro], reader=reader),
+                {"env": self.env(), **self.sandbox.popen_kwargs(reader=reader)})
+
+    def for_db(self, dbname: str) -> Endpoint:
+        params = psycopg.conninfo.conninfo_to_dict(self.conninfo)
+        params["dbname"] = dbname
+        return Endpoint(psycopg.conninfo.make_conninfo("", **params), self.password, self.sandbox, self.socket_dir)
+
+
+def reachable(work_dir: Path) -> None:
+    """The drill user passes through the work dir to its own cluster dir: every ancestor needs o+x."""
+    for d in (work_dir.resolve(), *work_dir.resolve().parents):
+        if not os.stat(d).st_mode & 0o001:
+            raise SandboxUnavailable(f"[drill].work_dir: the drill's unnamed user cannot pass through {d} (mode "
+                                     f"{os.stat(d).st_mode & 0o777:04o}); chmod o+x {d}, or set [drill].work_dir "
+                                     "to a directory under one it can (e.g. /var/tmp)")
+
+
+class DrillCluster:
+    """A throwaway cluster in `base`, started in `sandbox`; stop() kills it and removes everything."""
+
+    def __init__(self, sandbox: Sandbox, base: Path | None = None, tag: str = "",
+                 template_cache: Path | None = None) -> None:
+        if sandbox.drops_uid:
+            reachable(Path(base or tempfile.gettempdir()))
+        self.root = Path(tempfile.mkdtemp(prefix=f"{CLUSTER_PREFIX}{tag}", dir=base))
+        mark_owner(self.root)
+        (self.root / SANDBOX_FILE).write_text(sandbox.mode)
+        self.sandbox = sandbox.write_identity(self.root / "etc")
+        self.bindir = pg_bindir()
+        self.data = self.root / "data"
+        self.sock = self.root / "sock"
+        self.template_cache = template_cache
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._passwords: dict[str, str] = {}
+        self._owners: tuple[str, ...] = ()
+        self._prepare_dirs()
+
+    def _prepare_dirs(self) -> None:
+        uid, gid = self.sandbox.uid, self.sandbox.gid
+        self.data.mkdir(mode=0o700)
+        self.sock.mkdir(mode=0o700)
+        if self.sandbox.drops_uid:
+            os.chown(self.root, 0, gid)
+            os.chmod(self.root, 0o710)  # noqa: S103 - the drill user may pass through, not list or write
+            os.chown(self.data, uid, gid)
+            os.chown(self.sock, 0, gid)
+            os.chmod(self.sock, 0o770)  # noqa: S103 - root and the drill user; nobody else reaches the socket
+
+    @property
+    def where(self) -> str:
+        return f"throwaway cluster {self.root} (socket only; {self.sandbox.describe()})"
+
+    def _run(self, argv: Sequence[str], rw: Sequence[Path], ro: Sequence[Path] = ()
+             ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(self.sandbox.wrap(argv, rw=rw, ro=[*install_root(self.bindir / "postgres"), *ro]),
+                              env=self.sandbox.env(), timeout=PG_CTL_TIMEOUT,
+                              capture_output=True, **self.sandbox.popen_kwargs())
+
+    def _initdb(self) -> str:
+        """initdb in the sandbox with a fresh superuser password; kept as this build's template."""
+        secret = secrets.token_urlsafe(24)
+        pwfile = self.root / "pwfile"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        if self.sandbox.drops_uid:
+            os.chown(pwfile, self.sandbox.uid, self.sandbox.gid)
+        try:
+            r = self._run([str(self.bindir / "initdb"), "--pgdata", str(self.data), f"--pwfile={pwfile}",
+                           *INITDB_KEY[:-1]], rw=[self.data], ro=[pwfile])
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if r.returncode != 0:
+            why = r.stderr.decode(errors="replace").strip()[-500:]
+            raise RuntimeError(f"initdb failed in the drill sandbox: {why}")
+        save_template(self.bindir, self.data, self.template_cache, INITDB_KEY, secret)
+        return secret
+
+    def start(self, timeout: float = 60.0) -> DrillCluster:
+        try:
+            secret = None
+            owner = (self.sandbox.uid, self.sandbox.gid) if self.sandbox.drops_uid else None
+            if copy_template(self.bindir, self.data, self.template_cache, INITDB_KEY, owner):
+                secret = template_secret(self.bindir, self.template_cache, INITDB_KEY)
+            if secret is None:
+                shutil.rmtree(self.data, ignore_errors=True)
+                self.data.mkdir(mode=0o700)
+                if owner:
+                    os.chown(self.data, *owner)
+                secret = self._initdb()
+            self._launch(secret.strip(), timeout)
+            return self
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch(self, secret: str, timeout: float) -> None:
+        options = [*SERVER_OPTIONS, "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.sock}",
+                   "-c", "unix_socket_permissions=0777"]  # password_encryption is scram-sha-256 by default
+        argv = [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(PORT), *options]
+        # The one pg_hba line: even the socket asks for a password.
+        hba = self.data / "pg_hba.conf"
+        hba.unlink(missing_ok=True)
+        hba.write_text("local all all scram-sha-256\n")
+        if self.sandbox.drops_uid:
+            os.chown(hba, self.sandbox.uid, self.sandbox.gid)
+        with open(self.root / "postgresql.log", "ab") as log:
+            self.proc = subprocess.Popen(self.sandbox.wrap(argv, rw=[self.data, self.sock],
+                                                           ro=install_root(self.bindir / "postgres")),
+                                         stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log, start_new_session=True, env=self.sandbox.env(),
+                                         **self.sandbox.popen_kwargs())
+        self._passwords[ADMIN] = secret
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"PostgreSQL did not start in the drill sandbox: {self._log_tail()}")
+            try:
+                # Only a real login says the server is past recovery and accepting connections.
+                with self.admin().connect(autocommit=True) as conn:
+                    fresh = secrets.token_urlsafe(24)
+                    conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(ADMIN), sql.Literal(fresh)))
+                    self._passwords[ADMIN] = fresh
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _log_tail(self) -> str:
+        text = read_private(self.root / "postgresql.log", 1 << 16) or ""
+        return " | ".join(text.strip().splitlines()[-3:])
+
+    def _endpoint(self, user: str, dbname: str = "postgres") -> Endpoint:
+        conninfo = psycopg.conninfo.make_conninfo("", host=str(self.sock), port=str(PORT), dbname=dbname, user=user)
+        return Endpoint(conninfo, self._passwords.get(user), self.sandbox, self.sock)
+
+    def admin(self, dbname: str = "postgres") -> Endpoint:
+        """The superuser: for the narrow steps only (roles, the database), never for the dump's SQL."""
+        return self._endpoint(ADMIN, dbname)
+
+    def prepare_restore(self, dbname: str, owners: Sequence[str]) -> Endpoint:
+        """The restore role, the drill database it owns, and the owner roles it may hand objects to."""
+        password = secrets.token_urlsafe(24)
+        with self.admin().connect(autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION BYPASSRLS "
+                                 "PASSWORD {}").format(sql.Identifier(RESTORER), sql.Literal(password)))
+            for role in dict.fromkeys(owners):
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
+                             .format(sql.Identifier(role)))
+                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(RESTORER)))
+        self._passwords[RESTORER] = password
+        self._owners = tuple(dict.fromkeys(owners))
+        return self.database(dbname)
+
+    def database(self, dbname: str) -> Endpoint:
+        """A fresh database owned by the restore role (prepare_restore made it), and how to restore into it."""
+        with self.admin().connect(autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(dbname)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
+                sql.Identifier(dbname), sql.Identifier(RESTORER)))
+        with self.admin(dbname).connect(autocommit=True) as conn:
+            for role in self._owners:  # objects in public handed to an owner need its CREATE there
+                conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+        return self._endpoint(RESTORER, dbname)
+
+    def __enter__(self) -> DrillCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        try:
+            if proc is not None and proc.poll() is None:
+                # In bwrap, killing it ends its pid namespace and every process in it; unsandboxed, an
+                # immediate shutdown (SIGQUIT) of the postmaster. Nothing here is worth a checkpoint.
+                if self.sandbox.mode == "none":
+                    proc.send_signal(3)
+                else:
+                    proc.kill()
+                try:
+                    proc.wait(PG_CTL_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        finally:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.root, ignore_errors=True)
