@@ -2,8 +2,8 @@
 PGPASSWORD and in a Kuma push-token variable, while a thread reads `/proc/PID/environ` of every process
 below the run. None may hold the secret (no child outside the restore drill logs in to the target).
 
-The restore drill's children (its own server, initdb, psql) are the drill's sandbox and are proven by
-the drill's tests; this run leaves the drill out.
+The restore drill's children (its own server, initdb, psql) run in the drill's sandbox with their own
+environments, proven by tests/test_sandbox.py; this run leaves the drill out.
 """
 
 from __future__ import annotations
