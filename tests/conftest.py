@@ -45,6 +45,8 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_redact.py": ("tests/test_redact.py::",),
     "test_remote.py": ("tests/test_remote.py::",),  # one OpenSSH server and one checks run for the module
     "test_tls.py": ("tests/test_tls.py::",),  # one TLS cluster
+    "test_child_env.py": ("tests/test_child_env.py::",),  # one demo build, one checks run scanned
+    "test_fuzz_parsers.py": ("tests/test_fuzz_parsers.py::",),  # one cluster for the -Fc archive, ~30 s of examples
 }
 
 

@@ -1,6 +1,7 @@
 """Writing files safely as root: never through a link someone planted, never half a file.
 
-`atomic_write` writes a fresh temp file (mkstemp: unpredictable name, O_EXCL, 0600) in the same
+`open_regular` reads a file that must still be the regular file a listing saw (never a FIFO that
+blocks, never a device). `atomic_write` writes a fresh temp file (mkstemp: unpredictable name, O_EXCL, 0600) in the same
 directory and renames it over the destination; rename replaces a planted symlink instead of
 writing through it. `check_dir_private_enough` refuses a reports directory that other users may
 write into, since pytest-html and junitxml open their own files there by name.
@@ -13,6 +14,7 @@ reports group, 0640 in 0750 and that group.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -67,6 +69,31 @@ def open_append(path: Path) -> int:
         os.close(fd)
         raise OSError(f"'{path}' is not a regular file")
     return fd
+
+
+def open_regular(path: str | os.PathLike[str], follow: bool = True, buffering: int = -1) -> BinaryIO:
+    """Open for reading a file that must be a regular file, as it is at the moment of opening: a FIFO put
+    in its place after the listing does not block the open (O_NONBLOCK), and the type is re-checked on
+    the open descriptor (fstat), so a FIFO, socket or device is refused with an OSError. `follow=False`
+    also refuses a symlink put there (O_NOFOLLOW), for a name the listing saw as a plain file."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow:
+            raise OSError(e.errno, "replaced by a symlink after the directory was listed", str(path)) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+                else "not a regular file"
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file (swapped after the listing?)", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def check_dir_private_enough(path: Path, what: str) -> None:

@@ -64,6 +64,8 @@ class OffsiteSection(Section):
     size_tolerance: float = key("allowed size difference of the member vs the local dump of the same night "
                                 "(0.05 = 5%)", default=0.05, ge=0, lt=1)
     rclone: str = key("rclone binary", default="rclone")
+    read_timeout_seconds: float = key("wall-clock limit of one archive's read through rclone (the member's "
+                                      "decompression included)", default=3600.0, gt=0)
 
     def validate(self) -> None:
         if ":" not in self.remote:
@@ -124,6 +126,8 @@ class KumaSection(Section):
     stale_days: float = key("active with no UP for longer than this: stale, advise pausing it", default=7.0,
                             gt=0)
     push_timeout: float = key("seconds per push attempt (one retry)", default=5.0, gt=0)
+    read_timeout: float = key("seconds the kuma checks may spend reading kuma.db or the Socket.IO API",
+                              default=20.0, gt=0)
 
     @property
     def read_path(self) -> str:

@@ -134,6 +134,8 @@ class BackupsSection(Section):
     night_boundary: str = key("local time of day \"HH:MM\" at which one night ends and the next begins; "
                               "\"auto\": the middle of the longest quiet stretch between the dumps' times",
                               default="auto")
+    read_timeout_seconds: float = key("wall-clock limit of one dump file's full read (decompression included)",
+                                      default=3600.0, gt=0)
 
     def validate(self) -> None:
         from pgbackup_verify.facts.dumps.nights import parse_boundary  # here: facts import config

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 
 from pgbackup_verify.config import Target
-from pgbackup_verify.facts import grants_sql
+from pgbackup_verify.facts import childenv, grants_sql
 from pgbackup_verify.facts.db import connect_readonly
 from pgbackup_verify.facts.redact import CONTROL_CHARS
 
@@ -158,7 +158,8 @@ def pg_dump_version_output() -> tuple[str | None, str]:
     path = shutil.which("pg_dump")
     if not path:
         return None, ""
-    return path, subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    return path, subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False,
+                                env=childenv.plain()).stdout
 
 
 def local_pg_dump(server: str, server_num: int, found: tuple[str | None, str] | None = None) -> PgDumpVersion:

@@ -16,7 +16,7 @@ from typing import Any
 import testinfra
 
 from pgbackup_verify.config import HostSection
-from pgbackup_verify.facts import cron, cronline
+from pgbackup_verify.facts import childenv, cron, cronline
 from pgbackup_verify.facts.dumps.inventory import DumpFile, display_name
 
 ROOT_CRONTAB = "crontab -l -u root"
@@ -45,7 +45,7 @@ def shown_name(name: object) -> str:
 
 def get_host(spec: str) -> Host:
     """The testinfra host for a target's hostspec (`local://` by default)."""
-    return testinfra.get_host(spec)
+    return childenv.confine_host(testinfra.get_host(spec))
 
 
 def _is_system_crontab(path: str) -> bool:

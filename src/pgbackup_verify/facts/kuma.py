@@ -13,12 +13,14 @@ restarts with the server (uptime-kuma #3504, #6069).
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pgbackup_verify.config import KumaSection
 from pgbackup_verify.errors import KUMA_CREDENTIALS_MISSING, UserError
+from pgbackup_verify.facts.bounded import DeadlineExceeded, within
 from pgbackup_verify.kuma.secret import Secret
 
 STATUS = {0: "DOWN", 1: "UP", 2: "PENDING", 3: "MAINTENANCE"}
@@ -141,8 +143,11 @@ _COLS = "id, name, active, interval, parent"
 _BEATS = "SELECT status, time, msg FROM heartbeat WHERE monitor_id = ? {} ORDER BY time {} LIMIT 1"
 _PUSHED = ("AND status IN (0, 1) AND (ping IS NOT NULL OR COALESCE(msg, '') NOT IN ({}))"
            .format(", ".join("?" * len(KUMA_OWN_MSGS))))
+MAX_NOTIFICATIONS = 100  # names shown per monitor; a kuma.db is untrusted input, its lists are bounded
+MAX_GROUP_DEPTH = 100  # groups followed upwards from a monitor (Kuma's own UI nests a handful)
 _NOTIFICATIONS = ("SELECT n.name FROM monitor_notification mn JOIN notification n ON n.id = mn.notification_id "
-                  "WHERE mn.monitor_id = ? AND n.active = 1 ORDER BY n.name")
+                  f"WHERE mn.monitor_id = ? AND n.active = 1 ORDER BY n.name LIMIT {MAX_NOTIFICATIONS}")
+PROGRESS_STEPS = 10_000  # SQLite VM steps between two deadline checks (~1 ms)
 
 
 def _db_row(db: sqlite3.Connection, where: str, arg: object) -> _Row | None:
@@ -161,7 +166,8 @@ def _db_monitor(db: sqlite3.Connection, w: Wanted) -> MonitorFacts:
         return _facts(w, None, "", [], [], [], (), True)
     chain: list[_Row] = []
     node = _db_row(db, "id = ?", m.parent) if m.parent else None
-    while node is not None and node.id not in {c.id for c in chain} and node.id != m.id:  # its groups, upwards
+    while (node is not None and node.id not in {c.id for c in chain} and node.id != m.id  # its groups, upwards
+           and len(chain) < MAX_GROUP_DEPTH):
         chain.append(node)
         node = _db_row(db, "id = ?", node.parent) if node.parent else None
     found = [db.execute(_BEATS.format(cond, order), (m.id,)).fetchone()
@@ -172,17 +178,41 @@ def _db_monitor(db: sqlite3.Connection, w: Wanted) -> MonitorFacts:
     return _facts(w, m, how, chain, beats, [_beat(pushed, w.name)] if pushed else [], notes, True)
 
 
-def read_db(path: str, wanted: list[Wanted]) -> list[MonitorFacts]:
+def read_db(path: str, wanted: list[Wanted], timeout: float = 20.0) -> list[MonitorFacts]:
+    """The facts from kuma.db, read-only, within `timeout` seconds of wall clock however the file is built
+    (a view can make any query endless), and stoppable by SIGTERM meanwhile (see bounded.py)."""
+    deadline = time.monotonic() + timeout
+    opened: list[sqlite3.Connection] = []
+
+    def read() -> list[MonitorFacts]:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=min(10.0, timeout),
+                             check_same_thread=False)
+        opened.append(db)
+        try:
+            # The handler runs inside SQLite every PROGRESS_STEPS steps; non-zero aborts the statement.
+            db.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
+            return [_db_monitor(db, w) for w in wanted]
+        finally:
+            db.close()
+
+    def stop() -> None:
+        for db in opened:
+            db.interrupt()
+
+    too_slow = (f"kuma.db '{path}' was not read within {timeout:g} s (a view or trigger that never ends?); "
+                "check the file is Kuma's own database or raise [kuma].read_timeout")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error as e:
-        raise KumaReadError(f"kuma.db '{path}' cannot be opened read-only ({e}); fix [kuma].db") from None
-    try:
-        return [_db_monitor(db, w) for w in wanted]
+        return within(timeout, read, stop, name="kuma-db-read")
+    except DeadlineExceeded:
+        raise KumaReadError(too_slow) from None
+    except sqlite3.OperationalError as e:
+        if time.monotonic() > deadline:
+            raise KumaReadError(too_slow) from None
+        if not opened:
+            raise KumaReadError(f"kuma.db '{path}' cannot be opened read-only ({e}); fix [kuma].db") from None
+        raise KumaReadError(f"kuma.db '{path}' is not a Kuma database ({e}); fix [kuma].db") from None
     except sqlite3.Error as e:
         raise KumaReadError(f"kuma.db '{path}' is not a Kuma database ({e}); fix [kuma].db") from None
-    finally:
-        db.close()
 
 
 def _socket_facts(api: Any, wanted: list[Wanted]) -> list[MonitorFacts]:
@@ -230,6 +260,17 @@ def _socket_facts(api: Any, wanted: list[Wanted]) -> list[MonitorFacts]:
 
 
 def read_socket(k: KumaSection, wanted: list[Wanted], timeout: float = 15.0) -> list[MonitorFacts]:
+    """The facts from Kuma's Socket.IO API, all of it (connect, login, lists) within [kuma].read_timeout
+    seconds of wall clock: a server that trickles its events cannot hold the run (see bounded.py)."""
+    try:
+        return within(k.read_timeout, lambda: _read_socket(k, wanted, min(timeout, k.read_timeout)),
+                      name="kuma-socket-read")
+    except DeadlineExceeded:
+        raise KumaReadError(f"Kuma at {k.url} did not answer the monitor lists within {k.read_timeout:g} s; "
+                            "check it is Kuma and not overloaded, or raise [kuma].read_timeout") from None
+
+
+def _read_socket(k: KumaSection, wanted: list[Wanted], timeout: float) -> list[MonitorFacts]:
     user, password = Secret.from_env(k.username_env), Secret.from_env(k.password_env)
     if not user or not password:
         raise KumaCredentialsMissing(f"Kuma login for {k.url}: env {k.username_env} / {k.password_env} not set; "
@@ -265,7 +306,7 @@ def read(k: KumaSection, now: datetime | None = None) -> KumaFacts:
     now = now or datetime.now(UTC)
     if k.read_path == "db":
         assert k.db is not None
-        return KumaFacts("db", str(k.db), now, tuple(read_db(str(k.db), wanted)))
+        return KumaFacts("db", str(k.db), now, tuple(read_db(str(k.db), wanted, k.read_timeout)))
     return KumaFacts("socket", k.url, now, tuple(read_socket(k, wanted)))
 
 

@@ -15,16 +15,19 @@ import re
 import subprocess
 import tarfile
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from pgbackup_verify.config import OffsiteSection
+from pgbackup_verify.facts import childenv
 from pgbackup_verify.facts.dumps.compression import named_compression
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound
+from pgbackup_verify.facts.tarcaps import ArchiveLimit, capped_tarinfo
 
 
 class RcloneError(Exception):
@@ -62,7 +65,7 @@ def list_archives(o: OffsiteSection) -> list[Archive]:
     """Archives matching the glob in the remote path, oldest first."""
     try:
         res = subprocess.run([o.rclone, "lsjson", "--files-only", o.remote], capture_output=True, text=True,
-                             timeout=300, check=False)
+                             timeout=300, check=False, env=childenv.rclone())
     except FileNotFoundError:
         raise RcloneError(f"rclone binary '{o.rclone}' not found; install rclone or set [offsite].rclone") from None
     if res.returncode != 0:
@@ -202,16 +205,32 @@ class ArchiveScan:
 
 READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
+class _Until:
+    """rclone's output as tarfile reads it, ending in TimeoutError (an OSError: a read error) at `deadline`:
+    tarfile skips a member's data inside one call, which a check between members could not stop."""
+
+    def __init__(self, stream: IO[bytes], deadline: float, seconds: float) -> None:
+        self._stream, self._deadline, self._seconds = stream, deadline, seconds
+
+    def read(self, n: int = -1) -> bytes:
+        if time.monotonic() > self._deadline:
+            raise TimeoutError(f"not read to its end within {self._seconds:g} s ([offsite].read_timeout_seconds)")
+        return self._stream.read(n)
+
 
 @contextlib.contextmanager
-def _tar_stream(o: OffsiteSection, archive: Archive) -> Iterator[tarfile.TarFile]:
-    """`rclone cat` into tarfile's stream mode; a read error caused by rclone is reported as rclone's."""
+def _tar_stream(o: OffsiteSection, archive: Archive, seconds: float | None = None) -> Iterator[tarfile.TarFile]:
+    """`rclone cat` into tarfile's stream mode; a read error caused by rclone is reported as rclone's.
+    With `seconds`, reading stops with a TimeoutError after that much wall-clock time."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([o.rclone, "cat", archive.path], stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen([o.rclone, "cat", archive.path], stdout=subprocess.PIPE, stderr=err,
+                                env=childenv.rclone())
         assert proc.stdout is not None
         failure: BaseException | None = None
         try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|gz") as tf:
+            source = proc.stdout if seconds is None else \
+                cast(IO[bytes], _Until(proc.stdout, time.monotonic() + seconds, seconds))  # read() is all tarfile uses
+            with tarfile.open(fileobj=source, mode="r|gz", tarinfo=capped_tarinfo()) as tf:
                 yield tf
         except READ_ERRORS as e:
             failure = e
@@ -221,6 +240,8 @@ def _tar_stream(o: OffsiteSection, archive: Archive) -> Iterator[tarfile.TarFile
             rc = proc.wait()
         err.seek(0)
         msg = err.read().decode(errors="replace").strip()
+    if isinstance(failure, ArchiveLimit | TimeoutError):  # this reader stopped: rclone's broken pipe follows
+        raise failure
     if rc not in (0, -9) and msg:
         raise RcloneError(f"rclone cannot read '{archive.path}': {_last_line(msg, rc)}") from failure
     if failure:
@@ -255,7 +276,8 @@ def remote_hash(o: OffsiteSection, archive: Archive) -> str:
     local one computes them (one read, no decompression); every other hash type is left alone."""
     try:
         res = subprocess.run([o.rclone, "lsjson", "--files-only", "--hash-type", "MD5", "--hash-type", "SHA-1",
-                              archive.path], capture_output=True, text=True, timeout=300, check=False)
+                              archive.path], capture_output=True, text=True, timeout=300, check=False,
+                             env=childenv.rclone())
         entries = json.loads(res.stdout) if res.returncode == 0 else []
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return ""
@@ -269,8 +291,9 @@ def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
     scan = ArchiveScan(archive)
     links: dict[str, str] = {}
     link_members: list[tarfile.TarInfo] = []
+    deadline = time.monotonic() + o.read_timeout_seconds
     try:
-        with _tar_stream(o, archive) as tf:
+        with _tar_stream(o, archive, o.read_timeout_seconds) as tf:
             for m in tf:
                 scan.members += 1
                 reason = name_reason(m, links)
@@ -288,7 +311,10 @@ def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
                         f = tf.extractfile(m)
                         assert f is not None
                         scan.member_size, scan.member_mtime = m.size, float(m.mtime)
-                        scan.gzip = scan_stream(f, f"{archive.name}:{m.name}")
+                        # Bounded twice: the download by _Until, the member's own inflation here (a tiny
+                        # download can inflate for hours).
+                        scan.gzip = scan_stream(f, f"{archive.name}:{m.name}", seconds=o.read_timeout_seconds,
+                                                setting="[offsite].read_timeout_seconds", until=deadline)
     except READ_ERRORS as e:
         scan.error = f"archive unreadable after {scan.members} members: {e}"
     except RcloneError as e:

@@ -7,22 +7,29 @@ as a `Secret` and is never put in a message, a log line, a report or a traceback
 line every 0.25 s would hold a push for minutes. So every push runs in a daemon thread and the
 caller waits for the threads only until one wall-clock deadline for the whole push (all monitors,
 the retry included); a push still waiting then is abandoned and reported as failed.
+
+Kuma's answer is untrusted too: at most MAX_ANSWER bytes of it are read, a redirect is not followed
+(the token is in the URL), and nothing of the environment steers the request (`trust_env = False`:
+no proxy variables, no ~/.netrc credentials sent to whoever answers).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import requests
+import urllib3
 
 from pgbackup_verify.errors import KUMA_CREDENTIALS_MISSING, KUMA_PUSH_FAILED
 from pgbackup_verify.kuma.routing import PushMonitor
 from pgbackup_verify.kuma.secret import Secret
 from pgbackup_verify.kuma.verdict import Verdict
 
+MAX_ANSWER = 64 * 1024  # Kuma answers {"ok":true} or one short msg; more is not Kuma
 RETRIES = 1
 RETRY_PAUSE = 1.0
 JOIN_GRACE = 0.2  # how long after the deadline a push may still report (within the 1 s the issue allows)
@@ -51,6 +58,28 @@ def _explain(e: requests.RequestException, timeout: float) -> str:
     return type(e).__name__
 
 
+def _get(url: str, params: dict[str, str], timeout: float) -> tuple[int, str, object]:
+    """(status, reason, JSON body or {}) of one GET, reading at most MAX_ANSWER bytes of the answer."""
+    with requests.Session() as session:
+        session.trust_env = False
+        with session.get(url, params=params, timeout=timeout, allow_redirects=False, stream=True) as r:
+            try:
+                raw = r.raw.read(MAX_ANSWER + 1, decode_content=True)
+            except urllib3.exceptions.ReadTimeoutError:  # read through urllib3: map to what requests raises
+                raise requests.Timeout() from None
+            except urllib3.exceptions.HTTPError as e:
+                raise requests.ConnectionError(type(e).__name__) from None
+            if len(raw) > MAX_ANSWER:
+                return r.status_code, f"an answer larger than {MAX_ANSWER // 1024} KiB, not Kuma's", {}
+            if r.is_redirect:
+                return r.status_code, "a redirect, not followed", {}
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = {}
+            return r.status_code, str(r.reason)[:100], body
+
+
 def send(v: Verdict, dry_run: bool = False, retries: int = RETRIES, deadline: float | None = None) -> PushResult:
     """Push one verdict; the detail names the monitor and Kuma's answer, never the token.
 
@@ -72,16 +101,12 @@ def send(v: Verdict, dry_run: bool = False, retries: int = RETRIES, deadline: fl
             break
         timeout = min(m.timeout, left)
         try:
-            r = requests.get(f"{m.url}/api/push/{token.reveal()}", params=params, timeout=timeout)
-            try:
-                body = r.json()
-            except ValueError:
-                body = {}
-            if r.status_code == 200 and isinstance(body, dict) and body.get("ok") is True:
+            status, reason, body = _get(f"{m.url}/api/push/{token.reveal()}", params, timeout)
+            if status == 200 and isinstance(body, dict) and body.get("ok") is True:
                 return PushResult(v, True, f"Kuma answered ok (attempt {attempt})", attempts=attempt)
-            kuma_msg = str(body.get("msg", "")) if isinstance(body, dict) else ""
-            detail = token.redact(f"Kuma answered HTTP {r.status_code} not ok: {kuma_msg or r.reason}")
-            if r.status_code == 404:
+            kuma_msg = str(body.get("msg", ""))[:300] if isinstance(body, dict) else ""
+            detail = token.redact(f"Kuma answered HTTP {status} not ok: {kuma_msg or reason}")
+            if status == 404:
                 detail += f" (check env {m.token_env} holds this monitor's token and that it is not paused)"
                 return PushResult(v, False, detail, KUMA_PUSH_FAILED, attempt)
         except requests.RequestException as e:

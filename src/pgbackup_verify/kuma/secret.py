@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from pgbackup_verify.facts.childenv import never_pass
+
 REDACTED = "***"
 
 
@@ -21,6 +23,7 @@ class Secret:
     @classmethod
     def from_env(cls, name: str) -> Secret | None:
         """The variable's value, or None when it is unset or empty."""
+        never_pass(name)  # whatever its name, no child process gets it
         value = os.environ.get(name)
         return cls(value) if value else None
 

@@ -23,6 +23,7 @@ as for a plain dump.
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import tarfile
 import tempfile
@@ -32,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
+from pgbackup_verify.facts import childenv
+from pgbackup_verify.facts.dumps.gzipscan import STOPPED, DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
+from pgbackup_verify.safefs import open_regular
 
 # TOC entry descriptions of more than one word; the schema column follows the description.
 _MULTIWORD = ("TABLE DATA", "SEQUENCE SET", "SEQUENCE OWNED BY", "FK CONSTRAINT", "DEFAULT ACL",
@@ -189,7 +192,7 @@ def read_archive_toc(path: str | Path | IO[bytes]) -> ArchiveToc:
     if not isinstance(path, (str, Path)):
         return _read_toc(path)
     p = Path(path)
-    with open(p / "toc.dat" if p.is_dir() else p, "rb") as f:
+    with open_regular(p / "toc.dat" if p.is_dir() else p) as f:  # never a FIFO put in its place
         head = f.read(512)
         f.seek(0)
         if head[257:262] == b"ustar":  # pg_dump -Ft: toc.dat is the first member; nothing is extracted
@@ -256,9 +259,10 @@ def _read_toc(f: IO[bytes]) -> ArchiveToc:
 def read_toc(path: str | Path, timeout: float = 120) -> TocFacts:
     """Does the archive open (`pg_restore --list`), and which schemas and large objects does it hold."""
     started = time.perf_counter()
-    try:
-        proc = subprocess.run(["pg_restore", "--list", str(path)], capture_output=True, timeout=timeout,
-                              check=False)
+    try:  # pg_restore reads the file opened here (never a FIFO put in its place): see safefs.open_regular
+        with open_regular(path) as f:
+            proc = subprocess.run(["pg_restore", "--list"], stdin=f, capture_output=True, timeout=timeout,
+                                  check=False, env=childenv.plain())
     except (OSError, subprocess.TimeoutExpired) as e:
         return TocFacts(str(path), False, f"pg_restore --list could not run ({e})", 0, (), "", "",
                         time.perf_counter() - started)
@@ -274,28 +278,31 @@ def read_toc(path: str | Path, timeout: float = 120) -> TocFacts:
                     toc.dumped_by, time.perf_counter() - started, toc.large_objects())
 
 
-def verify_archive(path: str | Path) -> DumpScan:
+def verify_archive(path: str | Path, follow: bool = True, seconds: float | None = None) -> DumpScan:
     """Read the whole archive as SQL (`pg_restore -f -`) through the dump scanner.
 
     payload_bytes is then the size of the SQL the archive restores to, comparable with the
     decompressed payload of a .sql.gz of the same database.
     """
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        proc = subprocess.Popen(["pg_restore", "-f", "-", str(p)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+    try:  # pg_restore reads the file opened here (never a FIFO put in its place): see safefs.open_regular
+        with open_regular(p, follow) as f:
+            size = os.fstat(f.fileno()).st_size
+            proc = subprocess.Popen(["pg_restore", "-f", "-"], stdin=f, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=childenv.plain())
     except OSError as e:
-        return DumpScan(str(p), "custom", 0, 0, False, f"cannot read with pg_restore ({e})", False, "",
+        return DumpScan(str(p), "custom", 0, 0, False, f"cannot read with pg_restore ({e.strerror or e})", False, "",
                         False, "", "", 0.0)
     assert proc.stdout is not None and proc.stderr is not None
     with proc:
-        scan = scan_stream(proc.stdout, str(p), compressed=False)
+        scan = scan_stream(proc.stdout, str(p), compressed=False, seconds=seconds)
+        if scan.error and scan.error.startswith(STOPPED):
+            proc.kill()  # stopped by the time limit: pg_restore's own exit is not the finding
         proc.stdout.close()
         stderr = proc.stderr.read(65536)
         rc = proc.wait()
     error = scan.error
-    if rc != 0:
+    if rc != 0 and not (error or "").startswith(STOPPED):
         error = f"pg_restore failed reading the archive: {_last_line(stderr)}"
     return dataclasses.replace(scan, format="custom", compressed_bytes=size, valid=error is None, error=error)
 
@@ -323,7 +330,7 @@ def count_archive_rows(path: str | Path, extra_args: Sequence[str] = (), deadlin
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty stderr cannot stall the stream
         try:
             proc = subprocess.Popen(["pg_restore", "--data-only", "-f", "-", *extra_args, str(path)],
-                                    stdout=subprocess.PIPE, stderr=err)
+                                    stdout=subprocess.PIPE, stderr=err, env=childenv.plain())
         except OSError as e:
             return ArchiveRows(scan, f"pg_restore could not run ({e})", 0, time.monotonic() - start)
         if started is not None:

@@ -26,6 +26,7 @@ from pgbackup_verify.facts.dumps.compression import (
     compression_of,
     payload_reader,
 )
+from pgbackup_verify.safefs import open_regular
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -167,13 +168,22 @@ def _footer_in(tail: bytes) -> bool:
     return any(ln.strip() in (FOOTER.encode(), CLUSTER_FOOTER.encode()) for ln in tail.splitlines())
 
 
-def scan_stream(stream: IO[bytes], description: str, *, compressed: bool | None = True) -> DumpScan:
+STOPPED = "not read to its end within"  # the start of a time-limit error (see scan_stream)
+
+
+def scan_stream(stream: IO[bytes], description: str, *, compressed: bool | None = True,
+                seconds: float | None = None, setting: str = "[backups].read_timeout_seconds",
+                until: float | None = None) -> DumpScan:
     """Verify a dump read from `stream`: compressed expected (True: any of compression.COMPRESSORS,
     told by its magic bytes), plain SQL (False), or whatever the magic bytes say (None).
 
-    Never raises on bad content: a wrong or broken stream comes back as a fact.
+    Never raises on bad content: a wrong or broken stream comes back as a fact. `seconds` bounds
+    the read in wall-clock time (a few hundred bytes can inflate to terabytes); `setting` names the key
+    that sets it, for the message; `until` (time.monotonic()) is the deadline when the limit started
+    earlier than this read. No size limit: an honest dump of any size passes in its time.
     """
     started = time.perf_counter()
+    deadline = until if until is not None else time.monotonic() + seconds if seconds is not None else None
     magic = _read_exact(stream, MAGIC_BYTES)
     fmt = _format_of(magic)
     raw = _Counting(stream, magic)
@@ -195,6 +205,11 @@ def scan_stream(stream: IO[bytes], description: str, *, compressed: bool | None 
                 head += view[:min(n, HEAD_BYTES - len(head))]
             # Keep only the last TAIL_BYTES of payload seen so far.
             tail = (tail + bytes(view[max(0, n - TAIL_BYTES):n]))[-TAIL_BYTES:]
+            if deadline is not None and time.monotonic() > deadline:
+                limit = f"{seconds:g} s" if seconds is not None else "its time limit"
+                error = (f"{STOPPED} {limit} ({payload} bytes of payload from {raw.count} read): a "
+                         f"decompression bomb or a stream that never ends? raise {setting} if it is honest")
+                break
     except PayloadError as e:
         error = e.at(raw.count)
     except OSError as e:
@@ -216,12 +231,14 @@ def _not_scanned(description: str, fmt: str, magic: bytes, raw: _Counting, start
                     time.perf_counter() - started)
 
 
-def scan_file(path: str | Path, *, compressed: bool | None = True) -> DumpScan:
-    """Verify one dump file on disk; unreadable files come back as an invalid scan."""
+def scan_file(path: str | Path, *, compressed: bool | None = True, follow: bool = True,
+              seconds: float | None = None) -> DumpScan:
+    """Verify one dump file on disk; unreadable files (a FIFO or device put in its place too: see
+    safefs.open_regular) come back as an invalid scan."""
     p = Path(path)
     try:
-        with p.open("rb", buffering=0) as f:
-            return scan_stream(f, str(p), compressed=compressed)
+        with open_regular(p, follow, buffering=0) as f:
+            return scan_stream(f, str(p), compressed=compressed, seconds=seconds)
     except OSError as e:
         # "unreadable", not "unknown": the bytes were never seen, so nothing may be said about them.
         return DumpScan(str(p), "unreadable", 0, 0, False, f"cannot read ({e.strerror})", False, "", False,

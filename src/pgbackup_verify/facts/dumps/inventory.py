@@ -37,6 +37,7 @@ from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC, DumpScan, scan_fi
 from pgbackup_verify.facts.dumps.nights import NightRule, night_rule
 from pgbackup_verify.facts.dumps.progress import InProgress, find_in_progress
 from pgbackup_verify.facts.dumps.scanrecord import ScanRecord
+from pgbackup_verify.safefs import open_regular
 
 # Names that only interrupted or half-finished writers leave behind.
 STRAY_GLOBS = ("*.raw", "*.tmp", "*.part", "*.partial", "*.incomplete", "*.inprogress", "*.swp")
@@ -50,6 +51,7 @@ class DumpFile:
     size: int
     mtime: float
     mode: int = 0
+    link: bool = False  # listed as a symlink (to a dump); a plain file is never read through a link
 
     @property
     def name(self) -> str:
@@ -124,6 +126,7 @@ class ScanCache:
     scans: dict[tuple[str, int, int], DumpScan] = field(default_factory=dict)
     hits: int = 0
     record: ScanRecord | None = None
+    seconds: float | None = None  # [backups].read_timeout_seconds: wall-clock limit of one file's read
 
     def scan(self, dump: DumpFile) -> DumpScan:
         try:
@@ -134,14 +137,18 @@ class ScanCache:
         if key in self.scans:
             self.hits += 1
             return self.scans[key]
-        result = self.record.scan(dump.path, scan_dump) if self.record else scan_dump(dump.path)
+
+        def read(path: Path) -> DumpScan:
+            return scan_dump(path, follow=dump.link, seconds=self.seconds)
+
+        result = self.record.scan(dump.path, read) if self.record else read(dump.path)
         self.scans[key] = result
         return result
 
 
-def is_custom_format(path: Path) -> bool:
+def is_custom_format(path: Path, follow: bool = True) -> bool:
     try:
-        with path.open("rb") as f:
+        with open_regular(path, follow) as f:
             return f.read(len(CUSTOM_MAGIC)) == CUSTOM_MAGIC
     except OSError:
         return False
@@ -153,17 +160,19 @@ SCANNER_VERSION = 3  # 2: zstd, xz, lz4, bzip2, directory and tar formats; clust
 # byte of a file that is not pg_dump's is kept (an older record may hold one)
 
 
-def scan_dump(path: Path) -> DumpScan:
-    """Full verification of one dump, whatever its format."""
+def scan_dump(path: Path, follow: bool = True, seconds: float | None = None) -> DumpScan:
+    """Full verification of one dump, whatever its format, within `seconds` of wall clock; `follow=False`
+    for a name listed as a plain file."""
     if pgarchive.is_directory(path):
         return pgarchive.verify(path, "directory")
-    if is_custom_format(path):
-        return customfmt.verify_archive(path)
+    if is_custom_format(path, follow):
+        return customfmt.verify_archive(path, follow, seconds)
     if pgarchive.is_tar_dump(path):
         return pgarchive.verify(path, "tar")
     # A name ending in .gz, .zst, .xz, .lz4 or .bz2 must be compressed (by whichever compressor its
     # bytes say); anything else is taken for what its bytes say.
-    return scan_file(path, compressed=True if named_compression(path.name) else None)
+    return scan_file(path, compressed=True if named_compression(path.name) else None, follow=follow,
+                     seconds=seconds)
 
 
 def take_inventory(backups: BackupsSection, now: float | None = None,
@@ -222,7 +231,7 @@ def _classify(entry: os.DirEntry[str], backups: BackupsSection) -> tuple[DumpFil
         if not ours:
             return None, None
         return None, Stray(path, st.st_size, "file name is not valid UTF-8: not judged", UNJUDGED)
-    dump = DumpFile(path, st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode)) if is_dump else None
+    dump = DumpFile(path, st.st_size, st.st_mtime, stat.S_IMODE(st.st_mode), entry.is_symlink()) if is_dump else None
     reason = _stray_reason(name, st.st_size, is_dump, backups.stray_max_bytes)
     return dump, Stray(path, st.st_size, reason) if reason else None
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pgbackup_verify.facts.dumps.gzipscan import STOPPED
 from pgbackup_verify.safefs import atomic_write
 
 RECORD_DIR = "scan-records"  # beside history.jsonl in the reports (state) directory
@@ -101,9 +102,10 @@ def _lasting(result: Any) -> bool:
     fmt = getattr(result, "format", "")
     error = str(getattr(result, "error", "") or "")
     if hasattr(result, "archive"):  # an offsite archive scan: any read error may be the network's
-        return not error
+        member = str(getattr(getattr(result, "gzip", None), "error", "") or "")
+        return not error and not member.startswith(STOPPED)  # a time limit is this run's, not the bytes'
     # pg_restore's verdict on a custom-format archive depends on the pg_restore installed (its version).
-    return fmt != "unreadable" and not error.startswith(("read error", "cannot read", "pg_restore failed"))
+    return fmt != "unreadable" and not error.startswith(("read error", "cannot read", "pg_restore failed", STOPPED))
 
 
 _PRIMITIVES = (bool, int, float, str)

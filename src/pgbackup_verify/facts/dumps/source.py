@@ -25,6 +25,7 @@ from pgbackup_verify.facts.dumps.compression import (
 )
 from pgbackup_verify.facts.dumps.gzipscan import CUSTOM_MAGIC
 from pgbackup_verify.facts.dumps.inventory import take_inventory
+from pgbackup_verify.safefs import open_regular
 
 CUSTOM_RATIO = 6  # measured: pg_dump -Fc 119 MB for a 708 MB plain payload
 
@@ -65,12 +66,18 @@ def _gzip_payload(path: Path, size: int) -> int | None:
     """The gzip footer holds the payload size modulo 4 GiB; lift it to at least the file size."""
     if size < 18:
         return None
-    with path.open("rb") as f:
+    with open_regular(path) as f:
         f.seek(-4, 2)
         isize = struct.unpack("<I", f.read(4))[0]
     while isize < size:
         isize += 1 << 32
     return isize
+
+
+def _open(path: Path) -> io.BufferedIOBase:
+    f = open_regular(path)
+    assert isinstance(f, io.BufferedReader)  # os.fdopen "rb" with buffering
+    return f
 
 
 # What each format is, in words: for init's target file and the README's table.
@@ -84,7 +91,7 @@ def format_of(path: Path) -> str:
         return "directory"
     if pgarchive.is_tar_dump(path):
         return "tar"
-    with path.open("rb") as f:
+    with open_regular(path) as f:  # a FIFO put in the dump's place is refused, never waited on
         head = f.read(MAGIC_BYTES)
     return detect_format(head, path.name)
 
@@ -102,7 +109,7 @@ def from_path(path: Path) -> DumpSource:
         payload = st.st_size
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))
     return DumpSource(description=f"{path} ({stamp})", name=path.name, fmt=fmt, size=st.st_size,
-                      payload_hint=payload, open=lambda: path.open("rb"), path=path, mtime=st.st_mtime)
+                      payload_hint=payload, open=lambda: _open(path), path=path, mtime=st.st_mtime)
 
 
 def _not_a_stream(path: Path, fmt: str) -> io.BufferedIOBase:
