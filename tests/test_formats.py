@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,8 +111,10 @@ class Formats:
 
 
 @pytest.fixture(scope="module")
-def formats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Formats]:
-    root = tmp_path_factory.mktemp("formats")
+def formats() -> Iterator[Formats]:
+    # Under /tmp, passable by others (0711): the sandboxed drill's unnamed user walks through to its cluster.
+    root = Path(tempfile.mkdtemp(prefix="pgbv-formats-"))
+    root.chmod(0o711)
     files: dict[str, Path] = {}
     facts: dict[str, object] = {}
     healthy: list[Path] = []
@@ -212,7 +215,7 @@ def formats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Formats]:
             for w in works:
                 for leftover in w.glob("pgbv-cluster-*"):
                     stop_cluster_dir(leftover)
-                shutil.rmtree(w, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("fmt", [*COMPRESSORS, "zstd-named-gz"])

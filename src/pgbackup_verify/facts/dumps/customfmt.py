@@ -22,16 +22,17 @@ as for a plain dump.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pgbackup_verify.facts import childenv
 from pgbackup_verify.facts.dumps.gzipscan import STOPPED, DumpScan, scan_stream
@@ -256,13 +257,25 @@ def _read_toc(f: IO[bytes]) -> ArchiveToc:
     return ArchiveToc(version, dbname, dumped_from, dumped_by, tuple(entries))
 
 
+@contextlib.contextmanager
+def _archive_input(p: Path, follow: bool = True) -> Iterator[tuple[list[str], Any, int]]:
+    """(pg_restore's path arguments, its stdin, stored bytes): a directory archive (-Fd) by its path, as
+    pg_restore opens its files itself; a file through the descriptor opened here, never a FIFO put in its
+    place (see safefs.open_regular)."""
+    if p.is_dir():
+        yield [str(p)], subprocess.DEVNULL, sum(e.stat().st_size for e in os.scandir(p) if e.is_file())
+        return
+    with open_regular(p, follow) as f:
+        yield [], f, os.fstat(f.fileno()).st_size
+
+
 def read_toc(path: str | Path, timeout: float = 120) -> TocFacts:
     """Does the archive open (`pg_restore --list`), and which schemas and large objects does it hold."""
     started = time.perf_counter()
-    try:  # pg_restore reads the file opened here (never a FIFO put in its place): see safefs.open_regular
-        with open_regular(path) as f:
-            proc = subprocess.run(["pg_restore", "--list"], stdin=f, capture_output=True, timeout=timeout,
-                                  check=False, env=childenv.plain())
+    try:
+        with _archive_input(Path(path)) as (args, stdin, _):
+            proc = subprocess.run(["pg_restore", "--list", *args], stdin=stdin, capture_output=True,
+                                  timeout=timeout, check=False, env=childenv.plain())
     except (OSError, subprocess.TimeoutExpired) as e:
         return TocFacts(str(path), False, f"pg_restore --list could not run ({e})", 0, (), "", "",
                         time.perf_counter() - started)
@@ -285,10 +298,9 @@ def verify_archive(path: str | Path, follow: bool = True, seconds: float | None 
     decompressed payload of a .sql.gz of the same database.
     """
     p = Path(path)
-    try:  # pg_restore reads the file opened here (never a FIFO put in its place): see safefs.open_regular
-        with open_regular(p, follow) as f:
-            size = os.fstat(f.fileno()).st_size
-            proc = subprocess.Popen(["pg_restore", "-f", "-"], stdin=f, stdout=subprocess.PIPE,
+    try:
+        with _archive_input(p, follow) as (args, stdin, size):
+            proc = subprocess.Popen(["pg_restore", "-f", "-", *args], stdin=stdin, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=childenv.plain())
     except OSError as e:
         return DumpScan(str(p), "custom", 0, 0, False, f"cannot read with pg_restore ({e.strerror or e})", False, "",

@@ -24,6 +24,7 @@ from typing import IO
 
 from pgbackup_verify.facts.dumps import customfmt
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan
+from pgbackup_verify.safefs import open_regular
 
 DATA_SUFFIXES = ("", ".gz", ".lz4", ".zst")  # pg_dump's data file compressions (none, gzip, lz4, zstd)
 BLOBS_TOC = "blobs.toc"
@@ -51,7 +52,7 @@ def is_directory_dump(path: Path) -> bool:
 def is_tar_dump(path: Path) -> bool:
     """A POSIX tar file whose first member is toc.dat: what pg_dump -Ft writes."""
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:  # a FIFO put in the dump's place is refused, never waited on
             head = f.read(TAR_BLOCK)
     except OSError:
         return False
@@ -153,7 +154,7 @@ def tar_files(path: Path) -> ArchiveFiles:
     toc: customfmt.ArchiveToc | None = None
     blobs: list[str] = []
     try:
-        with tarfile.open(path, "r|") as tf:
+        with open_regular(path) as raw, tarfile.open(fileobj=raw, mode="r|") as tf:
             for m in tf:
                 reason = hostile_reason(m) or ("" if m.isreg() else "not a regular file")
                 if reason or "/" in m.name:
