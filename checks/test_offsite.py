@@ -19,6 +19,8 @@ from pgbackup_verify.facts.dumps.inventory import DumpFile
 from pgbackup_verify.facts.dumps.nights import UPLOAD_WINDOW_S, nearest_same_night, nearest_to_upload, night_rule
 from pgbackup_verify.facts.host import BackupDirFacts, shown_name
 from pgbackup_verify.facts.offsite import Archive, ArchiveScan, Listing
+from pgbackup_verify.outcome import label
+from pgbackup_verify.ownership import DUMP_AGE, dump_key
 
 pytestmark = pytest.mark.offsite
 
@@ -72,7 +74,7 @@ def _fail(f: Finding) -> NoReturn:
 
 
 def _not_judged(f: Finding) -> NoReturn:
-    pytest.skip(f"not judged: {f[0]} (reported by {f[2]})")
+    pytest.skip(f"not judged: {f[0]} (reported by {label(f[2], '')})")
 
 
 def _upstream(listing: Listing, scan: ArchiveScan | None, o: OffsiteSection, me: str) -> ArchiveScan:
@@ -163,6 +165,8 @@ def test_offsite_pg_dump_is_complete(offsite_listing: Listing, offsite_scan: Arc
                                   f"{'valid' if g.valid else g.error}, footer {footer}")
     fault = _complete_fault(scan)
     if fault:
+        why = fault[0].split(": FAILED (", 1)[-1].removesuffix(")")
+        evidence.in_short(f"the PG dump in {scan.archive.name}: {why}", [scan.archive.name])
         _fail(fault)
 
 
@@ -195,11 +199,12 @@ def test_offsite_pg_dump_matches_the_local_dump(offsite_listing: Listing, offsit
     when = scan.member_mtime or a.mtime
     local, rule = _same_night(backup_dir_facts.dumps, when, bool(scan.member_mtime), target.backups.night_boundary)
     if local is None:
+        evidence.require_upstream(DUMP_AGE)  # the nights after the newest local dump are the age check's
         fail(
         f"local dump of the same night: FAILED (none in {backup_dir_facts.shown} {rule}); "
         "fix: check the local dump job")
     # A local dump the dump checks found bad: the sizes differ because of it, not of the upload.
-    evidence.require_upstream(f"dump {local.path}")
+    evidence.require_upstream(dump_key(local.path))
     size = scan.member_size or 0
     diff = abs(size - local.size) / max(local.size, 1)
     shown = shown_name(local.path)  # a local name need not be UTF-8

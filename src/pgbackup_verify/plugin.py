@@ -117,6 +117,7 @@ def _configure(config: pytest.Config) -> None:
         config.pluginmanager.register(BrokenTargets(settings.broken), "pgbackup-verify-broken-targets")
     config.stash[RUN_FACTS_KEY] = {}
     config.stash[SUMMARY_KEY] = recorder(config).summary  # the run's one fold, shared with the Kuma plugin
+    config.pluginmanager.register(HtmlTitle(config.stash[SUMMARY_KEY]), "pgbackup-verify-html-title")
     json_path = None
     if settings.reports_dir and not hasattr(config, "workerinput"):
         try:
@@ -249,6 +250,18 @@ def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_report_title(report: object) -> None:
     report.title = "pgbackup-verify report"  # type: ignore[attr-defined]
+
+
+class HtmlTitle:
+    """The verdict, the targets and how many causes (`FAILED · demo · 2 causes`) as the HTML report's title,
+    what a browser tab or a mail subject shows. pytest-html's hook gets no config: this object holds the run."""
+
+    def __init__(self, run: RunSummary) -> None:
+        self.run = run
+
+    @pytest.hookimpl(optionalhook=True, trylast=True)  # after the generic title above
+    def pytest_html_report_title(self, report: object) -> None:
+        report.title = self.run.title()  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(tryfirst=True)
