@@ -254,14 +254,21 @@ def pytest_html_report_title(report: object) -> None:
 
 class HtmlTitle:
     """The verdict, the targets and how many causes (`FAILED · demo · 2 causes`) as the HTML report's title,
-    what a browser tab or a mail subject shows. pytest-html's hook gets no config: this object holds the run."""
+    what a browser tab or a mail subject shows. pytest-html asks for the title at session start, before any
+    verdict: this object keeps its report and retitles it when the summary is written, at session finish."""
 
     def __init__(self, run: RunSummary) -> None:
         self.run = run
+        self.report: object | None = None
 
-    @pytest.hookimpl(optionalhook=True, trylast=True)  # after the generic title above
+    @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: object) -> None:
-        report.title = self.run.title()  # type: ignore[attr-defined]
+        self.report = report
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self) -> None:
+        if self.report is not None:
+            self.report.title = self.run.title()  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(tryfirst=True)
