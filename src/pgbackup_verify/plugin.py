@@ -27,6 +27,7 @@ from pgbackup_verify.facts.history import HISTORY_FILE
 from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY, TARGET_FILE_ATTR
 from pgbackup_verify.outcome import ABORTS, USER_ERROR_ATTR
 from pgbackup_verify.report import files as report
+from pgbackup_verify.report.figures import figures_line
 from pgbackup_verify.report.summary import (
     REFUSED_KEY,
     CrashWitness,
@@ -327,7 +328,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line(line)
     for name, values in config.stash.get(RUN_FACTS_KEY, {}).items():
         if values:
-            terminalreporter.write_line(f"pgbackup-verify {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+            terminalreporter.write_line(f"pgbackup-verify {name}: {figures_line(values)}")
     settings = config.stash.get(SETTINGS_KEY, None)
     if run is not None and settings and settings.targets and not hasattr(config, "workerinput"):
         latest = settings.reports_dir / "latest.html" if settings.reports_dir else None
