@@ -20,7 +20,7 @@ from pgbackup_verify.facts.dumps.nights import UPLOAD_WINDOW_S, nearest_same_nig
 from pgbackup_verify.facts.host import BackupDirFacts, shown_name
 from pgbackup_verify.facts.offsite import Archive, ArchiveScan, Listing
 from pgbackup_verify.outcome import label
-from pgbackup_verify.ownership import DUMP_AGE, dump_key
+from pgbackup_verify.ownership import DUMP_AGE, dump_key, restore_key, schemas_key
 
 pytestmark = pytest.mark.offsite
 
@@ -204,7 +204,7 @@ def test_offsite_pg_dump_matches_the_local_dump(offsite_listing: Listing, offsit
         f"local dump of the same night: FAILED (none in {backup_dir_facts.shown} {rule}); "
         "fix: check the local dump job")
     # A local dump the dump checks found bad: the sizes differ because of it, not of the upload.
-    evidence.require_upstream(dump_key(local.path))
+    evidence.require_upstream(dump_key(local.path), restore_key(local.path), schemas_key(local.path))
     size = scan.member_size or 0
     diff = abs(size - local.size) / max(local.size, 1)
     shown = shown_name(local.path)  # a local name need not be UTF-8

@@ -28,6 +28,16 @@ def dump_key(path: Path | str) -> str:
     return f"dump {path}"
 
 
+def restore_key(path: Path | str) -> str:
+    """The drill restored this dump without an error (the later drill checks of it read what it restored)."""
+    return f"restore {path}"
+
+
+def schemas_key(path: Path | str) -> str:
+    """The drill's restore of this dump holds every expected schema."""
+    return f"schemas {path}"
+
+
 def read_key(path: Path | str) -> str:
     """The user running the checks can read this dump file."""
     return f"read {path}"
@@ -41,7 +51,7 @@ class Owner:
     defers: tuple[str, ...] = ()  # keys whose failure this check leaves to their owner: "not judged"
 
 
-_DUMP = dump_key("{path}")
+_DUMP, _RESTORE, _SCHEMAS = dump_key("{path}"), restore_key("{path}"), schemas_key("{path}")
 _CONTENT = (_DUMP,)
 OWNERS: tuple[Owner, ...] = (
     Owner("the dump role cannot log in or connect", "test_dump_role_can_connect", (GRANTS_READ,)),
@@ -66,16 +76,18 @@ OWNERS: tuple[Owner, ...] = (
     Owner("a schema missing from a -Fc dump's TOC", "test_custom_format_toc_lists_expected_schemas", _CONTENT,
           (GRANTS_READ,)),
     # The drill of the newest dump: what it finds wrong is the dump's content too.
-    Owner("the drill could not restore the dump cleanly", "test_restore_finished_without_errors", _CONTENT, _CONTENT),
-    Owner("a schema missing after the restore", "test_every_expected_schema_is_restored", _CONTENT,
-          (_DUMP, GRANTS_READ)),
-    Owner("too few tables after the restore", "test_table_count_per_schema_meets_expectation", _CONTENT,
-          (_DUMP, GRANTS_READ)),
+    # Objects of a schema missing whole are the schema check's; what else is missing, the table and object checks'.
+    Owner("the drill could not restore the dump cleanly", "test_restore_finished_without_errors", (_RESTORE,),
+          _CONTENT),
+    Owner("a schema missing after the restore", "test_every_expected_schema_is_restored", (_SCHEMAS,),
+          (_DUMP, _RESTORE, GRANTS_READ)),
+    Owner("too few tables after the restore", "test_table_count_per_schema_meets_expectation", (),
+          (_DUMP, _RESTORE, _SCHEMAS, GRANTS_READ)),
     Owner("sequences, views or functions missing after the restore", "test_sequences_views_functions_are_restored",
-          _CONTENT, _CONTENT),
+          (), (_DUMP, _RESTORE, _SCHEMAS)),
     Owner("a table with fewer rows than the dump holds", "test_every_table_has_the_rows_read_from_the_dump",
-          (), _CONTENT),
-    Owner("a large object missing after the restore", "test_every_large_object_is_restored", (), _CONTENT),
+          (), (_DUMP, _RESTORE)),
+    Owner("a large object missing after the restore", "test_every_large_object_is_restored", (), (_DUMP, _RESTORE)),
     Owner("the drill left a database, cluster or file behind", "test_drill_left_nothing_behind"),
     Owner("no full drill within [drill].full_every_days", "test_last_full_drill_is_recent_enough"),
     # The offsite copy (its own chain listing -> read -> member -> complete: checks/test_offsite.py).
@@ -84,7 +96,7 @@ OWNERS: tuple[Owner, ...] = (
     Owner("no PG dump in the offsite archive", "test_offsite_archive_contains_the_pg_dump"),
     Owner("the offsite PG dump is empty or cut", "test_offsite_pg_dump_is_complete"),
     Owner("the offsite PG dump differs from the local one", "test_offsite_pg_dump_matches_the_local_dump", (),
-          (DUMP_AGE, _DUMP)),
+          (DUMP_AGE, _DUMP, _RESTORE, _SCHEMAS)),
     # Cron: a line cron will not run as written is the line check's; the job check names only absent jobs.
     Owner("a cron line cron will not run as written", "test_cron_runs_every_line_as_written"),
     Owner("a backup job no cron line runs", "test_cron_schedules_every_backup_job"),
