@@ -15,6 +15,7 @@ from pgbackup_verify.facts.drill import tiers, traps
 from pgbackup_verify.facts.drill.run import DrillFacts, drill_config, expected_schemas
 from pgbackup_verify.facts.dumps.plainscan import CLUSTER_DUMP
 from pgbackup_verify.facts.history import History
+from pgbackup_verify.ownership import dump_key, restore_key, schemas_key
 
 pytestmark = pytest.mark.drill
 
@@ -40,12 +41,18 @@ def _record(evidence: Evidence, f: DrillFacts) -> None:
     _record_tier(evidence, f)
 
 
-def _ran(f: DrillFacts, evidence: Evidence) -> DrillFacts:
+def _ran(f: DrillFacts, evidence: Evidence, owns: str = "") -> DrillFacts:
+    """`owns`: the key this check's finding vouches for (ownership.OWNERS): a restore that errored makes
+    the later drill checks of it (and the offsite match) not judged; missing schemas the offsite match."""
     if f.skipped:
         pytest.skip(f"restore drill not run: {f.skipped}")
     _record(evidence, f)
     if f.source_path:  # a dump the dump checks found bad: what it restores is not news, their fix is
-        evidence.require_upstream(f"dump {f.source_path}")
+        evidence.require_upstream(dump_key(f.source_path))
+        if owns != restore_key(f.source_path):
+            evidence.require_upstream(restore_key(f.source_path))
+        if owns:
+            evidence.cause(owns)
     if f.aborted:
         fail(f"restore drill: FAILED (did not complete: {f.aborted})")
     assert f.outcome is not None and f.restored is not None
@@ -53,7 +60,7 @@ def _ran(f: DrillFacts, evidence: Evidence) -> DrillFacts:
 
 
 def test_restore_finished_without_errors(drill: DrillFacts, evidence: Evidence) -> None:
-    f = _ran(drill, evidence)
+    f = _ran(drill, evidence, owns=restore_key(drill.source_path or ""))
     assert f.outcome is not None
     if f.outcome.warnings:
         evidence("warnings", "; ".join(f.outcome.warnings))
@@ -74,17 +81,28 @@ def test_restore_finished_without_errors(drill: DrillFacts, evidence: Evidence) 
         fail(f"restore drill errors: FAILED ({len(problems)} error lines vs 0):\n  {shown}\n{FIX_DUMP}")
 
 
-def test_every_expected_schema_is_restored(drill: DrillFacts, target: Target, evidence: Evidence) -> None:
-    f = _ran(drill, evidence)
+def _missing_schemas(f: DrillFacts, target: Target) -> tuple[set[str], list[str]]:
+    """The schemas expected (configured, or read from the live catalog) and those the restore lacks."""
     assert f.restored is not None
     expected = set(expected_schemas(target)) | (f.live.schemas if f.live else set())
+    return expected, sorted(expected - f.restored.schemas)
+
+
+def _not_in(missing: list[str], names: list[str]) -> list[str]:
+    """`schema.object` names outside the missing schemas: those are the schema check's finding."""
+    return [n for n in names if n.split(".", 1)[0].strip('"') not in missing]
+
+
+def test_every_expected_schema_is_restored(drill: DrillFacts, target: Target, evidence: Evidence) -> None:
+    f = _ran(drill, evidence, owns=schemas_key(drill.source_path or ""))
+    assert f.restored is not None
+    expected, missing = _missing_schemas(f, target)
     if f.expected_from:
         evidence("expectation", f.expected_from)
     evidence("expected schemas", ",".join(sorted(expected)) or "none: the live database holds no user schema")
     if not expected and f.live is None:
         fail("restore drill schemas: FAILED (no expectation); fix: set [drill].expected_schemas "
                     "(or [backups].expected_schemas) or [drill].expect_live_catalog = true")
-    missing = sorted(expected - f.restored.schemas)
     if missing:
         evidence.require_upstream(READ)  # the grants finding names the schemas lacking USAGE and the GRANT
         # Read from the live catalog, a schema may be one the dump leaves out on purpose.
@@ -100,6 +118,7 @@ def test_every_expected_schema_is_restored(drill: DrillFacts, target: Target, ev
 def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Target, evidence: Evidence) -> None:
     f = _ran(drill, evidence)
     assert f.restored is not None
+    _, gone = _missing_schemas(f, target)  # a schema missing whole is the schema check's finding
     configured = dict(drill_config(target).min_tables)
     live_counts = {s: len(t) for s, t in f.live.tables.items()} if f.live else {}
     schemas = set(expected_schemas(target)) | set(configured) | set(live_counts)
@@ -108,12 +127,15 @@ def test_table_count_per_schema_meets_expectation(drill: DrillFacts, target: Tar
         minimum = configured.get(s, live_counts.get(s, 1))
         got = len(f.restored.tables.get(s, ()))
         counts.append(f"{s} {got}/{minimum}")
-        if got < minimum:
+        if got < minimum and s not in gone:
             short.append(f"{s}: {got} tables vs minimum {minimum}")
     if f.expected_from:
         evidence("expectation", f.expected_from)
     evidence("tables per schema (restored/minimum)", ", ".join(counts))
-    missing = sorted(f.live.qualified_tables() - f.restored.qualified_tables()) if f.live else []
+    missing = _not_in(gone, sorted(f.live.qualified_tables() - f.restored.qualified_tables())) if f.live else []
+    if gone and not short and not missing:
+        evidence.not_judged(schemas_key(f.source_path or ""), f"restore drill schemas: FAILED (missing after "
+                            f"restore: {', '.join(gone)})")
     if missing:
         short.append(f"missing tables: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
     if short:
@@ -132,7 +154,8 @@ def test_sequences_views_functions_are_restored(drill: DrillFacts, target: Targe
     f = _ran(drill, evidence)
     assert f.restored is not None
     d = drill_config(target)
-    problems = []
+    _, gone = _missing_schemas(f, target)  # objects of a schema missing whole: the schema check's finding
+    problems, theirs = [], False
     for kind in KINDS:
         got = f.restored.objects(kind)
         minimum = getattr(d, f"min_{kind}")
@@ -140,9 +163,14 @@ def test_sequences_views_functions_are_restored(drill: DrillFacts, target: Targe
         if len(got) < minimum:
             problems.append(f"{kind}: {len(got)} vs minimum {minimum}")
         if f.live:
-            missing = sorted(f.live.objects(kind) - got)
+            everything = sorted(f.live.objects(kind) - got)
+            missing = _not_in(gone, everything)
+            theirs |= len(missing) < len(everything)
             if missing:
                 problems.append(f"{kind} missing: {', '.join(missing[:20])}")
+    if theirs and not problems:
+        evidence.not_judged(schemas_key(f.source_path or ""), f"restore drill schemas: FAILED (missing after "
+                            f"restore: {', '.join(gone)})")
     if problems:
         fail(f"restore drill objects: FAILED ({'; '.join(problems)}); {FIX_DUMP}")
 

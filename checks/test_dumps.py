@@ -11,6 +11,7 @@ import os
 import pwd
 import shlex
 import time
+from datetime import date, timedelta
 
 import pytest
 
@@ -21,6 +22,7 @@ from pgbackup_verify.facts.dumps.gzipscan import ARCHIVE_FORMATS, FOOTER, HEADER
 from pgbackup_verify.facts.dumps.inventory import UNJUDGED, Coverage, DumpFile, Inventory, LatestDump, ScanCache
 from pgbackup_verify.facts.dumps.plainscan import display_name
 from pgbackup_verify.facts.history import RunFacts
+from pgbackup_verify.ownership import DUMP_AGE, NIGHTS, dump_key, read_key
 
 pytestmark = pytest.mark.dumps
 
@@ -40,6 +42,7 @@ def _latest(latest: LatestDump | None, target: Target, evidence: Evidence, inv: 
     if busy:
         evidence("in progress (not judged)", busy)
     if latest is None:
+        evidence.require_upstream(DUMP_AGE)  # "no dump" is the age check's finding (ownership.OWNERS)
         if inv.in_progress:
             fail(f"latest dump: FAILED (no complete file matching '{b.pattern}' in {b.directory}: only "
                  f"{busy}); fix: {IN_PROGRESS_FIX}")
@@ -47,14 +50,18 @@ def _latest(latest: LatestDump | None, target: Target, evidence: Evidence, inv: 
                     "fix: check [backups].directory and .pattern, and that the nightly backup job runs "
                     "(crontab -l, systemctl list-timers)")
     s = latest.scan
-    if read:  # a content check that finds this file bad: the drill of it is "not judged", not a second fix
-        evidence.cause(f"dump {latest.file.path}")
     evidence("file", f"{latest.file.path} ({latest.file.size} bytes on disk, {human_bytes(latest.file.size)})")
     evidence("written", time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(latest.file.mtime)))
     evidence("age", f"{latest.age_hours:.1f} h")
+    if read:
+        # One fault, one red line: the first content check that finds this file bad owns it (payload,
+        # gzip stream, header/footer, shrink: ownership.OWNERS); the later ones, the drill of it and
+        # the offsite match are "not judged: <its finding>".
+        evidence.require_upstream(dump_key(latest.file.path))
+        evidence.cause(dump_key(latest.file.path))
     if read and s.format == "unreadable":
-        evidence.require_upstream(f"read {latest.file.path}")  # one finding, not one per content check
-        evidence.cause(f"read {latest.file.path}")
+        evidence.require_upstream(read_key(latest.file.path))  # one finding, not one per content check
+        evidence.cause(read_key(latest.file.path))
         fail(f"latest dump: FAILED ({latest.file.name}: {s.error} as user {_user()}, mode "
              f"{latest.file.mode:04o}); fix: let the user running the checks read the dumps (e.g. chgrp it "
              "to a group of that user and make the job create them with mode 0640), or run the checks as "
@@ -76,6 +83,7 @@ def _user() -> str:
 def test_latest_dump_is_younger_than_max_age(latest_dump: LatestDump | None, target: Target,
                                              evidence: Evidence, backup_inventory: Inventory,
                                              run_facts: RunFacts) -> None:
+    evidence.cause(DUMP_AGE)  # the nights after the newest dump are this check's finding, not retention's
     latest = _latest(latest_dump, target, evidence, backup_inventory, read=False)
     run_facts["latest dump"] = (f"{latest.file.name} ({latest.age_hours:.1f} h old, "
                                 f"{human_bytes(latest.scan.payload_bytes)} payload)")
@@ -87,17 +95,6 @@ def test_latest_dump_is_younger_than_max_age(latest_dump: LatestDump | None, tar
         f"latest dump age: FAILED ({latest.file.name}: {latest.age_hours:.1f} h old vs limit {limit:g} h); "
         "fix: the nightly backup did not run or writes elsewhere: check the cron job/timer "
         "(crontab -l, systemctl list-timers) and its log, then run the backup once by hand"))
-
-
-def test_latest_dump_payload_reaches_minimum(latest_dump: LatestDump | None, target: Target,
-                                             evidence: Evidence, backup_inventory: Inventory) -> None:
-    latest = _latest(latest_dump, target, evidence, backup_inventory)
-    s, minimum = latest.scan, target.backups.min_payload_bytes
-    why = "" if s.valid else f", {s.error}"
-    source = f" from {s.format}" if s.compressed else ""
-    require(s.payload_bytes >= minimum, (
-        f"latest dump payload: FAILED ({latest.file.name}: {s.payload_bytes} bytes decompressed{source}, "
-        f"{latest.file.size} bytes on disk, minimum {minimum}{why}); fix: {JOB_LOG_FIX}"))
 
 
 def test_latest_dump_gzip_stream_is_valid(latest_dump: LatestDump | None, target: Target,
@@ -116,7 +113,23 @@ def test_latest_dump_gzip_stream_is_valid(latest_dump: LatestDump | None, target
     else:
         fix = ("the backup job did not write compressed data under this name: make it pipe pg_dump through "
                "gzip (or zstd, xz, lz4, bzip2), or set [backups].pattern to the files it really writes")
-    require(s.valid, f"latest dump {what}: FAILED ({latest.file.name}: {s.error}); fix: {fix}")
+    if not s.valid:
+        evidence.in_short(f"{latest.file.name} is cut or damaged ({s.error})", [latest.file.name])
+    require(s.valid, evidence.explained(f"latest dump {what}: FAILED ({latest.file.name}: {s.error}); fix: {fix}"))
+
+
+def test_latest_dump_payload_reaches_minimum(latest_dump: LatestDump | None, target: Target,
+                                             evidence: Evidence, backup_inventory: Inventory) -> None:
+    latest = _latest(latest_dump, target, evidence, backup_inventory)
+    s, minimum = latest.scan, target.backups.min_payload_bytes
+    why = "" if s.valid else f", {s.error}"
+    source = f" from {s.format}" if s.compressed else ""
+    if s.payload_bytes < minimum:
+        evidence.in_short(f"{latest.file.name}: {human_bytes(s.payload_bytes)} of dump, minimum {human_bytes(minimum)}",
+                          [latest.file.name])
+    require(s.payload_bytes >= minimum, evidence.explained(
+        f"latest dump payload: FAILED ({latest.file.name}: {s.payload_bytes} bytes decompressed{source}, "
+        f"{latest.file.size} bytes on disk, minimum {minimum}{why}); fix: {JOB_LOG_FIX}"))
 
 
 def test_latest_dump_has_pg_dump_header_and_footer(latest_dump: LatestDump | None, target: Target,
@@ -129,7 +142,10 @@ def test_latest_dump_has_pg_dump_header_and_footer(latest_dump: LatestDump | Non
         problems.append(f"first line not shown, it is not pg_dump's header vs expected {HEADER!r}")
     if not s.footer_found:
         problems.append(f"no {FOOTER!r} line in the last {TAIL_BYTES} bytes of {s.payload_bytes} payload bytes")
-    require(not problems, (
+    if problems:
+        missing = "no header" if not s.header_found else "no footer"
+        evidence.in_short(f"{latest.file.name} is not a complete pg_dump ({missing})", [latest.file.name])
+    require(not problems, evidence.explained(
         f"latest dump header/footer: FAILED ({latest.file.name}: {'; '.join(problems)}); fix: pg_dump did not "
         "write a complete dump (stopped early, killed, out of disk or another program wrote the file): "
         + JOB_LOG_FIX))
@@ -148,7 +164,10 @@ def test_payload_did_not_shrink_beyond_allowed_ratio(latest_dump: LatestDump | N
     allowed = target.backups.max_shrink_ratio
     evidence("previous good dump", f"{prev.name}: {before} bytes payload")
     evidence("change", f"{-shrink:+.1%} (allowed shrink {allowed:.0%})")
-    require(shrink <= allowed, (
+    if shrink > allowed:
+        evidence.in_short(f"{latest.file.name} shrank {shrink:.0%} since {prev.name} (allowed {allowed:.0%})",
+                          [latest.file.name])
+    require(shrink <= allowed, evidence.explained(
         f"payload shrink: FAILED ({latest.file.name}: {now} bytes vs previous good {prev.name}: {before} bytes, "
         f"shrank {shrink:.1%}, allowed {allowed:.0%}); fix: find what is missing (compare "
         f"`zcat FILE | grep -E '^(CREATE TABLE|COPY)'` of both dumps); if data was removed on purpose, "
@@ -166,14 +185,46 @@ def _readings(cache: ScanCache, evidence: Evidence) -> None:
         evidence("scan record", record.problem)
 
 
-def test_no_night_missing_in_retention_window(night_coverage: Coverage, target: Target, evidence: Evidence,
+def _reported_nights(coverage: Coverage, latest: LatestDump | None, evidence: Evidence, *,
+                     since_newest: bool = False, bad_nights: bool = False) -> tuple[set[date], str]:
+    """Nights without a good dump that an earlier check already owns (ownership.OWNERS), and its finding:
+    the nights after the newest dump (the age check's; `since_newest`: up to tonight, in the window or not),
+    the newest dump's own night (the content check's that found it bad) and, with `bad_nights`, the nights
+    whose dump is bad (retention's: a failed job, not the rotation)."""
+    owned: set[date] = set()
+    texts = []
+    newest = coverage.rule.night_of(latest.file.mtime) if latest else None
+    if age := evidence.upstream_finding(DUMP_AGE):
+        owned |= {n.date for n in coverage.missing if newest is None or n.date > newest}
+        if since_newest and newest is not None:
+            tonight = coverage.rule.night_of(time.time())
+            owned |= {newest + timedelta(days=i) for i in range(1, (tonight - newest).days + 1)}
+        texts.append(age)
+    if latest and newest and (content := evidence.upstream_finding(dump_key(latest.file.path))):
+        owned.add(newest)
+        texts.append(content)
+    bad = {n.date for n in coverage.missing if n.bad} - owned
+    if bad_nights and bad and (nights := evidence.upstream_finding(NIGHTS)):
+        owned |= bad
+        texts.append(nights)
+    if not since_newest:
+        owned &= {n.date for n in coverage.missing}
+    return owned, "; ".join(dict.fromkeys(texts)) if owned else ""
+
+
+def test_no_night_missing_in_retention_window(night_coverage: Coverage, latest_dump: LatestDump | None,
+                                              target: Target, evidence: Evidence,
                                               dump_scan_cache: ScanCache) -> None:
     nights = night_coverage.nights
     evidence("night rule", night_coverage.rule.describe())
     _readings(dump_scan_cache, evidence)
     for n in nights:
         evidence(f"night {n.date}", n.good or ("no good dump: " + ("; ".join(n.bad) or "no dump file")))
-    missing = night_coverage.missing
+    owned, upstream = _reported_nights(night_coverage, latest_dump, evidence)
+    missing = tuple(n for n in night_coverage.missing if n.date not in owned)
+    if owned and not missing:  # only the newest nights, whose finding is already on another line
+        evidence.not_judged(DUMP_AGE, upstream)
+    evidence.cause(NIGHTS)  # a night whose dump is bad: a failed job; good dumps kept does not say it again
     shown = ", ".join(f"{n.date} ({'; '.join(n.bad) if n.bad else 'no dump'})" for n in missing)
     perms = (f"let the user running the checks ({_user()}) read the dumps it cannot read; then "
              if any(n.unreadable for n in missing) else "")
@@ -184,19 +235,30 @@ def test_no_night_missing_in_retention_window(night_coverage: Coverage, target: 
 
 
 def test_enough_good_dumps_kept(good_dumps: list[DumpFile], target: Target, evidence: Evidence,
-                                backup_inventory: Inventory, dump_scan_cache: ScanCache) -> None:
+                                backup_inventory: Inventory, night_coverage: Coverage,
+                                latest_dump: LatestDump | None, dump_scan_cache: ScanCache) -> None:
     minimum = target.backups.min_good_dumps
     _readings(dump_scan_cache, evidence)
     evidence("dump files", str(len(backup_inventory.dumps)))
     evidence("good dumps (newest first)", ", ".join(d.name for d in good_dumps) or "none")
+    owned, upstream = _reported_nights(night_coverage, latest_dump, evidence, since_newest=True, bad_nights=True)
+    if len(good_dumps) < minimum <= len(good_dumps) + len(owned):  # rotation keeps enough: the nights did not
+        evidence.not_judged(DUMP_AGE, upstream)
     require(len(good_dumps) >= minimum, (
         f"good dumps kept: FAILED ({len(good_dumps)} good of {len(backup_inventory.dumps)} dump files vs "
         f"minimum {minimum}); fix: check that the rotation (e.g. `find -mtime +N -delete`) keeps at least "
         f"{minimum} nights and that past nights' backups succeeded (job log)"))
 
 
-def test_no_stray_partial_artifacts(backup_inventory: Inventory, target: Target, evidence: Evidence) -> None:
+def test_no_stray_partial_artifacts(backup_inventory: Inventory, target: Target, evidence: Evidence,
+                                    latest_dump: LatestDump | None) -> None:
     strays = backup_inventory.strays
+    if latest_dump and (upstream := evidence.upstream_finding(dump_key(latest_dump.file.path))):
+        # The newest dump, already found bad (the 20-byte empty stream): one finding, on its owner's line.
+        mine = [s for s in strays if s.path != latest_dump.file.path]
+        if strays and not mine:
+            evidence.not_judged(dump_key(latest_dump.file.path), upstream)
+        strays = tuple(mine)
     evidence("directory", f"{backup_inventory.directory} ({len(backup_inventory.dumps)} dump files)")
     if backup_inventory.in_progress:
         evidence("in progress (not strays)", "; ".join(p.describe() for p in backup_inventory.in_progress))
@@ -226,6 +288,8 @@ def test_custom_format_toc_lists_expected_schemas(custom_dump_toc: tuple | None,
                     "names plain SQL dumps, and the newest is not a pg_dump -Fc, -Fd or -Ft archive)")
     dump, toc = custom_dump_toc
     evidence("file", f"{dump.path} ({dump.size} bytes)")
+    evidence.require_upstream(dump_key(dump.path))  # a dump an earlier content check found bad
+    evidence.cause(dump_key(dump.path))  # the drill of an archive missing a schema is not judged again
     require(toc.readable, (
         f"custom-format TOC: FAILED ({dump.name}: pg_restore --list failed: {toc.error}); fix: the archive is "
         "damaged or not a pg_dump -Fc file: " + JOB_LOG_FIX))

@@ -55,6 +55,10 @@ def _judge(check: str, what: str, lack: str, concern: Concern | None, audit: Gra
     evidence("fix", "\n".join(fixes))
     lines = listed[:SHOWN] + ([f"... and {count - SHOWN} more (see evidence)"] if count > SHOWN else [])
     runners = sorted({"a superuser" if m.superuser_fix else m.owner for m in missing} - {"a superuser"})
+    privileges = "/".join(dict.fromkeys(p for m in missing for p in m.privileges))
+    objects = [m.ident for m in missing]
+    shown = ", ".join(objects[:2]) + (f" (+{count - 2} more)" if count > 2 else "")
+    evidence.in_short(f"{privileges} missing on {shown} for {audit.role.ident}", objects)
     fail(f"{check}: FAILED ({count} of {concern.audited} {what} {lack} "
          f"{audit.role.ident} vs 0 allowed); fix (as {' or '.join([*runners, 'a superuser'])}): "
          + " ".join(fixes) + "\n  " + "\n  ".join(lines))
@@ -73,6 +77,7 @@ def test_dump_role_can_connect(grant_audit: GrantAudit, evidence: Evidence) -> N
                                      ("VALID UNTIL passed", r.expired),
                                      (f"no CONNECT on database {r.database}", not r.can_connect and not r.superuser))
                     if bad]
+        evidence.in_short(f"dump role {r.ident} cannot connect: {', '.join(problems)}", [r.ident])
         fail(f"dump role can connect: FAILED ({', '.join(problems)} vs login + CONNECT); "
                     f"fix: {' '.join(r.fixes)}")
 

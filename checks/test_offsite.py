@@ -20,6 +20,8 @@ from pgbackup_verify.facts.dumps.nights import UPLOAD_WINDOW_S, nearest_same_nig
 from pgbackup_verify.facts.dumps.scanrecord import ScanRecord
 from pgbackup_verify.facts.host import BackupDirFacts, shown_name
 from pgbackup_verify.facts.offsite import Archive, ArchiveScan, Listing
+from pgbackup_verify.outcome import label
+from pgbackup_verify.ownership import DUMP_AGE, dump_key, restore_key, schemas_key
 
 pytestmark = pytest.mark.offsite
 
@@ -73,7 +75,7 @@ def _fail(f: Finding) -> NoReturn:
 
 
 def _not_judged(f: Finding) -> NoReturn:
-    pytest.skip(f"not judged: {f[0]} (reported by {f[2]})")
+    pytest.skip(f"not judged: {f[0]} (reported by {label(f[2], '')})")
 
 
 def _upstream(listing: Listing, scan: ArchiveScan | None, o: OffsiteSection, me: str) -> ArchiveScan:
@@ -172,6 +174,8 @@ def test_offsite_pg_dump_is_complete(offsite_listing: Listing, offsite_scan: Arc
                                   f"{'valid' if g.valid else g.error}, footer {footer}")
     fault = _complete_fault(scan)
     if fault:
+        why = fault[0].split(": FAILED (", 1)[-1].removesuffix(")")
+        evidence.in_short(f"the PG dump in {scan.archive.name}: {why}", [scan.archive.name])
         _fail(fault)
 
 
@@ -211,7 +215,7 @@ def _nights_behind(dumps: list[DumpFile], member_written: float, packed: float, 
     # Only a dump that was done, or still running, when the archive was packed: an evening upload that
     # ships the morning's dump is not behind because the next morning's dump exists by the time we look.
     due = [d for d in dumps if rule.night_of(d.mtime) == night and d.mtime <= packed + RACE_WINDOW_S
-           and evidence.upstream(f"dump {d.path}") != FAILED]
+           and evidence.upstream(dump_key(d.path)) != FAILED]
     if not due:
         return ""  # that night has no good local dump: the dump checks say so
     newest = max(due, key=lambda d: d.mtime)
@@ -234,11 +238,12 @@ def test_offsite_pg_dump_matches_the_local_dump(offsite_listing: Listing, offsit
     when = scan.member_mtime or a.mtime
     local, rule = _same_night(backup_dir_facts.dumps, when, bool(scan.member_mtime), target.backups.night_boundary)
     if local is None:
+        evidence.require_upstream(DUMP_AGE)  # the nights after the newest local dump are the age check's
         fail(
         f"local dump of the same night: FAILED (none in {backup_dir_facts.shown} {rule}); "
         "fix: check the local dump job")
     # A local dump the dump checks found bad: the sizes differ because of it, not of the upload.
-    evidence.require_upstream(f"dump {local.path}")
+    evidence.require_upstream(dump_key(local.path), restore_key(local.path), schemas_key(local.path))
     # A member older than max_age_hours is the contains check's finding (one fault, one red line).
     if scan.member_mtime and (a.mtime - scan.member_mtime) / 3600 <= o.max_age_hours:
         behind = _nights_behind(backup_dir_facts.dumps, scan.member_mtime, a.mtime, target.backups.night_boundary,

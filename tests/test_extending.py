@@ -73,8 +73,8 @@ def test_site_hooks_add_a_concern_a_report_field_and_a_kuma_route(pytester: pyte
     out = result.stdout.str()
     assert result.ret == 1, out  # the marker is known under --strict-markers: a verdict, not a usage error
     # The routing rule sent the tape label check to the permission guard as well as to its own monitor.
-    assert "Guard: would push status=down msg='1 failed of 1: test_tape_label'" in out
-    assert "Tapes: would push status=down msg='1 failed of 2: test_tape_label'" in out
+    assert "Guard: would push status=down msg='FAILED tapes: tape label of vault: none vs 1 expected'" in out
+    assert "Tapes: would push status=down msg='FAILED tapes: tape label of vault: none vs 1 expected'" in out
     doc = json.loads((pytester.path / "out.json").read_text())
     assert doc["fields"] == {"vault": [["runbook", "https://wiki.example/runbooks/vault"]]}
     assert {c["name"]: c["concern"] for c in doc["checks"]} == {"test_tape_label": "tapes",

@@ -26,6 +26,8 @@ from checkrun import TargetResult, run_checks
 from demohost import built_demo
 from pgbackup_verify_demo import demo
 
+from pgbackup_verify import ownership
+
 CHECKS = Path(__file__).resolve().parent.parent / "checks"
 pytestmark = pytest.mark.slow
 GRANTS_READ = {"test_dump_role_can_connect", "test_dump_role_has_usage_on_every_schema",
@@ -84,39 +86,48 @@ def _cut(d: demo.Demo, b: Path) -> str:
 
 
 def _stale(d: demo.Demo, b: Path) -> str:
-    for _ in range(2):  # the last two nights never ran: the newest left is ~49 h old
-        newest(b).unlink()
+    """The job (and the rotation it runs) stopped two nights ago: every dump is two days older, the newest
+    ~49 h old, and the week before it is still there."""
+    for p in b.glob("directus_*.sql.gz"):
+        st = p.stat()
+        os.utime(p, (st.st_atime - 2 * 86400, st.st_mtime - 2 * 86400))
     return ""
 
 
 def _custom_without_sandbox(d: demo.Demo, b: Path) -> str:
-    """A -Fc archive that leaves sandbox_tac out (-N): the role reads it, the job's options drop it."""
+    """Tonight's dump is a -Fc archive that leaves sandbox_tac out (-N): the role reads it, the job's options
+    drop it. The older nights keep their plain dumps (a job switched to -Fc tonight): one fault, not seven."""
     old = newest(b)
     p = old.with_name(old.name.replace(".sql.gz", ".dump"))
     pg_dump_to(d, p, "-Fc", "-N", "sandbox_tac", gzip=False)
     os.utime(p, (old.stat().st_mtime, old.stat().st_mtime))
-    return "directus_*.dump"
+    old.unlink()
+    return "directus_*"
 
 
 @dataclass(frozen=True)
 class Fault:
     make_dump: Callable[[demo.Demo, Path], str] | None  # returns a new [backups].pattern or ""
-    fires: set[str]  # checks that must fail, so the fault is known to have fired
+    fires: set[str]  # the check that owns the fault (ownership.OWNERS): it fails, and no other of its kind
     sql: str = ""  # applied as superuser before the dump is made ...
     undo: str = ""  # ... and undone after the run
+    causes: frozenset[str] = frozenset()  # declared causes in an earlier concern (ownership.CAUSES): red too
 
 
 FAULTS: dict[str, Fault] = {
     "seed-night": Fault(
-        _redump(), {"test_dump_role_has_usage_on_every_schema", "test_latest_dump_payload_reaches_minimum"},
-        "REVOKE USAGE ON SCHEMA sandbox_tac FROM directus", "GRANT USAGE ON SCHEMA sandbox_tac TO directus"),
+        _redump(), {"test_latest_dump_payload_reaches_minimum"},
+        "REVOKE USAGE ON SCHEMA sandbox_tac FROM directus", "GRANT USAGE ON SCHEMA sandbox_tac TO directus",
+        frozenset({"test_dump_role_has_usage_on_every_schema"})),
     "registry-lock": Fault(
         None, {"test_custom_sql_check"},
         demo.registry_function_sql(demo.REGISTRY_FUNCTIONS[-1], locked=False),
         demo.registry_function_sql(demo.REGISTRY_FUNCTIONS[-1], locked=True)),
     "table select revoked": Fault(
-        _redump(), {"test_dump_role_can_select_every_relation"},
-        "REVOKE SELECT ON sandbox_tac.item_01 FROM directus", "GRANT SELECT ON sandbox_tac.item_01 TO directus"),
+        _redump(), {"test_latest_dump_payload_reaches_minimum"},
+        "REVOKE SELECT ON sandbox_tac.item_01 FROM directus", "GRANT SELECT ON sandbox_tac.item_01 TO directus",
+        frozenset({"test_dump_role_can_select_every_relation"})),
+    # Three faults at once (three REVOKEs): one red line each, no dump finding (tonight's dump was good).
     "grants revoked after tonight's good dump": Fault(
         None, {"test_dump_role_can_select_every_relation", "test_dump_role_can_read_every_sequence",
                "test_default_privileges_cover_future_objects"},
@@ -249,7 +260,7 @@ def runs(built: demo.Demo, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 @pytest.mark.parametrize("case", list(FAULTS))
 def test_every_fix_fits_the_live_database(runs: dict[str, FaultRun], case: str) -> None:
     run = runs[case]
-    assert FAULTS[case].fires <= run.result.failed(), run.result.text
+    assert FAULTS[case].fires | FAULTS[case].causes <= run.result.failed(), run.result.text
     assert not [c for c in run.result.checks if c["outcome"] == "error"], run.result.text
     assert not run.wrong, "\n".join(run.wrong) + "\n\n" + run.result.text
 
@@ -300,3 +311,27 @@ def test_the_live_check_sees_privileges_that_are_held(built: demo.Demo, runs: di
             assert not _held(conn, m, "SELECT")[0]
         finally:
             conn.execute("DROP ROLE fix_texts_probe")
+
+
+@pytest.mark.parametrize("case", list(FAULTS))
+def test_one_fault_one_red_line(runs: dict[str, FaultRun], case: str) -> None:
+    """Exactly the owner of each injected fault fails (plus its declared cause); the checks that only see a
+    consequence are not judged, naming a finding that is on a red line; no message names a function."""
+    result, fault = runs[case].result, FAULTS[case]
+    # Known defect of the drill sandbox, not of this fault: under a parallel suite the cleanup check names a
+    # cluster of ANOTHER live run ("owner pid N still runs") as left behind. Only that case is set aside.
+    red = {c["name"] for c in result.checks if c["outcome"] in ("failed", "error")
+           and not (c["name"] == "test_drill_left_nothing_behind"
+                    and any("still runs" in v for k, v in c["evidence"] if k == "sweep of earlier runs"))}
+    assert red == fault.fires | fault.causes, result.text
+    assert all(ownership.owner_of(name) is not None for name in red), red  # each owner is in the table
+    for cause in fault.causes:  # a declared cause explains the owner's fault (ownership.CAUSES)
+        effects = {e for k in ownership.BY_CHECK[cause].keys for e in ownership.CAUSES_BY_KEY.get(k, ())}
+        assert any(set(ownership.BY_CHECK[f].keys) & effects for f in fault.fires), (cause, fault.fires)
+    findings = [c["message"].split("; fix")[0] for c in result.checks if c["name"] in red]
+    for c in result.checks:
+        assert not re.search(r"\btest_\w+", c["message"]), c["message"]  # readable names, never a function's
+        if c["kind"] == "not judged":
+            said = c["message"].removeprefix("not judged: ")
+            assert any(said.startswith(f.split(";")[0]) for f in findings) or said.startswith("offsite"), \
+                (c["name"], said, findings)

@@ -187,7 +187,7 @@ def grant_run(grant_cluster: ThrowawayCluster, seed_cluster: ThrowawayCluster,
 
 def test_healthy_target_passes_every_grant_check(grant_run: Grants) -> None:
     grant_run["healthy"].assert_outcomes(passed=7)
-    assert "dump role gr_dump" in grant_run.run.facts_line("healthy")  # run facts in the summary
+    assert "dump role: gr_dump" in grant_run.run.facts_line("healthy")  # run facts in the summary
 
 
 def test_healthy_seed_database_passes_every_grant_check(grant_run: Grants) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -75,7 +76,7 @@ def test_failing_check_pushes_down_naming_it(pytester, kuma, suite, two_monitors
     assert result.ret == 1
     assert beats(kuma, guard.id)[0][0] == UP  # the guard's own checks passed: it stays green
     status, msg, _ = beats(kuma, local.id)[0]
-    assert status == DOWN and msg == "1 failed of 2: test_latest_dump_is_complete"
+    assert status == DOWN and msg == "FAILED dumps: latest dump: 20 B vs 10000 B"
     assert local.token not in reports_text(pytester)
 
 
@@ -129,7 +130,8 @@ def test_dry_run_prints_and_sends_nothing(pytester, kuma, suite, two_monitors, t
     target = write_target(pytester.path, kuma_toml(kuma.url, [(guard, ["grants"]), (local, ["dumps"])]))
     result = run(pytester, target, "--kuma-dry-run")
     assert result.ret == 1
-    result.stdout.fnmatch_lines([f"{local.name}: would push status=down msg='1 failed of 2: *' ping=* ms -> dry run*"])
+    result.stdout.fnmatch_lines([f"{local.name}: would push status=down msg='FAILED dumps: latest dump: 20 B vs "
+                                 "10000 B' ping=* ms -> dry run*"])
     assert beats(kuma, guard.id) == [] and beats(kuma, local.id) == []
 
 
@@ -246,7 +248,7 @@ def test_under_xdist_the_controller_counts_the_workers_checks(pytester, kuma, su
     result = run(pytester, target, "-n", "2")
     assert result.ret == 1
     assert beats(kuma, guard.id)[0][:2] == (UP, "OK: 2/2 checks passed (grants)")
-    assert beats(kuma, local.id)[0][:2] == (DOWN, "1 failed of 2: test_latest_dump_is_complete")
+    assert beats(kuma, local.id)[0][:2] == (DOWN, "FAILED dumps: latest dump: 20 B vs 10000 B")
 
 
 @pytest.mark.parametrize("broken", [False, True])
@@ -286,7 +288,7 @@ def test_dump_role_has_usage_on_every_schema(target):
     write_target(targets, kuma_toml(kuma.url, [(shared, ["grants"])]), name="hostb")
     result = run(pytester, targets)
     result.assert_outcomes(passed=1, failed=1)
-    assert beats(kuma, shared.id)[0][:2] == (DOWN, "1 failed of 2: test_dump_role_has_usage_on_every_schema[hostb]")
+    assert beats(kuma, shared.id)[0][:2] == (DOWN, "FAILED hostb grants: hostb: sandbox_tac without USAGE")
     assert len(beats(kuma, shared.id)) == 1  # one push, not one per host
     assert beats(kuma, only_a.id)[0][:2] == (UP, "OK: 1/1 checks passed (grants)")
 
@@ -325,20 +327,20 @@ def test_dump_role_has_usage_on_every_schema():
     result = run(pytester, target)
     assert result.ret == 0
     assert beats(kuma, local.id)[0][:2] == (UP, "OK: 1/2 checks passed, 1 skipped (dumps)")
-    assert beats(kuma, guard.id)[0][:2] == (DOWN, "all 1 covered checks skipped: "
-                                                  "test_dump_role_has_usage_on_every_schema")
+    assert beats(kuma, guard.id)[0][:2] == (DOWN, "all 1 covered checks skipped: "  # readable names
+                                                  "dump role has usage on every schema")
 
 
-def test_a_check_name_longer_than_the_msg_reaches_kuma_clipped(pytester, kuma, two_monitors):
+def test_a_finding_longer_than_the_msg_reaches_kuma_cut_at_a_word(pytester, kuma, two_monitors):
     """Before: the shortener kept nothing and Kuma showed ' (+1 more)'."""
     _, local = two_monitors
-    long = "test_" + "latest_dump_of_the_very_long_named_database_" * 6
+    long = "latest dump of the very long named database " * 6
     pytester.makefile(".ini", pytest=MARKERS_INI)
     pytester.makepyfile(test_dumps=f"""import pytest
 pytestmark = pytest.mark.dumps
 
-def {long}():
-    assert False, "latest dump: FAILED (20 B vs 10000 B); fix: rerun pg-backup.sh"
+def test_latest_dump_is_complete():
+    assert False, "latest dump: FAILED ({long}20 B vs 10000 B); fix: rerun pg-backup.sh"
 
 def test_latest_dump_is_fresh():
     assert False, "latest dump: FAILED (30 h vs 26 h); fix: check cron"
@@ -348,8 +350,8 @@ def test_latest_dump_is_fresh():
     assert result.ret == 1
     status, msg, _ = beats(kuma, local.id)[0]
     assert status == DOWN and len(msg) <= 190
-    assert msg.startswith("2 failed of 2: test_latest_dump_of_the_very_long_named_database_latest_")
-    assert msg.endswith("… (+1 more)")
+    assert msg.startswith("FAILED dumps: latest dump: latest dump of the very long named database latest")
+    assert re.search(r" [a-z]+… \(\+1 more\)$", msg), msg  # cut after a whole word
 
 
 def test_a_long_config_error_reaches_kuma_clipped(pytester, kuma, suite, two_monitors):

@@ -40,7 +40,7 @@ def test_red_night_then_healthy_night_is_up_without_a_manual_step(pytester, kuma
 
     red = night(pytester, target, broken=True)
     assert red.ret == 1
-    assert beats(kuma, local.id)[0][:2] == (DOWN, "1 failed of 9: test_latest_dump_is_complete")
+    assert beats(kuma, local.id)[0][:2] == (DOWN, "FAILED dumps: latest dump: 20 B vs 10000 B")
 
     healthy = night(pytester, target, broken=False)  # Kuma's latest beat is last night's DOWN
     assert healthy.ret == 0, healthy.stdout.str()

@@ -54,7 +54,7 @@ FAULTS = {
     "archive without the PG member": (
         [CONTAINS], [COMPLETE, MATCHES],
         ["FAILED (no member matching '*/postgresql-directus.sql.gz' among 3); fix: add the PG dump",
-         "not judged: offsite archive offsite:", f"(reported by {CONTAINS})"]),
+         "not judged: offsite archive offsite:", "(reported by offsite archive contains the pg dump)"]),
     "member is the 20-byte empty gzip": (
         [COMPLETE], [MATCHES],
         ["member vps-backup-", "/postgresql-directus.sql.gz: FAILED (empty payload, 20 B gzip of nothing",
@@ -74,7 +74,8 @@ FAULTS = {
     "archive cut inside the PG member": (
         [HOSTILE], [CONTAINS, COMPLETE, MATCHES],
         ["FAILED (could not be read: archive unreadable after 2 members: ", "fix: re-run the upload job, the archive "
-         "is damaged", "not judged: offsite archive offsite:", f"(reported by {HOSTILE})"]),
+         "is damaged", "not judged: offsite archive offsite:",
+         "(reported by offsite archive holds no hostile member)"]),
     "one night behind": (
         [MATCHES], [],
         ["offsite PG dump night: FAILED (vps-backup-", "/postgresql-directus.sql.gz in vps-backup-",

@@ -81,8 +81,10 @@ def test_upstream_failure_comes_first_and_downstream_is_not_judged(pytester: pyt
                                   "USAGE for directus vs 0 allowed)")
     assert "GRANT USAGE ON SCHEMA public" not in out + json.dumps(doc) + html
     # Never silent: the drill monitor is DOWN although its other check passed; the first reason is the cause.
-    assert "Drill: would push status=down msg='1 not judged of 2: test_schemas_restored'" in out, out[-2000:]
-    assert "All: would push status=down msg='1 failed, 1 not judged of 6: test_usage, test_schemas_restored'" in out
+    assert ("Drill: would push status=down msg='NOT JUDGED drill: dump role USAGE on every schema: 1 of 3 schemas "
+            "without USAGE for directus vs 0 allowed'") in out, out[-2000:]
+    assert ("All: would push status=down msg='FAILED grants: dump role USAGE on every schema: 1 of 3 schemas "
+            "without USAGE for directus vs 0 allowed (1 not judged)'") in out, out[-2000:]
     # JSON and HTML: grants before dumps before drill; the drill concern says why it is not judged.
     assert [c["concern"] for c in doc["concerns"]] == ["grants", "dumps", "drill"]
     assert [c["status"] for c in doc["concerns"]] == ["FAILED", "PARTLY CHECKED", "NOT JUDGED"]

@@ -75,10 +75,11 @@ class Row:
 
 ROWS = [
     Row("pass", "OK", 0, ("passed", ""), "OK: 2/2 checks passed (dumps)", {"passed": 2}),
-    Row("fail", "FAILED", 1, ("failed", ""), "1 failed of 2: test_subject", {"passed": 1, "failed": 1}),
-    Row("setup error", "FAILED", 1, ("error", "setup"), "1 error of 2: test_subject", {"passed": 1, "error": 1}),
+    Row("fail", "FAILED", 1, ("failed", ""), "FAILED dumps: latest dump: 20 B vs 10000 B", {"passed": 1, "failed": 1}),
+    Row("setup error", "FAILED", 1, ("error", "setup"), "ERROR dumps: RuntimeError: fixture could not start",
+        {"passed": 1, "error": 1}),
     # One check, one outcome: pytest counts "1 failed, 1 error"; the fold says failed everywhere.
-    Row("fail + teardown error", "FAILED", 1, ("failed", ""), "1 failed of 2: test_subject",
+    Row("fail + teardown error", "FAILED", 1, ("failed", ""), "FAILED dumps: latest dump: 20 B vs 10000 B",
         {"passed": 1, "failed": 1}),
     Row("skip", "OK", 0, ("skipped", ""), "OK: 1/2 checks passed, 1 skipped (dumps)", {"passed": 1, "skipped": 1}),
     Row("not applicable", "OK", 0, ("skipped", "not applicable"), "OK: 1/2 checks passed, 1 not applicable (dumps)",
@@ -86,10 +87,13 @@ ROWS = [
     Row("xfail", "OK", 0, ("skipped", "xfail"), "OK: 1/2 checks passed, 1 xfailed (dumps)",
         {"passed": 1, "skipped": 1}),
     Row("xpass", "OK", 0, ("passed", "xpass"), "OK: 2/2 checks passed (dumps)", {"passed": 2}),
-    Row("xpass strict", "FAILED", 1, ("failed", "xpass strict"), "1 failed of 2: test_subject",
+    Row("xpass strict", "FAILED", 1, ("failed", "xpass strict"),
+        "FAILED dumps: unexpectedly passed (strict xfail): known gap",
         {"passed": 1, "failed": 1}),
     Row("interrupted", "FAILED", 2, ("not run", ""), "run interrupted", {"passed": 1, "not run": 2}),
-    Row("user error", "FAILED", 10, ("failed", ""), "1 failed of 2: test_subject", {"passed": 1, "failed": 1}),
+    Row("user error", "FAILED", 10, ("failed", ""),
+        "FAILED dumps: DatabaseUnreachable: database x:1/y of target 'selftest' is unreachable; check it",
+        {"passed": 1, "failed": 1}),
     Row("collection error", "FAILED", 2, None, "1 collection error(s): test_dumps.py", {}, ran=False),
     Row("zero selected", "FAILED", 5, None, "no check collected or selected", {}, ("-k", "nomatch"), ran=False),
     # Nothing judged is not a pass: every output says FAILED, and the exit is that of zero selected.
@@ -198,7 +202,7 @@ def test_a_check_without_a_target_counts_too(pytester: pytest.Pytester, monkeypa
     o = read_outputs(pytester, result)
     assert o.line.startswith("pgbackup-verify: FAILED targets=selftest failed=1 error=0 skipped=0 passed=1 ")
     assert o.doc["status"] == o.html_status == "FAILED"
-    assert o.kuma == ("down", "1 failed of 2: test_helper_invariant")
+    assert o.kuma == ("down", "FAILED dumps: broken: FAILED")
     # The target's own checks passed: its line and history say so; the run says FAILED.
     assert o.target_line == "pgbackup-verify target selftest: OK (1 passed)"
     assert o.history is not None and o.history["status"] == "OK"
@@ -217,7 +221,7 @@ def test_the_fold_is_the_same_under_xdist(pytester: pytest.Pytester, monkeypatch
     o = read_outputs(pytester, result)
     assert o.line.startswith("pgbackup-verify: FAILED targets=selftest failed=2 error=0 skipped=0 passed=1 ")
     assert o.target_line == "pgbackup-verify target selftest: FAILED (2 failed, 1 passed)"
-    assert o.kuma == ("down", "2 failed of 3: test_subject, test_unreachable")
+    assert o.kuma == ("down", "FAILED dumps: latest dump: 20 B vs 10000 B (+1 more)")
     assert o.doc["status"] == o.html_status == o.history["status"] == "FAILED"  # type: ignore[index]
 
 

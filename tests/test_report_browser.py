@@ -141,6 +141,38 @@ def test_failing_report_shows_summary_cause_and_fix_in_chromium(browser: Browser
     context.close()
 
 
+@pytest.mark.parametrize("width", [400, 1400])
+def test_summary_reads_on_a_phone_and_a_desktop(browser: Browser, failing_report: Path, width: int) -> None:
+    """At 400 px (a phone at 7 a.m.) and 1400 px: the summary fits the width (nothing to scroll sideways),
+    the cause and the fix are on screen in full, the title says the verdict, the target and the causes."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(failing_report.as_uri())
+    assert page.title() == "FAILED \u00b7 vps-directus \u00b7 2 causes"
+    summary = page.locator("#pgbv")
+    box = summary.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
+    # Nothing in the summary sticks out to the right (a wide table may scroll in its own box).
+    wider = page.evaluate("""(() => {
+        const right = document.getElementById('pgbv').getBoundingClientRect().right;
+        const scrolls = e => { for (let p = e.parentElement; p && p.id !== 'pgbv'; p = p.parentElement)
+            if (['auto', 'scroll'].includes(getComputedStyle(p).overflowX)) return true; return false; };
+        return [...document.querySelectorAll('#pgbv *')]
+            .filter(e => e.getBoundingClientRect().right > right + 1 && !scrolls(e))
+            .map(e => e.outerHTML.slice(0, 80)); })()""")
+    assert wider == [], wider
+    cause = page.locator(".pgbv-concern[data-concern='sql'] .pgbv-cause")
+    fix = page.locator(".pgbv-concern[data-concern='sql'] .pgbv-fix code")
+    for part in (cause, fix):
+        b = part.bounding_box()
+        assert part.is_visible() and b is not None and b["x"] + b["width"] <= width
+    page.screenshot(path=str(ARTIFACTS / f"browser-test-failing-run-{width}.png"))
+    # Printed for the incident file: the copy button is not on paper, the cause is.
+    page.emulate_media(media="print")
+    assert not page.locator(".pgbv-concern[data-concern='sql'] button.pgbv-copy").is_visible()
+    assert cause.is_visible()
+    page.close()
+
+
 def test_summary_reads_without_javascript(browser: Browser, failing_report: Path) -> None:
     """A mail client or a locked-down browser may block scripts: the summary is plain HTML."""
     context = browser.new_context(java_script_enabled=False)

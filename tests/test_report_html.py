@@ -63,7 +63,8 @@ def test_failing_concerns_first_healthy_ones_one_line_and_unchecked_named() -> N
     concerns = re.findall(r"data-concern='(\w+)'", html)
     assert concerns == ["grants", "kuma", "dumps"]  # FAILED, SKIPPED, OK
     assert "<code>GRANT USAGE ON SCHEMA sandbox_tac TO directus;</code>" in html
-    assert "latest dump=d.sql.gz, 64 MiB" in html  # the seed's "latest success OK size=64M" line
+    # The seed's "latest success OK size=64M", as a named value of the healthy concern's table.
+    assert "<tr><th>latest dump</th><td>d.sql.gz, 64 MiB</td></tr>" in html
     assert "no [kuma] section in the target file" in html
     assert "not checked in this run: drill, host, offsite, sql" in html
     assert "Backup health: FAILED" in html and "http" not in html.replace("http://www.w3.org", "")
@@ -179,11 +180,12 @@ def test_summary_data_orders_concerns_failing_first_then_by_target_and_concern()
     check = grants.failed[0]
     assert (check.outcome, check.cause, check.fix, check.who) == (
         "failed", "usage: FAILED (s)", "GRANT USAGE ON SCHEMA s TO d;", "admin")
-    assert check.evidence == [("schemas", "s")] and grants.evidence_line == ""
+    assert check.evidence == [("schemas", "s")] and grants.evidence_rows == []
     assert grants.count == "1 of 2 checks failed" and [k.reason for k in grants.skipped] == ["not applicable"]
-    assert kuma.count == "0 of 1 checks passed, 1 skipped" and kuma.evidence_line == ""
-    assert dumps_b.evidence_line == "a=1; b=2"  # two items per check keep the healthy line short
-    assert len(dumps_a.evidence_line) == 400
+    assert kuma.count == "0 of 1 checks passed, 1 skipped" and kuma.evidence_rows == []
+    assert dumps_b.evidence_rows == [("a", "1"), ("b", "2"), ("c", "3")]  # a small table of named values
+    [(name, value)] = dumps_a.evidence_rows
+    assert name == "x" and len(value) == 200 and value.endswith("\u2026")  # a long value is cut
     assert [(u.target, u.concerns) for u in data.unchecked] == [
         ("a", ["grants", "host", "offsite", "sql"]), ("b", ["drill", "kuma", "host", "offsite", "sql"]),
         ("c", list(CONCERNS))]
@@ -237,3 +239,17 @@ def test_chart_data_scales_points_and_the_budget_line() -> None:
     assert one.top <= one.limit.y < one.points[0].y <= one.top + one.plot_height  # the budget is above the value
     far = charts.chart(charts.Series("t", [(1.7e9, 10.0, "OK"), (1.7e9 + 86400, 12.0, "OK")], str, limit=100.0))
     assert far.limit is None and len(far.line) == 2 and far.last  # a budget off the scale is not drawn
+
+
+def test_a_healthy_concern_says_each_value_once_and_codes_in_words() -> None:
+    """The newest dump's path is in every dump check's evidence: the concern's table shows it once."""
+    from pgbackup_verify.report.figures import concern_rows, figures_line
+
+    same = ("file", "/var/backups/pg/directus_2026-12-07_0200.sql.gz (211550 bytes on disk, 206.6 KiB)")
+    rows = concern_rows([[same, ("age", "1.0 h")], [same, ("payload", "206.6 KiB")], [same, ("read", "0.1 s")]])
+    assert rows == [same, ("age", "1.0 h"), ("payload", "206.6 KiB"), ("read", "0.1 s")]
+    line = figures_line({"dump role": "directus", "payload_bytes": 211550, "dump_age_hours": 1.01,
+                         "drill_tier": 2, "drill_full_passed": 1, "drill_seconds": 4.57, "tables_restored": 21,
+                         "restore drill": "21 tables in 2 schemas, 4.6 s"})
+    assert line == ("dump role: directus, payload: 206.6 KiB, dump age: 1.0 h, drill tier: full, "
+                    "full drill passed: yes, restore drill: 21 tables in 2 schemas, 4.6 s")

@@ -242,7 +242,9 @@ def test_usage_revoked_on_the_schema_is_the_seed_incident(sample: Sample) -> Non
     assert usage.endswith("GRANT USAGE ON SCHEMA public TO pagila_dump;"), usage
     payload = failed["test_latest_dump_payload_reaches_minimum"]
     assert "0 bytes decompressed from gzip, 20 bytes on disk, minimum 100000" in payload
-    assert "pagila_" in failed["test_latest_dump_has_pg_dump_header_and_footer"]
+    # One fault, one red line per concern, the dump's naming its likely cause in grants.
+    assert "; likely cause: grants \u00b7 dump role USAGE on every schema (public); fix: " in payload, payload
+    assert "test_latest_dump_has_pg_dump_header_and_footer" not in failed, result.text  # not judged: the same file
     assert not_judged(result, "test_drill.py"), result.text  # nothing to restore: the dump is the news
 
 

@@ -74,10 +74,21 @@ def test_seed_night_fails_grant_and_payload_checks_with_the_fix(tmp_path: Path) 
     assert ("dump role USAGE on every schema: FAILED (1 of 3 schemas without USAGE for directus vs 0 allowed); "
             "fix (as workflow_admin or a superuser): GRANT USAGE ON SCHEMA sandbox_tac TO directus;") in out
     assert "latest dump payload: FAILED (directus_" in out
-    assert "0 bytes decompressed from gzip, 20 bytes on disk, minimum 10000" in out
+    assert ("0 bytes decompressed from gzip, 20 bytes on disk, minimum 10000); likely cause: grants \u00b7 dump role "
+            "USAGE on every schema (sandbox_tac); fix: ") in out
     assert "pgbackup-verify: FAILED targets=demo" in out
-    # ...and Kuma hears about it that night: the monitor covering the grants goes DOWN naming the check.
-    assert "Kuma PG Dump Permission Guard: DOWN '1 failed of 8: test_dump_role_has_usage_on_every_schema'" in out
+    # One fault, one red line per concern that holds a copy of it: the grant (the cause), the dump, the offsite copy;
+    # grants first, whatever order pytest ran them in.
+    red = [line.split(" \u00b7 ")[0] for line in out.splitlines() if line.startswith(("FAILED demo", "ERROR demo"))]
+    assert red == ["FAILED demo grants", "FAILED demo dumps", "FAILED demo offsite"], out[-5000:]
+    # ...and Kuma hears about it that night, in words naming the schema (the dump's monitor through its cause).
+    assert "Kuma PG Dump Permission Guard: DOWN 'FAILED grants: USAGE missing on sandbox_tac for directus'" in out
+    assert re.search(r"Kuma PG Backup Local: DOWN 'FAILED dumps: directus_\S+ 0 B of dump, minimum 9.8 KiB; "
+                     r"likely cause: grants \u00b7 dump role USAGE on every schema \(sandbox_tac\) \(\d+ not judged\)'",
+                     out), out[-3000:]
+    kuma = [line for line in out.splitlines() if line.startswith("Kuma ")]
+    assert kuma and not [k for k in kuma if re.search(r"\btest_\w+", k)], kuma  # never a function name
+    assert all(len(k.split(": ", 1)[1]) <= 190 + 9 for k in kuma), kuma  # `DOWN '...'` around the msg
     # Ordered by cause: the grants finding opens the report, the dump's before the drill's.
     assert out.index("dump role USAGE on every schema: FAILED") < out.index("latest dump payload: FAILED")
     # No fix advises what is already true: the only GRANT named is the one schema lacking USAGE, and the

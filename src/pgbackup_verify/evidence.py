@@ -13,11 +13,29 @@ from typing import NoReturn
 
 import pytest
 
-from pgbackup_verify.outcome import NOT_JUDGED, XFAIL, XPASS, XPASS_STRICT, order_by_cause, read_phase
+from pgbackup_verify.outcome import CAUSE_ORDER, NOT_JUDGED, XFAIL, XPASS, XPASS_STRICT, order_by_cause, read_phase
+from pgbackup_verify.ownership import causes_of
 from pgbackup_verify.report.render import render_text
+from pgbackup_verify.wording import IN_SHORT, LIKELY_CAUSE
 
 EVIDENCE_KEY = pytest.StashKey["Evidence"]()
 PASSED, FAILED = "passed", "failed"
+
+
+@dataclass(frozen=True)
+class Found:
+    """What an upstream check reported under a key."""
+
+    status: str  # passed or failed
+    text: str = ""  # its finding's first line, without the fix
+    concern: str = ""  # grants, dumps...
+    objects: tuple[str, ...] = ()  # the objects the finding names (Evidence.in_short)
+
+    def cause_phrase(self) -> str:
+        """`grants · dump role USAGE on every schema (sandbox_tac)`: the finding's name and its objects."""
+        name = self.text.split(": FAILED", 1)[0].strip()
+        shown = ", ".join(self.objects[:3]) + (f" +{len(self.objects) - 3} more" if len(self.objects) > 3 else "")
+        return " \u00b7 ".join(x for x in (self.concern, name + (f" ({shown})" if shown else "")) if x)
 
 
 @dataclass
@@ -28,15 +46,17 @@ class Upstream:
     would be advice about the wrong cause. Checks run in the order of cause (outcome.CAUSE_ORDER), so
     the upstream verdict is known first; a key nobody reported on is simply unknown (None)."""
 
-    findings: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # -> (status, first line)
+    findings: dict[tuple[str, str], Found] = field(default_factory=dict)
 
-    def report(self, target: str, keys: tuple[str, ...], status: str, text: str) -> None:
+    def report(self, target: str, keys: tuple[str, ...], found: Found) -> None:
         for key in keys:
-            if self.findings.get((target, key), ("", ""))[0] != FAILED:  # the first failure stands
-                self.findings[target, key] = (status, text)
+            old = self.findings.get((target, key))
+            if old is None or old.status != FAILED:  # the first failure stands
+                self.findings[target, key] = found
 
     def status(self, target: str, key: str) -> str | None:
-        return self.findings.get((target, key), (None, ""))[0]
+        found = self.findings.get((target, key))
+        return found.status if found else None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item,
@@ -46,8 +66,10 @@ class Upstream:
         if ev is not None and ev.causes and rep.when == "call":
             phase = read_phase(rep)  # the outcome fold's reading of the report, not a second one
             if phase.kind not in (XFAIL, XPASS, XPASS_STRICT):
-                self.report(ev.target, tuple(ev.causes), phase.outcome,
-                            finding(phase.text) if phase.outcome == FAILED else "")
+                failed = phase.outcome == FAILED
+                concern = next((m.name for m in item.iter_markers() if m.name in CAUSE_ORDER), "")
+                self.report(ev.target, tuple(ev.causes), Found(phase.outcome, finding(phase.text) if failed else "",
+                                                               concern, ev.objects if failed else ()))
         return rep
 
 
@@ -86,6 +108,7 @@ class Evidence:
     target: str = ""  # the target's name: upstream findings are per target
     registry: Upstream | None = None  # None outside the plugin (a check called by hand): nothing known
     causes: list[str] = field(default_factory=list)  # keys this check vouches for (see Upstream)
+    objects: tuple[str, ...] = ()  # the objects its finding is about (Evidence.in_short)
 
     def cause(self, *keys: str) -> None:
         """If this check fails, its finding is the cause downstream checks on `keys` name."""
@@ -95,15 +118,45 @@ class Evidence:
         """"passed", "failed" or None (not reported in this run): for fix texts that fit the facts."""
         return self.registry.status(self.target, key) if self.registry else None
 
+    def upstream_finding(self, key: str) -> str:
+        """The upstream finding under `key` if it failed, else ""."""
+        found = self.registry.findings.get((self.target, key)) if self.registry else None
+        return found.text if found and found.status == FAILED else ""
+
     def require_upstream(self, *keys: str) -> None:
         """Skip as "not judged: <the upstream finding>" if an upstream check found this input bad.
 
         The outcome fold counts such a skip as bad (outcome.is_bad): never silent, never a false fix."""
         for key in keys:
-            if self.registry and self.upstream(key) == FAILED:
-                text = self.registry.findings[self.target, key][1]
-                self("not judged", f"{key}: {text}")
-                pytest.skip(f"{NOT_JUDGED}: {text}")
+            text = self.upstream_finding(key)
+            if text:
+                self.not_judged(key, text)
+
+    def not_judged(self, key: str, text: str) -> NoReturn:
+        """Skip as "not judged: <text>": the fault `text` names is another check's (ownership.OWNERS)."""
+        self("not judged", f"{key}: {text}")
+        pytest.skip(f"{NOT_JUDGED}: {text}")
+
+    def in_short(self, text: str, objects: Collection[str] = ()) -> None:
+        """The finding in a few words and the objects it names: what a Kuma message and a downstream
+        check's "likely cause" show (`USAGE missing on sandbox_tac for directus`)."""
+        self.objects = tuple(objects)
+        self(IN_SHORT, text)
+
+    def explained(self, message: str) -> str:
+        """`message` with `likely cause: <concern> · <finding> (<objects>)` before its fix, when an
+        upstream finding in another concern explains a failure under a key this check vouches for."""
+        if not self.registry:
+            return message
+        found = [self.registry.findings.get((self.target, cause)) for key in self.causes for cause in causes_of(key)]
+        phrases = list(dict.fromkeys(f.cause_phrase() for f in found if f and f.status == FAILED))
+        if not phrases:
+            return message
+        cause = f"{LIKELY_CAUSE}{'; '.join(phrases)}"
+        # The finding in a few words says it too: a Kuma message names the cause's objects.
+        self.items = [(k, f"{v}{cause}" if k == IN_SHORT else v) for k, v in self.items]
+        head, sep, fix = message.partition("; fix")
+        return f"{head}{cause}{sep}{fix}"
 
     def __call__(self, name: str, value: object) -> None:
         self.items.append((name, str(value)))

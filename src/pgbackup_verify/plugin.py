@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pgbackup_verify import fixtures as factories
-from pgbackup_verify import hooks, runlock
+from pgbackup_verify import hooks, locks
 from pgbackup_verify.config import ConfigError, Target, envfile, load_target
 from pgbackup_verify.config.settings import (
     HELP,
@@ -28,6 +28,7 @@ from pgbackup_verify.fixtures.core import HISTORY_PATH_KEY, RUN_FACTS_KEY, TARGE
 from pgbackup_verify.outcome import ABORTS, USER_ERROR_ATTR
 from pgbackup_verify.report import files as report
 from pgbackup_verify.report.console import printable
+from pgbackup_verify.report.figures import figures_line
 from pgbackup_verify.report.summary import (
     REFUSED_KEY,
     CrashWitness,
@@ -45,7 +46,7 @@ from pgbackup_verify.xdist import make_scheduler, summary_lines, wants_target_sc
 
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
 JSON_PATH_KEY = pytest.StashKey[Path | None]()
-LOCK_KEY = pytest.StashKey[runlock.FileLock]()
+LOCK_KEY = pytest.StashKey[locks.FileLock]()
 SITE_TARGETS_KEY = pytest.StashKey[dict[Path, Target]]()  # target files named by a site's conftest
 SESSION_KEY = pytest.StashKey[bool]()  # a session finished: pytest-html and junitxml wrote their reports
 
@@ -93,8 +94,8 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if path is None:
         return None
     try:
-        config.stash[LOCK_KEY] = runlock.acquire(path)
-    except (runlock.LockHeld, runlock.LockUnsafe) as e:
+        config.stash[LOCK_KEY] = locks.acquire_run(path)
+    except (locks.LockHeld, locks.LockUnsafe) as e:
         print(f"pgbackup-verify: {e}", file=sys.stderr)
         return e.exit_code
     return None
@@ -130,6 +131,7 @@ def _configure(config: pytest.Config) -> None:
         config.pluginmanager.register(BrokenTargets(settings.broken), "pgbackup-verify-broken-targets")
     config.stash[RUN_FACTS_KEY] = {}
     config.stash[SUMMARY_KEY] = recorder(config).summary  # the run's one fold, shared with the Kuma plugin
+    config.pluginmanager.register(HtmlTitle(config.stash[SUMMARY_KEY]), "pgbackup-verify-html-title")
     json_path = None
     if settings.reports_dir and not hasattr(config, "workerinput"):
         try:
@@ -276,6 +278,25 @@ def pytest_html_report_title(report: object) -> None:
     report.title = "pgbackup-verify report"  # type: ignore[attr-defined]
 
 
+class HtmlTitle:
+    """The verdict, the targets and how many causes (`FAILED · demo · 2 causes`) as the HTML report's title,
+    what a browser tab or a mail subject shows. pytest-html asks for the title at session start, before any
+    verdict: this object keeps its report and retitles it when the summary is written, at session finish."""
+
+    def __init__(self, run: RunSummary) -> None:
+        self.run = run
+        self.report: object | None = None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_report_title(self, report: object) -> None:
+        self.report = report
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self) -> None:
+        if self.report is not None:
+            self.report.title = self.run.title()  # type: ignore[attr-defined]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
@@ -332,8 +353,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line(printable(line))
     for name, values in config.stash.get(RUN_FACTS_KEY, {}).items():
         if values:
-            terminalreporter.write_line(printable(f"pgbackup-verify {name}: "
-                                                  + ", ".join(f"{k} {v}" for k, v in values.items())))
+            terminalreporter.write_line(printable(f"pgbackup-verify {name}: {figures_line(values)}"))
     settings = config.stash.get(SETTINGS_KEY, None)
     if run is not None and settings and settings.targets and not hasattr(config, "workerinput"):
         latest = settings.reports_dir / "latest.html" if settings.reports_dir else None

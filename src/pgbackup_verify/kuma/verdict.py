@@ -1,6 +1,7 @@
 """What to tell each Kuma push monitor after a run: up only if every check it covers passed, read
-from the run's one outcome fold; a short message that names what failed. Only the literal
-`status=up` is UP to Kuma."""
+from the run's one outcome fold; a short message in words that says what failed, first cause first:
+`FAILED grants: USAGE missing on sandbox_tac for directus (+1 more)`, never a function name (the
+words come from pgbackup_verify.wording). Only the literal `status=up` is UP to Kuma."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from dataclasses import dataclass
 
 from pgbackup_verify.kuma.routing import PushMonitor, covered_by
 from pgbackup_verify.outcome import (
-    ERROR,
-    FAILED,
     NOT_APPLICABLE,
     NOT_JUDGED,
     NOT_RUN,
@@ -22,6 +21,7 @@ from pgbackup_verify.outcome import (
     is_bad,
     order_key,
 )
+from pgbackup_verify.wording import in_short, name_of, warnings_of
 
 MSG_LIMIT = 190  # Kuma shows msg in one line; keep it readable (far under Node's ~16 KB header limit)
 ELLIPSIS = "…"
@@ -36,8 +36,13 @@ class Verdict:
 
 
 def clip(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, an ellipsis saying it was cut."""
-    return text if len(text) <= limit else text[:max(0, limit - len(ELLIPSIS))].rstrip() + ELLIPSIS
+    """`text` cut to `limit` characters at a word (mid-word only for one word longer than half the
+    room), an ellipsis saying it was cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[:max(0, limit - len(ELLIPSIS))]
+    at_word = cut[:cut.rfind(" ")] if " " in cut else ""
+    return (at_word if len(at_word) >= len(cut) // 2 else cut).rstrip(" ,;:(") + ELLIPSIS
 
 
 def _short(prefix: str, names: list[str], limit: int = MSG_LIMIT) -> str:
@@ -61,10 +66,25 @@ def _short(prefix: str, names: list[str], limit: int = MSG_LIMIT) -> str:
     return prefix + clip(body, room) + more
 
 
-def short_name(nodeid: str, single_target: str | None = None) -> str:
-    """The check's name; with one target its `[target]` id says nothing and costs msg space."""
-    name = nodeid.rsplit("::", 1)[-1]
-    return name.removesuffix(f"[{single_target}]") if single_target else name
+def short_name(c: CheckResult, many_targets: bool = False) -> str:
+    """The check's readable name; with many targets, prefixed by its target."""
+    return f"{c.target} {name_of(c)}" if many_targets and c.target else name_of(c)
+
+
+def down_message(covered: list[CheckResult], bad: list[CheckResult], many: bool) -> str:
+    """`FAILED grants: USAGE missing on sandbox_tac for directus (+1 more, 6 not judged)`: the first
+    cause's finding in a few words, then how many more red lines and not-judged checks the monitor has."""
+    ordered = sorted(bad, key=order_key)  # the first reason is the cause: grants before dumps before drill
+    first = next((c for c in ordered if c.kind != NOT_JUDGED), ordered[0])
+    status = NOT_JUDGED.upper() if first.kind == NOT_JUDGED else first.outcome.upper()
+    where = " ".join(x for x in (first.target if many else "", first.concern) if x and x != "other")
+    red = sum(c.kind != NOT_JUDGED for c in bad) - (first.kind != NOT_JUDGED)
+    unjudged = sum(c.kind == NOT_JUDGED for c in bad) - (first.kind == NOT_JUDGED)
+    tail = ", ".join(x for x in (f"+{red} more" if red else "", f"{unjudged} not judged" if unjudged else "") if x)
+    suffix = (f" ({tail})" if tail else "") + drill_tier(covered)
+    head = f"{status} {where}: " if where else f"{status}: "
+    finding = in_short(first) if first.outcome != NOT_RUN else f"{name_of(first)} did not report"
+    return clip(head + finding, MSG_LIMIT - len(suffix)) + suffix
 
 
 def drill_tier(covered: Iterable[CheckResult]) -> str:
@@ -83,7 +103,7 @@ def judge(m: PushMonitor, run: RunFold, ping_ms: int, claimed: Iterable[str] = (
     many = len({c.target for c in covered}) > 1
 
     def name(c: CheckResult) -> str:
-        return short_name(c.nodeid, None if many else c.target or None)
+        return short_name(c, many)
 
     if not covered:
         return Verdict(m, "down", clip(f"no check covering {', '.join(m.covers)} ran "
@@ -92,20 +112,17 @@ def judge(m: PushMonitor, run: RunFold, ping_ms: int, claimed: Iterable[str] = (
     # DOWN every night: skips are named, and only a monitor whose checks ALL skipped goes down.
     skipped = [c for c in covered if c.outcome == SKIPPED]
     bad = [c for c in covered if is_bad(c)]  # a "not judged" skip too: its input is known bad
-    if len(skipped) == len(covered):
+    if len(skipped) == len(covered) and not bad:
         return Verdict(m, "down", _short(f"all {len(covered)} covered checks skipped: ",
                                          [name(c) for c in skipped]), ping_ms)
     if not bad:
         passed = len(covered) - len(skipped)
         kinds = Counter(c.kind if c.kind in (NOT_APPLICABLE, XFAIL) else "skipped" for c in skipped)
         note = "".join(f", {n} {'xfailed' if k == XFAIL else k}" for k, n in kinds.items())
-        return Verdict(m, "up", clip(f"OK: {passed}/{len(covered)} checks passed{note} "
+        warned = sum(len(warnings_of(c)) for c in covered)
+        warning = f" ({warned} warning{'s' if warned > 1 else ''})" if warned else ""
+        return Verdict(m, "up", clip(f"OK: {passed}/{len(covered)} checks passed{note}{warning} "
                                      f"({', '.join(m.covers)}){drill_tier(covered)}", MSG_LIMIT), ping_ms)
-    by_kind: dict[str, list[str]] = {}
-    for c in sorted(bad, key=order_key):  # the first reason is the cause: grants before dumps before drill
-        by_kind.setdefault(NOT_JUDGED if c.kind == NOT_JUDGED else c.outcome, []).append(name(c))
-    kinds_text = ", ".join(f"{len(v)} {k}{'s' if k == ERROR and len(v) > 1 else ''}" for k, v in by_kind.items())
-    names = [n for k in (FAILED, ERROR, NOT_RUN, NOT_JUDGED) for n in by_kind.get(k, [])]
-    return Verdict(m, "down", _short(f"{kinds_text} of {len(covered)}{drill_tier(covered)}: ", names), ping_ms)
+    return Verdict(m, "down", down_message(covered, bad, many), ping_ms)
 
 

@@ -26,6 +26,7 @@ from pgbackup_verify.facts import history, trends
 from pgbackup_verify.facts.history import RunRecord, numeric_facts
 from pgbackup_verify.outcome import ABORTS, ERROR, FAILED, NOT_RUN
 from pgbackup_verify.report import charts
+from pgbackup_verify.report.figures import readable_figures
 from pgbackup_verify.report.render import render_text
 from pgbackup_verify.report.summary import REFUSED_KEY, RunSummary, write_json
 from pgbackup_verify.safefs import (
@@ -153,7 +154,7 @@ def add_html_environment(config: pytest.Config, settings: object, facts: dict[st
     for t in settings.targets:  # type: ignore[attr-defined]
         meta[f"target {t.name}"] = f"{t.source} (host {t.host}, dump role {t.database.dump_role})"
     for name, values in facts.items():
-        for k, v in values.items():
+        for k, v in readable_figures(values):  # `drill tier: full`, not `drill_tier 2`
             meta[f"{name} {k}"] = v
     for name, pairs in (fields or {}).items():
         for k, v in pairs:

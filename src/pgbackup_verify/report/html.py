@@ -22,7 +22,9 @@ from pgbackup_verify.outcome import (
     concern_status,
     judged_text,
 )
+from pgbackup_verify.report.figures import concern_rows
 from pgbackup_verify.report.render import render_text
+from pgbackup_verify.wording import IN_SHORT
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -32,8 +34,6 @@ if TYPE_CHECKING:
 
 # A not-judged concern is part of the failure's chain: it stands with the failed ones, in the order of cause.
 STATUS_RANK = {"FAILED": 0, NOT_JUDGED_STATUS: 0, "SKIPPED": 1, PARTLY_STATUS: 2, "OK": 3, NOT_CONFIGURED_STATUS: 4}
-EVIDENCE_LINE_CHARS = 400  # a healthy concern stays one line, however much its checks recorded
-EVIDENCE_PER_CHECK = 2
 
 FIX = re.compile(r"(?:;|\n)[ \t]*fix(?: \(([^)\n]*)\))?: ")
 
@@ -82,7 +82,7 @@ class ConcernBlock:
     count: str
     failed: list[FailedCheck]
     skipped: list[SkippedCheck]
-    evidence_line: str  # only for a concern without failures
+    evidence_rows: list[tuple[str, str]]  # only for a concern without failures: named values, each once
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,19 @@ class SummaryData:
 
 def failed_check(r: CheckResult) -> FailedCheck:
     cause, fix, who = split_message(r.detail or r.message)
+    # What the block already says above its table (the finding in short, the fix to copy) is not repeated.
+    shown = {IN_SHORT} | ({"fix"} if fix else set())
     return FailedCheck(nodeid=r.nodeid, outcome=r.outcome, title=r.label or r.name, cause=cause or r.outcome,
-                       fix=fix, who=who.removeprefix("as "), evidence=list(r.evidence))
+                       fix=fix, who=who.removeprefix("as "), evidence=[e for e in r.evidence if e[0] not in shown])
+
+
+def skipped_checks(rs: list[CheckResult]) -> list[SkippedCheck]:
+    """Skipped checks, those with the same reason on one line (five checks not judged for one finding)."""
+    by_reason: dict[str, list[CheckResult]] = {}
+    for r in rs:
+        by_reason.setdefault(r.message, []).append(r)
+    return [SkippedCheck(nodeid=same[0].nodeid, title=", ".join(r.label or r.name for r in same), reason=reason)
+            for reason, same in by_reason.items()]
 
 
 def concern_block(target: str, concern: str, description: str, rs: list[CheckResult]) -> ConcernBlock:
@@ -120,18 +131,17 @@ def concern_block(target: str, concern: str, description: str, rs: list[CheckRes
     why = (f", {others} skipped" if others else "") + unjudged_text
     if bad:
         count = f"{len(bad)} of {len(rs)} checks failed{unjudged_text}"
-        evidence_line = ""
+        evidence_rows = []
     else:
         count = f"{len(rs) - len(skipped)} of {len(rs)} checks passed{why}"
         if status == PARTLY_STATUS:
             count = f"partly checked ({judged_text(rs)}): {count}"
-        # A healthy concern stays one line, like the seed's "latest success OK size=64M".
-        evidence_line = "; ".join(f"{k}={v}" for r in rs if r.outcome == "passed"
-                                  for k, v in r.evidence[:EVIDENCE_PER_CHECK])[:EVIDENCE_LINE_CHARS]
+        # A healthy concern stays a few rows, like the seed's "latest success OK size=64M".
+        evidence_rows = concern_rows(r.evidence for r in rs if r.outcome == "passed")
     return ConcernBlock(
         target=target, concern=concern, description=description, status=status, count=count,
-        failed=[failed_check(r) for r in bad], evidence_line=evidence_line,
-        skipped=[SkippedCheck(nodeid=r.nodeid, title=r.label or r.name, reason=r.message) for r in skipped])
+        failed=[failed_check(r) for r in bad], evidence_rows=evidence_rows,
+        skipped=skipped_checks(skipped))
 
 
 def summary_data(run: RunSummary, concerns: Mapping[str, str], targets: list[str] | None = None) -> SummaryData:

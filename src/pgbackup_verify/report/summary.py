@@ -22,6 +22,7 @@ from pgbackup_verify.errors import CONFIG_ERROR, INTERNAL_ERROR
 from pgbackup_verify.outcome import RANK, ROUTING_ATTR, ROUTING_KEYS, CheckResult, Routing, RunFold, failure_text, label
 from pgbackup_verify.report.html import render as render_html
 from pgbackup_verify.safefs import atomic_write
+from pgbackup_verify.wording import LIKELY_CAUSE, name_of, warnings_of
 
 __all__ = [
     "CONCERNS_KEY",
@@ -123,13 +124,34 @@ class RunSummary:
         shown = [k for k in c if k != outcome.NOT_RUN or c[k]]
         parts = [f"pgbackup-verify: {self.status()}", f"targets={targets}",
                  *(f"{k.replace(' ', '_')}={c[k]}" for k in shown), f"exit={self.exit_status}",
-                 f"seconds={time.time() - self.started:.1f}"]
+                 f"warnings={len(self.warnings())}", f"seconds={time.time() - self.started:.1f}"]
         if report_path:
             parts.append(f"report={report_path}")
         abort = self.fold.abort()
         if abort:
             parts.append(f"abort={json.dumps(abort)}")
         return " ".join(parts)
+
+    def causes(self) -> list[CheckResult]:
+        """The red lines a person fixes: failed or errored checks whose finding no other explains (a dump
+        line naming its `likely cause` is the grant's consequence, not a cause of its own)."""
+        return [r for r in self.ordered() if r.outcome in (outcome.FAILED, outcome.ERROR)
+                and LIKELY_CAUSE not in r.message]
+
+    def title(self) -> str:
+        """`FAILED · demo · 2 causes`: the report's title, what a browser tab or a mail subject shows."""
+        targets = ",".join(self.fold.targets()) or "-"
+        if self.status() == outcome.OK_STATUS:
+            n = len(self.warnings())
+            return f"OK \u00b7 {targets}" + (f" \u00b7 {n} warning{'s' if n > 1 else ''}" if n else "")
+        n = len(self.causes())
+        why = f"{n} cause{'s' if n != 1 else ''}" if n else (self.fold.abort() or "not judged")
+        return f"FAILED \u00b7 {targets} \u00b7 {why}"
+
+    def warnings(self) -> list[dict[str, str]]:
+        """Every warning of the run's checks, in the order of cause: true, not failing, worth a line."""
+        return [{"target": r.target, "concern": r.concern, "check": name_of(r), "warning": w}
+                for r in self.ordered() for w in warnings_of(r)]
 
     def to_json(self) -> str:
         doc = {"status": self.status(), "exit_status": self.exit_status, "abort": self.fold.abort(),
@@ -139,6 +161,7 @@ class RunSummary:
                "fields": {t: [list(f) for f in fs] for t, fs in self.fields.items()},
                "concerns": [{"target": t, "concern": c, "status": st, "judged": j}
                             for t, c, st, j in self.fold.concern_statuses()],
+               "warnings": self.warnings(),
                "checks": [r.as_dict() for r in self.ordered(with_not_run=True)]}
         return json.dumps(doc, indent=2)
 
@@ -257,15 +280,18 @@ def check_lines(fold: RunFold, reportchars: str = "", limit: int = 3) -> list[st
     """Failed, errored and skipped checks in pytest's -r style, but named by target, concern and check
     instead of a source path (an installed copy's lies deep in site-packages), for the kinds pytest's own
     `reportchars` does not list already: `FAILED t grants · dump role can connect: <finding>`,
-    `SKIPPED [5] t kuma: <reason> (a, b, c, +2 more)`."""
+    `SKIPPED [5] t kuma: <reason> (a, b, c, +2 more)`; then one `WARNING` line per warning. Failures come
+    in the order of cause (grants, dumps, drill...: outcome.order_key), whatever order pytest ran them in."""
     lines = []
-    for r in sorted(fold.results(), key=lambda r: (RANK[r.outcome], r.target, r.concern, r.nodeid)):
+    for r in sorted(fold.results(), key=outcome.order_key):
         shown = {outcome.FAILED: "f", outcome.ERROR: "E"}.get(r.outcome)
         if shown and shown not in reportchars:
             where = " ".join(x for x in (r.target, r.concern) if x)
-            lines.append(f"{r.outcome.upper()} {where} \u00b7 {r.label or r.name}: {r.message}")
+            lines.append(f"{r.outcome.upper()} {where} \u00b7 {name_of(r)}: {r.message}")
+    warned = [f"WARNING {' '.join(x for x in (r.target, r.concern) if x)} \u00b7 {name_of(r)}: {w}"
+              for r in sorted(fold.results(), key=outcome.order_key) for w in warnings_of(r)]
     if "s" in reportchars:
-        return lines
+        return lines + warned
     groups: dict[tuple[str, str, str], list[str]] = {}
     for r in fold.results():
         if r.outcome == outcome.SKIPPED:
@@ -273,7 +299,7 @@ def check_lines(fold: RunFold, reportchars: str = "", limit: int = 3) -> list[st
     for (target, concern, reason), names in groups.items():
         listed = ", ".join(names[:limit]) + (f", +{len(names) - limit} more" if len(names) > limit else "")
         lines.append(f"SKIPPED [{len(names)}] {' '.join(x for x in (target, concern) if x)}: {reason} ({listed})")
-    return lines
+    return lines + warned
 
 
 def write_json(summary: RunSummary, path: str | Path) -> None:
