@@ -179,9 +179,10 @@ class _OptionRecorder:
 def _options() -> list[tuple[str, str]]:
     from pgbackup_verify import plugin
     from pgbackup_verify.kuma import plugin as kuma_plugin
+    from pgbackup_verify.metrics import plugin as metrics_plugin
 
     rec = _OptionRecorder()
-    for module in (plugin, kuma_plugin):
+    for module in (plugin, kuma_plugin, metrics_plugin):
         module.pytest_addoption(rec)
     return [*rec.options, ("-q, --quiet", QUIET_HELP), ("--version", f"print {PROG}'s version"),
             ("--pytest-help", "pytest's own options; every one of them is accepted here too"),

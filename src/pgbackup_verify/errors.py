@@ -18,6 +18,7 @@ DB_AUTH_FAILED = 11
 KUMA_PUSH_FAILED = 12
 KUMA_CREDENTIALS_MISSING = 13
 LOCK_HELD = 14
+METRICS_NOT_DELIVERED = 15
 
 EXIT_CODES = {
     OK: "every selected check passed",
@@ -31,6 +32,7 @@ EXIT_CODES = {
     KUMA_PUSH_FAILED: "a push to Uptime Kuma failed",
     KUMA_CREDENTIALS_MISSING: "Uptime Kuma credentials or push tokens are missing",
     LOCK_HELD: "another run holds the lock",
+    METRICS_NOT_DELIVERED: "the Prometheus metrics file could not be written or a Pushgateway push failed",
 }
 
 

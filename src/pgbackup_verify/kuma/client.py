@@ -6,18 +6,18 @@ as a `Secret` and is never put in a message, a log line, a report or a traceback
 `requests`' timeout bounds each socket read, not the request: a server that trickles one header
 line every 0.25 s would hold a push for minutes. So every push runs in a daemon thread and the
 caller waits for the threads only until one wall-clock deadline for the whole push (all monitors,
-the retry included); a push still waiting then is abandoned and reported as failed.
+the retry included; pgbackup_verify.deadline); a push still waiting then is abandoned and reported as failed.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import requests
 
+from pgbackup_verify.deadline import run_all
 from pgbackup_verify.errors import KUMA_CREDENTIALS_MISSING, KUMA_PUSH_FAILED
 from pgbackup_verify.kuma.routing import PushMonitor
 from pgbackup_verify.kuma.secret import Secret
@@ -25,7 +25,6 @@ from pgbackup_verify.kuma.verdict import Verdict
 
 RETRIES = 1
 RETRY_PAUSE = 1.0
-JOIN_GRACE = 0.2  # how long after the deadline a push may still report (within the 1 s the issue allows)
 
 
 @dataclass
@@ -98,22 +97,12 @@ def push_all(verdicts: Sequence[Verdict], dry_run: bool = False, seconds: float 
         return [send(v, dry_run=dry_run) for v in verdicts]
     budget = seconds if seconds is not None else deadline_for([v.monitor for v in verdicts])
     deadline = time.monotonic() + budget
-    results: list[PushResult | None] = [None] * len(verdicts)
 
-    def run(i: int, v: Verdict) -> None:
-        try:
-            results[i] = send(v, deadline=deadline)
-        except Exception as e:  # a bug here must not hide the other pushes; no token in the text
-            results[i] = PushResult(v, False, f"push crashed ({type(e).__name__})", KUMA_PUSH_FAILED)
+    def job(v: Verdict) -> Callable[[], PushResult]:
+        return lambda: send(v, deadline=deadline)
 
-    # Daemon threads: one still stuck on a trickling server must not keep the process alive.
-    threads = [threading.Thread(target=run, args=(i, v), name=f"kuma-push-{i}", daemon=True)
-               for i, v in enumerate(verdicts)]
-    for t in threads:
-        t.start()
-    for t in threads:  # a push given up at the deadline itself says why: a moment for it to report
-        t.join(max(0.0, deadline + JOIN_GRACE - time.monotonic()))
-    done = list(results)  # a late answer after this point is ignored: the report is already decided
+    done = run_all([job(v) for v in verdicts], deadline, "kuma-push")
+    # None: still waiting at the deadline, or the push crashed (a bug must not hide the other pushes).
     return [r if r is not None else
             PushResult(v, False, f"abandoned: no complete answer within the push deadline of {budget:g} s "
                                  f"at {v.monitor.url}", KUMA_PUSH_FAILED)

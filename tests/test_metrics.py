@@ -1,0 +1,137 @@
+"""The metrics without a Prometheus: the shipped rules pass promtool's own checks and unit tests, every name
+the rules, the Grafana dashboard and the README use is one the suite writes, a run that never starts still
+writes its metrics (exit 4, run_ok 0), and the carried last-success times survive a red night.
+The series in a real Prometheus, the Pushgateway and the alerts firing: tests/test_metrics_prometheus.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from checkrun import pytester_env
+
+from pgbackup_verify.metrics import names, state
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "deploy" / "prometheus" / "pgbackup-verify.rules.yml"
+RULE_TESTS = ROOT / "deploy" / "prometheus" / "pgbackup-verify.rules.test.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "pgbackup-verify.json"
+NAME = re.compile(r"\bpgbackup_verify_[a-z_]+")
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["promtool", *args], input=stdin, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_promtool_checks_the_rules_and_runs_their_unit_tests():
+    checked = promtool("check", "rules", str(RULES))
+    assert checked.returncode == 0 and "SUCCESS: 11 rules found" in checked.stdout, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", str(RULE_TESTS))
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+
+
+def test_promtool_unit_tests_fail_when_a_rule_breaks(tmp_path):
+    """The unit tests can fail: a NoRecentRun at 48 h instead of 26 h misses the 41 silent hours."""
+    (tmp_path / RULES.name).write_text(RULES.read_text().replace("> 93600", "> 172800"))
+    (tmp_path / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
+    tested = promtool("test", "rules", str(tmp_path / RULE_TESTS.name))
+    assert tested.returncode != 0 and "PgBackupNoRecentRun" in tested.stdout + tested.stderr
+
+
+@pytest.mark.parametrize("path", [RULES, RULE_TESTS, DASHBOARD], ids=lambda p: p.name)
+def test_rules_and_dashboard_name_only_metrics_the_suite_writes(path):
+    used = set(NAME.findall(path.read_text()))
+    assert used, f"{path.name} names no metric"
+    assert used <= names.NAMES, f"{path.name} names metrics the suite never writes: {sorted(used - names.NAMES)}"
+
+
+def test_the_dashboard_is_grafana_json_over_prometheus():
+    doc = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    assert doc["uid"] and len(exprs) >= 10
+    assert all(p["datasource"]["type"] == "prometheus" for p in doc["panels"])
+    # The figures a fleet owner looks at first are on it.
+    for m in (names.TARGET_OK, names.LAST_RUN, names.LAST_SUCCESS, names.DUMP_AGE, names.DRILL_DURATION):
+        assert any(m.name in e for e in exprs), m.name
+
+
+def test_readme_table_documents_every_metric_with_its_labels():
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(pgbackup_verify_[a-z_]+)` \| ([^|]*) \|",
+                                                         (ROOT / "README.md").read_text(), re.M)}
+    assert set(rows) == names.NAMES
+    for m in names.ALL:
+        assert rows[m.name].strip() == ", ".join(f"`{label}`" for label in m.labels), m.name
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pgbackup_verify.cli", *args], cwd=tmp_path,
+                          env=pytester_env(tmp_path), capture_output=True, text=True, timeout=120, check=False)
+
+
+def series(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_a_run_that_never_starts_still_writes_its_metrics(tmp_path):
+    """A broken target file: exit 4, and the textfile says so (run_ok 0, exit code 4) instead of keeping
+    an earlier run's green series; promtool accepts it; the file is 0644 whatever the umask."""
+    target = tmp_path / "broken.toml"
+    target.write_text('[database]\ndsn = "host=127.0.0.1 dbname=x"\n')  # no dump_role, no [backups]
+    prom = tmp_path / "textfile" / "pgbackup_verify.prom"
+    prom.parent.mkdir()
+    prom.write_text("pgbackup_verify_run_ok 1\n")  # an earlier green run
+    old = os.umask(0o077)
+    try:
+        proc = run_cli(tmp_path, "--target", str(target), "--metrics", str(prom), "--reports-dir",
+                       str(tmp_path / "reports"))
+    finally:
+        os.umask(old)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    got = series(prom.read_text())
+    assert got["pgbackup_verify_run_ok"] == 0 and got["pgbackup_verify_run_exit_code"] == 4
+    assert stat.S_IMODE(prom.stat().st_mode) == 0o644
+    checked = promtool("check", "metrics", stdin=prom.read_text())
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The reports say the same run: latest.json is NOT CHECKED.
+    assert json.loads((tmp_path / "reports" / "latest.json").read_text())["status"] == "FAILED"
+
+
+@pytest.mark.parametrize(("where", "said"), [
+    ("missing/pgbackup_verify.prom", "does not exist or cannot be written"),
+    ("pgbackup_verify.txt", "node_exporter reads only *.prom files"),
+])
+def test_a_metrics_file_that_cannot_work_is_one_line_and_exit_4(tmp_path, where, said):
+    target = tmp_path / "t.toml"
+    target.write_text('[database]\ndsn = "host=127.0.0.1 dbname=x"\ndump_role = "r"\n'
+                      f'[backups]\ndirectory = "{tmp_path}"\n')
+    proc = run_cli(tmp_path, "--target", str(target), "--metrics", str(tmp_path / where))
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "--metrics" in ln]
+    assert lines and said in lines[0] and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_last_success_is_carried_over_a_red_night_and_dropped_with_its_target(tmp_path):
+    t0 = 1_700_000_000.0
+    green = state.State().updated(ran=[("a", "dumps"), ("b", "dumps")], succeeded=[("a", "dumps"), ("b", "dumps")],
+                                  at=t0)
+    red = green.updated(ran=[("a", "dumps")], succeeded=[], at=t0 + 86400, keep=["a"])
+    assert red.times == {("a", "dumps"): (t0 + 86400, t0)}  # b left the configuration
+    path = tmp_path / state.STATE_FILE
+    state.write(path, red)
+    assert state.read(path) == red
+
+
+@pytest.mark.parametrize("text", ["", "[1, 2]", '{"targets": {"a": {"dumps": {"last_run": "x", "last_success": '
+                                  'NaN}}}}', '{"targets": {"a": []}}', "\xff\xfe"])
+def test_a_foreign_state_file_is_no_state(tmp_path, text):
+    path = tmp_path / state.STATE_FILE
+    path.write_text(text, encoding="latin-1")
+    assert all(v == (None, None) for v in state.read(path).times.values())
