@@ -38,7 +38,8 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_sample_db.py": ("tests/test_sample_db.py::",),
     "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
     "test_host_names.py": ("tests/test_host_names.py::",),
-    "test_metrics_prometheus.py": ("tests/test_metrics_prometheus.py::",),  # one Prometheus stack and demo database
+    "test_metrics_prometheus.py": ("tests/test_metrics_prometheus.py::",),
+    "test_fleet.py": ("tests/test_fleet.py::",),  # one demo database, two checks runs, Chromium
 }
 
 

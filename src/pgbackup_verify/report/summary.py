@@ -139,6 +139,8 @@ class RunSummary:
                "seconds": round(time.time() - self.started, 3), "notes": self.notes,
                "fields": {t: [list(f) for f in fs] for t, fs in self.fields.items()},
                "facts": self.facts,
+               "targets": [{"name": t, "status": self.fold.status(t), "counts": self.fold.counts(t)}
+                           for t in self.fold.targets()],
                "concerns": [{"target": t, "concern": c, "status": st, "judged": j}
                             for t, c, st, j in self.fold.concern_statuses()],
                "checks": [r.as_dict() for r in self.ordered(with_not_run=True)]}
