@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from checkrun import pytester_env
+from test_reports_truth import PROBE, SITE_CONFTEST, write_probe_target
 
 from pgbackup_verify.metrics import names, state
 
@@ -135,3 +136,37 @@ def test_a_foreign_state_file_is_no_state(tmp_path, text):
     path = tmp_path / state.STATE_FILE
     path.write_text(text, encoding="latin-1")
     assert all(v == (None, None) for v in state.read(path).times.values())
+
+
+def probe_run(pytester: pytest.Pytester, prom: Path, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--target", str(write_probe_target(pytester.path)),
+                                         f"--metrics={prom}", *args, timeout=60)
+
+
+@pytest.mark.parametrize(("probe", "code"), [("sigterm", 2), ("configure", 3), ("usage", 4)])
+def test_after_a_green_run_an_interrupt_a_crash_or_a_usage_error_writes_run_ok_0(pytester, monkeypatch, probe, code):
+    """Every way a run can end rewrites the textfile with its exit code; the last success of the green run
+    before is carried, and the last run is not moved by a run that judged nothing."""
+    pytester.makepyfile(test_probe=PROBE)
+    pytester.makeconftest(SITE_CONFTEST)
+    prom = pytester.path / "pgbackup_verify.prom"
+    assert probe_run(pytester, prom).ret == 0
+    green = series(prom.read_text())
+    assert green["pgbackup_verify_run_ok"] == 1
+    success = 'pgbackup_verify_last_success_timestamp_seconds{concern="other",target="t"}'
+    last_run = 'pgbackup_verify_last_run_timestamp_seconds{concern="other",target="t"}'
+    monkeypatch.setenv("PGBV_PROBE", probe)
+    if probe == "usage":  # refused by pytest's parser: the CLI's witness writes the reports and the metrics
+        ret = run_cli(pytester.path, "--target", str(pytester.path / "t.toml"), f"--metrics={prom}",
+                      "--no-such-option").returncode
+    else:
+        ret = probe_run(pytester, prom).ret
+    assert ret == code
+    got = series(prom.read_text())
+    assert (got["pgbackup_verify_run_ok"], got["pgbackup_verify_run_exit_code"]) == (0, code)
+    assert got[success] == green[success]
+    if probe == "sigterm":  # the checks started: the run counts as one, its concern did not succeed
+        assert got[last_run] > green[last_run] and got['pgbackup_verify_target_ok{target="t"}'] == 0
+        assert got['pgbackup_verify_run_checks{outcome="not run"}'] == 2
+    else:
+        assert got[last_run] == green[last_run]

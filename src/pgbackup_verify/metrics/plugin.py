@@ -29,7 +29,7 @@ REPORTER = "pgbackup_verify_metrics_reporter"
 DONE_KEY = pytest.StashKey[bool]()
 HELP = ("write the run's Prometheus metrics to FILE (*.prom, replaced atomically, mode 0644) for node_exporter's "
         "textfile collector, at the end of every run")
-Gateways = list[tuple[str, PrometheusSection]]  # (target name, its [prometheus] section with a pushgateway)
+Gateways = Sequence[tuple[str, PrometheusSection]]  # (target name, its [prometheus] section with a pushgateway)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,7 +53,7 @@ def gateways(config: pytest.Config) -> Gateways:
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is not None:
         return [(t.name, t.prometheus) for t in settings.targets if t.prometheus and t.prometheus.pushgateway]
-    out: Gateways = []
+    out: list[tuple[str, PrometheusSection]] = []
     try:
         files = [f for p in target_paths(config)[0] for f in iter_target_files(p, strict=False)]
     except (ConfigError, OSError):
@@ -156,11 +156,18 @@ def _unstarted(config: pytest.Config, path: Path | None) -> None:
     """No session ran: the metrics of a run that checked nothing, and why not (the reports say it too)."""
     reason, code = config.stash.get(REFUSED_KEY, (ABORTS[CONFIG_ERROR], CONFIG_ERROR))
     pushes = gateways(config)
-    if path is None and not pushes:
-        return
+    if path is not None or pushes:
+        reports = state_path(config)
+        not_started(path, reason or ABORTS.get(code, ABORTS[CONFIG_ERROR]), code,
+                    reports.parent if reports else None, pushes)
+
+
+def not_started(path: Path | None, reason: str, code: int, reports: Path | None, pushes: Gateways = ()) -> None:
+    """The metrics of a run that judged nothing (run_ok 0, its exit code; earlier times carried unchanged)."""
     fold = RunFold()
-    fold.refuse(reason or ABORTS[code if code in ABORTS else CONFIG_ERROR])
-    done, problems = deliver(fold, {}, time.time(), code, path, pushes, state_path(config))
+    fold.refuse(reason)
+    kept = reports / state.STATE_FILE if reports else None
+    done, problems = deliver(fold, {}, time.time(), code, path, list(pushes), kept)
     _announce([*done, *problems])
 
 
