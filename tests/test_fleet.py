@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 from checkrun import pytester_env
 from demohost import built_demo
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 from test_metrics_prometheus import broken_backups
+from test_report_browser import browser  # noqa: F401 - its Chromium, a module fixture here too
 
 ARTIFACT = Path(__file__).resolve().parent.parent / "reports" / "fleet-200-hosts.png"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 HOSTS = 200
 HOSTILE = '<img src=x onerror="window.pwned=1">db'
 
@@ -77,17 +76,8 @@ def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield fleet
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is missing: run ./dev setup (apt-get install chromium)"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def test_the_fleet_page_shows_200_hosts_worst_first_in_chromium(fleet_dir: Path, browser: Browser, tmp_path: Path):
+def test_the_fleet_page_shows_200_hosts_worst_first_in_chromium(fleet_dir: Path, browser: Browser,  # noqa: F811
+                                                                tmp_path: Path):
     out = tmp_path / "fleet.html"
     made = cli(tmp_path, "fleet", str(fleet_dir), "-o", str(out))
     assert made.returncode == 0, made.stderr

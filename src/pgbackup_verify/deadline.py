@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 R = TypeVar("R")
@@ -35,3 +35,15 @@ def run_all(jobs: Sequence[Callable[[], R]], deadline: float, name: str = "job")
     for t in threads:
         t.join(max(0.0, deadline + JOIN_GRACE - time.monotonic()))
     return list(results)  # a copy: a late answer after this point changes nothing
+
+
+def attempts(deadline: float, timeout: float, retries: int, pause: float) -> Iterator[tuple[int, float]]:
+    """(attempt number, its timeout) for each attempt that still starts before `deadline`, none given longer
+    than what is left; between attempts, `pause` (cut short by the deadline). The caller stops on success."""
+    for attempt in range(1, retries + 2):
+        left = deadline - time.monotonic()
+        if left <= 0.05:
+            return
+        yield attempt, min(timeout, left)
+        if attempt <= retries:
+            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import requests
 
-from pgbackup_verify.deadline import run_all
+from pgbackup_verify.deadline import attempts, run_all
 from pgbackup_verify.errors import KUMA_CREDENTIALS_MISSING, KUMA_PUSH_FAILED
 from pgbackup_verify.kuma.routing import PushMonitor
 from pgbackup_verify.kuma.secret import Secret
@@ -65,11 +65,7 @@ def send(v: Verdict, dry_run: bool = False, retries: int = RETRIES, deadline: fl
     params = {"status": v.status, "msg": v.msg, "ping": str(max(1, v.ping_ms))}
     detail = "not sent: no time left before the push deadline"
     attempt = 0
-    for attempt in range(1, retries + 2):
-        left = deadline - time.monotonic()
-        if left <= 0.05:
-            break
-        timeout = min(m.timeout, left)
+    for attempt, timeout in attempts(deadline, m.timeout, retries, RETRY_PAUSE):
         try:
             r = requests.get(f"{m.url}/api/push/{token.reveal()}", params=params, timeout=timeout)
             try:
@@ -85,8 +81,6 @@ def send(v: Verdict, dry_run: bool = False, retries: int = RETRIES, deadline: fl
                 return PushResult(v, False, detail, KUMA_PUSH_FAILED, attempt)
         except requests.RequestException as e:
             detail = f"{_explain(e, timeout)} at {m.url}"
-        if attempt <= retries:
-            time.sleep(max(0.0, min(RETRY_PAUSE, deadline - time.monotonic())))
     return PushResult(v, False, f"{detail} after {attempt} attempt{'s' if attempt != 1 else ''}",
                       KUMA_PUSH_FAILED, attempt)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, push_to_gateway
 
-from pgbackup_verify.deadline import run_all
+from pgbackup_verify.deadline import attempts, run_all
 
 RETRIES = 1
 RETRY_PAUSE = 1.0
@@ -55,19 +55,13 @@ def _explain(e: Exception, timeout: float) -> str:
 def send(g: Group, deadline: float) -> Pushed:
     """Push one group; no attempt starts after `deadline` and none is given longer than what is left."""
     detail, attempt = "not sent: no time left before the push deadline", 0
-    for attempt in range(1, RETRIES + 2):
-        left = deadline - time.monotonic()
-        if left <= 0.05:
-            break
-        timeout = min(g.timeout, left)
+    for attempt, timeout in attempts(deadline, g.timeout, RETRIES, RETRY_PAUSE):
         try:
             push_to_gateway(g.gateway, job=g.job, registry=g.registry, grouping_key={"target": g.target},
                             timeout=timeout)
             return Pushed(g, True, f"pushed to {g.gateway} (attempt {attempt})")
         except (OSError, ValueError) as e:  # urllib's errors are OSErrors; a malformed answer a ValueError
             detail = f"{_explain(e, timeout)} at {g.gateway}"
-        if attempt <= RETRIES:
-            time.sleep(max(0.0, min(RETRY_PAUSE, deadline - time.monotonic())))
     return Pushed(g, False, f"{detail} after {attempt} attempt{'s' if attempt != 1 else ''}")
 
 
