@@ -190,3 +190,20 @@ def test_a_push_the_gateway_never_takes_is_exit_15_and_a_line_in_the_report(demo
     assert "Prometheus push of target demo FAILED" in proc.stdout
     assert "Prometheus push of target demo FAILED" in (reports / "latest.html").read_text()
     assert time.monotonic() - started < 300
+
+
+def test_a_target_file_that_does_not_load_still_tells_its_pushgateway(stack, tmp_path):
+    """Exit 4 before any check: its [prometheus] section is still read, the group says run_ok 0 and exit 4,
+    and PgBackupRunNotChecked fires for it."""
+    broken = tmp_path / "misconfigured.toml"
+    broken.write_text(f'[target]\nname = "misconfigured"\n[database]\ndsn = "host=127.0.0.1 dbname=x"\n'
+                      f'[prometheus]\npushgateway = "{stack.pushgateway}"\n')  # no dump_role, no [backups]
+    proc = subprocess.run([sys.executable, "-m", "pgbackup_verify.cli", f"--target={broken}",
+                           f"--reports-dir={tmp_path / 'reports'}"], cwd=tmp_path, env=pytester_env(tmp_path),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "pgbackup-verify prometheus: metrics of target misconfigured pushed to" in proc.stderr
+    stack.wait_for("the refused run's group", lambda: by_job(
+        stack, 'pgbackup_verify_target_ok{target="misconfigured"}') == {"pgbackup_verify": 0})
+    assert by_job(stack, 'pgbackup_verify_run_exit_code{target="misconfigured"}') == {"pgbackup_verify": 4}
+    stack.wait_for("PgBackupRunNotChecked", lambda: "misconfigured" in stack.firing("PgBackupRunNotChecked"))

@@ -91,9 +91,8 @@ def registry(s: Snapshot, targets: Iterable[str] | None = None) -> CollectorRegi
         checks_by.labels(outcome).set(count)
     target_ok, concern_ok, status, passed = gauge(n.TARGET_OK), gauge(n.CONCERN_OK), gauge(n.CONCERN_STATUS), \
         gauge(n.CHECK_PASSED)
-    for t, ok in sorted(s.target_ok.items()):
-        if t in wanted:
-            target_ok.labels(t).set(int(ok))
+    for t in sorted(wanted):  # a target this run did not judge (a refused run's pushed group) is not OK
+        target_ok.labels(t).set(int(s.target_ok.get(t, False)))
     for (t, c), st in sorted(s.concerns.items()):
         if t in wanted:
             concern_ok.labels(t, c).set(int(st not in ("FAILED", "NOT JUDGED")))
