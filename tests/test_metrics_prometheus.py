@@ -128,6 +128,12 @@ def test_the_series_reach_prometheus_through_the_textfile_and_the_pushgateway(fi
         facts["payload_bytes"]}
     assert set(by_job(stack, 'pgbackup_verify_dump_age_seconds{target="demo"}').values()) == {
         facts["dump_age_hours"] * 3600}
+    # The seed's night: the newest dump is the 20-byte file, the newest good one the night before's.
+    assert set(by_job(stack, 'pgbackup_verify_dump_age_seconds{target="broken"}').values()) == {
+        doc["facts"]["broken"]["dump_age_hours"] * 3600}
+    assert doc["facts"]["broken"]["dump_age_hours"] < 0.5 < doc["facts"]["broken"]["good_dump_age_hours"]
+    assert set(by_job(stack, 'pgbackup_verify_good_dump_age_seconds{target="broken"}').values()) == {
+        doc["facts"]["broken"]["good_dump_age_hours"] * 3600}
     assert set(by_job(stack, 'pgbackup_verify_drill_duration_seconds{target="demo"}').values()) == {
         facts["drill_seconds"]}
     assert set(by_job(stack, 'pgbackup_verify_drill_tier{target="demo"}').values()) == {2}  # full
@@ -159,7 +165,8 @@ def test_the_alerts_fire_for_the_fault_and_the_silent_host_and_clear_when_health
     d = demo_host
     stack.wait_for("PgBackupDumpsFailing for broken", lambda: "broken" in stack.firing("PgBackupDumpsFailing"))
     assert stack.firing("PgBackupDumpsFailing") == {"broken"}
-    assert not stack.firing("PgBackupRunNotChecked")  # exit 1: the checks judged, a concern alert says what
+    # exit 1: the checks judged, a concern alert says what
+    assert not stack.firing("PgBackupRunNotChecked")
     # The fault is fixed (the empty file removed); the next run checks demo and broken, silent never runs again.
     for f in (d.workdir / "broken-backups").glob("directus_*_0300.sql.gz"):
         f.unlink()

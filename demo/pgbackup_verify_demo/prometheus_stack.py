@@ -1,5 +1,6 @@
 """The self-tests' real Prometheus stack: Prometheus, a Pushgateway and node_exporter (Debian's packages),
-each on a free loopback port with its own data directory, started together and stopped together.
+each on a free loopback port with its own data (the TSDB, the Pushgateway's persistence file), started
+together and stopped together.
 
 node_exporter runs only its textfile collector over `textfile_dir` (where `--metrics` writes); Prometheus
 scrapes it and the Pushgateway (honor_labels, so the pushed `job` and `target` stay) every second and
@@ -62,7 +63,9 @@ class PrometheusStack:
         cfg = self.workdir / "prometheus.yml"
         cfg.write_text(json.dumps(self.config(), indent=1))
         commands = [
-            (["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{self.pushgateway_port}"],
+            # Debian's default persists every group to /var/lib/prometheus: each stack keeps its own.
+            (["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{self.pushgateway_port}",
+              f"--persistence.file={self.workdir / 'pushgateway.data'}"],
              f"{self.pushgateway}/-/ready"),
             (["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{self.node_port}",
               "--collector.disable-defaults", "--collector.textfile",

@@ -6,6 +6,7 @@ the end of the run is recorded, so a new figure needs no change here.
 
 - `payload_bytes`    decompressed size of the newest dump (dumps)
 - `dump_age_hours`   age of the newest dump (dumps)
+- `good_dump_age_hours` age of the newest good dump (complete, payload over the minimum) (dumps)
 - `drill_seconds`    wall time of the restore drill (drill)
 - `tables_restored`  tables the restore drill produced (drill)
 - `drill_tier`       the drill's tier: 0 schema, 1 sample, 2 full (drill; facts/drill/tiers.py)
@@ -37,6 +38,7 @@ PAYLOAD_BYTES, DUMP_AGE_HOURS, DRILL_SECONDS, TABLES_RESTORED = (
     "payload_bytes", "dump_age_hours", "drill_seconds", "tables_restored")
 DRILL_TIER, DRILL_FULL_PASSED = "drill_tier", "drill_full_passed"
 DRILL_ROWS, GRANT_FINDINGS = "drill_rows_restored", "grant_findings"
+GOOD_DUMP_AGE_HOURS = "good_dump_age_hours"
 
 # One target's `run_facts`: fact name -> value; text for the report header, numbers also for the history.
 RunFacts = dict[str, object]

@@ -23,7 +23,7 @@ def render(rows: list[HostRow], page: Path) -> str:
     shown = [{
         "host": r.host, "status": r.status, "why": r.why, "ok": r.status == OK_STATUS,
         "concerns": [r.concerns.get(c, "") for c in columns],
-        "dump": _hours(r.dump_age_hours) + ("" if r.dump_good or r.dump_age_hours is None else " (not good)"),
+        "dump": _hours(r.dump_age_hours) + ("" if r.dump_good or r.dump_age_hours is None else " (dumps failing)"),
         "drill": r.drill, "report_age": _hours(r.report_age_hours), "link": relative_link(r.link, page),
     } for r in rows]
     bad = sum(r.status != OK_STATUS for r in rows)

@@ -34,7 +34,7 @@ class HostRow:
     why: str  # the report's abort reason or first failing check, "" when OK
     concerns: Mapping[str, str]  # concern -> status as the report wrote it
     report_age_hours: float | None
-    dump_age_hours: float | None  # now, not at the run: the report's age added
+    dump_age_hours: float | None  # the newest good dump's age now (the report's age added)
     dump_good: bool  # the dumps concern was OK in that run
     drill: str  # "7.9 s, full, OK" or ""
     link: Path  # the host's HTML report (or the JSON when there is none)
@@ -143,7 +143,7 @@ def rows_of(path: Path, now: float, stale_hours: float) -> list[HostRow]:
         elif status == OK_STATUS and (age is None or age > stale_hours):
             status, why = STALE, f"last report {age:.0f} h old, over {stale_hours:g} h" if age else "no run time"
         f = _dict(facts.get(name))
-        dump_age = _num(f.get(history.DUMP_AGE_HOURS))
+        dump_age = _num(f.get(history.GOOD_DUMP_AGE_HOURS))
         drill_s = _num(f.get(history.DRILL_SECONDS))
         drill_status = concerns.get(name, {}).get("drill", "")
         drill = ", ".join(x for x in (f"{drill_s:g} s" if drill_s is not None else "",

@@ -18,6 +18,7 @@ SUCCESS_STATUSES = (OK_STATUS, PARTLY_STATUS)
 # Run fact -> (metric, factor): the figures the fixtures already store for the history.
 FACT_METRICS = {
     history.DUMP_AGE_HOURS: (n.DUMP_AGE, 3600.0),
+    history.GOOD_DUMP_AGE_HOURS: (n.GOOD_DUMP_AGE, 3600.0),
     history.PAYLOAD_BYTES: (n.DUMP_PAYLOAD, 1.0),
     history.DRILL_SECONDS: (n.DRILL_DURATION, 1.0),
     history.DRILL_TIER: (n.DRILL_TIER, 1.0),

@@ -41,6 +41,7 @@ CHECK_PASSED = _m("check_passed", TCC, "1 when the check passed, 0 when it faile
 LAST_RUN = _m("last_run_timestamp_seconds", TC, "when a run last judged the concern of the target")
 LAST_SUCCESS = _m("last_success_timestamp_seconds", TC, "when a run last found the concern of the target healthy")
 DUMP_AGE = _m("dump_age_seconds", T, "age of the newest complete dump")
+GOOD_DUMP_AGE = _m("good_dump_age_seconds", T, "age of the newest good dump (complete, payload over the minimum)")
 DUMP_PAYLOAD = _m("dump_payload_bytes", T, "decompressed payload of the newest dump")
 DRILL_DURATION = _m("drill_duration_seconds", T, "wall time of the restore drill")
 DRILL_TIER = _m("drill_tier", T, "tier of the drill that ran: 0 schema, 1 sample, 2 full")
@@ -49,8 +50,8 @@ DRILL_ROWS = _m("drill_rows_restored", T, "rows the restore drill loaded (0 for 
 GRANT_FINDINGS = _m("grant_findings", T, "objects the dump role lacks a privilege on that pg_dump needs")
 
 ALL = (RUN_OK, RUN_EXIT_CODE, RUN_TIMESTAMP, RUN_DURATION, RUN_CHECKS, TARGET_OK, CONCERN_OK, CONCERN_STATUS,
-       CHECK_PASSED, LAST_RUN, LAST_SUCCESS, DUMP_AGE, DUMP_PAYLOAD, DRILL_DURATION, DRILL_TIER, DRILL_TABLES,
-       DRILL_ROWS, GRANT_FINDINGS)
+       CHECK_PASSED, LAST_RUN, LAST_SUCCESS, DUMP_AGE, GOOD_DUMP_AGE, DUMP_PAYLOAD, DRILL_DURATION, DRILL_TIER,
+       DRILL_TABLES, DRILL_ROWS, GRANT_FINDINGS)
 NAMES = frozenset(m.name for m in ALL)
 
 # concern_status values, in outcome.concern_status's words.
