@@ -11,6 +11,7 @@ own cost per target, not the data's.
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,21 +46,28 @@ def peak_tree_rss(proc: subprocess.Popen[str], out: list[int]) -> None:
     out.append(peak)
 
 
-def run(label: str, targets: Path, reports: Path, *extra: str) -> tuple[float, int, str]:
+def cpu_seconds() -> float:
+    """User + system time of every finished child process (pytest, its workers, rclone, shellcheck, psql...);
+    less sensitive than wall time to a machine shared with other work."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run(label: str, targets: Path, reports: Path, *extra: str) -> tuple[float, float, int, str]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not drill", "--target",
            str(targets), "--reports-dir", str(reports), f"--metrics={reports / 'm.prom'}", *extra, str(CHECKS)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak: list[int] = []
     sampler = threading.Thread(target=peak_tree_rss, args=(proc, peak))
     sampler.start()
     out, _ = proc.communicate()
-    elapsed = time.perf_counter() - start
+    elapsed, used = time.perf_counter() - start, cpu_seconds() - cpu
     sampler.join()
     summary = next((ln for ln in out.splitlines() if ln.startswith("pgbackup-verify: ")), out[-2000:])
     if proc.returncode != 0:
         sys.exit(f"{label}: exit {proc.returncode}\n{out[-3000:]}")
-    return elapsed, peak[0] if peak else 0, summary
+    return elapsed, used, peak[0] if peak else 0, summary
 
 
 def main(n: int = TARGETS) -> None:
@@ -77,14 +85,14 @@ def main(n: int = TARGETS) -> None:
                 (many / f"db-{i:03d}.toml").write_text(text.replace('name = "demo"', f'name = "db-{i:03d}"'))
             load = psutil.getloadavg()[0]
             print(f"{n} targets, drill off, --metrics on; load average {load:.1f} on {psutil.cpu_count()} cores")
-            base, base_rss, _ = run("1 target", one, root / "r1")
-            print(f"1 target: {base:.1f} s, peak RSS {base_rss / MIB:.0f} MiB")
+            base, base_cpu, base_rss, _ = run("1 target", one, root / "r1")
+            print(f"1 target: {base:.1f} s wall, {base_cpu:.1f} s CPU, peak RSS {base_rss / MIB:.0f} MiB")
             for label, extra in ((f"{n} targets serial", ()), (f"{n} targets -n auto", ("-n", "auto"))):
-                secs, rss, summary = run(label, many, root / label.replace(" ", "_"), *extra)
-                marginal = (secs - base) / (n - 1)
-                print(f"{label}: {secs:.1f} s = {secs / n * 1000:.0f} ms per target "
-                      f"({marginal * 1000:.0f} ms each beyond the first; {secs / base:.1f}x one target); "
-                      f"peak RSS {rss / MIB:.0f} MiB ({rss / base_rss:.1f}x one target)")
+                secs, used, rss, summary = run(label, many, root / label.replace(" ", "_"), *extra)
+                print(f"{label}: {secs:.1f} s wall = {secs / n * 1000:.0f} ms per target ({secs / base:.1f}x one "
+                      f"target); CPU {used:.1f} s = {used / n * 1000:.0f} ms per target, "
+                      f"{(used - base_cpu) / (n - 1) * 1000:.0f} ms each beyond the first; peak RSS "
+                      f"{rss / MIB:.0f} MiB ({rss / base_rss:.1f}x one target); load {psutil.getloadavg()[0]:.1f}")
                 print(f"  {summary[:160]}")
         finally:
             d.cluster.stop()
