@@ -170,3 +170,21 @@ def test_after_a_green_run_an_interrupt_a_crash_or_a_usage_error_writes_run_ok_0
         assert got['pgbackup_verify_run_checks{outcome="not run"}'] == 2
     else:
         assert got[last_run] == green[last_run]
+
+
+@pytest.mark.parametrize(("section", "said"), [
+    ('pushgateway = "localhost:9091"', "[prometheus].pushgateway: 'localhost:9091' is not an http(s) URL"),
+    ('pushgateway = "http://user:pw@gw:9091"', "[prometheus].pushgateway: credentials in the URL are refused"),
+    ('job = "pg backup"', "[prometheus].job: 'pg backup' is not a Prometheus label value"),
+    ("push_timeout = 0", "[prometheus].push_timeout"),
+])
+def test_a_wrong_prometheus_section_is_one_line_naming_the_key(tmp_path, section, said):
+    from pgbackup_verify.config import ConfigError, load_target
+
+    (tmp_path / "b").mkdir()
+    t = tmp_path / "t.toml"
+    t.write_text(f'[database]\ndsn = "host=127.0.0.1 dbname=x"\ndump_role = "r"\n'
+                 f'[backups]\ndirectory = "{tmp_path / "b"}"\n[prometheus]\n{section}\n')
+    with pytest.raises(ConfigError) as e:
+        load_target(t)
+    assert said in str(e.value) and "\n" not in str(e.value) and "pw" not in str(e.value)
