@@ -27,7 +27,7 @@ NAME = re.compile(r"\bpgbackup_verify_[a-z_]+")
 
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["promtool", *args], input=stdin, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(["promtool", *args], input=stdin, capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_promtool_checks_the_rules_and_runs_their_unit_tests():
