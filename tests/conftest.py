@@ -47,6 +47,8 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_tls.py": ("tests/test_tls.py::",),  # one TLS cluster
     "test_child_env.py": ("tests/test_child_env.py::",),  # one demo build, one checks run scanned
     "test_fuzz_parsers.py": ("tests/test_fuzz_parsers.py::",),  # one cluster for the -Fc archive, ~30 s of examples
+    "test_metrics_prometheus.py": ("tests/test_metrics_prometheus.py::",),
+    "test_fleet.py": ("tests/test_fleet.py::",),  # one demo database, two checks runs, Chromium
 }
 
 

@@ -245,7 +245,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-kuma", dest="kuma", action="store_false",
                         help="leave out the real Uptime Kuma (its monitors are checked and pushed to by default)")
     args, pytest_args = parser.parse_known_args(argv)
-    from pgbackup_verify.cli import run_checks
+    from pgbackup_verify.cli import reports_dir_of, run_checks
 
     # A demo killed mid-run leaves its cluster running and its dir behind: clear those first.
     for line in sweep_stale(f"{CLUSTER_PREFIX}demo-*") + sweep_stale("pgbv-demo-*"):
@@ -262,7 +262,15 @@ def main(argv: list[str]) -> int:
             demo.target_file.write_text(demo.target_file.read_text() + kuma.toml())
             print(f"demo Kuma: {kuma.url} (login in {workdir / 'kuma-login.txt'})")
         print(f"demo target: {demo.target_file} (server port {demo.cluster.port}, fault {args.fault})")
-        rc = run_checks(["--target", str(demo.target_file), *pytest_args])
+        check_args = ["--target", str(demo.target_file), *pytest_args]
+        if not any(a.startswith("--metrics") for a in pytest_args):
+            # The run's Prometheus metrics beside its reports (kept when the demo dir is removed).
+            reports = reports_dir_of(check_args) or Path("reports").absolute()
+            reports.mkdir(parents=True, exist_ok=True)
+            check_args.append(f"--metrics={reports / 'pgbackup_verify.prom'}")
+            print(f"demo metrics: {reports / 'pgbackup_verify.prom'} (Prometheus text, as node_exporter's textfile "
+                  "collector reads it)")
+        rc = run_checks(check_args)
         for line in kuma.latest() if kuma else []:
             print(line)
         return rc

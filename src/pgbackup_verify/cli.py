@@ -105,17 +105,29 @@ class _ParseWitness:
         try:
             return (yield)
         except pytest.UsageError as e:
-            reports = _reports_dir_of(self.args)
+            reports = reports_dir_of(self.args)
+            lines = str(e).strip().splitlines()  # argparse's: "usage: ...", "...: error: <why>", ...
+            why = next((ln.split("error: ", 1)[1] for ln in lines if "error: " in ln), lines[0] if lines else "")
             if reports is not None:
                 from pgbackup_verify.report.files import publish_not_checked
 
-                lines = str(e).strip().splitlines()  # argparse's: "usage: ...", "...: error: <why>", ...
-                why = next((ln.split("error: ", 1)[1] for ln in lines if "error: " in ln), lines[0] if lines else "")
                 publish_not_checked(reports, f"usage error: {why}", CONFIG_ERROR)
+            metrics = _option_of(self.args, "--metrics")
+            if metrics:  # the textfile says so too; a Pushgateway is not told (the target files were not read)
+                from pgbackup_verify.metrics.plugin import not_started
+
+                not_started(Path(os.path.abspath(metrics)), f"usage error: {why}", CONFIG_ERROR, reports)
             raise
 
 
-def _reports_dir_of(args: list[str]) -> Path | None:
+def _option_of(args: list[str], flag: str) -> str | None:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(flag)
+    known, _ = parser.parse_known_args(args)
+    return getattr(known, flag.lstrip("-").replace("-", "_"))
+
+
+def reports_dir_of(args: list[str]) -> Path | None:
     """The reports directory the run would have used (settings.reports_path, from the raw arguments)."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--reports-dir")
@@ -179,9 +191,10 @@ class _OptionRecorder:
 def _options() -> list[tuple[str, str]]:
     from pgbackup_verify import plugin
     from pgbackup_verify.kuma import plugin as kuma_plugin
+    from pgbackup_verify.metrics import plugin as metrics_plugin
 
     rec = _OptionRecorder()
-    for module in (plugin, kuma_plugin):
+    for module in (plugin, kuma_plugin, metrics_plugin):
         module.pytest_addoption(rec)
     return [*rec.options, ("-q, --quiet", QUIET_HELP), ("--version", f"print {PROG}'s version"),
             ("--pytest-help", "pytest's own options; every one of them is accepted here too"),

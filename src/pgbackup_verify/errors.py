@@ -21,6 +21,7 @@ LOCK_HELD = 14
 HOST_UNREACHABLE = 15
 HOST_KEY_REFUSED = 16
 HOST_LOGIN_REFUSED = 17
+METRICS_NOT_DELIVERED = 18
 
 EXIT_CODES = {
     OK: "every selected check passed",
@@ -37,6 +38,7 @@ EXIT_CODES = {
     HOST_UNREACHABLE: "a remote backup host is unreachable",
     HOST_KEY_REFUSED: "a remote backup host's SSH host key is unknown or changed",
     HOST_LOGIN_REFUSED: "a remote backup host refused the SSH login",
+    METRICS_NOT_DELIVERED: "the Prometheus metrics file could not be written or a Pushgateway push failed",
 }
 
 

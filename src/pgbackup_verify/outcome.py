@@ -84,7 +84,7 @@ ROUTING_KEYS = ("target", "concern")  # user_properties set at collection, not e
 
 ABORTS = {2: "run interrupted", 3: "internal error in the suite; see the report",
           4: "usage error: the run did not start", 5: "no check collected or selected"}
-NOT_ABORTS = (0, 1, 10, 11, 12, 13, 14)  # a verdict of the checks, a user error, a Kuma push failure
+NOT_ABORTS = (0, 1, 10, 11, 12, 13, 14, 18)  # a verdict of the checks, a user error, a Kuma or metrics push failure
 NO_CHECK_JUDGED = 5  # every selected check skipped: the same exit as "no check selected"
 
 

@@ -328,6 +328,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             for fields in config.hook.pytest_pgbackup_verify_report_fields(config=config, target=t):
                 run.fields.setdefault(t.name, []).extend((str(k), str(v)) for k, v in fields)
         report.add_html_environment(config, settings, config.stash.get(RUN_FACTS_KEY, {}), run.fields)
+        run.facts = {t: history.numeric_facts(f) for t, f in config.stash.get(RUN_FACTS_KEY, {}).items()}
 
 
 @pytest.hookimpl(optionalhook=True)

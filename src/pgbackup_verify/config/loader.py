@@ -33,6 +33,7 @@ from pgbackup_verify.config.ops import (
     KumaPushSection,
     KumaSection,
     OffsiteSection,
+    PrometheusSection,
 )
 from pgbackup_verify.config.sections import (
     SQL_EXPECT,
@@ -50,7 +51,7 @@ from pgbackup_verify.errors import ConfigError
 __all__ = [
     "ATTRIBUTES", "EXAMPLE", "KUMA_MARKERS", "LIST_SECTIONS", "SECTIONS", "SHELLCHECK_SEVERITIES",
     "SQL_EXPECT", "BackupsSection", "ConfigError", "DatabaseSection", "DrillSection", "HostSection",
-    "KumaPushSection", "KumaSection", "OffsiteSection", "SqlCheck", "Target", "TargetSection",
+    "KumaPushSection", "KumaSection", "OffsiteSection", "PrometheusSection", "SqlCheck", "Target", "TargetSection",
     "TrendsSection", "iter_target_files", "load_section", "load_target",
 ]
 
@@ -71,6 +72,7 @@ class Target:
     host_checks: HostSection | None = None  # the [host] section (`host` is the testinfra spec)
     offsite: OffsiteSection | None = None
     kuma: KumaSection | None = None
+    prometheus: PrometheusSection | None = None
 
     @property
     def name(self) -> str:
@@ -104,6 +106,7 @@ SECTIONS: dict[str, tuple[type[Section], bool]] = {
     "host": (HostSection, False),
     "offsite": (OffsiteSection, False),
     "kuma": (KumaSection, False),
+    "prometheus": (PrometheusSection, False),
 }
 # Arrays of tables ([[name]]): section name -> dataclass of one entry (with validate_all(entries)).
 LIST_SECTIONS: dict[str, type[ListEntry]] = {"sql_check": SqlCheck}

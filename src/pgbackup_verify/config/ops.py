@@ -1,4 +1,4 @@
-"""The operations sections of a target file: the backup host, the offsite copy and Uptime Kuma.
+"""The operations sections of a target file: the backup host, the offsite copy, Uptime Kuma and Prometheus.
 
 Same shape as `sections`: frozen dataclasses of documented keys, each with its own validate().
 """
@@ -148,3 +148,23 @@ class KumaSection(Section):
             if names.count(p.monitor) > 1:
                 raise ConfigError(f"{where}.monitor: '{p.monitor}' is listed twice; keep one entry per monitor")
             p.validate(where)
+
+
+@dataclass(frozen=True)
+class PrometheusSection(Section):
+    pushgateway: str = key("base URL of a Prometheus Pushgateway; every run pushes this target's metrics there, "
+                           "grouped by job and target", default="")
+    job: str = key("the `job` label of the pushed group", default="pgbackup_verify")
+    push_timeout: float = key("seconds per push attempt (one retry); a failed push exits 15", default=5.0, gt=0)
+
+    def validate(self) -> None:
+        if self.pushgateway and not self.pushgateway.startswith(("http://", "https://")):
+            raise ConfigError(f"[prometheus].pushgateway: '{self.pushgateway}' is not an http(s) URL; "
+                              "use e.g. http://127.0.0.1:9091")
+        if "@" in self.pushgateway.split("//", 1)[-1].split("/", 1)[0]:
+            # A password in the URL would end up in logs and reports.
+            raise ConfigError("[prometheus].pushgateway: credentials in the URL are refused; put the Pushgateway "
+                              "behind a local proxy or allow this host by address")
+        if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", self.job):
+            raise ConfigError(f"[prometheus].job: '{self.job}' is not a Prometheus label value of letters, digits "
+                              "and '_'; use e.g. pgbackup_verify")

@@ -147,6 +147,13 @@ class GrantAudit:
     def predicts_failure(self) -> bool:
         return not self.role.ok or any(c is None or not c.ok for c in self.tonight)
 
+    @property
+    def findings(self) -> int:
+        """Objects pg_dump needs a privilege on that the role lacks (default privileges too), plus one for a
+        role that cannot log in or connect: the figure the metrics and the history keep."""
+        concerns = (*self.tonight, self.default_privileges)
+        return int(not self.role.ok) + sum(c.missing_count for c in concerns if c is not None)
+
 
 def major_of(version_num: int) -> tuple[int, ...]:
     """server_version_num -> major: 150020 -> (15,), 90624 -> (9, 6)."""

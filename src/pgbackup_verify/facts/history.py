@@ -6,9 +6,12 @@ the end of the run is recorded, so a new figure needs no change here.
 
 - `payload_bytes`    decompressed size of the newest dump (dumps)
 - `dump_age_hours`   age of the newest dump (dumps)
+- `good_dump_age_hours` age of the newest good dump (complete, payload over the minimum) (dumps)
 - `drill_seconds`    wall time of the restore drill (drill)
 - `tables_restored`  tables the restore drill produced (drill)
 - `drill_tier`       the drill's tier: 0 schema, 1 sample, 2 full (drill; facts/drill/tiers.py)
+- `drill_rows_restored` rows the drill loaded, summed over the tables it counted (drill)
+- `grant_findings`   objects the dump role lacks a privilege on that pg_dump needs, role problems included (grants)
 - `drill_full_passed` 1 when a full drill ran and restored without an error (drill): the age of the last
                      passing full drill is read from these
 
@@ -34,6 +37,8 @@ MAX_RUNS_PER_TARGET = 400  # over a year of nightly runs, ~150 KB per target
 PAYLOAD_BYTES, DUMP_AGE_HOURS, DRILL_SECONDS, TABLES_RESTORED = (
     "payload_bytes", "dump_age_hours", "drill_seconds", "tables_restored")
 DRILL_TIER, DRILL_FULL_PASSED = "drill_tier", "drill_full_passed"
+DRILL_ROWS, GRANT_FINDINGS = "drill_rows_restored", "grant_findings"
+GOOD_DUMP_AGE_HOURS = "good_dump_age_hours"
 
 # One target's `run_facts`: fact name -> value; text for the report header, numbers also for the history.
 RunFacts = dict[str, object]

@@ -6,7 +6,7 @@ as a `Secret` and is never put in a message, a log line, a report or a traceback
 `requests`' timeout bounds each socket read, not the request: a server that trickles one header
 line every 0.25 s would hold a push for minutes. So every push runs in a daemon thread and the
 caller waits for the threads only until one wall-clock deadline for the whole push (all monitors,
-the retry included); a push still waiting then is abandoned and reported as failed.
+the retry included; pgbackup_verify.facts.deadline); a push still waiting then is abandoned and reported as failed.
 
 Kuma's answer is untrusted too: at most MAX_ANSWER bytes of it are read, a redirect is not followed
 (the token is in the URL), and nothing of the environment steers the request (`trust_env = False`:
@@ -16,15 +16,15 @@ no proxy variables, no ~/.netrc credentials sent to whoever answers).
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import requests
 import urllib3
 
 from pgbackup_verify.errors import KUMA_CREDENTIALS_MISSING, KUMA_PUSH_FAILED
+from pgbackup_verify.facts.deadline import attempts, run_all
 from pgbackup_verify.kuma.routing import PushMonitor
 from pgbackup_verify.kuma.secret import Secret
 from pgbackup_verify.kuma.verdict import Verdict
@@ -32,7 +32,6 @@ from pgbackup_verify.kuma.verdict import Verdict
 MAX_ANSWER = 64 * 1024  # Kuma answers {"ok":true} or one short msg; more is not Kuma
 RETRIES = 1
 RETRY_PAUSE = 1.0
-JOIN_GRACE = 0.2  # how long after the deadline a push may still report (within the 1 s the issue allows)
 
 
 @dataclass
@@ -95,11 +94,7 @@ def send(v: Verdict, dry_run: bool = False, retries: int = RETRIES, deadline: fl
     params = {"status": v.status, "msg": v.msg, "ping": str(max(1, v.ping_ms))}
     detail = "not sent: no time left before the push deadline"
     attempt = 0
-    for attempt in range(1, retries + 2):
-        left = deadline - time.monotonic()
-        if left <= 0.05:
-            break
-        timeout = min(m.timeout, left)
+    for attempt, timeout in attempts(deadline, m.timeout, retries, RETRY_PAUSE):
         try:
             status, reason, body = _get(f"{m.url}/api/push/{token.reveal()}", params, timeout)
             if status == 200 and isinstance(body, dict) and body.get("ok") is True:
@@ -111,8 +106,6 @@ def send(v: Verdict, dry_run: bool = False, retries: int = RETRIES, deadline: fl
                 return PushResult(v, False, detail, KUMA_PUSH_FAILED, attempt)
         except requests.RequestException as e:
             detail = f"{_explain(e, timeout)} at {m.url}"
-        if attempt <= retries:
-            time.sleep(max(0.0, min(RETRY_PAUSE, deadline - time.monotonic())))
     return PushResult(v, False, f"{detail} after {attempt} attempt{'s' if attempt != 1 else ''}",
                       KUMA_PUSH_FAILED, attempt)
 
@@ -123,22 +116,12 @@ def push_all(verdicts: Sequence[Verdict], dry_run: bool = False, seconds: float 
         return [send(v, dry_run=dry_run) for v in verdicts]
     budget = seconds if seconds is not None else deadline_for([v.monitor for v in verdicts])
     deadline = time.monotonic() + budget
-    results: list[PushResult | None] = [None] * len(verdicts)
 
-    def run(i: int, v: Verdict) -> None:
-        try:
-            results[i] = send(v, deadline=deadline)
-        except Exception as e:  # a bug here must not hide the other pushes; no token in the text
-            results[i] = PushResult(v, False, f"push crashed ({type(e).__name__})", KUMA_PUSH_FAILED)
+    def job(v: Verdict) -> Callable[[], PushResult]:
+        return lambda: send(v, deadline=deadline)
 
-    # Daemon threads: one still stuck on a trickling server must not keep the process alive.
-    threads = [threading.Thread(target=run, args=(i, v), name=f"kuma-push-{i}", daemon=True)
-               for i, v in enumerate(verdicts)]
-    for t in threads:
-        t.start()
-    for t in threads:  # a push given up at the deadline itself says why: a moment for it to report
-        t.join(max(0.0, deadline + JOIN_GRACE - time.monotonic()))
-    done = list(results)  # a late answer after this point is ignored: the report is already decided
+    done = run_all([job(v) for v in verdicts], deadline, "kuma-push")
+    # None: still waiting at the deadline, or the push crashed (a bug must not hide the other pushes).
     return [r if r is not None else
             PushResult(v, False, f"abandoned: no complete answer within the push deadline of {budget:g} s "
                                  f"at {v.monitor.url}", KUMA_PUSH_FAILED)

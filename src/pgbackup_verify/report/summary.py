@@ -95,6 +95,7 @@ class RunSummary:
         self.exit_status: int | None = None  # the process's exit status (pytest's, a user error's, Kuma's)
         self.notes: list[str] = []  # e.g. why the run was aborted, Kuma push failures, history not written
         self.fields: dict[str, list[tuple[str, str]]] = {}  # per target: a site's report fields (hook)
+        self.facts: dict[str, dict[str, float]] = {}  # per target: the run's key figures (facts/history.py)
 
     @property
     def results(self) -> dict[str, CheckResult]:
@@ -159,6 +160,9 @@ class RunSummary:
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
                "seconds": round(time.time() - self.started, 3), "notes": self.notes,
                "fields": {t: [list(f) for f in fs] for t, fs in self.fields.items()},
+               "facts": self.facts,
+               "targets": [{"name": t, "status": self.fold.status(t), "counts": self.fold.counts(t)}
+                           for t in self.fold.targets()],
                "concerns": [{"target": t, "concern": c, "status": st, "judged": j}
                             for t, c, st, j in self.fold.concern_statuses()],
                "warnings": self.warnings(),
