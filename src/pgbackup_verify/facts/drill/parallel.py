@@ -81,6 +81,13 @@ _KEY = re.compile(rb"ALTER TABLE (?:ONLY )?(" + _QUAL + rb")\s+ADD CONSTRAINT " 
 _FK = re.compile(rb"ALTER TABLE ONLY (" + _QUAL + rb")\s+ADD CONSTRAINT " + _ID + rb" FOREIGN KEY " + _COLS +
                  rb" REFERENCES (" + _QUAL + rb")" + _COLS)
 _CANDIDATE = (b"CREATE INDEX ", b"CREATE UNIQUE INDEX ", b"ALTER TABLE ")
+# Statements after the first COPY that may change rows already loaded: then what each COPY reported
+# loaded no longer says what the tables hold, and the drill counts them all (outcome.loaded = None).
+# pg_dump writes none of these after its data; the SELECTs it writes there are the _EXTRA ones.
+_CHANGES_ROWS = re.compile(rb"\s*(?:DELETE|UPDATE|TRUNCATE|MERGE|DO|CALL|WITH|EXECUTE|DROP|COPY"
+                           rb"|ALTER\s+TABLE\b.*\bRENAME\b"
+                           rb"|SELECT(?!\s+pg_catalog\.(?:set_config|setval|lo_create|lo_open|lowrite|lo_close)\())\b",
+                           re.IGNORECASE)
 _PSQL_LINE = re.compile(r"^psql:<stdin>:(\d+): ")
 
 
@@ -98,6 +105,7 @@ class _Event:
     no: int
     kind: str  # sql | header | data (a last COPY line the stream ended in)
     boundary: bool  # a statement ends with this line
+    target: str | None = None  # a header's COPY target, as the scanner keys its rows
 
 
 @dataclass
@@ -114,7 +122,8 @@ class _TapScanner(PlainDumpScanner):
         in_copy = self.copy_target is not None
         out = super().scan(line)
         kind = "data" if in_copy else "header" if self.copy_target is not None else "sql"
-        self.events.append(_Event(out, self.line_no, kind, self.between_statements))
+        self.events.append(_Event(out, self.line_no, kind, self.between_statements,
+                                  self.copy_target if kind == "header" else None))
         return out
 
 
@@ -231,6 +240,7 @@ class _Job:
     tables: frozenset[bytes]
     session: tuple[bytes, ...]
     data: _Data | None = None
+    target: str | None = None  # the scanner's COPY target (its key in outcome.rows), for a copy job
 
 
 class _Segment:
@@ -324,6 +334,12 @@ class ParallelRestore:
         self.pending_size = 0
         self.serial_stmt = False  # inside a statement that goes to psql line by line
         self.at_start = True
+        # Rows each COPY job's connection reported loaded, per COPY target; targets with rows that came
+        # another way (psql, INSERT, declined by the tier) are in `unreported`.
+        self.loaded: dict[str, int] = {}
+        self.unreported: set[str] = set()
+        self.loads_exact = True  # no statement after the data that may change loaded rows
+        self.copied = False
 
     # -- the reading ------------------------------------------------------------------------
 
@@ -385,6 +401,8 @@ class ParallelRestore:
         else:
             outcome.exit_code = nonzero[0] if nonzero else 0
         outcome.payload_bytes, outcome.rows, outcome.scan = sent, scanner.rows, scanner
+        if self.loads_exact and read_all:
+            outcome.loaded = {k: n for k, n in self.loaded.items() if k not in self.unreported}
         outcome.large_objects = scanner.large_objects
         outcome.complete_marker = scanner.complete if read_all else None
         outcome.seconds = time.monotonic() - start
@@ -442,19 +460,28 @@ class ParallelRestore:
         if (self.copy_filter is not None and m is not None and not (self.pending or self.serial_stmt)
                 and not self.copy_filter(m.group(1).decode(errors="replace"))):
             self.skip_copy = True  # scanned to its end by the scanner, loaded nowhere
+            self._unreported(ev)
             return
         if self.in_tx or m is None or self.pending or self.serial_stmt:
             self._serial_line(ev, barrier=True)  # the serial way: header and data to psql
             self.inline_copy = True
+            self._unreported(ev)
             return
+        self.copied = True
         job = _Job("copy", ev.line, ev.no, _show(ev.line), frozenset({m.group(1)}), self._session_lines(),
-                   _Data(self.work_dir, self.budget, self.spool))
+                   _Data(self.work_dir, self.budget, self.spool), ev.target)
         self._submit(job)
         self.copy_job = job
+
+    def _unreported(self, ev: _Event) -> None:
+        if ev.target is not None:
+            self.unreported.add(ev.target)
 
     def _sql(self, ev: _Event) -> None:
         line, start = ev.line, self.at_start
         self.at_start = ev.boundary
+        if start and self.copied and _CHANGES_ROWS.match(line):
+            self.loads_exact = False
         if self.pending:
             self.pending.append((line, ev.no))
             self.pending_size += len(line)
@@ -632,12 +659,20 @@ class ParallelRestore:
 
     def _copy(self, conn: psycopg.Connection, job: _Job) -> None:
         assert job.data is not None
-        with conn.cursor() as cur, cur.copy(job.sql) as copy:
-            read, write = job.data.read, copy.write
-            while (piece := read()) is not None:
-                write(piece)
-            if job.data.cancelled:
-                raise psycopg.errors.QueryCanceled("restore stopped")
+        with conn.cursor() as cur:
+            with cur.copy(job.sql) as copy:
+                read, write = job.data.read, copy.write
+                while (piece := read()) is not None:
+                    write(piece)
+                if job.data.cancelled:
+                    raise psycopg.errors.QueryCanceled("restore stopped")
+            # The server's own count from the COPY's command tag: the rows it stored.
+            loaded = cur.rowcount
+        if job.target is not None:
+            with self.lock:
+                if loaded < 0:
+                    self.unreported.add(job.target)
+                self.loaded[job.target] = self.loaded.get(job.target, 0) + max(loaded, 0)
 
     def _fail(self, job: _Job, e: psycopg.Error) -> None:
         diag = e.diag

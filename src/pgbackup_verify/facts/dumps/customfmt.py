@@ -115,6 +115,7 @@ class TocEntry:
     tag: str  # the object's name, exactly
     owner: str | None
     defn: str
+    copy_stmt: str = ""  # TABLE DATA: the COPY statement pg_restore writes before the data
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,9 @@ class ArchiveToc:
     dumped_from: str
     dumped_by: str
     entries: tuple[TocEntry, ...]
+    compression: str = "gzip"  # of the data blocks: none, gzip (zlib), lz4, zstd
+    int_size: int = 4
+    data_start: int = 0  # where the data blocks begin: right after the TOC
 
     def listed(self) -> int:
         """Entries `pg_restore --list` shows."""
@@ -191,9 +195,10 @@ def read_archive_toc(path: str | Path) -> ArchiveToc:
         if r.byte() != 1:
             raise ArchiveFormatError("archive is not in custom format (pg_dump -Fc)")
         if version[:2] >= (1, 15):
-            r.byte()  # compression algorithm
+            algorithm = r.byte()
+            compression = {0: "none", 1: "gzip", 2: "lz4", 3: "zstd"}.get(algorithm, f"unknown ({algorithm})")
         else:
-            r.int()  # compression level
+            compression = "none" if r.int() == 0 else "gzip"  # a zlib level; -1 is zlib's default
         for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
             r.int()
         dbname, dumped_from, dumped_by = r.str() or "", r.str() or "", r.str() or ""
@@ -208,7 +213,7 @@ def read_archive_toc(path: str | Path) -> ArchiveToc:
                 r.int()  # section
             defn = r.str() or ""
             r.str()  # drop statement
-            r.str()  # copy statement
+            copy_stmt = r.str() or ""
             namespace = r.str()
             r.str()  # tablespace
             if version[:2] >= (1, 14):
@@ -220,8 +225,9 @@ def read_archive_toc(path: str | Path) -> ArchiveToc:
             while r.str() is not None:  # dependencies
                 pass
             r.offset()  # custom format: where the entry's data is
-            entries.append(TocEntry(dump_id, catalog_id, desc, namespace, tag, owner, defn))
-    return ArchiveToc(version, dbname, dumped_from, dumped_by, tuple(entries))
+            entries.append(TocEntry(dump_id, catalog_id, desc, namespace, tag, owner, defn, copy_stmt))
+        data_start = f.tell()
+    return ArchiveToc(version, dbname, dumped_from, dumped_by, tuple(entries), compression, r.int_size, data_start)
 
 
 def read_toc(path: str | Path, timeout: float = 120) -> TocFacts:
@@ -275,8 +281,9 @@ def verify_archive(path: str | Path) -> DumpScan:
 class ArchiveRows:
     scan: PlainDumpScanner  # rows per COPY target, targets as (schema, name), blocks, uncounted
     error: str | None  # why the counts are incomplete (pg_restore failed, time limit); None: all read
-    sql_bytes: int  # size of the data-only SQL read
+    sql_bytes: int  # size of the data-only SQL read (0: read from the data blocks directly)
     seconds: float
+    read_by: str = "read with pg_restore --data-only"
 
 
 def count_archive_rows(path: str | Path, extra_args: Sequence[str] = (), deadline: float | None = None,
