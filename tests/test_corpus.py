@@ -64,6 +64,7 @@ expected_schemas = [{schemas}]
 [drill]
 mode = "scratch"
 server_dsn = "{c.dsn()}"
+allow_superuser_restore = true
 work_dir = "{work}"
 lock_file = "{work / 'drill.lock'}"
 expect_live_catalog = true

@@ -53,6 +53,7 @@ class DrillFacts:
     row_keys: dict[str, list[str]] = field(default_factory=dict)  # shown name -> its COPY/INSERT targets as written
     rows_read: str = ""  # where the dump's rows came from: COPY blocks, INSERT statements
     rows_restored: str = ""  # how the restored side was counted: rows the COPYs reported, count(*)
+    row_count_seconds: float = 0.0  # reading the restored side's rows (the restore not included)
     rows_uncounted: dict[str, str] = field(default_factory=dict)  # target -> why its rows are not compared
     matviews: dict[str, int | None] = field(default_factory=dict)  # refreshed by the dump -> rows (None: empty)
     lo_dump: int | None = None  # large objects in the dump
@@ -345,7 +346,9 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         facts.restored = read_catalog(conn)
         facts.lo_dump, facts.lo_restored = facts.outcome.large_objects, int(scalar(conn, _LARGE_OBJECTS) or 0)
         if facts.outcome.scan is not None:
+            started = time.monotonic()
             _row_counts(conn, facts.outcome.scan, facts, facts.outcome.loaded)
+            facts.row_count_seconds = time.monotonic() - started
             if facts.outcome.rows_from:
                 facts.rows_read += f" ({facts.outcome.rows_from})"
 
