@@ -22,7 +22,6 @@ import subprocess
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 from isal import isal_zlib
 
@@ -30,6 +29,7 @@ from pgbackup_verify.facts.dumps.customfmt import (
     ArchiveFormatError,
     ArchiveRows,
     ArchiveToc,
+    _Reader,
     count_archive_rows,
     read_archive_toc,
 )
@@ -42,20 +42,8 @@ _TAIL = 16  # the end of a block's text kept to find its terminator
 _SETTINGS = ("ENCODING", "STDSTRINGS")  # what pg_restore writes first, and the scanner reads names by
 
 
-class _Blocks:
-    def __init__(self, f: BinaryIO, int_size: int) -> None:
-        self.f, self.int_size = f, int_size
-
-    def exact(self, n: int) -> bytes:
-        b = self.f.read(n)
-        if len(b) != n:
-            raise ArchiveFormatError("archive ends inside a data block (truncated archive)")
-        return b
-
-    def int(self) -> int:
-        b = self.exact(1 + self.int_size)
-        value = int.from_bytes(b[1:], "little")
-        return -value if b[0] else value
+class _Blocks(_Reader):
+    """The archive's primitives (customfmt._Reader), and the chunk sequences of its data blocks."""
 
     def chunks(self) -> Callable[[], bytes]:
         """A reader of one chunk sequence: each call the next chunk, b"" after the last."""
@@ -66,12 +54,12 @@ class _Blocks:
             if done:
                 return b""
             n = self.int()
-            if n < 0 or n > 1 << 30:
+            if n < 0 or n > 1 << 30:  # pg_dump writes chunks of its buffer size
                 raise ArchiveFormatError(f"implausible data chunk length {n}")
             if n == 0:
                 done = True
                 return b""
-            return self.exact(n)
+            return self.bytes(n)
         return next_chunk
 
     def skip_chunks(self) -> None:
@@ -132,7 +120,7 @@ def count_data_blocks(path: str | Path, wanted: Collection[int] | None = None,
     compressed = toc.compression == "gzip"
     with open(path, "rb", buffering=1 << 20) as f:
         f.seek(toc.data_start)
-        blocks = _Blocks(f, toc.int_size)
+        blocks = _Blocks(f, toc.int_size, "a data block (truncated archive)")
         while kind := f.read(1):
             dump_id = blocks.int()
             entry = by_id.get(dump_id)

@@ -150,13 +150,13 @@ _K_VERS_MAX = (1, 16)  # pg_dump 17's archive version; newer ones fall back to t
 class _Reader:
     """pg_dump's archive primitives (pg_backup_archiver.c ReadInt/ReadStr/ReadOffset)."""
 
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.int_size, self.off_size = f, 4, 8
+    def __init__(self, f: BinaryIO, int_size: int = 4, where: str = "its table of contents") -> None:
+        self.f, self.int_size, self.off_size, self.where = f, int_size, 8, where
 
     def bytes(self, n: int) -> bytes:
         b = self.f.read(n)
         if len(b) != n:
-            raise ArchiveFormatError("archive ends inside its table of contents")
+            raise ArchiveFormatError(f"archive ends inside {self.where}")
         return b
 
     def byte(self) -> int:
