@@ -146,32 +146,18 @@ def test_parallel_restore_rebuilds_keys_triggers_matview_sequences_and_large_obj
 def test_rows_already_in_a_table_survive_its_copy_and_a_later_delete_voids_the_copy_counts(source: Source) -> None:
     """The COPY's table is emptied first (no WAL) only when it is empty: an INSERT's row stays. A DELETE
     after the data makes the COPYs' counts say nothing of what the tables hold: none are reported."""
-    head = "SET client_encoding = 'UTF8';
-CREATE TABLE public.w (id int);
-CREATE TABLE public.x (id int);
-"
-    data = "COPY public.w (id) FROM stdin;
-1
-2
-\.
-COPY public.x (id) FROM stdin;
-5
-\.
-"
-    end = "-- PostgreSQL database dump complete
-"
-    out, dsn = source.restore(head + "INSERT INTO public.w VALUES (7);
-" + data + end)
+    head = "SET client_encoding = 'UTF8';\nCREATE TABLE public.w (id int);\nCREATE TABLE public.x (id int);\n"
+    data = "COPY public.w (id) FROM stdin;\n1\n2\n\\.\nCOPY public.x (id) FROM stdin;\n5\n\\.\n"
+    end = "-- PostgreSQL database dump complete\n"
+    out, dsn = source.restore(head + "INSERT INTO public.w VALUES (7);\n" + data + end)
     assert out.problems == [] and out.rows == {"public.w": 3, "public.x": 1}
     assert out.loaded == {"public.w": 2, "public.x": 1}  # what the COPYs stored; w holds the INSERT's row too
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT array_agg(id ORDER BY id) FROM public.w").fetchone() == ([1, 2, 7],)
-    out, dsn = source.restore(head + data + "DELETE FROM public.x;
-" + end)
+    out, dsn = source.restore(head + data + "DELETE FROM public.x;\n" + end)
     assert out.problems == [] and out.rows == {"public.w": 2, "public.x": 1} and out.loaded is None
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM public.x").fetchone() == (0,)
-
 
 @pytest.mark.parametrize("chunk", [97, 4096])
 def test_data_beyond_the_memory_budget_is_spooled_and_loaded_alike(source: Source, monkeypatch, chunk) -> None:
