@@ -183,6 +183,8 @@ def test_every_table_has_the_rows_read_from_the_dump(drill: DrillFacts, evidence
         pytest.skip(tiers.NO_DATA if schema_only else
                     f"row fidelity: the dump's rows were not read; {f.fmt} restored with {f.outcome.tool}")
     evidence("rows", f.rows_read)
+    if f.rows_restored:
+        evidence("restored rows", f.rows_restored)
     for tree, scope in sorted(f.row_scope.items()):
         evidence(f"compared {tree}", scope)
     if f.rows_uncounted:

@@ -25,6 +25,7 @@ from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.restore import restore_custom
 from pgbackup_verify.facts.drill.safety import Janitor
+from pgbackup_verify.facts.dumps.archivedata import archive_rows, count_data_blocks
 from pgbackup_verify.facts.dumps.customfmt import count_archive_rows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import display_name
 from pgbackup_verify.facts.dumps.source import from_path
@@ -125,6 +126,30 @@ def test_archive_rows_are_counted_per_copy_target_from_its_data_blocks(scene):
     assert rows == {"public.moods": 30, WEIRD: 8, "public.empty": 0, display_name("public", "a b"): 5}
 
 
+def test_data_blocks_read_directly_count_what_pg_restore_renders(scene):
+    """The direct read (zlib blocks, newlines) against pg_restore --data-only through the scanner:
+    the same rows, targets and refreshes, for a seekable, a piped and an uncompressed archive."""
+    plain = scene.root / "z0.dump"
+    subprocess.run(["pg_dump", "-Fc", "-Z0", "--no-owner", "-d", "src", "-f", str(plain)], env=scene.cluster.env(),
+                   check=True)
+    for archive in (scene.healthy, scene.root / "piped.dump", plain, scene.lossy):
+        direct, rendered = count_data_blocks(archive), count_archive_rows(archive)
+        assert rendered.error is None
+        assert (direct.rows, direct.targets, direct.copy_blocks, direct.refreshed) == (
+            rendered.scan.rows, rendered.scan.targets, rendered.scan.copy_blocks, rendered.scan.refreshed), archive
+    got = archive_rows(scene.healthy)
+    assert got.error is None and got.read_by == "counted from its blocks directly"
+
+
+def test_truncated_archive_falls_back_to_pg_restore_which_names_the_damage(scene):
+    cut = scene.root / "cut.dump"
+    data = scene.healthy.read_bytes()
+    cut.write_bytes(data[:len(data) - 200])
+    got = archive_rows(cut)
+    assert got.read_by == "read with pg_restore --data-only"
+    assert got.error is not None and got.error.startswith("pg_restore failed reading the archive's data: ")
+
+
 def test_sample_tier_counts_only_the_tables_it_restores(scene):
     """The count reads the archive through the same restore list as the sample restore: no full read."""
     plan = tiers.TierPlan(tiers.SAMPLE, "sample", ("public.a b",), (), frozenset({("public", "a b")}))
@@ -147,8 +172,8 @@ def test_healthy_custom_dump_is_green_with_the_row_evidence(scene):
     result.assert_outcomes("row", passed=1)
     text = result.text
     # Two COPY blocks into public.moods: one per partition, both written to load through the root.
-    assert ("rows: 43 rows in 5 COPY blocks, into 4 tables (the archive's data blocks, read with pg_restore "
-            "--data-only)") in text
+    assert ("rows: 43 rows in 5 COPY blocks, into 4 tables (the archive's data blocks, counted from its blocks "
+            "directly)") in text
     assert "compared public.moods: whole partition tree of 3 tables, rows loaded into public.moods" in text
 
 

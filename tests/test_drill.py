@@ -191,6 +191,7 @@ def test_healthy_dump_restores_and_every_drill_check_passes(drills):
     assert f"dump used: {newest(drills.backups['healthy'])}" in out
     assert "schemas: cutter_governance,public,sandbox_tac" in out
     assert "tables: 21" in out and "error lines: none" in out
+    assert "restored rows: " in out and " with count(*)" in out  # how the restored side was counted
     assert "restore db: restore_drill_" in out
     assert not list(drills.work["healthy"].glob("pgbv-cluster-*")), "the drill cluster must be gone"
 
@@ -489,6 +490,7 @@ def test_drill_restores_the_offsite_archive_member(drills):
     out = result.text
     assert f"dump used: :local:{remote}/vps-backup-" in out and "member */postgresql-directus.sql.gz" in out
     assert "tables: 21" in out and "error lines: none" in out
+    assert "restored rows: " in out and " with count(*)" in out  # how the restored side was counted
 
 
 def test_offsite_source_needs_an_offsite_section(tmp_path, work_dir):

@@ -136,7 +136,28 @@ def test_parallel_restore_rebuilds_keys_triggers_matview_sequences_and_large_obj
     assert got["rows"][0][:4] == (500, 3000, 3000, 100)
     assert out.rows == {'"Odd Schema"."Mixed ""Case"" T"': 100, "public.a": 2, "public.audit": 3000, "public.b": 2,
                         "public.child": 3000, "public.parent": 500}
+    # Each COPY's own count (its command tag) is what count(*) finds, table by table.
+    assert out.loaded == out.rows
+    with psycopg.connect(dsn) as conn:
+        for target, n in out.loaded.items():
+            assert conn.execute(f"SELECT count(*) FROM ONLY {target}").fetchone() == (n,), target
 
+
+def test_rows_already_in_a_table_survive_its_copy_and_a_later_delete_voids_the_copy_counts(source: Source) -> None:
+    """The COPY's table is emptied first (no WAL) only when it is empty: an INSERT's row stays. A DELETE
+    after the data makes the COPYs' counts say nothing of what the tables hold: none are reported."""
+    head = "SET client_encoding = 'UTF8';\nCREATE TABLE public.w (id int);\nCREATE TABLE public.x (id int);\n"
+    data = "COPY public.w (id) FROM stdin;\n1\n2\n\\.\nCOPY public.x (id) FROM stdin;\n5\n\\.\n"
+    end = "-- PostgreSQL database dump complete\n"
+    out, dsn = source.restore(head + "INSERT INTO public.w VALUES (7);\n" + data + end)
+    assert out.problems == [] and out.rows == {"public.w": 3, "public.x": 1}
+    assert out.loaded == {"public.w": 2, "public.x": 1}  # what the COPYs stored; w holds the INSERT's row too
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT array_agg(id ORDER BY id) FROM public.w").fetchone() == ([1, 2, 7],)
+    out, dsn = source.restore(head + data + "DELETE FROM public.x;\n" + end)
+    assert out.problems == [] and out.rows == {"public.w": 2, "public.x": 1} and out.loaded is None
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM public.x").fetchone() == (0,)
 
 @pytest.mark.parametrize("chunk", [97, 4096])
 def test_data_beyond_the_memory_budget_is_spooled_and_loaded_alike(source: Source, monkeypatch, chunk) -> None:
@@ -191,6 +212,7 @@ def test_copy_inside_a_transaction_block_and_odd_headers_stay_serial_and_load(so
         assert conn.execute("SELECT (SELECT count(*) FROM public.u), (SELECT count(*) FROM public.t), "
                             "to_regclass('public.t_id') IS NOT NULL").fetchone() == (2, 2, True)
     assert out.rows == {"public.u": 2, "public.t": 2}
+    assert out.loaded == {}  # rows that went through psql have no count of their own: counted with count(*)
 
 
 def test_one_job_is_the_serial_restore(source: Source) -> None:

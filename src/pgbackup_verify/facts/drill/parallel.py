@@ -81,6 +81,13 @@ _KEY = re.compile(rb"ALTER TABLE (?:ONLY )?(" + _QUAL + rb")\s+ADD CONSTRAINT " 
 _FK = re.compile(rb"ALTER TABLE ONLY (" + _QUAL + rb")\s+ADD CONSTRAINT " + _ID + rb" FOREIGN KEY " + _COLS +
                  rb" REFERENCES (" + _QUAL + rb")" + _COLS)
 _CANDIDATE = (b"CREATE INDEX ", b"CREATE UNIQUE INDEX ", b"ALTER TABLE ")
+# Statements after the first COPY that may change rows already loaded: then what each COPY reported
+# loaded no longer says what the tables hold, and the drill counts them all (outcome.loaded = None).
+# pg_dump writes none of these after its data; the SELECTs it writes there are the _EXTRA ones.
+_CHANGES_ROWS = re.compile(rb"\s*(?:DELETE|UPDATE|TRUNCATE|MERGE|DO|CALL|WITH|EXECUTE|DROP|COPY"
+                           rb"|ALTER\s+TABLE\b.*\bRENAME\b"
+                           rb"|SELECT(?!\s+pg_catalog\.(?:set_config|setval|lo_create|lo_open|lowrite|lo_close)\())\b",
+                           re.IGNORECASE)
 _PSQL_LINE = re.compile(r"^psql:<stdin>:(\d+): ")
 
 
@@ -98,6 +105,7 @@ class _Event:
     no: int
     kind: str  # sql | header | data (a last COPY line the stream ended in)
     boundary: bool  # a statement ends with this line
+    target: str | None = None  # a header's COPY target, as the scanner keys its rows
 
 
 @dataclass
@@ -114,7 +122,8 @@ class _TapScanner(PlainDumpScanner):
         in_copy = self.copy_target is not None
         out = super().scan(line)
         kind = "data" if in_copy else "header" if self.copy_target is not None else "sql"
-        self.events.append(_Event(out, self.line_no, kind, self.between_statements))
+        self.events.append(_Event(out, self.line_no, kind, self.between_statements,
+                                  self.copy_target if kind == "header" else None))
         return out
 
 
@@ -163,13 +172,15 @@ class _Data:
     def __init__(self, work_dir: Path, budget: _Budget, spool: _Spool) -> None:
         self.work_dir, self.budget, self.spool = work_dir, budget, spool
         self.cond = threading.Condition()
-        self.mem: collections.deque[bytes] = collections.deque()
+        self.mem: collections.deque[bytes | memoryview] = collections.deque()
         self.file: IO[bytes] | None = None
         self.wpos = self.rpos = 0
         self.closed = self.cancelled = False
 
     def write(self, piece: bytes | memoryview) -> None:
-        data = bytes(piece)
+        # A large piece is kept as the view it is (no copy): it holds at most 4x its size of the read
+        # chunk alive. A small one is copied, so that it never pins a whole chunk.
+        data = piece if len(piece) >= CHUNK // 4 else bytes(piece)
         if self.file is None and self.budget.take(len(data)):
             with self.cond:
                 self.mem.append(data)
@@ -190,7 +201,7 @@ class _Data:
             self.cancelled = self.cancelled or cancel
             self.cond.notify_all()
 
-    def read(self) -> bytes | None:
+    def read(self) -> bytes | memoryview | None:
         """The next piece in order; None at the end of the block (or when the restore stops)."""
         with self.cond:
             while not (self.mem or self.rpos < self.wpos or self.closed):
@@ -231,6 +242,7 @@ class _Job:
     tables: frozenset[bytes]
     session: tuple[bytes, ...]
     data: _Data | None = None
+    target: str | None = None  # the scanner's COPY target (its key in outcome.rows), for a copy job
 
 
 class _Segment:
@@ -324,6 +336,12 @@ class ParallelRestore:
         self.pending_size = 0
         self.serial_stmt = False  # inside a statement that goes to psql line by line
         self.at_start = True
+        # Rows each COPY job's connection reported loaded, per COPY target; targets with rows that came
+        # another way (psql, INSERT, declined by the tier) are in `unreported`.
+        self.loaded: dict[str, int] = {}
+        self.unreported: set[str] = set()
+        self.loads_exact = True  # no statement after the data that may change loaded rows
+        self.copied = False
 
     # -- the reading ------------------------------------------------------------------------
 
@@ -385,6 +403,8 @@ class ParallelRestore:
         else:
             outcome.exit_code = nonzero[0] if nonzero else 0
         outcome.payload_bytes, outcome.rows, outcome.scan = sent, scanner.rows, scanner
+        if self.loads_exact and read_all:
+            outcome.loaded = {k: n for k, n in self.loaded.items() if k not in self.unreported}
         outcome.large_objects = scanner.large_objects
         outcome.complete_marker = scanner.complete if read_all else None
         outcome.seconds = time.monotonic() - start
@@ -442,19 +462,28 @@ class ParallelRestore:
         if (self.copy_filter is not None and m is not None and not (self.pending or self.serial_stmt)
                 and not self.copy_filter(m.group(1).decode(errors="replace"))):
             self.skip_copy = True  # scanned to its end by the scanner, loaded nowhere
+            self._unreported(ev)
             return
         if self.in_tx or m is None or self.pending or self.serial_stmt:
             self._serial_line(ev, barrier=True)  # the serial way: header and data to psql
             self.inline_copy = True
+            self._unreported(ev)
             return
+        self.copied = True
         job = _Job("copy", ev.line, ev.no, _show(ev.line), frozenset({m.group(1)}), self._session_lines(),
-                   _Data(self.work_dir, self.budget, self.spool))
+                   _Data(self.work_dir, self.budget, self.spool), ev.target)
         self._submit(job)
         self.copy_job = job
+
+    def _unreported(self, ev: _Event) -> None:
+        if ev.target is not None:
+            self.unreported.add(ev.target)
 
     def _sql(self, ev: _Event) -> None:
         line, start = ev.line, self.at_start
         self.at_start = ev.boundary
+        if start and self.copied and _CHANGES_ROWS.match(line):
+            self.loads_exact = False
         if self.pending:
             self.pending.append((line, ev.no))
             self.pending_size += len(line)
@@ -632,12 +661,22 @@ class ParallelRestore:
 
     def _copy(self, conn: psycopg.Connection, job: _Job) -> None:
         assert job.data is not None
-        with conn.cursor() as cur, cur.copy(job.sql) as copy:
-            read, write = job.data.read, copy.write
-            while (piece := read()) is not None:
-                write(piece)
-            if job.data.cancelled:
-                raise psycopg.errors.QueryCanceled("restore stopped")
+        with conn.transaction(), conn.cursor() as cur:
+            (table,) = job.tables
+            _skip_wal(conn, table)
+            with cur.copy(job.sql) as copy:
+                read, write = job.data.read, copy.write
+                while (piece := read()) is not None:
+                    write(piece)
+                if job.data.cancelled:
+                    raise psycopg.errors.QueryCanceled("restore stopped")
+            # The server's own count from the COPY's command tag: the rows it stored.
+            loaded = cur.rowcount
+        if job.target is not None:
+            with self.lock:
+                if loaded < 0:
+                    self.unreported.add(job.target)
+                self.loaded[job.target] = self.loaded.get(job.target, 0) + max(loaded, 0)
 
     def _fail(self, job: _Job, e: psycopg.Error) -> None:
         diag = e.diag
@@ -702,6 +741,32 @@ class ParallelRestore:
                 job.data.release()
         for conn in self.conns:
             conn.close()
+
+
+# A table this restore may empty before its COPY, in the COPY's transaction, as pg_restore -j does:
+# with wal_level = minimal the load then writes no WAL. Only a plain table nothing else watches (no
+# trigger: no foreign key either, no row security, not an extension's) that the role may truncate.
+_TRUNCATABLE = """
+SELECT current_setting('wal_level') = 'minimal' AND c.relkind = 'r' AND NOT c.relhastriggers
+   AND NOT c.relrowsecurity AND has_table_privilege(c.oid, 'TRUNCATE, SELECT')
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                   AND d.deptype = 'e')
+FROM pg_class c WHERE c.oid = to_regclass(%s)
+"""
+
+
+def _skip_wal(conn: psycopg.Connection, table: bytes) -> None:
+    """TRUNCATE the COPY's table first when that removes nothing: locked, then seen empty.
+
+    The name matched _QUAL (identifiers only) and the statements go through the extended protocol;
+    a table that already holds rows (an INSERT before, a second COPY) is loaded as it is.
+    """
+    row = conn.execute(_TRUNCATABLE, (table.decode("utf-8", "surrogateescape"),)).fetchone()
+    if not (row and row[0]):
+        return
+    conn.execute(b"LOCK TABLE ONLY " + table + b" IN ACCESS EXCLUSIVE MODE", binary=True)
+    if conn.execute(b"SELECT NOT EXISTS (SELECT 1 FROM ONLY " + table + b")", binary=True).fetchone() == (True,):
+        conn.execute(b"TRUNCATE ONLY " + table, binary=True)
 
 
 def _conflict(running: _Job, job: _Job) -> bool:

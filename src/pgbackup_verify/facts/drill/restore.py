@@ -20,8 +20,9 @@ from typing import IO
 from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
+from pgbackup_verify.facts.dumps.archivedata import archive_rows
 from pgbackup_verify.facts.dumps.compression import open_payload
-from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, count_archive_rows, read_archive_toc
+from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
 from pgbackup_verify.facts.redact import redact_copy_error
@@ -42,6 +43,10 @@ class RestoreOutcome:
     timed_out: bool = False
     payload_bytes: int = 0
     rows: dict[str, int] | None = None  # COPY/INSERT target -> rows read from the dump (None: not read)
+    # COPY target -> rows the server reported storing, for targets loaded only by COPY on our connections;
+    # None when nothing was reported, or a statement after the data may have changed rows (parallel.py)
+    loaded: dict[str, int] | None = None
+    rows_from: str = ""  # how the dump's rows were read, when not by the restore's own scan
     scan: PlainDumpScanner | None = None  # what else the dump loads (targets, large objects, matviews)
     large_objects: int | None = None  # large objects in the dump (plain: lo_create calls; custom: its TOC)
     complete_marker: bool | None = None
@@ -231,8 +236,8 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
                    extra_args: Sequence[str] = (), count_rows: bool = False) -> RestoreOutcome:
     """pg_restore -j into the database; with count_rows, the archive's rows are read meanwhile.
 
-    The count reads the archive a second time (`pg_restore --data-only -f -`, see
-    customfmt.count_archive_rows), alongside the restore so that it mostly costs CPU, not time.
+    The count reads the archive's data blocks a second time (archivedata.archive_rows: newlines of
+    the decompressed COPY text), alongside the restore so that it mostly costs CPU, not time.
     """
     outcome = RestoreOutcome(tool=f"pg_restore -j{jobs}")
     start = time.monotonic()
@@ -243,7 +248,7 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
         deadline = start + time_limit
 
         def count() -> None:
-            counted.append(count_archive_rows(
+            counted.append(archive_rows(
                 path, extra_args, deadline, lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
         counter = threading.Thread(target=count, daemon=True)
         counter.start()
@@ -283,6 +288,7 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
         counter.join(max(time_limit - (time.monotonic() - start), 0) + 10)  # the count has the same deadline
         if counted:
             outcome.rows, outcome.scan = counted[0].scan.rows, counted[0].scan
+            outcome.rows_from = f"the archive's data blocks, {counted[0].read_by}"
             if counted[0].error:
                 outcome.errors.append(counted[0].error)
         else:

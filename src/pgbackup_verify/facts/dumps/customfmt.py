@@ -121,6 +121,7 @@ class TocEntry:
     owner: str | None
     defn: str
     data_file: str | None = None  # directory and tar archives: the file holding the entry's data
+    copy_stmt: str = ""  # TABLE DATA: the COPY statement pg_restore writes before the data
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,9 @@ class ArchiveToc:
     dumped_from: str
     dumped_by: str
     entries: tuple[TocEntry, ...]
+    compression: str = "gzip"  # of the data blocks: none, gzip (zlib), lz4, zstd
+    int_size: int = 4
+    data_start: int = 0  # where the data blocks begin: right after the TOC
 
     def listed(self) -> int:
         """Entries `pg_restore --list` shows."""
@@ -152,13 +156,13 @@ _K_VERS_MAX = (1, 16)  # pg_dump 17's archive version; newer ones fall back to t
 class _Reader:
     """pg_dump's archive primitives (pg_backup_archiver.c ReadInt/ReadStr/ReadOffset)."""
 
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f, self.int_size, self.off_size = f, 4, 8
+    def __init__(self, f: IO[bytes], int_size: int = 4, where: str = "its table of contents") -> None:
+        self.f, self.int_size, self.off_size, self.where = f, int_size, 8, where
 
     def bytes(self, n: int) -> bytes:
         b = self.f.read(n)
         if len(b) != n:
-            raise ArchiveFormatError("archive ends inside its table of contents")
+            raise ArchiveFormatError(f"archive ends inside {self.where}")
         return b
 
     def byte(self) -> int:
@@ -220,9 +224,10 @@ def _read_toc(f: IO[bytes]) -> ArchiveToc:
     if fmt not in (_CUSTOM, _TOC_DAT):
         raise ArchiveFormatError("archive is not in custom, directory or tar format (pg_dump -Fc/-Fd/-Ft)")
     if version[:2] >= (1, 15):
-        r.byte()  # compression algorithm
+        algorithm = r.byte()
+        compression = {0: "none", 1: "gzip", 2: "lz4", 3: "zstd"}.get(algorithm, f"unknown ({algorithm})")
     else:
-        r.int()  # compression level
+        compression = "none" if r.int() == 0 else "gzip"  # a zlib level; -1 is zlib's default
     for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
         r.int()
     dbname, dumped_from, dumped_by = r.str() or "", r.str() or "", r.str() or ""
@@ -237,7 +242,7 @@ def _read_toc(f: IO[bytes]) -> ArchiveToc:
             r.int()  # section
         defn = r.str() or ""
         r.str()  # drop statement
-        r.str()  # copy statement
+        copy_stmt = r.str() or ""
         namespace = r.str()
         r.str()  # tablespace
         if version[:2] >= (1, 14):
@@ -253,8 +258,9 @@ def _read_toc(f: IO[bytes]) -> ArchiveToc:
             r.offset()  # custom format: where the entry's data is
         else:
             data_file = r.str() or None  # directory and tar: the file of the entry's data
-        entries.append(TocEntry(dump_id, catalog_id, desc, namespace, tag, owner, defn, data_file))
-    return ArchiveToc(version, dbname, dumped_from, dumped_by, tuple(entries))
+        entries.append(TocEntry(dump_id, catalog_id, desc, namespace, tag, owner, defn, data_file, copy_stmt))
+    data_start = f.tell() if fmt == _CUSTOM else 0  # custom format: where the data blocks begin
+    return ArchiveToc(version, dbname, dumped_from, dumped_by, tuple(entries), compression, r.int_size, data_start)
 
 
 @contextlib.contextmanager
@@ -323,8 +329,9 @@ def verify_archive(path: str | Path, follow: bool = True, seconds: float | None 
 class ArchiveRows:
     scan: PlainDumpScanner  # rows per COPY target, targets as (schema, name), blocks, uncounted
     error: str | None  # why the counts are incomplete (pg_restore failed, time limit); None: all read
-    sql_bytes: int  # size of the data-only SQL read
+    sql_bytes: int  # size of the data-only SQL read (0: read from the data blocks directly)
     seconds: float
+    read_by: str = "read with pg_restore --data-only"
 
 
 def count_archive_rows(path: str | Path, extra_args: Sequence[str] = (), deadline: float | None = None,

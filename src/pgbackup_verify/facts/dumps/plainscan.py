@@ -287,6 +287,16 @@ class PlainDumpScanner:
                 self._copy_rows = 0
         return out
 
+    def copy_rows(self, header: bytes, rows: int) -> bool:
+        """A COPY block known by its header and its row count only (a custom archive's data block,
+        counted by archivedata.py): keyed and counted as if its data had been fed. False when the
+        header is not a COPY FROM stdin this scanner reads (nothing is counted then)."""
+        self.feed(header if header.endswith(b"\n") else header + b"\n")
+        if self._copy is None or self._pending:
+            return False
+        self._end_copy(rows)
+        return True
+
     @property
     def copy_target(self) -> str | None:
         """The COPY target whose data lines come next; None outside COPY data (read-only hook)."""
