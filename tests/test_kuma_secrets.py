@@ -66,7 +66,7 @@ def test_no_secret_in_any_output_under_any_flag(pytester, kuma, monkeypatch, rea
     assert {p.suffix for p in files} >= {".html", ".xml", ".json", ".jsonl"}
     everything = out + "".join(p.read_text(errors="replace") for p in files)
     [msg] = [m for status, m, _ in beats(kuma, fed.id) if status == 0]  # this run's push (the bad row sorts first)
-    assert msg.startswith("7 errors of 7: ")
+    assert msg.startswith("ERROR kuma: ") and msg.endswith("(+6 more)"), msg  # the first of 7 errors, in words
     everything += msg
     for secret, what in ((fed.token, "the fed monitor's push token"), (other_token, "another monitor's token"),
                          (kuma.password, "the Kuma password")):

@@ -17,7 +17,7 @@ from pgbackup_verify import ownership
 from pgbackup_verify.evidence import Evidence, Found, Upstream
 from pgbackup_verify.outcome import ROUTING_ATTR, RunFold
 from pgbackup_verify.report.summary import RunSummary, check_lines
-from pgbackup_verify.wording import in_short, warnings_of
+from pgbackup_verify.report.wording import in_short, warnings_of
 
 CHECKS = Path(__file__).resolve().parent.parent / "checks"
 

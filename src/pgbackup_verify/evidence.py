@@ -16,7 +16,7 @@ import pytest
 from pgbackup_verify.outcome import CAUSE_ORDER, NOT_JUDGED, XFAIL, XPASS, XPASS_STRICT, order_by_cause, read_phase
 from pgbackup_verify.ownership import causes_of
 from pgbackup_verify.report.render import render_text
-from pgbackup_verify.wording import IN_SHORT, LIKELY_CAUSE
+from pgbackup_verify.report.wording import IN_SHORT, LIKELY_CAUSE
 
 EVIDENCE_KEY = pytest.StashKey["Evidence"]()
 PASSED, FAILED = "passed", "failed"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pgbackup_verify import fixtures as factories
-from pgbackup_verify import hooks, locks
+from pgbackup_verify import hooks, runlock
 from pgbackup_verify.config import ConfigError, Target, envfile, load_target
 from pgbackup_verify.config.settings import (
     HELP,
@@ -46,7 +46,7 @@ from pgbackup_verify.xdist import make_scheduler, summary_lines, wants_target_sc
 
 SUMMARY_KEY = pytest.StashKey[RunSummary]()
 JSON_PATH_KEY = pytest.StashKey[Path | None]()
-LOCK_KEY = pytest.StashKey[locks.FileLock]()
+LOCK_KEY = pytest.StashKey[runlock.FileLock]()
 SITE_TARGETS_KEY = pytest.StashKey[dict[Path, Target]]()  # target files named by a site's conftest
 SESSION_KEY = pytest.StashKey[bool]()  # a session finished: pytest-html and junitxml wrote their reports
 
@@ -94,8 +94,8 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if path is None:
         return None
     try:
-        config.stash[LOCK_KEY] = locks.acquire_run(path)
-    except (locks.LockHeld, locks.LockUnsafe) as e:
+        config.stash[LOCK_KEY] = runlock.acquire(path)
+    except (runlock.LockHeld, runlock.LockUnsafe) as e:
         print(f"pgbackup-verify: {e}", file=sys.stderr)
         return e.exit_code
     return None
@@ -139,6 +139,7 @@ def _configure(config: pytest.Config) -> None:
         except pytest.UsageError:
             refuse(config, "", CONFIG_ERROR)  # "": no reports can be written there, so none are tried
             raise
+    if not hasattr(config, "workerinput"):  # reports or not, a SIGTERM ends the run as interrupted (exit 2)
         SigTermInterrupts.install(config.stash[SUMMARY_KEY].fold)
     config.stash[JSON_PATH_KEY] = json_path
     config.stash[HISTORY_PATH_KEY] = settings.reports_dir / HISTORY_FILE if settings.reports_dir else None

@@ -46,7 +46,7 @@ _CARET = re.compile(r"^\s*\^\s*$")
 _BYTES = re.compile(r'(invalid byte sequence for encoding "[^"]*": )0x[0-9a-f]+(?: 0x[0-9a-f]+)*')
 _SHOWN_LINE = re.compile(r"^(?P<head>.*?\| line: )(?P<text>.*)$")
 # What a dump line may look like when it is shown: a statement header, never a data row.
-_STATEMENT = re.compile(r"^(?:COPY |CREATE |ALTER |SET |SELECT pg_catalog\.|COMMENT |GRANT |REVOKE |DROP |REFRESH |"
+_STATEMENT = re.compile(r"^(?:COPY |CREATE |ALTER |SET |SELECT pg_catalog\.|COMMENT |GRANT |REVOKE |DROP |REFRESH |DO |"
                         r"\\connect |\\restrict |\\unrestrict |BEGIN|COMMIT|--)")
 
 

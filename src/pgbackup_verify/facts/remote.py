@@ -29,6 +29,7 @@ import testinfra
 from pgbackup_verify.config.sections import host_scheme as scheme
 from pgbackup_verify.config.sections import is_remote
 from pgbackup_verify.errors import HOST_KEY_REFUSED, HOST_LOGIN_REFUSED, HOST_UNREACHABLE, ConfigError, UserError
+from pgbackup_verify.facts import childenv
 
 Host = Any  # testinfra.host.Host
 
@@ -205,7 +206,7 @@ def open_host(spec: str) -> RemoteHost:
         kwargs = {"ssh_extra_args": "-o BatchMode=yes", "controlpath": os.path.join(control_dir, "master"),
                   "controlpersist": CONTROL_PERSIST_S}
     try:
-        host = testinfra.get_host(spec, **kwargs)
+        host = childenv.confine_host(testinfra.get_host(spec, **kwargs))  # children get no secret
         with warnings.catch_warnings():
             # paramiko's "Unknown host key" warning: the key is checked against known_hosts right after.
             warnings.filterwarnings("ignore", message="Unknown .* host key", category=UserWarning)

@@ -1,7 +1,7 @@
 """What to tell each Kuma push monitor after a run: up only if every check it covers passed, read
 from the run's one outcome fold; a short message in words that says what failed, first cause first:
 `FAILED grants: USAGE missing on sandbox_tac for directus (+1 more)`, never a function name (the
-words come from pgbackup_verify.wording). Only the literal `status=up` is UP to Kuma."""
+words come from pgbackup_verify.report.wording). Only the literal `status=up` is UP to Kuma."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pgbackup_verify.outcome import (
     is_bad,
     order_key,
 )
-from pgbackup_verify.wording import in_short, name_of, warnings_of
+from pgbackup_verify.report.wording import in_short, name_of, warnings_of
 
 MSG_LIMIT = 190  # Kuma shows msg in one line; keep it readable (far under Node's ~16 KB header limit)
 ELLIPSIS = "…"

@@ -24,7 +24,7 @@ from pgbackup_verify.outcome import (
 )
 from pgbackup_verify.report.figures import concern_rows
 from pgbackup_verify.report.render import render_text
-from pgbackup_verify.wording import IN_SHORT
+from pgbackup_verify.report.wording import IN_SHORT
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -21,8 +21,8 @@ from pgbackup_verify.config.settings import TARGET_ATTR
 from pgbackup_verify.errors import CONFIG_ERROR, INTERNAL_ERROR
 from pgbackup_verify.outcome import RANK, ROUTING_ATTR, ROUTING_KEYS, CheckResult, Routing, RunFold, failure_text, label
 from pgbackup_verify.report.html import render as render_html
+from pgbackup_verify.report.wording import LIKELY_CAUSE, name_of, warnings_of
 from pgbackup_verify.safefs import atomic_write
-from pgbackup_verify.wording import LIKELY_CAUSE, name_of, warnings_of
 
 __all__ = [
     "CONCERNS_KEY",

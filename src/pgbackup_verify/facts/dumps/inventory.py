@@ -236,12 +236,15 @@ def _classify(entry: os.DirEntry[str], backups: BackupsSection) -> tuple[DumpFil
     return dump, Stray(path, st.st_size, reason) if reason else None
 
 
+NO_TOC = ("a directory named like a dump without a toc.dat (not a pg_dump -Fd archive, or pg_dump failed before "
+          "writing it): not read")
+
+
 def _directory_dump(path: Path, st: os.stat_result) -> tuple[DumpFile | None, Stray | None]:
     """A directory named like a dump: a pg_dump -Fd archive when it holds a toc.dat (its size the sum of
     its files, its time the newest of them), else an entry the checks cannot judge."""
     if not pgarchive.is_directory_dump(path):
-        return None, Stray(path, 0, "a directory named like a dump without a toc.dat (not a pg_dump -Fd "
-                           "archive, or pg_dump failed before writing it): not read", UNJUDGED)
+        return None, Stray(path, 0, NO_TOC, UNJUDGED)
     try:
         size, mtime = pgarchive.directory_stat(path)
     except OSError as e:

@@ -28,6 +28,7 @@ from typing import IO, Any, cast
 from pgbackup_verify.config import BackupsSection
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.inventory import (
+    NO_TOC,
     STRAY_GLOBS,
     UNJUDGED,
     DumpFile,
@@ -108,6 +109,10 @@ def _classify(host: Host, directory: str, e: _Entry, backups: BackupsSection) ->
     if e.kind != "f":
         if not is_dump:
             return None, None
+        if e.kind == "d":  # the same words as locally; a real -Fd archive is read only on its own host
+            toc = host.run("test -f %s", str(path / "toc.dat")).rc == 0
+            return None, Stray(path, 0, "a pg_dump -Fd archive on the backup host: read only where it lies (run "
+                               "the suite there)" if toc else NO_TOC, UNJUDGED)
         kind = _KINDS.get(e.kind, "not a regular file")
         return None, Stray(path, 0, f"{kind} named like a dump, not a regular file: not read", UNJUDGED)
     if display_name(e.name) != e.name:
