@@ -280,6 +280,12 @@ def sweep_stale(pattern: str, base: Path | None = None) -> list[str]:
     return removed
 
 
+def log_tail(root: Path) -> str:
+    """The last lines of a cluster's server log, for the one line that says why it did not start."""
+    text = read_private(root / "postgresql.log", 1 << 16) or ""
+    return " | ".join(text.strip().splitlines()[-3:])
+
+
 class _Server:
     """What callers read of a running cluster: its data directory (kept as `executor.datadir`)."""
 
@@ -351,8 +357,7 @@ class ThrowawayCluster:
                 time.sleep(0.01)
 
     def _log_tail(self) -> str:
-        text = read_private(self.root / "postgresql.log", 1 << 16) or ""
-        return " | ".join(text.strip().splitlines()[-3:])
+        return log_tail(self.root)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

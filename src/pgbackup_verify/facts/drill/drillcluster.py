@@ -38,9 +38,9 @@ from pgbackup_verify.facts.drill.cluster import (
     SANDBOX_FILE,
     SERVER_OPTIONS,
     copy_template,
+    log_tail,
     mark_owner,
     pg_bindir,
-    read_private,
     save_template,
     template_secret,
 )
@@ -235,7 +235,7 @@ class DrillCluster:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"PostgreSQL did not start in the drill sandbox: {self._log_tail()}")
+                raise RuntimeError(f"PostgreSQL did not start in the drill sandbox: {log_tail(self.root)}")
             try:
                 # Only a real login says the server is past recovery and accepting connections.
                 with self.admin().connect(autocommit=True) as conn:
@@ -247,10 +247,6 @@ class DrillCluster:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
-
-    def _log_tail(self) -> str:
-        text = read_private(self.root / "postgresql.log", 1 << 16) or ""
-        return " | ".join(text.strip().splitlines()[-3:])
 
     def _endpoint(self, user: str, dbname: str = "postgres") -> Endpoint:
         conninfo = psycopg.conninfo.make_conninfo("", host=str(self.sock), port=str(PORT), dbname=dbname, user=user)
