@@ -256,10 +256,11 @@ def test_sigterm_leaves_nothing_on_the_remote_host(fleet: Fleet, tmp_path: Path)
     t = remote(fleet.root / "host" / "healthy" / "t.toml", fleet.server.spec(), "remote")
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--target", str(t), str(HOST_CHECKS),
            str(DUMP_CHECKS)]
+    before = set(fleet.server.sessions())  # an earlier run's shared connection may still linger
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=pytester_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
-    while not fleet.server.sessions() and time.monotonic() < deadline and proc.poll() is None:
+    while not set(fleet.server.sessions()) - before and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # until the run talks to the server
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
