@@ -15,9 +15,12 @@ from bombs import write_gzip_zeros
 from isal import igzip
 
 GIB = 1 << 30
-# The archive is scanned in a fresh interpreter, so its peak RSS is the scan's alone.
+# The archive is scanned in a fresh interpreter, so its peak RSS is the scan's alone. Peak is VmHWM, the
+# high-water mark of this process's own memory map: ru_maxrss would not do, since Linux folds the RSS of
+# the (v)forking parent, here a pytest worker that may be hundreds of MiB, into the child's at exec.
 SCAN = """
-import json, resource, sys
+import json, re, sys
+from pathlib import Path
 from pgbackup_verify.config import OffsiteSection
 from pgbackup_verify.facts import offsite, tarcaps
 if len(sys.argv) > 2:
@@ -26,7 +29,7 @@ o = OffsiteSection(remote=":local:" + sys.argv[1], archive_glob="*.tar.gz", memb
 [archive] = offsite.list_archives(o)
 scan = offsite.scan_archive(o, archive)
 print(json.dumps({"error": scan.error, "members": scan.members,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mib": int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1]) / 1024}))
 """
 
 
