@@ -286,6 +286,26 @@ def log_tail(root: Path) -> str:
     return " | ".join(text.strip().splitlines()[-3:])
 
 
+def stop_server(proc: subprocess.Popen[Any] | None, root: Path, *, kill: bool = False) -> None:
+    """Stop a throwaway server and remove its directory, whatever happens on the way. `kill` (a sandboxed
+    server: killing bwrap ends its pid namespace and every process in it) or else an immediate shutdown
+    (SIGQUIT, pg_ctl -m immediate) of the postmaster: nothing in a throwaway cluster is worth a checkpoint."""
+    try:
+        if proc is not None and proc.poll() is None:
+            if kill:
+                proc.kill()
+            else:
+                proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(PG_CTL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(root, ignore_errors=True)
+
+
 class _Server:
     """What callers read of a running cluster: its data directory (kept as `executor.datadir`)."""
 
@@ -361,17 +381,7 @@ class ThrowawayCluster:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        try:
-            if proc is not None and proc.poll() is None:
-                # Immediate shutdown (pg_ctl -m immediate): nothing here is worth a checkpoint.
-                proc.send_signal(signal.SIGQUIT)
-                try:
-                    proc.wait(PG_CTL_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+        stop_server(proc, self.root)
 
     def __enter__(self) -> ThrowawayCluster:
         return self.start()

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
@@ -42,6 +41,7 @@ from pgbackup_verify.facts.drill.cluster import (
     mark_owner,
     pg_bindir,
     save_template,
+    stop_server,
     template_secret,
 )
 from pgbackup_verify.facts.drill.sandbox import Sandbox, SandboxUnavailable
@@ -303,19 +303,4 @@ class DrillCluster:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        try:
-            if proc is not None and proc.poll() is None:
-                # In bwrap, killing it ends its pid namespace and every process in it; unsandboxed, an
-                # immediate shutdown (SIGQUIT) of the postmaster. Nothing here is worth a checkpoint.
-                if self.sandbox.mode == "none":
-                    proc.send_signal(3)
-                else:
-                    proc.kill()
-                try:
-                    proc.wait(PG_CTL_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        finally:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(self.root, ignore_errors=True)
+        stop_server(proc, self.root, kill=self.sandbox.mode != "none")
