@@ -12,6 +12,7 @@ a required variable are one line each, naming the file, the host and the variabl
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -196,3 +197,29 @@ def test_a_broken_host_fails_alone_and_the_others_are_checked(site: Site, tmp_pa
     # A shard holding only the broken host: nothing to check, the same line and exit code.
     res = pgbv(tmp_path, "--inventory", str(inv), "--shard", "3/3")
     assert res.returncode == INVENTORY_INVALID and line in res.stderr, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind", ["ssh", "ansible"])
+def test_init_writes_a_target_for_a_remote_host_from_what_it_reads_there(site: Site, tmp_path: Path,
+                                                                          kind: str) -> None:
+    """`init --host`: the dumps exist only for the SSH login; init lists and reads them there, and the file
+    it writes names the host and passes the dump checks as it is."""
+    spec = site.server.spec() if kind == "ssh" else f"ansible://db-a?ansible_inventory={site.inventory}"
+    out = tmp_path / "db1.toml"
+    backups = site.server.hidden / "backups"
+    res = subprocess.run([sys.executable, "-m", "pgbackup_verify.cli", "init", str(out), "--dsn", site.dsn,
+                          "--backups", str(backups), "--host", spec], cwd=tmp_path, env=pytester_env(tmp_path),
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = out.read_text()
+    assert f"host = {json.dumps(spec)}" in text and f'directory = "{backups}"' in text
+    assert f'pattern = "{demo.DBNAME}_*.sql.gz"' in text and "guessed from the 7 file(s)" in text
+    if kind == "ssh":
+        run = run_checks(tmp_path / "run", [out], [DUMP_CHECKS])
+        assert run.ret == 0, run.stdout[-3000:]
+    res = subprocess.run([sys.executable, "-m", "pgbackup_verify.cli", "init", str(tmp_path / "x.toml"), "--dsn",
+                          site.dsn, "--backups", "relative", "--host", spec], cwd=tmp_path,
+                         env=pytester_env(tmp_path), capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 4 and res.stderr.strip() == (
+        f"pgbackup-verify init: --backups: 'relative' is not an absolute path on the backup host ({spec}); "
+        "write it in full")
