@@ -29,7 +29,7 @@ from pgbackup_verify_demo import demo
 from test_remote import fix_owner
 
 from pgbackup_verify.config.inventory import InventoryError, load_inventory
-from pgbackup_verify.errors import HOST_KEY_REFUSED, INVENTORY_INVALID
+from pgbackup_verify.errors import ANSIBLE_MISSING, HOST_KEY_REFUSED, INVENTORY_INVALID
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
 
 pytestmark = [
@@ -165,10 +165,14 @@ def test_an_unknown_host_key_through_the_inventory_is_refused_with_its_exit_code
     ('db-a pgbv_database_dsn="host={{ ansible_host }}" pgbv_database_dump_role=x pgbv_backups_directory=/b\n',
      "inventory '{inv}', host 'db-a': pgbv_database_dsn: is a Jinja template"),
     ("www ansible_host=127.0.0.1\n", "inventory '{inv}' has no host with a pgbv_ variable; set at least"),
+    ("0666", "inventory '{inv}' is writable by its group and others (mode 0666); run: chmod go-w '{inv}'"),
 ])
 def test_inventory_mistakes_are_one_line_with_exit_19(tmp_path: Path, text: str | None, expected: str) -> None:
     inv = tmp_path / "hosts.ini"
-    if text is not None:
+    if text == "0666":
+        inv.write_text("db-a pgbv_database_dsn=host=x pgbv_database_dump_role=x pgbv_backups_directory=/b\n")
+        inv.chmod(0o666)
+    elif text is not None:
         inv.write_text(text)
     with pytest.raises(InventoryError) as exc:
         _, broken = load_inventory(inv)
@@ -223,3 +227,49 @@ def test_init_writes_a_target_for_a_remote_host_from_what_it_reads_there(site: S
     assert res.returncode == 4 and res.stderr.strip() == (
         f"pgbackup-verify init: --backups: 'relative' is not an absolute path on the backup host ({spec}); "
         "write it in full")
+
+
+def test_yaml_inventory_tables_lists_and_group_precedence(tmp_path: Path) -> None:
+    """A whole table as a mapping, [[kuma.push]] as a list, child groups: merged the Ansible way."""
+    inv = tmp_path / "fleet.yml"
+    inv.write_text("""all:
+  children:
+    databases:
+      vars:
+        pgbv_database: {dsn: "host=pg dbname=app", dump_role: backup}
+        pgbv_backups_directory: /var/backups/pg
+      children: {europe: {}}
+    europe:
+      vars: {pgbv_backups_max_age_hours: 30}
+      children:
+        paris:
+          hosts:
+            db1:
+              pgbv_target_name: paris-db1
+              pgbv_database_dump_role: paris_backup
+              pgbv_kuma_url: "http://127.0.0.1:3001"
+              pgbv_kuma_push: [{monitor: "PG db1", token_env: KUMA_PUSH_DB1, covers: [dumps]}]
+    web:
+      hosts: {www: {ansible_host: 127.0.0.1}}
+""")
+    [t], broken = load_inventory(inv)
+    assert broken == []
+    assert (t.name, t.host) == ("paris-db1", f"ansible://db1?ansible_inventory={inv}")
+    assert (t.database.dsn, t.database.dump_role) == ("host=pg dbname=app", "paris_backup")  # the key wins
+    assert t.backups.max_age_hours == 30.0 and str(t.backups.directory) == "/var/backups/pg"
+    assert t.kuma is not None and [(p.monitor, p.token_env, p.covers) for p in t.kuma.push] == [
+        ("PG db1", "KUMA_PUSH_DB1", ("dumps",))]
+
+
+def test_without_ansible_core_an_inventory_is_one_line_and_exit_20(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("db-a pgbv_database_dsn=host=x pgbv_database_dump_role=x pgbv_backups_directory=/b\n")
+    # Python's own way to make a package unimportable in one process: no install is touched.
+    code = ("import sys; sys.modules['ansible'] = None; from pgbackup_verify.cli import main; "
+            f"sys.exit(main(['--inventory', {str(inv)!r}, '--reports-dir', {str(tmp_path / 'r')!r}]))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=pytester_env(tmp_path),
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == ANSIBLE_MISSING, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.stderr.strip() == (f"pgbackup-verify: inventory '{inv}': needs ansible-core, which is not installed; "
+                                  "install it with pip install 'pgbackup-verify[ansible]' (or pip install "
+                                  "ansible-core)")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pgbackup_verify.config import trust
 from pgbackup_verify.config.loader import LIST_SECTIONS, SECTIONS, Target, build_target, shown
 from pgbackup_verify.errors import ANSIBLE_MISSING, INVENTORY_INVALID, ConfigError
 from pgbackup_verify.facts import childenv
@@ -88,6 +89,10 @@ def parse(path: Path) -> dict[str, Any]:
         raise InventoryError(f"{where} does not exist; pass an existing Ansible inventory to --inventory")
     if not os.access(path, os.R_OK):
         raise InventoryError(f"{where} is not readable by this user; fix its permissions")
+    # It names the hosts to log in to and the DSNs: judged like a target file (root's inputs, as sshd does).
+    why = trust.problem(os.stat(path), shown(path))
+    if why:
+        raise InventoryError(f"{where} {why}")
     require_ansible(f"{where}:")
     env = {**childenv.plain(), "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
            "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True", "ANSIBLE_VERBOSITY": "0", "ANSIBLE_NOCOLOR": "1",

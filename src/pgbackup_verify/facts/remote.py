@@ -217,8 +217,10 @@ def _classified(spec: str, why: str) -> HostUnreachable:
         return HostLoginRefused(f"backup host '{shown}': FAILED (SSH login refused: {why}); fix: install the "
                                 "verification host's public key for that user, or name the key with "
                                 "ssh_identity_file in [target].host")
+    where = ("the inventory's ansible_host and ansible_port of that host" if scheme(spec) == "ansible"
+             else "[target].host")
     return HostUnreachable(f"backup host '{shown}': FAILED (unreachable: {why}); fix: check the host name and "
-                           "port in [target].host, and that sshd runs there")
+                           f"port in {where}, and that sshd runs there")
 
 
 def _why(e: BaseException) -> str:
