@@ -82,8 +82,26 @@ def _why(stderr: str) -> str:
     return re.sub(r"^(\[ERROR\]:|ERROR!)\s*", "", text)[:300]
 
 
+_parsed: dict[tuple[str, int, int], dict[str, Any]] = {}  # one ansible-inventory run per file and process
+
+
 def parse(path: Path) -> dict[str, Any]:
-    """`ansible-inventory --list` of `path`: {"_meta": {"hostvars": ...}, group: {"hosts", "children"}}."""
+    """`ansible-inventory --list` of `path`: {"_meta": {"hostvars": ...}, group: {"hosts", "children"}}.
+    Read once per process while the file is unchanged: the targets and their connections share it."""
+    try:
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key is not None and key in _parsed:
+        return _parsed[key]
+    data = _parse(path)
+    if key is not None:
+        _parsed[key] = data
+    return data
+
+
+def _parse(path: Path) -> dict[str, Any]:
     where = f"inventory '{shown(path)}'"
     if not path.exists():
         raise InventoryError(f"{where} does not exist; pass an existing Ansible inventory to --inventory")
