@@ -43,7 +43,8 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_paste_fixes.py": ("tests/test_paste_fixes.py::",),  # one cluster, one checks run, every fix pasted
     "test_console_controls.py": ("tests/test_console_controls.py::",),
     "test_redact.py": ("tests/test_redact.py::",),
-    "test_remote.py": ("tests/test_remote.py::",),  # one OpenSSH server and one checks run for the module
+    # One OpenSSH server and one checks run per module; together, as both create and remove its login user.
+    "sshd": ("tests/test_remote.py::", "tests/test_inventory.py::"),
     "test_tls.py": ("tests/test_tls.py::",),  # one TLS cluster
     "test_child_env.py": ("tests/test_child_env.py::",),  # one demo build, one checks run scanned
     "test_fuzz_parsers.py": ("tests/test_fuzz_parsers.py::",),  # one cluster for the -Fc archive, ~30 s of examples

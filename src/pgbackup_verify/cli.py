@@ -24,7 +24,7 @@ from typing import IO, Any
 import pytest
 
 from pgbackup_verify import checks
-from pgbackup_verify.config.settings import REPORTS_ENV, TARGET_ENV
+from pgbackup_verify.config.settings import INVENTORY_ENV, REPORTS_ENV, TARGET_ENV
 from pgbackup_verify.errors import CONFIG_ERROR, EXIT_CODES, OK
 
 PROG = "pgbackup-verify"
@@ -132,9 +132,11 @@ def reports_dir_of(args: list[str]) -> Path | None:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--reports-dir")
     parser.add_argument("--target", action="append")
+    parser.add_argument("--inventory", action="append")
     known, _ = parser.parse_known_args(args)
     reports = known.reports_dir or os.environ.get(REPORTS_ENV)
-    if not reports and not (known.target or os.environ.get(TARGET_ENV)):
+    if not reports and not (known.target or known.inventory or os.environ.get(TARGET_ENV)
+                            or os.environ.get(INVENTORY_ENV)):
         return None
     return Path(os.path.abspath(reports or "reports"))
 
@@ -227,6 +229,7 @@ def help_text() -> str:
     env = [(m.group(1), f"instead of {flags.split(',')[0].split()[0]}") for flags, text in options
            if (m := re.search(r"Env: (\w+)", text))]
     lines = [f"usage: {PROG} --target FILE|DIR [options] [pytest options]",
+             f"       {PROG} --inventory ANSIBLE_INVENTORY [options] [pytest options]",
              f"       {PROG} COMMAND [args]", "", *textwrap.wrap(DESCRIPTION, 100), "", "options:",
              *_rows(options), "", "environment variables:", *_rows([*env, *OTHER_ENV.items()]), "", "commands:",
              *(_rows(_subcommands()) or ["  (none installed)"]), "", "exit codes:",
@@ -243,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: the demo is not installed; it lives in a checkout's demo/ "
               "(pip install --no-deps -e ./demo, or run ./dev demo there)", file=sys.stderr)
         return CONFIG_ERROR
-    if (not argv and not os.environ.get(TARGET_ENV)) or argv in (["-h"], ["--help"]):
+    named = os.environ.get(TARGET_ENV) or os.environ.get(INVENTORY_ENV)
+    if (not argv and not named) or argv in (["-h"], ["--help"]):
         print(help_text())
         return OK
     if argv == ["--version"]:

@@ -22,6 +22,8 @@ HOST_UNREACHABLE = 15
 HOST_KEY_REFUSED = 16
 HOST_LOGIN_REFUSED = 17
 METRICS_NOT_DELIVERED = 18
+INVENTORY_INVALID = 19
+ANSIBLE_MISSING = 20
 
 EXIT_CODES = {
     OK: "every selected check passed",
@@ -39,6 +41,8 @@ EXIT_CODES = {
     HOST_KEY_REFUSED: "a remote backup host's SSH host key is unknown or changed",
     HOST_LOGIN_REFUSED: "a remote backup host refused the SSH login",
     METRICS_NOT_DELIVERED: "the Prometheus metrics file could not be written or a Pushgateway push failed",
+    INVENTORY_INVALID: "the Ansible inventory is missing or unparseable, or a host of it lacks a needed pgbv_ variable",
+    ANSIBLE_MISSING: "--inventory or an ansible:// host needs ansible-core, which is not installed",
 }
 
 

@@ -1,6 +1,8 @@
-"""`pgbackup-verify init FILE --dsn DSN --backups DIR`: write a minimal target file for a healthy host.
+"""`pgbackup-verify init FILE --dsn DSN --backups DIR [--host SPEC]`: write a minimal target file for a healthy host.
 
 Reads the live database (read-only) and the dumps present; writes FILE, never over an existing one.
+With --host (a testinfra host spec such as ssh://backup@db1), the dumps are listed and read on that
+backup host over the same connection the checks will use, and the file names it in [target].host.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from pgbackup_verify.config import BackupsSection, DatabaseSection, Target, load_target
+from pgbackup_verify.config import BackupsSection, DatabaseSection, Target, TargetSection, load_target
 from pgbackup_verify.errors import CONFIG_ERROR, INTERNAL_ERROR, UserError
-from pgbackup_verify.facts import init
+from pgbackup_verify.facts import init, remote
 from pgbackup_verify.facts.db import connect_readonly
 
 
@@ -21,7 +23,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="target file to write (must not exist); '-' prints it instead")
     p.add_argument("--dsn", required=True, help="libpq string of the live database, WITHOUT a password "
                    "(PGPASSWORD, ~/.pgpass or --password-file)")
-    p.add_argument("--backups", required=True, type=Path, help="directory the dump job writes to")
+    p.add_argument("--backups", required=True, type=Path, help="directory the dump job writes to (with --host: "
+                   "its absolute path on that host)")
+    p.add_argument("--host", default="", help="backup host holding the dumps, as [target].host: ssh://user@host, "
+                   "paramiko://user@host, ansible://NAME?ansible_inventory=FILE (default: this machine)")
     p.add_argument("--dump-role", help="role pg_dump runs as (default: guessed from the dump names and grants)")
     p.add_argument("--pattern", help="glob of the dump files (default: the largest family of dump names there)")
     p.add_argument("--exclude-schema", action="append", default=[], metavar="SCHEMA",
@@ -33,11 +38,24 @@ def parser() -> argparse.ArgumentParser:
 
 def build(args: argparse.Namespace, command: str) -> str:
     """The target file's text; UserError/InitError on what the operator must fix."""
-    backups = args.backups.resolve()
-    if not backups.is_dir():
-        raise init.InitError(f"--backups: directory '{args.backups}' does not exist; pass the directory "
-                             "the dump job writes to")
-    dumps = init.read_dumps(backups, args.pattern)
+    if args.host:
+        TargetSection(host=args.host).validate()  # a known backend, no password in the spec
+    if args.host and remote.is_remote(args.host):
+        if not args.backups.is_absolute():
+            raise init.InitError(f"--backups: '{args.backups}' is not an absolute path on the backup host "
+                                 f"({remote.shown_spec(args.host)}); write it in full")
+        backups = args.backups
+        connection = remote.open_host(args.host)  # unreachable, key or login refused: one line, exits 15-17
+        try:
+            dumps = init.read_dumps(backups, args.pattern, host=connection.host)
+        finally:
+            connection.close()
+    else:
+        backups = args.backups.resolve()
+        if not backups.is_dir():
+            raise init.InitError(f"--backups: directory '{args.backups}' does not exist; pass the directory "
+                                 "the dump job writes to")
+        dumps = init.read_dumps(backups, args.pattern)
     database = DatabaseSection(dsn=args.dsn, dump_role=args.dump_role or "-", password_file=args.password_file,
                                exclude_schemas=tuple(args.exclude_schema))
     database.validate()  # no password in the DSN, a DSN libpq can parse
@@ -46,7 +64,8 @@ def build(args: argparse.Namespace, command: str) -> str:
     with connect_readonly(probe) as conn:
         db = init.read_database(conn, args.exclude_schema, args.dump_role, name_hint=dumps.pattern)
     return init.render(args.dsn, db, dumps, name=args.name, exclude=args.exclude_schema,
-                       password_file=args.password_file.resolve() if args.password_file else None, command=command)
+                       password_file=args.password_file.resolve() if args.password_file else None, command=command,
+                       host=args.host if args.host and remote.is_remote(args.host) else "")
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,10 @@ from pgbackup_verify.config.settings import (
     HELP,
     SETTINGS_KEY,
     BrokenTargets,
+    inventory_paths,
+    loaded_targets,
     lock_path,
+    reports_path,
     reroot_without_target_values,
     resolve,
 )
@@ -60,6 +63,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pgbackup-verify")
     for flag, dest, ini, kw in (
         ("--target", "pgbv_target", "pgbackup_verify_target", {"action": "append", "metavar": "FILE|DIR"}),
+        ("--inventory", "pgbv_inventory", "pgbackup_verify_inventory", {"action": "append", "metavar": "FILE"}),
         ("--reports-dir", "pgbv_reports", "pgbackup_verify_reports", {"metavar": "DIR"}),
         ("--reports-group", "pgbv_reports_group", "pgbackup_verify_reports_group", {"metavar": "GROUP"}),
         ("--keep-reports", "pgbv_keep", "pgbackup_verify_keep_reports", {"metavar": "N"}),
@@ -90,6 +94,10 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         except ConfigError as e:
             print(f"pgbackup-verify: {e}", file=sys.stderr)
             return CONFIG_ERROR
+    if inventory_paths(config):
+        code = _read_inventories(config)
+        if code is not None:
+            return code
     path = lock_path(config)
     if path is None:
         return None
@@ -97,6 +105,25 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         config.stash[LOCK_KEY] = runlock.acquire(path)
     except (runlock.LockHeld, runlock.LockUnsafe) as e:
         print(f"pgbackup-verify: {e}", file=sys.stderr)
+        return e.exit_code
+    return None
+
+
+def _read_inventories(config: pytest.Config) -> int | None:
+    """Read the targets now when an Ansible inventory is named: an inventory that cannot be read, or a
+    missing ansible-core, ends the run with its own exit code (19, 20) and one line, before pytest
+    configures (where any error of the options is a usage error, exit 4). latest.* says NOT CHECKED."""
+    try:
+        loaded_targets(config, concerns(config))
+    except ConfigError as e:
+        if e.exit_code == CONFIG_ERROR:
+            return None  # a target file's mistake: refused as a usage error when pytest configures (exit 4)
+        print(f"pgbackup-verify: {e}", file=sys.stderr)
+        json_copy = config.getoption("pgbv_json", None)
+        why = report.publish_not_checked(reports_path(config, True), f"config error: {e}", e.exit_code,
+                                         Path(os.path.abspath(json_copy)) if json_copy else None)
+        if why:
+            print(f"pgbackup-verify: {why}", file=sys.stderr)
         return e.exit_code
     return None
 

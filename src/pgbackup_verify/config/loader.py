@@ -52,7 +52,7 @@ __all__ = [
     "ATTRIBUTES", "EXAMPLE", "KUMA_MARKERS", "LIST_SECTIONS", "SECTIONS", "SHELLCHECK_SEVERITIES",
     "SQL_EXPECT", "BackupsSection", "ConfigError", "DatabaseSection", "DrillSection", "HostSection",
     "KumaPushSection", "KumaSection", "OffsiteSection", "PrometheusSection", "SqlCheck", "Target", "TargetSection",
-    "TrendsSection", "iter_target_files", "load_section", "load_target",
+    "TrendsSection", "build_target", "iter_target_files", "load_section", "load_target",
 ]
 
 EXAMPLE = "target.example.toml"
@@ -320,6 +320,32 @@ def _read_target(source: Path) -> str:
                           "save it as UTF-8") from None
 
 
+def build_target(raw: dict[str, Any], source: Path, base: Path) -> Target:
+    """A validated Target from TOML-shaped tables (a target file's, or an inventory host's variables);
+    relative paths are relative to `base`. ConfigError names `[section].key`, not the source."""
+    for section in raw:
+        if section not in SECTIONS and section not in LIST_SECTIONS:
+            close = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            hint = f"did you mean [{close[0]}]?" if close else f"allowed: {', '.join(SECTIONS)}"
+            raise ConfigError(f"[{section}]: unknown section; {hint} (see {EXAMPLE})")
+    # Built generically from the tables above, so typed per field only by Target itself.
+    fields: dict[str, Any] = {
+        ATTRIBUTES.get(name, name): _build(cls, raw.get(name, {}), name, base) if name in raw or required else None
+        for name, (cls, required) in SECTIONS.items() if name != "backups"
+    }
+    fields["backups"] = _build(BackupsSection, raw.get("backups", {}), "backups", base,
+                               remote=is_remote(fields["target"].host if fields["target"] else "local://"))
+    fields.update({name: _build_list(cls, raw.get(name, []), name, base) for name, cls in LIST_SECTIONS.items()})
+    target = Target(source=source, **fields)
+    _validate(target)
+    try:
+        target.name.encode("utf-8")  # a file name's undecodable bytes are surrogates here
+    except UnicodeEncodeError:
+        raise ConfigError("[target].name: the file name is not UTF-8, and reports need a readable name; "
+                          "add name = \"...\" or rename the file") from None
+    return target
+
+
 def load_target(path: str | os.PathLike[str]) -> Target:
     """Read and validate one target file; raise ConfigError naming the key on any mistake."""
     source = Path(path)
@@ -329,27 +355,7 @@ def load_target(path: str | os.PathLike[str]) -> Target:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"target file '{shown(source)}': invalid TOML ({e}); fix the syntax") from None
     try:
-        for section in raw:
-            if section not in SECTIONS and section not in LIST_SECTIONS:
-                close = difflib.get_close_matches(section, list(SECTIONS), n=1)
-                hint = f"did you mean [{close[0]}]?" if close else f"allowed: {', '.join(SECTIONS)}"
-                raise ConfigError(f"[{section}]: unknown section; {hint} (see {EXAMPLE})")
-        base = source.resolve().parent
-        # Built generically from the tables above, so typed per field only by Target itself.
-        fields: dict[str, Any] = {
-            ATTRIBUTES.get(name, name): _build(cls, raw.get(name, {}), name, base) if name in raw or required else None
-            for name, (cls, required) in SECTIONS.items() if name != "backups"
-        }
-        fields["backups"] = _build(BackupsSection, raw.get("backups", {}), "backups", base,
-                                   remote=is_remote(fields["target"].host if fields["target"] else "local://"))
-        fields.update({name: _build_list(cls, raw.get(name, []), name, base) for name, cls in LIST_SECTIONS.items()})
-        target = Target(source=source, **fields)
-        _validate(target)
-        try:
-            target.name.encode("utf-8")  # a file name's undecodable bytes are surrogates here
-        except UnicodeEncodeError:
-            raise ConfigError("[target].name: the file name is not UTF-8, and reports need a readable name; "
-                              "add name = \"...\" or rename the file") from None
+        target = build_target(raw, source, source.resolve().parent)
     except ConfigError as e:
         raise ConfigError(f"target file '{shown(source)}': {e}") from None
     return target

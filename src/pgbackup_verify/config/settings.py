@@ -14,8 +14,10 @@ from pgbackup_verify.config import ConfigError, Target, iter_target_files, load_
 from pgbackup_verify.config.concerns import CONCERNS
 from pgbackup_verify.config.loader import shown
 from pgbackup_verify.config.sections import concern_problem
+from pgbackup_verify.errors import CONFIG_ERROR, INVENTORY_INVALID
 
 TARGET_ENV = "PGBACKUP_VERIFY_TARGET"
+INVENTORY_ENV = "PGBACKUP_VERIFY_INVENTORY"
 REPORTS_ENV = "PGBACKUP_VERIFY_REPORTS"
 LOCK_ENV = "PGBACKUP_VERIFY_LOCK"
 KEEP_ENV = "PGBACKUP_VERIFY_KEEP_REPORTS"
@@ -26,6 +28,8 @@ DEFAULT_KEEP = 30
 # One help text per option, shared by the CLI flag and the ini key.
 HELP = {
     "target": f"target file (TOML) or directory of them; repeatable. Env: {TARGET_ENV}",
+    "inventory": ("Ansible inventory whose hosts with pgbv_ variables are targets (needs the ansible extra); "
+                  f"repeatable, with or without --target. Env: {INVENTORY_ENV}"),
     "reports": ("directory for the HTML/JUnit/JSON reports and latest.* (default: ./reports under the directory "
                 f"the run starts in; always printed as an absolute path). Env: {REPORTS_ENV}"),
     "reports_group": ("group that may read the reports: the directory becomes 0750 and its files 0640 in that "
@@ -48,6 +52,8 @@ class BrokenTarget:
     source: Path
     name: str
     error: str  # the one-line ConfigError
+    exit_code: int = CONFIG_ERROR
+    from_inventory: bool = False  # a host of an Ansible inventory (`source`), not a TOML target file
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,13 @@ class TargetFileItem(pytest.Item):
         setattr(self, TARGET_ATTR, broken)  # routed to that target, like a check parametrized with it
 
     def runtest(self) -> None:
-        raise ConfigError(self.broken.error)
+        error = ConfigError(self.broken.error)
+        error.exit_code = self.broken.exit_code  # an inventory host's: exit 19, as its whole inventory's
+        raise error
 
     def reportinfo(self) -> tuple[Path, None, str]:
-        return self.broken.source, None, f"target file {self.broken.name}"
+        what = "inventory host" if self.broken.from_inventory else "target file"
+        return self.broken.source, None, f"{what} {self.broken.name}"
 
 
 class BrokenTargets:
@@ -115,6 +124,13 @@ def target_paths(config: pytest.Config) -> tuple[list[Path], str]:
     return [Path(str(p)) for p in paths], source
 
 
+def inventory_paths(config: pytest.Config) -> list[Path]:
+    """The Ansible inventories asked for (--inventory, env, ini)."""
+    raw, _ = _pick(config, "pgbv_inventory", "pgbackup_verify_inventory", INVENTORY_ENV)
+    paths = raw if isinstance(raw, list) else ([raw] if raw else [])
+    return [Path(str(p)) for p in paths]
+
+
 def _load(f: Path, registry: Collection[str]) -> Target:
     t = load_target(f)
     for c in t.sql_check:
@@ -125,10 +141,12 @@ def _load(f: Path, registry: Collection[str]) -> Target:
     return t
 
 
-def load_targets(paths: list[Path], registry: Collection[str] = CONCERNS) -> tuple[list[Target], list[BrokenTarget]]:
-    """Every target file named; when there are several, a broken one is set aside (named, it fails the
-    run) so that one typo does not stop every other host from being checked. A single file, or a run
-    whose every file is broken, raises the first ConfigError: there is nothing to check."""
+def load_targets(paths: list[Path], registry: Collection[str] = CONCERNS,
+                 inventories: Collection[Path] = ()) -> tuple[list[Target], list[BrokenTarget]]:
+    """Every target file named, and every target of the Ansible inventories; when there are several, a
+    broken one is set aside (named, it fails the run) so that one typo does not stop every other host
+    from being checked. A single file, or a run whose every target is broken, raises the first
+    ConfigError: there is nothing to check. An inventory that cannot be read raises its InventoryError."""
     files = [f for p in paths for f in iter_target_files(p)]
     targets: list[Target] = []
     broken: list[BrokenTarget] = []
@@ -139,6 +157,21 @@ def load_targets(paths: list[Path], registry: Collection[str] = CONCERNS) -> tup
         except ConfigError as e:
             first = first or e
             broken.append(BrokenTarget(f, shown(Path(f.stem)), str(e)))
+    for inv in inventories:
+        from pgbackup_verify.config import inventory  # ansible-core is needed only when an inventory is named
+
+        loaded, hosts = inventory.load_inventory(inv)
+        for t in loaded:
+            problem = next((concern_problem(c.concern, registry) for c in t.sql_check
+                            if concern_problem(c.concern, registry)), None)
+            if problem:
+                hosts.append(inventory.BrokenHost(t.source, t.name, f"inventory '{shown(inv)}', host '{t.name}': "
+                                                  f"pgbv_sql_check concern: {problem}"))
+            else:
+                targets.append(t)
+        for h in hosts:
+            first = first or inventory.InventoryError(h.error)  # exit 19 when every target is broken
+            broken.append(BrokenTarget(h.source, h.name, h.error, INVENTORY_INVALID, from_inventory=True))
     if first is not None and not targets:
         raise first
     names = [t.name for t in targets] + [b.name for b in broken]
@@ -157,16 +190,39 @@ def reports_path(config: pytest.Config, have_targets: bool) -> Path | None:
     return Path(os.path.abspath(config.invocation_params.dir / str(reports or "reports")))
 
 
+LOADED_KEY = pytest.StashKey[tuple[list[Target], list[BrokenTarget]]]()
+
+
+def loaded_targets(config: pytest.Config, registry: Collection[str] = CONCERNS
+                   ) -> tuple[list[Target], list[BrokenTarget]]:
+    """The targets of the run, read once (an inventory costs an ansible-inventory run): the core plugin
+    reads them before pytest configures, to exit with an inventory's own code (19, 20)."""
+    if LOADED_KEY not in config.stash:
+        paths, _ = target_paths(config)
+        targets, broken = load_targets(paths, registry, inventory_paths(config))
+        shard_raw, shard_source = _pick(config, "pgbv_shard", "pgbackup_verify_shard", SHARD_ENV)
+        if shard_raw:
+            k, n = shard.parse(str(shard_raw), shard_source)
+            part = shard.mine([t.name for t in targets] + [b.name for b in broken], k, n)
+            targets, broken = [t for t in targets if t.name in part], [b for b in broken if b.name in part]
+            if broken and not targets:  # as a run whose every target is broken: nothing to check
+                error = ConfigError(broken[0].error)
+                error.exit_code = broken[0].exit_code
+                raise error
+        config.stash[LOADED_KEY] = (targets, broken)
+    targets, broken = config.stash[LOADED_KEY]
+    return list(targets), list(broken)
+
+
 def resolve(config: pytest.Config, registry: Collection[str] = CONCERNS) -> Settings:
     """The run's settings; `registry` is the run's concerns (a site may add some), which every
     [[sql_check]].concern must name."""
-    paths, source = target_paths(config)
-    targets, broken = load_targets(paths, registry)
-    shard_raw, shard_source = _pick(config, "pgbv_shard", "pgbackup_verify_shard", SHARD_ENV)
-    if shard_raw:
-        k, n = shard.parse(str(shard_raw), shard_source)
-        part = shard.mine([t.name for t in targets] + [b.name for b in broken], k, n)
-        targets, broken = [t for t in targets if t.name in part], [b for b in broken if b.name in part]
+    _, source = target_paths(config)
+    inventories = inventory_paths(config)
+    if inventories:
+        where = ", ".join(f"inventory {shown(p)}" for p in inventories)
+        source = where if source == "default" else f"{source} and {where}"
+    targets, broken = loaded_targets(config, registry)
     reports_dir = reports_path(config, bool(targets))
     keep_raw, keep_source = _pick(config, "pgbv_keep", "pgbackup_verify_keep_reports", KEEP_ENV)
     try:
@@ -210,7 +266,7 @@ def reroot_without_target_values(config: pytest.Config, args: list[str]) -> None
     an unexpected signature leaves pytest's own choice in place.
     """
     ns = config.known_args_namespace
-    values = {str(v) for v in (getattr(ns, "pgbv_target", None) or [])}
+    values = {str(v) for v in (getattr(ns, "pgbv_target", None) or []) + (getattr(ns, "pgbv_inventory", None) or [])}
     if not values:
         return
     try:

@@ -18,12 +18,13 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from pgbackup_verify.config import BackupsSection
 from pgbackup_verify.facts.dumps import customfmt, pgarchive
-from pgbackup_verify.facts.dumps.compression import SUFFIXES
+from pgbackup_verify.facts.dumps.compression import MAGIC_BYTES, SUFFIXES
 from pgbackup_verify.facts.dumps.gzipscan import ARCHIVE_FORMATS
 from pgbackup_verify.facts.dumps.inventory import (
     CUSTOM_SUFFIXES,
@@ -33,7 +34,7 @@ from pgbackup_verify.facts.dumps.inventory import (
     take_inventory,
 )
 from pgbackup_verify.facts.dumps.nights import night_rule
-from pgbackup_verify.facts.dumps.source import FORMAT_WORDS, format_of
+from pgbackup_verify.facts.dumps.source import FORMAT_WORDS, detect_format, format_of
 
 # Names a dump job writes; a family of them is one glob (the digits of a date/time replaced by *).
 # A directory holding a toc.dat (pg_dump -Fd) is a dump whatever its name.
@@ -208,6 +209,10 @@ def guess_pattern(directory: Path) -> tuple[str, str]:
     except OSError as e:
         raise InitError(f"backup directory '{directory}' cannot be listed ({e.strerror}); "
                         "pass the directory the dump job writes to") from None
+    return _best_family(directory, families, newest)
+
+
+def _best_family(directory: Path, families: Counter[str], newest: dict[str, float]) -> tuple[str, str]:
     if not families:
         raise InitError(f"backup directory '{directory}' holds no dump ({', '.join(DUMP_SUFFIXES)}, or a "
                         "pg_dump -Fd directory); "
@@ -219,22 +224,62 @@ def guess_pattern(directory: Path) -> tuple[str, str]:
     return best, how
 
 
-def read_dumps(directory: Path, pattern: str | None = None, now: float | None = None) -> DumpFacts:
-    """Pattern, format, cadence and payloads of the dumps present (the newest MAX_SCANNED read in full)."""
+def remote_format(host: Any, path: Path) -> str:
+    """A remote dump's format from its first bytes (one chunk read over the backend)."""
+    from pgbackup_verify.facts.dumps import remote
+
+    f = remote.RemoteFile(host, str(path))
+    try:
+        f.fetch()
+        return detect_format(f.head(MAGIC_BYTES), path.name)
+    finally:
+        f.close()
+
+
+def guess_remote_pattern(host: Any, directory: Path) -> tuple[str, str]:
+    """`guess_pattern` on a remote backup host: the same families, from one listing over its backend."""
+    from pgbackup_verify.facts.dumps import remote
+
+    _, entries, error = remote.listing(host, str(directory))
+    if error:
+        raise InitError(f"backup directory '{directory}' cannot be listed on the backup host ({error}); "
+                        "pass the directory the dump job writes to")
+    families: Counter[str] = Counter()
+    newest: dict[str, float] = {}
+    for e in entries:
+        glob = family(e.name)
+        if glob is None or e.kind not in ("f", "l") or (e.kind == "l" and e.target_kind != "f") or not e.size:
+            continue
+        families[glob] += 1
+        newest[glob] = max(newest.get(glob, 0.0), e.mtime)
+    return _best_family(directory, families, newest)
+
+
+def read_dumps(directory: Path, pattern: str | None = None, now: float | None = None, host: Any = None) -> DumpFacts:
+    """Pattern, format, cadence and payloads of the dumps present (the newest MAX_SCANNED read in full).
+    With `host` (a remote backup host's testinfra host), listed and read over its backend, as the checks do."""
     how = "given with --pattern"
     if pattern is None:
-        pattern, how = guess_pattern(directory)
+        pattern, how = guess_pattern(directory) if host is None else guess_remote_pattern(host, directory)
     # Stray detection plays no part here: a zero limit keeps every matching file in the inventory.
-    inv = take_inventory(BackupsSection(directory=directory, pattern=pattern, stray_max_bytes=0), now)
+    section = BackupsSection(directory=directory, pattern=pattern, stray_max_bytes=0)
+    cache: ScanCache
+    if host is None:
+        inv = take_inventory(section, now)
+        cache = ScanCache()
+    else:
+        from pgbackup_verify.facts.dumps import remote
+
+        inv = remote.take_remote_inventory(host, section)
+        cache = remote.RemoteScanCache(host=host)
     dumps = [d for d in inv.dumps if d.size > 0]
     if not dumps:
         raise InitError(f"backup directory '{directory}' holds no file matching '{pattern}'; "
                         "fix --pattern or pass the directory the dump job writes to")
-    fmt = format_of(dumps[0].path)
+    fmt = format_of(dumps[0].path) if host is None else remote_format(host, dumps[0].path)
     times = sorted({d.mtime for d in dumps})
     gaps = [b - a for a, b in itertools.pairwise(times) if b - a > 60]
     interval = statistics.median(gaps) / 3600 if gaps else None
-    cache = ScanCache()
     read = dumps[:MAX_SCANNED]
     good: list[tuple[DumpFile, int]] = []
     for d in read:
@@ -254,7 +299,8 @@ def read_dumps(directory: Path, pattern: str | None = None, now: float | None = 
     payloads = [p for _, p in good]  # newest first
     shrink = max((1 - newer / older for newer, older in itertools.pairwise(payloads) if older),
                  default=0.0)
-    toc = customfmt.read_toc(dumps[0].path).schemas if fmt in ARCHIVE_FORMATS else None
+    # pg_restore --list reads a local archive: a remote one's table of contents is not read here.
+    toc = customfmt.read_toc(dumps[0].path).schemas if fmt in ARCHIVE_FORMATS and host is None else None
     return DumpFacts(directory, pattern, how, fmt, len(dumps), interval, nights, len(good), len(read),
                      min(payloads), min(d.size for d, _ in good), max(shrink, 0.0), toc)
 
@@ -273,7 +319,7 @@ def _hours(h: float) -> str:
 
 
 def render(dsn: str, db: DatabaseFacts, dumps: DumpFacts, *, name: str = "", exclude: Iterable[str] = (),
-           password_file: Path | None = None, command: str = "") -> str:
+           password_file: Path | None = None, command: str = "", host: str = "") -> str:
     """The minimal target file for this host: [target], [database], [backups], [drill], each value explained."""
     ex = sorted(set(exclude))
     live = [s.name for s in db.schemas]
@@ -287,6 +333,8 @@ def render(dsn: str, db: DatabaseFacts, dumps: DumpFacts, *, name: str = "", exc
         "",
         "[target]",
         f"name = {_s(name or db.dbname)}",
+        *([f"# The backup host, read over {host.split('://', 1)[0]} (given with --host); the paths below are there.",
+           f"host = {_s(host)}"] if host else []),
         "",
         "[database]",
         "# Read only: every transaction of the suite is READ ONLY. No password here (PGPASSWORD or ~/.pgpass).",

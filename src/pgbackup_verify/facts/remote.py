@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
 import urllib.parse
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import testinfra
@@ -128,16 +130,38 @@ def check_paramiko_host_key(spec: str, host: Host) -> None:
         raise _classified(spec, why)
 
 
-def key_checking_off(spec: str) -> str:
+def _backend_ssh_options(backend: Any) -> list[str]:
+    """`ssh` arguments that address the same host with the same configuration as testinfra's ssh backend
+    `backend` does (its extra arguments included: an inventory's ansible_ssh_common_args, say)."""
+    args = shlex.split(backend.ssh_extra_args or "")
+    if backend.ssh_config:
+        args += ["-F", os.path.expanduser(backend.ssh_config)]
+    if backend.host.user:
+        args += ["-o", f"User={backend.host.user}"]
+    if backend.host.port:
+        args += ["-o", f"Port={backend.host.port}"]
+    return [*args, backend.host.name]
+
+
+def _transport_spec(backend: Any) -> str:
+    """A host spec of the backend that runs the commands (what testinfra's ansible backend resolved)."""
+    h = backend.host
+    spec = f"{backend.NAME}://{h.user + '@' if h.user else ''}{h.name}{':' + str(h.port) if h.port else ''}"
+    config = getattr(backend, "ssh_config", None)
+    return f"{spec}?ssh_config={config}" if config else spec
+
+
+def key_checking_off(spec: str, ssh_args: list[str] | None = None) -> str:
     """Why host keys are NOT checked for this host ("" when they are): the effective OpenSSH setting
-    (`ssh -G`, which reads the same files ssh itself will) or the paramiko backend's ssh_config."""
+    (`ssh -G`, which reads the same files ssh itself will) or the paramiko backend's ssh_config.
+    `ssh_args`: the ssh options of the connection, when the spec alone does not say them (ansible://)."""
     kind = scheme(spec)
     if kind == "paramiko" and _paramiko_config(spec).get("stricthostkeychecking") == "no":
         return "StrictHostKeyChecking no in its SSH configuration: a changed host key goes unnoticed"
     if kind in ("ssh", "safe-ssh"):
         try:
-            res = subprocess.run(["ssh", "-G", *_ssh_options(spec)], capture_output=True, text=True, timeout=10,
-                                 check=False)
+            res = subprocess.run(["ssh", "-G", *(ssh_args or _ssh_options(spec))], capture_output=True, text=True,
+                                 timeout=10, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return ""
         for line in res.stdout.splitlines():
@@ -154,16 +178,29 @@ class RemoteHost:
     spec: str
     host: Host
     control_dir: str = ""
+    # The host whose backend runs the commands: testinfra's ansible backend hands each one to the
+    # ssh/paramiko/local... host it resolved from the inventory; None: `host` itself.
+    transport: Host | None = None
+
+    @property
+    def transport_spec(self) -> str:
+        return _transport_spec(self.transport.backend) if self.transport is not None else self.spec
+
+    def ssh_args(self) -> list[str]:
+        return _backend_ssh_options(self.transport.backend) if self.transport is not None else _ssh_options(self.spec)
+
+    def key_checking_off(self) -> str:
+        return key_checking_off(self.transport_spec, self.ssh_args() if self.transport is not None else None)
 
     def close(self) -> None:
         """End the shared SSH connection now (not CONTROL_PERSIST_S later) and remove its directory."""
-        if scheme(self.spec) == "paramiko":
-            self.host.backend.client.close()
+        if scheme(self.transport_spec) == "paramiko":
+            (self.transport or self.host).backend.client.close()
         if not self.control_dir:
             return
         socket = os.path.join(self.control_dir, "master")
         if os.path.exists(socket):
-            subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", *_ssh_options(self.spec)],
+            subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", *self.ssh_args()],
                            capture_output=True, timeout=10, check=False)
         shutil.rmtree(self.control_dir, ignore_errors=True)
         self.control_dir = ""
@@ -180,8 +217,10 @@ def _classified(spec: str, why: str) -> HostUnreachable:
         return HostLoginRefused(f"backup host '{shown}': FAILED (SSH login refused: {why}); fix: install the "
                                 "verification host's public key for that user, or name the key with "
                                 "ssh_identity_file in [target].host")
+    where = ("the inventory's ansible_host and ansible_port of that host" if scheme(spec) == "ansible"
+             else "[target].host")
     return HostUnreachable(f"backup host '{shown}': FAILED (unreachable: {why}); fix: check the host name and "
-                           "port in [target].host, and that sshd runs there")
+                           f"port in {where}, and that sshd runs there")
 
 
 def _why(e: BaseException) -> str:
@@ -193,20 +232,68 @@ def _why(e: BaseException) -> str:
     return (lines[-1] if lines else type(e).__name__)[:300]
 
 
+def _ansible_transport(spec: str, host: Host, control_dir: str) -> Host:
+    """The host testinfra's ansible backend runs this target's commands on, resolved from the inventory
+    the way that backend does (ansible_host, ansible_user, ansible_port, ansible_ssh_private_key_file,
+    ansible_ssh_common_args...), made as unattended as an ssh:// target: BatchMode, one shared connection,
+    children without the run's secrets."""
+    from testinfra.utils.ansible_runner import AnsibleRunner
+
+    from pgbackup_verify.config.inventory import InventoryError, parse
+
+    backend = host.backend
+    shown = shown_spec(spec)
+    if backend.force_ansible:
+        raise ConfigError(f"[target].host: '{shown}' sets force_ansible, which runs every command as an Ansible "
+                          "module (no streaming of dumps); remove it")
+    inventory = backend.ansible_inventory
+    runner = AnsibleRunner.get_runner(inventory)
+    if inventory and "inventory" not in vars(runner):
+        # testinfra would run `ansible-inventory` found on PATH with this run's environment: hand it the
+        # inventory read by the same interpreter's ansible-core with a plain environment instead (its
+        # cached `inventory`; a testinfra without it just reads the file itself).
+        vars(runner)["inventory"] = parse(Path(inventory))
+    if backend.host not in runner.get_hosts("all"):
+        raise InventoryError(f"[target].host: '{shown}': host '{backend.host}' is not in inventory "
+                             f"'{inventory or 'the default Ansible inventory'}'; add it or correct the name")
+    transport = runner.get_host(backend.host, ssh_config=backend.ssh_config,
+                                ssh_identity_file=backend.ssh_identity_file)
+    if transport is None:
+        raise ConfigError(f"[target].host: '{shown}': its ansible_connection is not one testinfra runs commands "
+                          "over (ssh, paramiko_ssh, local, docker, lxc); use one of them for this host")
+    tb = transport.backend
+    if tb.NAME in ("ssh", "safe-ssh"):
+        if "batchmode" not in (tb.ssh_extra_args or "").lower():
+            tb.ssh_extra_args = f"{tb.ssh_extra_args or ''} -o BatchMode=yes".strip()
+        tb.controlpath, tb.controlpersist = os.path.join(control_dir, "master"), CONTROL_PERSIST_S
+    if tb.NAME == "paramiko" and importlib.util.find_spec("paramiko") is None:
+        raise ConfigError(f"[target].host: '{shown}' connects with paramiko_ssh, which needs the paramiko package; "
+                          "install pgbackup-verify[ssh], or use ansible_connection=ssh")
+    return childenv.confine_host(transport)
+
+
 def open_host(spec: str) -> RemoteHost:
     """Connect to the target's backup host now, so a failure is one classified line, not a traceback later."""
     kind = scheme(spec)
     kwargs: dict[str, Any] = {}
     control_dir = ""
+    transport = None
     if kind == "paramiko" and importlib.util.find_spec("paramiko") is None:
         raise ConfigError(f"[target].host: '{shown_spec(spec)}' needs the paramiko package; install "
                           "pgbackup-verify[ssh], or use ssh:// (the OpenSSH client)")
-    if kind in ("ssh", "safe-ssh"):
+    if kind == "ansible":
+        from pgbackup_verify.config.inventory import require_ansible
+
+        require_ansible(f"[target].host '{shown_spec(spec)}'")
+    if kind in ("ssh", "safe-ssh", "ansible"):
         control_dir = tempfile.mkdtemp(prefix="pgbv-ssh-")  # 0700: nobody else can use the shared connection
+    if kind in ("ssh", "safe-ssh"):
         kwargs = {"ssh_extra_args": "-o BatchMode=yes", "controlpath": os.path.join(control_dir, "master"),
                   "controlpersist": CONTROL_PERSIST_S}
     try:
         host = childenv.confine_host(testinfra.get_host(spec, **kwargs))  # children get no secret
+        if kind == "ansible":
+            transport = _ansible_transport(spec, host, control_dir)
         with warnings.catch_warnings():
             # paramiko's "Unknown host key" warning: the key is checked against known_hosts right after.
             warnings.filterwarnings("ignore", message="Unknown .* host key", category=UserWarning)
@@ -214,13 +301,17 @@ def open_host(spec: str) -> RemoteHost:
         ok, why = res.rc == 0, (res.stderr.strip() or f"exit {res.rc}")
         if kind == "paramiko":
             check_paramiko_host_key(spec, host)
-    except HostUnreachable:
+        if transport is not None and transport.backend.NAME == "paramiko":
+            check_paramiko_host_key(_transport_spec(transport.backend), transport)
+    except UserError:
+        if control_dir:
+            shutil.rmtree(control_dir, ignore_errors=True)
         raise
     except Exception as e:  # every backend raises its own kinds on a bad spec or host
         if control_dir:
             shutil.rmtree(control_dir, ignore_errors=True)
         raise _classified(spec, _why(e)) from None
-    remote = RemoteHost(spec, host, control_dir)
+    remote = RemoteHost(spec, host, control_dir, transport)
     if not ok:
         remote.close()
         raise HostUnreachable(f"backup host '{shown_spec(spec)}': FAILED (cannot run a command: {why[:300]}); "

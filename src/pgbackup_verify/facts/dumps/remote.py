@@ -70,7 +70,7 @@ class _Entry:
     mtime: float
 
 
-def _listing(host: Host, directory: str) -> tuple[float, list[_Entry], str]:
+def listing(host: Host, directory: str) -> tuple[float, list[_Entry], str]:
     """(the host's time, the entries, why the directory cannot be listed or '')."""
     res = host.run(_LIST, directory)
     out = _text(res.stdout_bytes)
@@ -128,7 +128,7 @@ def _still_growing(host: Host, directory: str, recent: list[DumpFile], wait: flo
     if not recent:
         return {}
     time.sleep(wait)
-    _, again, _ = _listing(host, directory)
+    _, again, _ = listing(host, directory)
     now = {Path(posixpath.join(directory, e.name)): e for e in again}
     found = {}
     for f in recent:
@@ -141,7 +141,7 @@ def _still_growing(host: Host, directory: str, recent: list[DumpFile], wait: flo
 def take_remote_inventory(host: Host, backups: BackupsSection, growth_wait: float | None = None) -> Inventory:
     """The local `take_inventory`, over the backup host's testinfra backend: stat only, nothing read."""
     directory = str(backups.directory)
-    now, entries, error = _listing(host, directory)
+    now, entries, error = listing(host, directory)
     found, strays = [], []
     if error:
         strays.append(Stray(Path(directory), 0, f"cannot list the backup directory ({error})", UNJUDGED))
