@@ -24,6 +24,7 @@ from pgbackup_verify.facts.dumps.compression import (
     MAGIC_BYTES,
     PayloadError,
     compression_of,
+    payload_pieces,
     payload_reader,
 )
 from pgbackup_verify.safefs import open_regular
@@ -106,6 +107,14 @@ class _Counting(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def read(self, size: int = -1, /) -> bytes:
+        # The stream's own bytes, not copied once more (zstandard reads by read(), see compression.py).
+        if self._prefix or size < 0:
+            return super().read(size) or b""
+        data = self._stream.read(size) or b""
+        self.count += len(data)
+        return data
 
     def readinto(self, b: WriteableBuffer) -> int:
         view = memoryview(b).cast("B")
@@ -192,14 +201,13 @@ def scan_stream(stream: IO[bytes], description: str, *, compressed: bool | None 
     if (compressed and fmt not in COMPRESSORS) or fmt in ("custom", "empty"):
         return _not_scanned(description, fmt, magic, raw, started)
     reader = payload_reader(raw, fmt) if compressed else raw
+    piece = payload_pieces(reader, CHUNK)
     head = bytearray()
     tail = b""
     payload = 0
     error = None
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
     try:
-        while n := reader.readinto(view):
+        while n := len(view := piece()):
             payload += n
             if len(head) < HEAD_BYTES:
                 head += view[:min(n, HEAD_BYTES - len(head))]
