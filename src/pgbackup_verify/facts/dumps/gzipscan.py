@@ -211,8 +211,8 @@ def scan_stream(stream: IO[bytes], description: str, *, compressed: bool | None 
             payload += n
             if len(head) < HEAD_BYTES:
                 head += view[:min(n, HEAD_BYTES - len(head))]
-            # Keep only the last TAIL_BYTES of payload seen so far.
-            tail = (tail + bytes(view[max(0, n - TAIL_BYTES):n]))[-TAIL_BYTES:]
+            # Keep only the last TAIL_BYTES of payload seen so far (one copy when the piece holds them all).
+            tail = bytes(view[n - TAIL_BYTES:]) if n >= TAIL_BYTES else (tail + bytes(view))[-TAIL_BYTES:]
             if deadline is not None and time.monotonic() > deadline:
                 limit = f"{seconds:g} s" if seconds is not None else "its time limit"
                 error = (f"{STOPPED} {limit} ({payload} bytes of payload from {raw.count} read): a "
