@@ -1,6 +1,6 @@
 """Streaming verification of a plain-SQL dump, compressed (gzip, zstd, xz, lz4, bzip2) or not.
 
-One pass, flat memory: the payload is decompressed in 256 KiB pieces (compression.py: python-isal's
+One pass, flat memory: the payload is decompressed in pieces of up to 256 KiB (compression.py: python-isal's
 igzip reader for gzip, 5x faster than `gzip -t` here, see benchmarks/bench_verify.py; zstandard,
 lzma, lz4.frame, bz2 for the others, each with its own integrity check) and thrown
 away, except a small head (for the pg_dump header) and a small tail window (for the
