@@ -1,6 +1,6 @@
 """Streaming verification of a plain-SQL dump, compressed (gzip, zstd, xz, lz4, bzip2) or not.
 
-One pass, flat memory: the payload is decompressed in 256 KiB pieces (compression.py: python-isal's
+One pass, flat memory: the payload is decompressed in pieces of up to 256 KiB (compression.py: python-isal's
 igzip reader for gzip, 5x faster than `gzip -t` here, see benchmarks/bench_verify.py; zstandard,
 lzma, lz4.frame, bz2 for the others, each with its own integrity check) and thrown
 away, except a small head (for the pg_dump header) and a small tail window (for the
@@ -24,6 +24,7 @@ from pgbackup_verify.facts.dumps.compression import (
     MAGIC_BYTES,
     PayloadError,
     compression_of,
+    payload_pieces,
     payload_reader,
 )
 from pgbackup_verify.safefs import open_regular
@@ -106,6 +107,14 @@ class _Counting(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def read(self, size: int = -1, /) -> bytes:
+        # The stream's own bytes, not copied once more (zstandard reads by read(), see compression.py).
+        if self._prefix or size < 0:
+            return super().read(size) or b""
+        data = self._stream.read(size) or b""
+        self.count += len(data)
+        return data
 
     def readinto(self, b: WriteableBuffer) -> int:
         view = memoryview(b).cast("B")
@@ -192,19 +201,18 @@ def scan_stream(stream: IO[bytes], description: str, *, compressed: bool | None 
     if (compressed and fmt not in COMPRESSORS) or fmt in ("custom", "empty"):
         return _not_scanned(description, fmt, magic, raw, started)
     reader = payload_reader(raw, fmt) if compressed else raw
+    piece = payload_pieces(reader, CHUNK)
     head = bytearray()
     tail = b""
     payload = 0
     error = None
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
     try:
-        while n := reader.readinto(view):
+        while n := len(view := piece()):
             payload += n
             if len(head) < HEAD_BYTES:
                 head += view[:min(n, HEAD_BYTES - len(head))]
-            # Keep only the last TAIL_BYTES of payload seen so far.
-            tail = (tail + bytes(view[max(0, n - TAIL_BYTES):n]))[-TAIL_BYTES:]
+            # Keep only the last TAIL_BYTES of payload seen so far (one copy when the piece holds them all).
+            tail = bytes(view[n - TAIL_BYTES:]) if n >= TAIL_BYTES else (tail + bytes(view))[-TAIL_BYTES:]
             if deadline is not None and time.monotonic() > deadline:
                 limit = f"{seconds:g} s" if seconds is not None else "its time limit"
                 error = (f"{STOPPED} {limit} ({payload} bytes of payload from {raw.count} read): a "
