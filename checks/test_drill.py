@@ -88,7 +88,10 @@ def _cluster_roles(f: DrillFacts, evidence: Evidence) -> None:
     """A pg_dumpall dump: its databases, and its roles as the drill made them (plain NOLOGIN owner roles)."""
     c = f.cluster
     assert c is not None
-    evidence("databases restored", ", ".join(display_name(db) for db in f.databases) or "none")
+    if f.globals_source:
+        evidence("globals file", f"{f.globals_source}: its roles made before the restore ([drill].globals_glob)")
+    else:
+        evidence("databases restored", ", ".join(display_name(db) for db in f.databases) or "none")
     asked = "; ".join(f"{display_name(r)} {' '.join(p)}" for r, p in sorted(c.globals.roles.items()) if p)
     evidence("roles of the dump", f"{len(c.globals.roles)} made plain NOLOGIN owner roles (the drill's catalog: "
                                   "no superuser, login, replication, BYPASSRLS or password)"

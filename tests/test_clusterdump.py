@@ -99,7 +99,7 @@ def _build(c: ThrowawayCluster) -> None:
                 conn.execute(stmt)
 
 
-def _target(name: str, c: ThrowawayCluster, backups: Path, work: Path, pattern: str) -> str:
+def _target(name: str, c: ThrowawayCluster, backups: Path, work: Path, pattern: str, extra: str = "") -> str:
     dsn = psycopg.conninfo.make_conninfo(c.dsn(), dbname=MY_DB)
     return f"""[target]
 name = "{name}"
@@ -119,7 +119,7 @@ min_good_dumps = 1
 work_dir = "{work}"
 lock_file = "{work / 'drill.lock'}"
 expect_live_catalog = true
-"""
+{extra}"""
 
 
 def _insert_after(text: str, anchor_re: str, line: str) -> tuple[str, int]:
@@ -146,7 +146,7 @@ def cases() -> Iterator[Cases]:
         sql = subprocess.run(["pg_dumpall"], env=c.env(), capture_output=True, check=True).stdout.decode()
         seconds["pg_dumpall"] = time.monotonic() - started
 
-        def case(name: str, text: str, suffix: str = ".sql.gz") -> Path:
+        def case(name: str, text: str, suffix: str = ".sql.gz", extra: str = "") -> Path:
             d = root / name / "backups"
             d.mkdir(parents=True)
             work = root / name / "work"
@@ -154,7 +154,7 @@ def cases() -> Iterator[Cases]:
             work.chmod(0o711)
             works.append(work)
             t = root / name / "t.toml"
-            t.write_text(_target(name, c, d, work, f"cluster_*{suffix}"))
+            t.write_text(_target(name, c, d, work, f"cluster_*{suffix}", extra))
             targets.append(t)
             p = files[name] = d / f"cluster_{name}{suffix}"
             p.write_bytes(gzip.compress(text.encode()) if suffix.endswith(".gz") else text.encode())
@@ -169,6 +169,12 @@ def cases() -> Iterator[Cases]:
                                      f'ALTER ROLE "{OWNER}" SUPERUSER LOGIN;')
         case("superuser", superuser)
         seconds["superuser-line"] = su_line
+        # The common pair: pg_dumpall --globals-only beside one database's pg_dump (owners and grants kept).
+        one = subprocess.run(["pg_dump", "-d", MY_DB], env=c.env(), capture_output=True, check=True).stdout.decode()
+        p = case("pair", one, extra='globals_glob = "globals_*.sql"\n')
+        globals_sql = subprocess.run(["pg_dumpall", "--globals-only"], env=c.env(), capture_output=True,
+                                     check=True).stdout
+        (p.parent / "globals_pair.sql").write_bytes(globals_sql)
         p = case("cut", sql)
         p.write_bytes(p.read_bytes()[: p.stat().st_size * 2 // 3])
         try:
@@ -224,6 +230,16 @@ def test_roles_of_the_dump_are_plain_owner_roles_in_the_drill_catalog(cases):
     assert f.databases == ["template1", QUOTE_DB, MY_DB, "postgres"]
     assert f.rows[f'"{MY_DB}".app.items'] == (1200, 1200)
     assert f.rows['"it\'s ""q"" db".public.notes'] == (250, 250)
+
+
+def test_globals_only_file_beside_a_pg_dump_makes_its_owners_first(cases):
+    result = cases["pair"]
+    for check in DRILL_CHECKS:
+        assert result.outcome(check) == "passed", (check, result.text)
+    text = result.text
+    assert "globals_pair.sql" in text and "its roles made before the restore ([drill].globals_glob)" in text, text
+    assert f"rows: {sum(ROWS[MY_DB].values())} rows in 3 COPY blocks" in text, text
+    assert "roles of the dump: 5 made plain NOLOGIN owner roles" in text, text
 
 
 def test_a_meta_command_in_a_cluster_dump_is_red_naming_the_line(cases):

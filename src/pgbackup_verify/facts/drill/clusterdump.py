@@ -371,8 +371,12 @@ class _Segment:
 
 
 def restore_cluster(source: DumpSource, cluster: DrillCluster, known_roles: Sequence[str], time_limit: float,
-                    janitor: Janitor, progress: Progress | None = None) -> tuple[RestoreOutcome, ClusterRestore]:
-    """Stream the cluster dump once: globals read (never run), each database part into its own psql."""
+                    janitor: Janitor, progress: Progress | None = None, globals_only: bool = False
+                    ) -> tuple[RestoreOutcome, ClusterRestore]:
+    """Stream the cluster dump once: globals read (never run), each database part into its own psql.
+
+    `globals_only`: a `pg_dumpall --globals-only` file read before a pg_dump restores ([drill].globals_glob):
+    its roles are made, and a `\\connect` in it (a database part) is refused."""
     outcome = RestoreOutcome(tool="psql per database (pg_dumpall cluster dump)")
     outcome.complete_text = CLUSTER_FOOTER
     scanner = ClusterScanner()
@@ -383,10 +387,12 @@ def restore_cluster(source: DumpSource, cluster: DrillCluster, known_roles: Sequ
     stream = open_payload(source, raw)
     seg: _Segment | None = None
     sent, last, read_all, roles_done, stop, worst = 0, start, False, False, False, 0
-    cluster.allow_createdb()
     try:
         while not stop and (chunk := stream.read(CHUNK)):
             for piece in scanner.feed(chunk):
+                if isinstance(piece, Switch) and globals_only:
+                    raise ClusterMetaCommandRefused(piece.line_no, f"\\connect to {piece.db}: a --globals-only "
+                                                    "file holds no database part")
                 if isinstance(piece, Switch):
                     if seg is not None:
                         code, seg = seg.close(scanner, outcome), None
@@ -396,6 +402,7 @@ def restore_cluster(source: DumpSource, cluster: DrillCluster, known_roles: Sequ
                             break
                     if not roles_done:
                         make_roles(cluster, known_roles, result)
+                        cluster.allow_createdb()
                         roles_done = True
                     cluster.prepare_database(piece.db)
                     seg = _Segment(cluster.restorer(piece.db), piece.db, piece.line_no + 1, deadline, janitor,

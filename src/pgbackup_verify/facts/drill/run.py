@@ -29,7 +29,7 @@ from pgbackup_verify.facts.drill.drillcluster import DrillCluster, Endpoint
 from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
 from pgbackup_verify.facts.dumps.gzipscan import ARCHIVE_FORMATS
 from pgbackup_verify.facts.dumps.plainscan import PlainDumpScanner, display_name
-from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound, newest_dump
+from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound, from_path, newest_dump
 from pgbackup_verify.facts.grants import dump_job
 
 
@@ -71,6 +71,7 @@ class DrillFacts:
     tier: tiers.TierPlan | None = None  # what today's drill restored (facts/drill/tiers.py)
     cluster: ClusterRestore | None = None  # a pg_dumpall dump: its roles and databases (clusterdump.py)
     databases: list[str] = field(default_factory=list)  # a pg_dumpall dump: the databases restored, in order
+    globals_source: str = ""  # [drill].globals_glob: the globals-only file whose roles were made first
 
 
 def drill_config(target: Target) -> DrillSection:
@@ -354,6 +355,9 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
                                                     f"[drill].tier would be {plan.note})")
         _run_cluster(target, d, site.cluster, source, remaining, janitor, progress, facts)
         return
+    globals_outcome = None
+    if d.globals_glob and site.cluster is not None:  # the common pair: the roles first, then the database
+        globals_outcome = _restore_globals(target, d, site.cluster, remaining, janitor, facts)
     if source.fmt in ARCHIVE_FORMATS:
         # A schema drill loads no data: its archive rows are not read (that is what makes it cheap).
         # pg_restore restores a tar archive with one job only ("parallel restore is not supported").
@@ -364,6 +368,8 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
     else:
         facts.outcome = restore_plain(source, site.endpoint, remaining, janitor, progress, d.jobs, work_dir,
                                       plan.copy_filter)
+    if globals_outcome is not None and globals_outcome.problems:
+        facts.outcome.errors[:0] = [f"globals file {facts.globals_source}: {p}" for p in globals_outcome.problems]
     facts.outcome.redact()  # the one place restore messages leave for the reports: without the dump's rows
     site.after_restore()
     with site.endpoint.connect(autocommit=True) as conn:
@@ -377,6 +383,20 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
                 facts.rows_read += f" ({facts.outcome.rows_from})"
 
 
+def _restore_globals(target: Target, d: DrillSection, cluster: DrillCluster, remaining: float,
+                     janitor: safety.Janitor, facts: DrillFacts) -> RestoreOutcome:
+    """The newest `pg_dumpall --globals-only` file of [drill].globals_glob: its roles, made plain."""
+    found = sorted(target.backups.directory.glob(d.globals_glob), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise NoDumpFound(f"no file matches [drill].globals_glob '{d.globals_glob}' in {target.backups.directory}; "
+                          "check that the nightly pg_dumpall --globals-only runs, or remove the key")
+    source = from_path(found[-1])
+    facts.globals_source = source.description
+    outcome, facts.cluster = restore_cluster(source, cluster, ("postgres", *d.roles), remaining, janitor,
+                                             globals_only=True)
+    return outcome
+
+
 def chosen_database(target: Target) -> str:
     """The database of a cluster dump the expectations apply to: [drill].database, else [database].dsn's."""
     named = drill_config(target).database
@@ -386,7 +406,7 @@ def chosen_database(target: Target) -> str:
 def _run_cluster(target: Target, d: DrillSection, cluster: DrillCluster, source: DumpSource, remaining: float,
                  janitor: safety.Janitor, progress: Progress | None, facts: DrillFacts) -> None:
     """A pg_dumpall dump: every database restored and its rows compared; the expectations on one of them."""
-    known = ("postgres", *d.roles)
+    known = ("postgres", *d.roles, *(facts.cluster.roles_made if facts.cluster else ()))
     facts.outcome, facts.cluster = restore_cluster(source, cluster, known, remaining, janitor, progress)
     facts.outcome.redact()
     scanner = facts.cluster.scanner
