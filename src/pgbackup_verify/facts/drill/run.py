@@ -386,7 +386,9 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
 def _restore_globals(target: Target, d: DrillSection, cluster: DrillCluster, remaining: float,
                      janitor: safety.Janitor, facts: DrillFacts) -> RestoreOutcome:
     """The newest `pg_dumpall --globals-only` file of [drill].globals_glob: its roles, made plain."""
-    found = sorted(target.backups.directory.glob(d.globals_glob), key=lambda p: p.stat().st_mtime)
+    assert d.globals_glob is not None
+    found = sorted((p for p in target.backups.directory.glob(d.globals_glob) if p.is_file()),
+                   key=lambda p: p.stat().st_mtime)
     if not found:
         raise NoDumpFound(f"no file matches [drill].globals_glob '{d.globals_glob}' in {target.backups.directory}; "
                           "check that the nightly pg_dumpall --globals-only runs, or remove the key")
