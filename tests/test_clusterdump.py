@@ -32,7 +32,7 @@ from pgbackup_verify.facts.drill.clusterdump import ClusterScanner, connect_targ
 from pgbackup_verify.facts.drill.run import DrillFacts, run_drill
 from pgbackup_verify.facts.drill.safety import stop_cluster_dir
 
-CHECKS = [checks_dir() / "test_dumps.py", checks_dir() / "test_drill.py"]
+CHECKS = [checks_dir() / "test_dumps.py", checks_dir() / "test_drill.py", checks_dir() / "test_grants.py"]
 MY_DB = "my db"
 QUOTE_DB = "it's \"q\" db"
 OWNER = "app owner"
@@ -212,6 +212,16 @@ def test_healthy_cluster_dump_restores_every_database_with_its_rows(cases, case)
         shown = f'"{db.replace(chr(34), chr(34) * 2)}"'
         assert f"{shown}: {sum(tables.values())} rows in " in text, text
     assert "restore db: my db (of the cluster dump's 4 databases: template1, " in text
+
+
+def test_grant_audit_of_a_superuser_dump_role_says_so_instead_of_auditing(cases):
+    """pg_dumpall runs as a superuser: the grants checks pass saying no grant is needed, none listed."""
+    result = cases["healthy-gz"]
+    grants = [c for c in result.checks if "grants" in c["nodeid"]]
+    assert grants and all(c["outcome"] == "passed" for c in grants), result.text
+    assert ("not audited: postgres is a superuser: it reads every relation, now and later, whatever is granted "
+            "(pg_dumpall needs one); no grant is needed or audited") in result.text, result.text
+    assert "missing: " not in result.text
 
 
 def test_roles_of_the_dump_are_plain_owner_roles_in_the_drill_catalog(cases):
