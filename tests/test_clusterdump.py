@@ -76,6 +76,19 @@ QUOTE_DB_SQL = [
 ]
 
 
+# A `name = name` operator of the dump's own, first on the search path its database sets for later sessions:
+# any superuser query comparing a name with a parameter would run it.
+HIJACK = """CREATE SCHEMA trap;
+CREATE FUNCTION trap.eq(name, name) RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+  IF current_user = 'pgbv_admin' THEN RAISE EXCEPTION 'hijacked: trap.= ran as %', current_user; END IF;
+  RETURN $1 OPERATOR(pg_catalog.=) $2;
+END $$;
+CREATE OPERATOR trap.= (LEFTARG = name, RIGHTARG = name, FUNCTION = trap.eq);
+ALTER DATABASE postgres SET search_path = trap, pg_catalog;
+"""
+
+
 @dataclass(repr=False)
 class Cases:
     run: ChecksRun
@@ -175,6 +188,9 @@ def cases() -> Iterator[Cases]:
         globals_sql = subprocess.run(["pg_dumpall", "--globals-only"], env=c.env(), capture_output=True,
                                      check=True).stdout
         (p.parent / "globals_pair.sql").write_bytes(globals_sql)
+        # The restore role owns `postgres` for its part: a trap for the drill's superuser sessions there.
+        case("hijack", sql.replace("--\n-- PostgreSQL database cluster dump complete", HIJACK + "--\n-- PostgreSQL "
+                                   "database cluster dump complete"))
         p = case("cut", sql)
         p.write_bytes(p.read_bytes()[: p.stat().st_size * 2 // 3])
         try:
@@ -250,6 +266,15 @@ def test_globals_only_file_beside_a_pg_dump_makes_its_owners_first(cases):
     assert "globals_pair.sql" in text and "its roles made before the restore ([drill].globals_glob)" in text, text
     assert f"rows: {sum(ROWS[MY_DB].values())} rows in 3 COPY blocks" in text, text
     assert "roles of the dump: 5 made plain NOLOGIN owner roles" in text, text
+
+
+def test_database_settings_of_the_dump_never_reach_the_drills_superuser(cases):
+    """The dump owns `postgres` for its part and sets a search path with its own `=` first: the drill's
+    superuser sessions pin theirs in the startup packet (drillcluster.ADMIN_OPTIONS), the trap never runs."""
+    result = cases["hijack"]
+    assert "hijacked" not in result.text
+    for check in DRILL_CHECKS:
+        assert result.outcome(check) == "passed", (check, result.text)
 
 
 def test_a_meta_command_in_a_cluster_dump_is_red_naming_the_line(cases):

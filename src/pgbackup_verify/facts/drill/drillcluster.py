@@ -76,6 +76,7 @@ SELECT a.rolname, a.rolsuper, a.rolcanlogin, a.rolreplication, a.rolbypassrls, a
              WHERE m.member = a.oid AND g.rolname LIKE 'pg\\_%%' ORDER BY 1)
 FROM pg_authid a WHERE a.rolname = ANY(%s) ORDER BY 1
 """
+ADMIN_OPTIONS = "-c search_path=pg_catalog,pg_temp -c role=none -c default_transaction_read_only=off"
 PORT = 5432  # names the socket file only: there is no TCP listener
 # The key of the sandboxed template (cluster.template_dir): not the unsandboxed one's.
 INITDB_KEY = (f"--username={ADMIN}", "--auth=scram-sha-256", "--encoding=UTF8", f"--locale={LOCALE}",
@@ -257,13 +258,18 @@ class DrillCluster:
                     raise
                 time.sleep(0.01)
 
-    def _endpoint(self, user: str, dbname: str = "postgres") -> Endpoint:
-        conninfo = psycopg.conninfo.make_conninfo("", host=str(self.sock), port=str(PORT), dbname=dbname, user=user)
+    def _endpoint(self, user: str, dbname: str = "postgres", **options: str) -> Endpoint:
+        conninfo = psycopg.conninfo.make_conninfo("", host=str(self.sock), port=str(PORT), dbname=dbname, user=user,
+                                                  **options)
         return Endpoint(conninfo, self._passwords.get(user), self.sandbox, self.sock)
 
     def admin(self, dbname: str = "postgres") -> Endpoint:
-        """The superuser: for the narrow steps only (roles, the database), never for the dump's SQL."""
-        return self._endpoint(ADMIN, dbname)
+        """The superuser: for the narrow steps only (roles, the database), never for the dump's SQL.
+
+        A database the restore role owns (a cluster dump's, and then `postgres` too) may carry its
+        settings (ALTER DATABASE ... SET search_path = a schema of its own, where an `=` operator of its
+        own waits): the superuser's sessions pin theirs in the startup packet, which outranks them."""
+        return self._endpoint(ADMIN, dbname, options=ADMIN_OPTIONS)
 
     def prepare_restore(self, dbname: str, owners: Sequence[str]) -> Endpoint:
         """The restore role, the drill database it owns, and the owner roles it may hand objects to."""
