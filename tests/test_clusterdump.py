@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,8 @@ class Cases:
     files: dict[str, Path]
     superuser_try: DrillFacts  # the drill, in-process, of the dump whose database part tries ALTER ROLE SUPERUSER
     healthy: DrillFacts  # the drill, in-process, of the healthy plain dump
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # what the fixture measured: pg_dumpall, the checks run, each in-process drill
+    lines: dict[str, int]  # case -> the dump line its fault was put on
 
     def __getitem__(self, case: str) -> TargetResult:
         assert "Traceback" not in self.run.stdout, self.run.stdout[-3000:]
@@ -145,14 +147,13 @@ def _insert_after(text: str, anchor_re: str, line: str) -> tuple[str, int]:
 
 @pytest.fixture(scope="module")
 def cases() -> Iterator[Cases]:
-    import time
-
     root = Path(tempfile.mkdtemp(prefix="pgbv-clusterdump-"))
     root.chmod(0o711)  # the sandboxed drill's unnamed user walks through to its cluster
     files: dict[str, Path] = {}
     targets: list[Path] = []
     works: list[Path] = []
     seconds: dict[str, float] = {}
+    lines: dict[str, int] = {}
     with ThrowawayCluster(tag="clusterdump-") as c:
         _build(c)
         started = time.monotonic()
@@ -175,13 +176,11 @@ def cases() -> Iterator[Cases]:
 
         case("healthy-gz", sql)
         case("healthy-plain", sql, ".sql")
-        meta, files_line = _insert_after(sql, r"\\connect -reuse-previous=on \"dbname='my db'\"", "\\! id")
+        meta, lines["meta"] = _insert_after(sql, r"\\connect -reuse-previous=on \"dbname='my db'\"", "\\! id")
         case("meta", meta)
-        seconds["meta-line"] = files_line
-        superuser, su_line = _insert_after(sql, r"\\connect -reuse-previous=on \"dbname='my db'\"",
+        superuser, lines["superuser"] = _insert_after(sql, r"\\connect -reuse-previous=on \"dbname='my db'\"",
                                      f'ALTER ROLE "{OWNER}" SUPERUSER LOGIN;')
         case("superuser", superuser)
-        seconds["superuser-line"] = su_line
         # The common pair: pg_dumpall --globals-only beside one database's pg_dump (owners and grants kept).
         one = subprocess.run(["pg_dump", "-d", MY_DB], env=c.env(), capture_output=True, check=True).stdout.decode()
         p = case("pair", one, extra='globals_glob = "globals_*.sql"\n')
@@ -204,7 +203,7 @@ def cases() -> Iterator[Cases]:
             healthy = run_drill(load_target(root / "healthy-plain" / "t.toml"))
             seconds["drill healthy-plain"] = time.monotonic() - started
             print("timings:", seconds)
-            yield Cases(run, files, superuser_try, healthy, seconds)
+            yield Cases(run, files, superuser_try, healthy, seconds, lines)
         finally:
             for w in works:
                 for leftover in w.glob("pgbv-cluster-*"):
@@ -278,14 +277,14 @@ def test_database_settings_of_the_dump_never_reach_the_drills_superuser(cases):
 
 
 def test_a_meta_command_in_a_cluster_dump_is_red_naming_the_line(cases):
-    line = int(cases.seconds["meta-line"])
+    line = cases.lines["meta"]
     text = cases["meta"].text
     assert (f"restore drill errors: FAILED (dump refused: dump line {line}: psql meta-command refused: \\! id); "
             "fix: a pg_dump never writes meta-commands") in text, text
 
 
 def test_alter_role_superuser_in_a_database_part_is_refused_and_makes_no_superuser(cases):
-    line = int(cases.seconds["superuser-line"])
+    line = cases.lines["superuser"]
     text = cases["superuser"].text
     assert ("restore drill: FAILED (a statement of the dump: its restore tried a superuser-only operation as the "
             "restoring role: ") in text, text
@@ -327,3 +326,11 @@ def test_globals_are_read_never_sent():
     assert s.globals.roles == {"boss": ["SUPERUSER", "LOGIN", "PASSWORD"]}
     assert s.globals.memberships == [("boss", "app")]
     assert s.globals.not_run == {"CREATE TABLESPACE": 1}
+
+
+def test_evidence_names_what_the_dump_asked_and_what_was_not_run(cases):
+    text = cases["healthy-gz"].text
+    assert "databases restored: template1, " in text and '"my db", postgres' in text, text
+    assert "asked for by the dump, not given: boss SUPERUSER LOGIN PASSWORD" in text, text
+    assert "role settings in a database (ALTER ROLE ... IN DATABASE ... SET): 1" in text, text
+    assert "role settings (ALTER ROLE ... SET): 1" in text, text
