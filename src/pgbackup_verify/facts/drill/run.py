@@ -402,7 +402,10 @@ def _restore_globals(target: Target, d: DrillSection, cluster: DrillCluster, rem
 def chosen_database(target: Target) -> str:
     """The database of a cluster dump the expectations apply to: [drill].database, else [database].dsn's."""
     named = drill_config(target).database
-    return named or str(psycopg.conninfo.conninfo_to_dict(target.database.dsn).get("dbname") or "")
+    params = psycopg.conninfo.conninfo_to_dict(target.database.dsn)
+    # libpq's own default: no dbname means PGDATABASE, else the user's name.
+    return named or str(params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user")
+                        or os.environ.get("PGUSER") or "")
 
 
 def _run_cluster(target: Target, d: DrillSection, cluster: DrillCluster, source: DumpSource, remaining: float,
