@@ -13,7 +13,7 @@ from pgbackup_verify.evidence import Evidence, fail, human_bytes
 from pgbackup_verify.facts.catalog import KINDS
 from pgbackup_verify.facts.drill import tiers, traps
 from pgbackup_verify.facts.drill.run import DrillFacts, drill_config, expected_schemas
-from pgbackup_verify.facts.dumps.plainscan import CLUSTER_DUMP
+from pgbackup_verify.facts.dumps.plainscan import CLUSTER_DUMP, display_name
 from pgbackup_verify.facts.history import History
 from pgbackup_verify.ownership import dump_key, restore_key, schemas_key
 
@@ -65,10 +65,13 @@ def test_restore_finished_without_errors(drill: DrillFacts, evidence: Evidence) 
     if f.outcome.warnings:
         evidence("warnings", "; ".join(f.outcome.warnings))
     problems = f.outcome.problems
+    if f.cluster is not None:
+        _cluster_roles(f, evidence)
     if f.outcome.refused and CLUSTER_DUMP in f.outcome.refused:
-        fail(f"restore drill errors: FAILED (dump refused: {f.outcome.refused}); fix: the drill restores one "
-             "database's dump, not yet a whole cluster: point [backups].pattern at the per-database pg_dump "
-             "files (keep pg_dumpall --globals-only for the roles), or deselect the drill for this target")
+        fail(f"restore drill errors: FAILED (dump refused: {f.outcome.refused}); fix: the drill restores a whole "
+             "cluster only from a file that starts with pg_dumpall's header ('-- PostgreSQL database cluster "
+             "dump'), and one database's pg_dump without -C/--create: take the dump without -C, or point "
+             "[backups].pattern at the pg_dumpall file")
     if f.outcome.refused:
         fail(f"restore drill errors: FAILED (dump refused: {f.outcome.refused}); fix: a pg_dump never "
                     "writes meta-commands; find what wrote or edited this dump and take a clean one")
@@ -79,6 +82,32 @@ def test_restore_finished_without_errors(drill: DrillFacts, evidence: Evidence) 
     if problems:
         shown = "\n  ".join(problems[:10])
         fail(f"restore drill errors: FAILED ({len(problems)} error lines vs 0):\n  {shown}\n{FIX_DUMP}")
+
+
+def _cluster_roles(f: DrillFacts, evidence: Evidence) -> None:
+    """A pg_dumpall dump: its databases, and its roles as the drill made them (plain NOLOGIN owner roles)."""
+    c = f.cluster
+    assert c is not None
+    if f.globals_source:
+        evidence("globals file", f"{f.globals_source}: its roles made before the restore ([drill].globals_glob)")
+    else:
+        evidence("databases restored", ", ".join(display_name(db) for db in f.databases) or "none")
+    asked = "; ".join(f"{display_name(r)} {' '.join(p)}" for r, p in sorted(c.globals.roles.items()) if p)
+    evidence("roles of the dump", f"{len(c.globals.roles)} made plain NOLOGIN owner roles (the drill's catalog: "
+                                  "no superuser, login, replication, BYPASSRLS or password)"
+             + (f"; asked for by the dump, not given: {asked}" if asked else ""))
+    if c.grants or c.not_granted:
+        evidence("memberships", "; ".join(c.grants) + ("; not granted: " + "; ".join(c.not_granted)
+                                                       if c.not_granted else ""))
+    skipped = {**c.globals.not_run, **c.scanner.dropped}
+    if skipped:
+        evidence("not run", "; ".join(f"{kind}: {n}" for kind, n in sorted(skipped.items())))
+    held = {r: p for r, p in c.powers.items() if p}
+    if held:  # never expected: the drill made these roles itself; a role of the dump holding a power is a bug
+        shown = "; ".join(f"{display_name(r)} {', '.join(p)}" for r, p in sorted(held.items()))
+        fail(f"restore drill roles: FAILED (roles of the dump hold powers in the drill cluster: {shown}); fix: "
+             "stop running the drill on cluster dumps ([drill].mode = \"off\") and report this as a bug of "
+             "pgbackup-verify")
 
 
 def _missing_schemas(f: DrillFacts, target: Target) -> tuple[set[str], list[str]]:

@@ -35,11 +35,14 @@ def _judge(check: str, what: str, lack: str, concern: Concern | None, audit: Gra
     assert concern is not None
     evidence("audit", f"{audit.queries} catalog queries in one read-only transaction, {audit.seconds:.3f} s")
     evidence(f"{what} audited", concern.audited)
-    if audit.role.superuser or (audit.role.reads_all and what != "large objects"):  # pg_read_all_data opens none
-        why = "superuser" if audit.role.superuser else "member of pg_read_all_data"
-        evidence("covered", f"{audit.role.ident} is {why}: has SELECT and USAGE on every {what.rstrip('s')}, "
-                            "now and later" + ("" if audit.role.superuser or audit.role.bypassrls
-                                               else " (row-level security still stops pg_dump)"))
+    if audit.role.superuser:  # reads everything, now and later, past row-level security: no grant to audit
+        evidence("not audited", f"{audit.role.ident} is a superuser: it reads every {what.rstrip('s')}, now and "
+                                "later, whatever is granted (pg_dumpall needs one); no grant is needed or audited")
+        return
+    if audit.role.reads_all and what != "large objects":  # pg_read_all_data opens none
+        evidence("covered", f"{audit.role.ident} is member of pg_read_all_data: has SELECT and USAGE on every "
+                            f"{what.rstrip('s')}, now and later" + ("" if audit.role.bypassrls
+                                                                   else " (row-level security still stops pg_dump)"))
     missing = concern.missing + (concern.unneeded if strict else ())
     fixes = concern.fixes + (concern.unneeded_fixes if strict else ())
     count = concern.missing_count + (len(concern.unneeded) if strict else 0)

@@ -39,6 +39,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_sample_db.py": ("tests/test_sample_db.py::",),
     "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
     "test_formats.py": ("tests/test_formats.py::",),  # one corpus cluster, one checks run: every dump format
+    "test_clusterdump.py": ("tests/test_clusterdump.py::",),  # one source cluster, one checks run, two drills
     "test_host_names.py": ("tests/test_host_names.py::",),
     "test_paste_fixes.py": ("tests/test_paste_fixes.py::",),  # one cluster, one checks run, every fix pasted
     "test_console_controls.py": ("tests/test_console_controls.py::",),

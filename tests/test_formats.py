@@ -207,7 +207,7 @@ def formats() -> Iterator[Formats]:
 
         # Cluster dumps: pg_dumpall | gzip, and --globals-only beside the per-database dumps.
         dumpall_through(c, case("dumpall", ".sql.gz", fault=True))
-        dumpall_through(c, case("dumpall-drill", ".sql.gz"))  # the drill: not restored yet, and said so
+        dumpall_through(c, case("dumpall-drill", ".sql.gz"))  # the drill restores the whole cluster
         p = case("globals", ".sql.gz", fault=True, pattern="corpus_*globals*.sql.gz")
         dumpall_through(c, p, "--globals-only")
         try:
@@ -357,13 +357,15 @@ def test_pg16_directory_with_a_cut_data_file_is_red(formats, monkeypatch):
     assert scan.error is not None and scan.error.startswith("pg_restore failed reading the archive: "), scan.error
 
 
-def test_cluster_dump_in_the_drill_is_refused_saying_what_to_do(formats):
-    """pg_dumpall's `\\connect` is refused like every meta-command (nothing runs), but named for what it is."""
-    text = formats["dumpall-drill"].text
-    assert re.search(r"restore drill errors: FAILED \(dump refused: dump line \d+: psql meta-command refused: "
-                     r"\\connect \S+ \(a pg_dumpall cluster dump switching databases\)\); fix: the drill restores "
-                     r"one database's dump, not yet a whole cluster: point \[backups\]\.pattern at the "
-                     r"per-database pg_dump files", text), text
+def test_cluster_dump_restores_whole_in_the_drill(formats):
+    """pg_dumpall | gzip of the corpus cluster: roles and every database restored (clusterdump.py), the
+    expectations on the corpus database (the one of [database].dsn), its rows counted."""
+    result = formats["dumpall-drill"]
+    result.assert_outcomes(**PLAIN_OK)
+    text = result.text
+    assert f"{corpus.DBNAME}: {TOTAL_ROWS} rows in " in text, text
+    assert f"restore db: {corpus.DBNAME} (of the cluster dump's " in text, text
+    assert "roles of the dump: " in text and "made plain NOLOGIN owner roles" in text, text
 
 
 @pytest.mark.parametrize(("line", "cluster"), [(b"\\connect corpus\n", True), (b"\\c other\n", True),

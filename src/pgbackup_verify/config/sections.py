@@ -218,6 +218,13 @@ class DrillSection(Section):
                                     "(minus [database].exclude_schemas)", default=False)
     roles: tuple[str, ...] = key("throwaway mode: roles created before restoring a dump made without "
                                  "--no-owner", default=())
+    database: str = key("a pg_dumpall cluster dump: the database of the dump the expected schemas, tables and "
+                        "objects apply to (default: the database of [database].dsn); every database of the dump "
+                        "is restored and its rows compared", default="")
+    globals_glob: str | None = key("throwaway mode: glob of `pg_dumpall --globals-only` files in "
+                                   "[backups].directory; the newest one's roles are made (plain NOLOGIN owner roles, "
+                                   "its memberships among them) before the dump restores, so its owners and grants "
+                                   "exist", default=None, glob="name")
     jobs: int = key("connections of the restore: pg_restore -j for custom-format dumps, the parallel "
                     "plain restore (data, keys, indexes) for SQL dumps; 1 = one serial psql", default=2, ge=1)
     time_limit_seconds: int = key("the drill is stopped and fails after this long", default=3600, ge=1)

@@ -68,6 +68,15 @@ CREATE EVENT TRIGGER pgbv_owners_may_create ON ddl_command_end WHEN TAG IN ('CRE
 """
 _OWNERS_TRIGGER_DROP = ("DROP EVENT TRIGGER IF EXISTS pgbv_owners_may_create; "
                         "DROP FUNCTION IF EXISTS public.pgbv_owners_may_create()")
+_POWER_NAMES = ("SUPERUSER", "LOGIN", "REPLICATION", "BYPASSRLS", "CREATEROLE", "CREATEDB", "PASSWORD")
+_POWERS = """
+SELECT a.rolname, a.rolsuper, a.rolcanlogin, a.rolreplication, a.rolbypassrls, a.rolcreaterole, a.rolcreatedb,
+       a.rolpassword IS NOT NULL,
+       array(SELECT 'member of ' || g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+             WHERE m.member = a.oid AND g.rolname LIKE 'pg\\_%%' ORDER BY 1)
+FROM pg_authid a WHERE a.rolname = ANY(%s) ORDER BY 1
+"""
+ADMIN_OPTIONS = "-c search_path=pg_catalog,pg_temp -c role=none -c default_transaction_read_only=off"
 PORT = 5432  # names the socket file only: there is no TCP listener
 # The key of the sandboxed template (cluster.template_dir): not the unsandboxed one's.
 INITDB_KEY = (f"--username={ADMIN}", "--auth=scram-sha-256", "--encoding=UTF8", f"--locale={LOCALE}",
@@ -154,6 +163,7 @@ class DrillCluster:
         self.proc: subprocess.Popen[bytes] | None = None
         self._passwords: dict[str, str] = {}
         self._owners: tuple[str, ...] = ()
+        self._prepared: list[str] = []
         self._prepare_dirs()
 
     def _prepare_dirs(self) -> None:
@@ -248,13 +258,18 @@ class DrillCluster:
                     raise
                 time.sleep(0.01)
 
-    def _endpoint(self, user: str, dbname: str = "postgres") -> Endpoint:
-        conninfo = psycopg.conninfo.make_conninfo("", host=str(self.sock), port=str(PORT), dbname=dbname, user=user)
+    def _endpoint(self, user: str, dbname: str = "postgres", **options: str) -> Endpoint:
+        conninfo = psycopg.conninfo.make_conninfo("", host=str(self.sock), port=str(PORT), dbname=dbname, user=user,
+                                                  **options)
         return Endpoint(conninfo, self._passwords.get(user), self.sandbox, self.sock)
 
     def admin(self, dbname: str = "postgres") -> Endpoint:
-        """The superuser: for the narrow steps only (roles, the database), never for the dump's SQL."""
-        return self._endpoint(ADMIN, dbname)
+        """The superuser: for the narrow steps only (roles, the database), never for the dump's SQL.
+
+        A database the restore role owns (a cluster dump's, and then `postgres` too) may carry its
+        settings (ALTER DATABASE ... SET search_path = a schema of its own, where an `=` operator of its
+        own waits): the superuser's sessions pin theirs in the startup packet, which outranks them."""
+        return self._endpoint(ADMIN, dbname, options=ADMIN_OPTIONS)
 
     def prepare_restore(self, dbname: str, owners: Sequence[str]) -> Endpoint:
         """The restore role, the drill database it owns, and the owner roles it may hand objects to."""
@@ -263,20 +278,76 @@ class DrillCluster:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION BYPASSRLS "
                                  "PASSWORD {}").format(sql.Identifier(RESTORER), sql.Literal(password)))
             conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(OWNERS)))
-            for role in dict.fromkeys(owners):
+        self._passwords[RESTORER] = password
+        self.add_owners(owners, (SOURCE_SUPERUSER,))
+        return self.database(dbname)
+
+    def add_owners(self, owners: Sequence[str], superusers: Sequence[str] = ()) -> None:
+        """Plain NOLOGIN owner roles (no password, no power), each one the restore role is a member of.
+
+        `superusers` stand for the source's superusers (`postgres`, and in a cluster dump each role it
+        gave SUPERUSER), who could read every owner's objects (a matview one owns over their tables
+        refreshes only so): here plain roles that are members of each owner role."""
+        new = [r for r in dict.fromkeys(owners) if r not in self._owners]
+        with self.admin().connect(autocommit=True) as conn:
+            for role in new:
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
                              .format(sql.Identifier(role)))
                 conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(RESTORER)))
                 conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(OWNERS), sql.Identifier(role)))
-            # `postgres` stands for the source's superuser, who could read every owner's objects (a matview
-            # it owns over their tables refreshes only so): here a plain role that is a member of each owner.
-            for role in dict.fromkeys(owners):
-                if role != SOURCE_SUPERUSER and SOURCE_SUPERUSER in owners:
-                    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role),
-                                                                  sql.Identifier(SOURCE_SUPERUSER)))
-        self._passwords[RESTORER] = password
-        self._owners = tuple(dict.fromkeys(owners))
-        return self.database(dbname)
+            self._owners = (*self._owners, *new)
+            for boss in dict.fromkeys(superusers):
+                if boss not in self._owners:
+                    continue
+                for role in self._owners:
+                    if role not in superusers:
+                        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(boss)))
+
+    def grant_membership(self, role: str, member: str) -> str | None:
+        """GRANT role TO member, both owner roles of the drill; the server's refusal (a loop), or None."""
+        assert role in self._owners and member in self._owners
+        with self.admin().connect(autocommit=True) as conn:
+            try:
+                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(member)))
+            except psycopg.Error as e:
+                return str(e).strip().splitlines()[0]
+        return None
+
+    def allow_createdb(self) -> None:
+        """A cluster dump creates its databases itself (clusterdump.py): the restore role may, here only."""
+        with self.admin().connect(autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(RESTORER)))
+
+    def prepare_database(self, dbname: str) -> None:
+        """Before a cluster dump's part restores into `dbname`: template1 and postgres are handed to the
+        restore role (the dump created the others, as it); the owners may create in it, as in database()."""
+        with self.admin().connect(autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+                return  # psql's connection says so, at the dump's \connect line
+            if dbname in ("template1", "postgres"):
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(dbname),
+                                                                            sql.Identifier(RESTORER)))
+        if dbname in self._prepared:
+            return
+        self._prepared.append(dbname)
+        with self.admin(dbname).connect(autocommit=True) as conn:
+            if self._owners:
+                conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(OWNERS)))
+                conn.execute(_OWNERS_TRIGGER)
+
+    def restorer(self, dbname: str) -> Endpoint:
+        return self._endpoint(RESTORER, dbname)
+
+    def prepared(self) -> list[str]:
+        """Databases a cluster dump restored into (prepare_database), in order."""
+        return list(self._prepared)
+
+    def role_powers(self, roles: Sequence[str]) -> dict[str, list[str]]:
+        """What each role HOLDS in this cluster, read from its catalog: powers, a password, memberships
+        in predefined roles. A role of the dump must hold none."""
+        with self.admin().connect(autocommit=True) as conn:
+            rows = conn.execute(_POWERS, (list(roles),)).fetchall()
+        return {r[0]: [p for p, held in zip(_POWER_NAMES, r[1:8], strict=True) if held] + list(r[8]) for r in rows}
 
     def database(self, dbname: str) -> Endpoint:
         """A fresh database owned by the restore role (prepare_restore made it), and how to restore into it."""

@@ -23,7 +23,7 @@ from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
 from pgbackup_verify.facts.dumps.archivedata import archive_rows
 from pgbackup_verify.facts.dumps.compression import open_payload
 from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, read_archive_toc
-from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
+from pgbackup_verify.facts.dumps.plainscan import DUMP_COMPLETE, MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
 from pgbackup_verify.facts.redact import redact_copy_error
 
@@ -50,6 +50,7 @@ class RestoreOutcome:
     scan: PlainDumpScanner | None = None  # what else the dump loads (targets, large objects, matviews)
     large_objects: int | None = None  # large objects in the dump (plain: lo_create calls; custom: its TOC)
     complete_marker: bool | None = None
+    complete_text: str = DUMP_COMPLETE.decode()  # the closing comment a whole stream ends with
     seconds: float = 0.0
     parallel: int = 0  # connections of a parallel plain restore (0: the serial one)
     spool_peak: int = 0  # most COPY data spooled to disk at once by the parallel restore
@@ -74,7 +75,7 @@ class RestoreOutcome:
         if self.exit_code not in (0, None) and not (self.errors or self.refused or self.timed_out):
             out.append(f"{self.tool} exited with code {self.exit_code}")
         if self.complete_marker is False and not self.refused:
-            out.append("dump stream ends without '-- PostgreSQL database dump complete' (truncated dump)")
+            out.append(f"dump stream ends without '{self.complete_text}' (truncated dump)")
         return out
 
 
@@ -133,12 +134,13 @@ def _copy_header(scanner: PlainDumpScanner, dump_line: int) -> str | None:
     return prev.decode(errors="replace").rstrip("\r\n") if prev.startswith(b"COPY ") else None
 
 
-def psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreOutcome) -> None:
+def psql_messages(lines: list[str], scanner: PlainDumpScanner, outcome: RestoreOutcome, offset: int = 0) -> None:
+    """psql's stderr as one message per error; `offset`: dump lines before the first one psql was sent."""
     current: list[str] | None = None
     for text in lines:
         m = _PSQL_MSG.match(text)
         if m:
-            dump_line = int(m.group(1)) - 1  # line 1 of psql's input is our \restrict
+            dump_line = int(m.group(1)) - 1 + offset  # line 1 of psql's input is our \restrict
             shown = scanner.line_text(dump_line) or _copy_header(scanner, dump_line)
             msg = f"dump line {dump_line}: {m.group(2).upper()}: {m.group(3)}"
             if shown is not None:

@@ -24,11 +24,12 @@ from pgbackup_verify.facts.catalog import Catalog, read_catalog
 from pgbackup_verify.facts.db import DatabaseUnreachable, connect_readonly, scalar
 from pgbackup_verify.facts.drill import extensions, owner, safety, sandbox, tiers
 from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX
+from pgbackup_verify.facts.drill.clusterdump import ClusterRestore, is_cluster_dump, restore_cluster
 from pgbackup_verify.facts.drill.drillcluster import DrillCluster, Endpoint
 from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
 from pgbackup_verify.facts.dumps.gzipscan import ARCHIVE_FORMATS
 from pgbackup_verify.facts.dumps.plainscan import PlainDumpScanner, display_name
-from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound, newest_dump
+from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound, from_path, newest_dump
 from pgbackup_verify.facts.grants import dump_job
 
 
@@ -68,6 +69,9 @@ class DrillFacts:
     disk: str = ""
     seconds: float = 0.0
     tier: tiers.TierPlan | None = None  # what today's drill restored (facts/drill/tiers.py)
+    cluster: ClusterRestore | None = None  # a pg_dumpall dump: its roles and databases (clusterdump.py)
+    databases: list[str] = field(default_factory=list)  # a pg_dumpall dump: the databases restored, in order
+    globals_source: str = ""  # [drill].globals_glob: the globals-only file whose roles were made first
 
 
 def drill_config(target: Target) -> DrillSection:
@@ -112,6 +116,7 @@ class _Site:
         self.endpoint = Endpoint("")
         self.admin: Endpoint | None = None  # the throwaway cluster's superuser, for the narrow steps
         self.after_restore: Callable[[], None] = lambda: None
+        self.cluster: DrillCluster | None = None
 
     def create(self) -> None:
         if self.d.mode == "throwaway":
@@ -121,6 +126,7 @@ class _Site:
             self.janitor.add(f"cluster {cluster.root}", cluster.stop)
             self.where = cluster.where
             cluster.start()
+            self.cluster = cluster
             # `postgres` too: the superuser here is pgbv_admin, so a dump's OWNER TO postgres is a plain owner.
             self.endpoint = cluster.prepare_restore(self.name, ("postgres", *self.d.roles))
             self.admin = cluster.admin(self.name)
@@ -324,6 +330,10 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
                 facts.lo_live = int(scalar(live, _LARGE_OBJECTS) or 0)
         if not d.expect_live_catalog:  # only schemas and tables were promised by default
             facts.live = Catalog(schemas=facts.live.schemas, tables=facts.live.tables)
+    cluster_dump = source.fmt not in ARCHIVE_FORMATS and is_cluster_dump(source)
+    if cluster_dump and d.mode != "throwaway":
+        raise safety.DrillAborted("a pg_dumpall cluster dump restores only in [drill].mode = \"throwaway\" (its "
+                                  "databases keep their names and its roles are made: never on a server of yours)")
     if d.mode == "throwaway":
         facts.disk = safety.preflight_disk(work_dir, source.payload_estimate(), d.disk_factor)
     else:
@@ -334,10 +344,20 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
         site.create()
     finally:
         facts.where, facts.isolation = site.where, site.isolation
-    if site.admin is not None:  # the one superuser step: untrusted extensions the dump creates
+    if site.admin is not None and not cluster_dump:  # the one superuser step: untrusted extensions of the dump
         facts.extensions = extensions.create_untrusted(site.admin, extensions.dump_extensions(source))
     facts.tier = plan = tiers.plan(target, d)
     remaining = d.time_limit_seconds - (time.monotonic() - start)
+    if cluster_dump:
+        assert site.cluster is not None
+        if plan.tier != tiers.FULL:
+            facts.tier = tiers.TierPlan(tiers.FULL, f"full (a pg_dumpall cluster dump restores in full; "
+                                                    f"[drill].tier would be {plan.note})")
+        _run_cluster(target, d, site.cluster, source, remaining, janitor, progress, facts)
+        return
+    globals_outcome = None
+    if d.globals_glob and site.cluster is not None:  # the common pair: the roles first, then the database
+        globals_outcome = _restore_globals(target, d, site.cluster, remaining, janitor, facts)
     if source.fmt in ARCHIVE_FORMATS:
         # A schema drill loads no data: its archive rows are not read (that is what makes it cheap).
         # pg_restore restores a tar archive with one job only ("parallel restore is not supported").
@@ -348,6 +368,8 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
     else:
         facts.outcome = restore_plain(source, site.endpoint, remaining, janitor, progress, d.jobs, work_dir,
                                       plan.copy_filter)
+    if globals_outcome is not None and globals_outcome.problems:
+        facts.outcome.errors[:0] = [f"globals file {facts.globals_source}: {p}" for p in globals_outcome.problems]
     facts.outcome.redact()  # the one place restore messages leave for the reports: without the dump's rows
     site.after_restore()
     with site.endpoint.connect(autocommit=True) as conn:
@@ -359,6 +381,76 @@ def _run(target: Target, d: DrillSection, work_dir: Path, janitor: safety.Janito
             facts.row_count_seconds = time.monotonic() - started
             if facts.outcome.rows_from:
                 facts.rows_read += f" ({facts.outcome.rows_from})"
+
+
+def _restore_globals(target: Target, d: DrillSection, cluster: DrillCluster, remaining: float,
+                     janitor: safety.Janitor, facts: DrillFacts) -> RestoreOutcome:
+    """The newest `pg_dumpall --globals-only` file of [drill].globals_glob: its roles, made plain."""
+    assert d.globals_glob is not None
+    found = sorted((p for p in target.backups.directory.glob(d.globals_glob) if p.is_file()),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise NoDumpFound(f"no file matches [drill].globals_glob '{d.globals_glob}' in {target.backups.directory}; "
+                          "check that the nightly pg_dumpall --globals-only runs, or remove the key")
+    source = from_path(found[-1])
+    facts.globals_source = source.description
+    outcome, facts.cluster = restore_cluster(source, cluster, ("postgres", *d.roles), remaining, janitor,
+                                             globals_only=True)
+    return outcome
+
+
+def chosen_database(target: Target) -> str:
+    """The database of a cluster dump the expectations apply to: [drill].database, else [database].dsn's."""
+    named = drill_config(target).database
+    params = psycopg.conninfo.conninfo_to_dict(target.database.dsn)
+    # libpq's own default: no dbname means PGDATABASE, else the user's name.
+    return named or str(params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user")
+                        or os.environ.get("PGUSER") or "")
+
+
+def _run_cluster(target: Target, d: DrillSection, cluster: DrillCluster, source: DumpSource, remaining: float,
+                 janitor: safety.Janitor, progress: Progress | None, facts: DrillFacts) -> None:
+    """A pg_dumpall dump: every database restored and its rows compared; the expectations on one of them."""
+    known = ("postgres", *d.roles, *(facts.cluster.roles_made if facts.cluster else ()))
+    facts.outcome, facts.cluster = restore_cluster(source, cluster, known, remaining, janitor, progress)
+    facts.outcome.redact()
+    scanner = facts.cluster.scanner
+    facts.databases = [db for db in scanner.order if db in cluster.prepared()]
+    for db in cluster.prepared():
+        cluster.after_restore(db)
+    chosen = chosen_database(target)
+    facts.database = f"{chosen} (of the cluster dump's {len(scanner.order)} databases: " \
+                     f"{', '.join(display_name(db) for db in scanner.order) or 'none'})"
+    read_started, parts = time.monotonic(), []
+    for db in facts.databases:
+        scan = scanner.databases[db]
+        with cluster.restorer(db).connect(autocommit=True) as conn:
+            if db == chosen:
+                facts.restored = read_catalog(conn)
+                facts.lo_dump, facts.lo_restored = scan.large_objects, int(scalar(conn, _LARGE_OBJECTS) or 0)
+                facts.outcome.rows, facts.outcome.scan = scan.rows, scan
+            if not scan.rows and not scan.uncounted and not scan.refreshed:
+                continue
+            one = DrillFacts(target=facts.target, mode=facts.mode)
+            _row_counts(conn, scan, one)
+        prefix = display_name(db) + "."
+        facts.rows.update({prefix + k: v for k, v in one.rows.items()})
+        facts.row_keys.update({prefix + k: v for k, v in one.row_keys.items()})
+        facts.row_scope.update({prefix + k: v for k, v in one.row_scope.items()})
+        facts.rows_uncounted.update({prefix + k: v for k, v in one.rows_uncounted.items()})
+        facts.matviews.update({prefix + k: v for k, v in one.matviews.items()})
+        parts.append(f"{display_name(db)}: {one.rows_read}")
+    facts.row_count_seconds = time.monotonic() - read_started
+    if facts.outcome.rows is None:  # every database's rows are compared, whichever one is expected
+        facts.outcome.rows = {}
+    facts.rows_read = "; ".join(parts) or "0 rows in 0 COPY blocks"
+    facts.rows_restored = "count(*) of every table, per database"
+    if facts.restored is None:
+        facts.restored = Catalog()
+        if not facts.outcome.problems:
+            raise safety.DrillAborted(
+                f"the cluster dump holds no database {chosen!r} (it holds {', '.join(scanner.order) or 'none'}): "
+                "set [drill].database to the one whose schemas and tables the target file expects")
 
 
 __all__ = ["CLUSTER_PREFIX", "DrillFacts", "expected_schemas", "live_expectation", "run_drill"]

@@ -77,8 +77,8 @@ class MetaCommandRefused(Exception):
     """A backslash command outside COPY data; str() names the dump line (and a pg_dumpall `\\connect`)."""
 
     def __init__(self, line_no: int, text: str) -> None:
-        # The drill restores one database's dump; pg_dumpall's switches between databases are refused
-        # like any meta-command, but said for what they are.
+        # Outside a pg_dumpall file (facts/drill/clusterdump.py reads its own \connect lines) a switch
+        # between databases (pg_dump -C) is refused like any meta-command, but said for what it is.
         what = f" ({CLUSTER_DUMP} switching databases)" if _CONNECT.match(text) else ""
         super().__init__(f"dump line {line_no}: psql meta-command refused: {text}{what}")
         self.line_no = line_no
