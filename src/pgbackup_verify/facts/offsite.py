@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, cast
 
+from isal import igzip
+
 from pgbackup_verify.config import OffsiteSection
 from pgbackup_verify.facts import childenv
 from pgbackup_verify.facts.dumps.compression import named_compression
@@ -217,11 +219,20 @@ class _Until:
             raise TimeoutError(f"not read to its end within {self._seconds:g} s ([offsite].read_timeout_seconds)")
         return self._stream.read(n)
 
+    def readinto(self, buf: Any) -> int:  # igzip's reader fills its buffer this way
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
 
 @contextlib.contextmanager
-def _tar_stream(o: OffsiteSection, archive: Archive, seconds: float | None = None) -> Iterator[tarfile.TarFile]:
+def _tar_stream(o: OffsiteSection, archive: Archive, seconds: float | None = None,
+                whole: bool = False) -> Iterator[tarfile.TarFile]:
     """`rclone cat` into tarfile's stream mode; a read error caused by rclone is reported as rclone's.
-    With `seconds`, reading stops with a TimeoutError after that much wall-clock time."""
+    With `seconds`, reading stops with a TimeoutError after that much wall-clock time. With `whole`, once
+    the caller has read every member, the rest of the gzip stream is read too, so that its trailer (CRC-32
+    and length of the whole archive) is checked: tarfile stops at the end-of-archive blocks and never
+    checks it, so a byte flipped outside the PG member (another component of the upload) went unseen."""
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([o.rclone, "cat", archive.path], stdout=subprocess.PIPE, stderr=err,
                                 env=childenv.rclone())
@@ -230,8 +241,15 @@ def _tar_stream(o: OffsiteSection, archive: Archive, seconds: float | None = Non
         try:
             source = proc.stdout if seconds is None else \
                 cast(IO[bytes], _Until(proc.stdout, time.monotonic() + seconds, seconds))  # read() is all tarfile uses
-            with tarfile.open(fileobj=source, mode="r|gz", tarinfo=capped_tarinfo()) as tf:
-                yield tf
+            if whole:
+                with igzip.IGzipFile(fileobj=source, mode="rb") as gz, \
+                        tarfile.open(fileobj=gz, mode="r|", tarinfo=capped_tarinfo()) as tf:
+                    yield tf
+                    while gz.read(1 << 16):  # to the trailer; in pieces, so trailing junk costs no memory
+                        pass
+            else:
+                with tarfile.open(fileobj=source, mode="r|gz", tarinfo=capped_tarinfo()) as tf:
+                    yield tf
         except READ_ERRORS as e:
             failure = e
         finally:
@@ -293,7 +311,7 @@ def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
     link_members: list[tarfile.TarInfo] = []
     deadline = time.monotonic() + o.read_timeout_seconds
     try:
-        with _tar_stream(o, archive, o.read_timeout_seconds) as tf:
+        with _tar_stream(o, archive, o.read_timeout_seconds, whole=True) as tf:
             for m in tf:
                 scan.members += 1
                 reason = name_reason(m, links)
