@@ -284,7 +284,7 @@ def open_member(o: OffsiteSection, archive: Archive) -> Iterator[MemberStream | 
 
 # What scan_archive says about the same bytes, as kept in the scan record: bump on any change to it (the
 # member's own scanner has dumps.inventory.SCANNER_VERSION; the record names both).
-ARCHIVE_SCANNER_VERSION = 1
+ARCHIVE_SCANNER_VERSION = 2  # 2: the whole archive's gzip trailer (CRC-32, length) is checked
 
 
 def remote_hash(o: OffsiteSection, archive: Archive) -> str:
