@@ -57,7 +57,7 @@ from pgbackup_verify.facts.drill.restore import (
     psql_messages,
 )
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
-from pgbackup_verify.facts.dumps.compression import open_payload
+from pgbackup_verify.facts.dumps.compression import payload_chunks
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
 
@@ -364,7 +364,7 @@ class ParallelRestore:
         try:
             self._connect()
             raw = Counting(self.source.open())
-            stream = open_payload(self.source, raw)
+            stream = payload_chunks(self.source, raw)
             read = stream.read
             while chunk := read(CHUNK):
                 sent += self._route(scanner.feed(chunk))

@@ -22,7 +22,7 @@ from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
 from pgbackup_verify.facts.dumps.archivedata import archive_rows
-from pgbackup_verify.facts.dumps.compression import open_payload
+from pgbackup_verify.facts.dumps.compression import payload_chunks
 from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
@@ -271,7 +271,7 @@ def restore_plain(source: DumpSource, endpoint: Endpoint, time_limit: float, jan
     tags = _copy_tags(proc.stdout, scanner, loaded, paired)
     timer = _watchdog(proc, time_limit, outcome)
     raw = Counting(source.open())
-    stream = open_payload(source, raw)
+    stream = payload_chunks(source, raw)
     write, sent, last, read_all = proc.stdin.write, 0, start, False
     try:
         # A key the dump cannot know: the dump's own \unrestrict can never lift it.
@@ -342,15 +342,21 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
     start = time.monotonic()
     path = source.path or _spool(source, work_dir, janitor)
     counted: list[ArchiveRows] = []
-    counter: threading.Thread | None = None
-    if count_rows:
-        deadline = start + time_limit
+    large_objects: list[int | None] = []
+    deadline = start + time_limit
 
-        def count() -> None:
-            counted.append(archive_rows(
-                path, extra_args, deadline, lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
-        counter = threading.Thread(target=count, daemon=True)
-        counter.start()
+    def alongside() -> None:
+        """What the drill reads of the archive itself, while pg_restore runs (it mostly costs CPU then)."""
+        try:
+            large_objects.append(read_archive_toc(path).large_objects())
+        except (ArchiveFormatError, OSError):
+            large_objects.append(None)  # an archive version this reader does not know: not counted
+        finally:  # the rows are counted whatever became of the large objects
+            if count_rows:
+                counted.append(archive_rows(path, extra_args, deadline,
+                                            lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
+    counter = threading.Thread(target=alongside, daemon=True)
+    counter.start()
     # The archive is the host's (root-only): pg_restore reads it as root without capabilities, in
     # its own namespaces, seeing the archive and the restore list read-only (sandbox.py).
     lists = [Path(a) for a in extra_args if a != "-L" and Path(a).is_absolute()]
@@ -362,8 +368,14 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
     lines: list[str] = []
     reader = _collect(proc.stderr, lines)
     timer = _watchdog(proc, time_limit - (time.monotonic() - start), outcome)
-    while proc.poll() is None:
-        time.sleep(0.2)
+    # Woken by pg_restore's exit itself, not by a poll: the restore's end is the drill's next step.
+    ended = threading.Event()
+
+    def wait() -> None:
+        proc.wait()
+        ended.set()
+    threading.Thread(target=wait, daemon=True).start()
+    while not ended.wait(1.0):
         if progress and time.monotonic() - start > 5:
             progress(0, 0, source.size, time.monotonic() - start)
     outcome.exit_code = proc.returncode
@@ -383,8 +395,8 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
                 and outcome.errors[-1].count("\n") < 4:
             outcome.errors[-1] += "\n    " + text.strip()[:200]
     outcome.payload_bytes = source.payload_estimate()
-    if counter is not None:
-        counter.join(max(time_limit - (time.monotonic() - start), 0) + 10)  # the count has the same deadline
+    counter.join(max(time_limit - (time.monotonic() - start), 0) + 10)  # the count has the same deadline
+    if count_rows:
         if counted:
             outcome.rows, outcome.scan = counted[0].scan.rows, counted[0].scan
             outcome.rows_from = f"the archive's data blocks, {counted[0].read_by}"
@@ -392,9 +404,6 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
                 outcome.errors.append(counted[0].error)
         else:
             outcome.errors.append("row count of the archive did not end within the time limit")
-    try:
-        outcome.large_objects = read_archive_toc(path).large_objects()
-    except (ArchiveFormatError, OSError):
-        outcome.large_objects = None  # an archive version this reader does not know: not counted
+    outcome.large_objects = large_objects[0] if large_objects else None
     outcome.seconds = time.monotonic() - start
     return outcome
