@@ -16,41 +16,43 @@ pytest_plugins = ["pytester"]
 
 # Under xdist (`./dev test` runs -n 2) each entry below is ONE unit of work for one worker, sent
 # in this order (the longest first, so no worker is left with a long tail); every other test is
-# a unit of its own, slow ones first.
+# a unit of its own, slow ones first: those fill in at the end, so both workers finish together.
+# The order follows a measured `./dev test --durations`: the units of a few minutes first.
 #   "demo": the demo runs and what must not overlap with them: the demo sweeps /tmp of dead demo
 #   dirs (a killed demo's leftovers must stay for the run that proves the sweep), and its drills
 #   hold the host's default drill lock, which the default-lock tests wait on for only 1 s.
 #   "kuma": everything using the session's real Kuma, so only one worker starts one.
 #   Modules whose tests share one checks run over many targets (a module-scoped fixture) stay
-#   together, so that run happens once.
+#   together, so that run happens once; so do modules sharing one real server (a module fixture).
 XDIST_UNITS: dict[str, tuple[str, ...]] = {
-    "demo": ("tests/test_seed_night.py::", "tests/test_report_browser.py::", "tests/test_operation.py::test_demo_",
-             "tests/test_locks.py::test_default_drill_lock_", "tests/test_locks.py::test_a_non_root_run_after_"),
     "kuma": ("tests/test_kuma_push.py::", "tests/test_kuma_monitors.py::", "tests/test_kuma_demo.py::",
              "tests/test_kuma_server.py::", "tests/test_kuma_recovery.py::", "tests/test_kuma_secrets.py::"),
+    "test_drill.py": ("tests/test_drill.py::",),  # one checks run of nine drill cases, two killed runs
+    # One OpenSSH server and one checks run per module; together, as both create and remove its login user.
+    "sshd": ("tests/test_remote.py::", "tests/test_inventory.py::"),
+    "demo": ("tests/test_seed_night.py::", "tests/test_report_browser.py::", "tests/test_operation.py::test_demo_",
+             "tests/test_locks.py::test_default_drill_lock_", "tests/test_locks.py::test_a_non_root_run_after_"),
+    "test_metrics_prometheus.py": ("tests/test_metrics_prometheus.py::",),  # one Prometheus stack, three runs
     "test_fix_texts.py": ("tests/test_fix_texts.py::",),  # one demo build, seven checks runs (~1-2 min)
-    **{m: (f"tests/{m}::",) for m in ("test_drill.py", "test_grants.py", "test_host.py", "test_custom_sql.py",
-                                      "test_dumps.py", "test_offsite.py", "test_trends.py", "test_init.py",
-                                      "test_minimal_target.py")},
+    "test_formats.py": ("tests/test_formats.py::",),  # one corpus cluster, one checks run: every dump format
+    "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
+    "test_clusterdump.py": ("tests/test_clusterdump.py::",),  # one source cluster, one checks run, two drills
+    "test_sandbox.py": ("tests/test_sandbox.py::",),  # one "live" cluster whose databases hold the traps
+    "test_sample_db.py": ("tests/test_sample_db.py::",),
+    **{m: (f"tests/{m}::",) for m in ("test_init.py", "test_minimal_target.py", "test_offsite.py", "test_grants.py",
+                                      "test_host.py", "test_custom_sql.py", "test_dumps.py", "test_trends.py")},
+    "test_fleet.py": ("tests/test_fleet.py::",),  # one demo database, two checks runs, Chromium
     **{m: (f"tests/{m}::",) for m in ("test_nights.py", "test_in_progress.py", "test_hostile_fs.py", "test_pg16.py",
                                       "test_drill_parallel.py", "test_drill_tiers.py", "test_custom_rows.py",
                                       "test_scanrecord.py")},
     "test_grants_differential.py": ("tests/test_grants_differential.py::",),
-    "test_sample_db.py": ("tests/test_sample_db.py::",),
-    "test_corpus.py": ("tests/test_corpus.py::",),  # one corpus cluster and one checks run for the module
-    "test_formats.py": ("tests/test_formats.py::",),  # one corpus cluster, one checks run: every dump format
-    "test_clusterdump.py": ("tests/test_clusterdump.py::",),  # one source cluster, one checks run, two drills
     "test_host_names.py": ("tests/test_host_names.py::",),
     "test_paste_fixes.py": ("tests/test_paste_fixes.py::",),  # one cluster, one checks run, every fix pasted
     "test_console_controls.py": ("tests/test_console_controls.py::",),
     "test_redact.py": ("tests/test_redact.py::",),
-    # One OpenSSH server and one checks run per module; together, as both create and remove its login user.
-    "sshd": ("tests/test_remote.py::", "tests/test_inventory.py::"),
     "test_tls.py": ("tests/test_tls.py::",),  # one TLS cluster
     "test_child_env.py": ("tests/test_child_env.py::",),  # one demo build, one checks run scanned
     "test_fuzz_parsers.py": ("tests/test_fuzz_parsers.py::",),  # one cluster for the -Fc archive, ~30 s of examples
-    "test_metrics_prometheus.py": ("tests/test_metrics_prometheus.py::",),
-    "test_fleet.py": ("tests/test_fleet.py::",),  # one demo database, two checks runs, Chromium
 }
 
 

@@ -39,6 +39,29 @@ def test_latest_dump_is_complete():
     assert {ok}, "latest dump: FAILED (20 B vs 10000 B); fix: rerun pg-backup.sh"
 """
 
+# A conftest for a checks run whose pushes are timed. The Kuma plugin pushes before every other
+# sessionfinish hook, so the run stamps the end of each check and the start of the other sessionfinish
+# hooks: between the two lies the push phase alone. The interpreter's start-up and the writing of the
+# reports, which a loaded machine stretches by seconds, are not what a push deadline bounds.
+STAMP_CONFTEST = """import pathlib, time
+def _stamp(name):
+    pathlib.Path(__file__).with_name(name).write_text(repr(time.time()))
+def pytest_runtest_logfinish(nodeid, location):
+    _stamp("checks-ended")
+def pytest_sessionfinish(session, exitstatus):
+    _stamp("pushes-ended")
+"""
+
+
+def stamp(run_dir: Path, name: str) -> float:
+    """A time.time() stamp of STAMP_CONFTEST: "checks-ended" (the last check) or "pushes-ended"."""
+    return float((run_dir / name).read_text())
+
+
+def push_phase(run_dir: Path) -> float:
+    """Seconds from the end of the run's last check to the end of its pushes (STAMP_CONFTEST)."""
+    return stamp(run_dir, "pushes-ended") - stamp(run_dir, "checks-ended")
+
 
 @dataclass
 class Pushed:

@@ -43,14 +43,15 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
         ".venv", ".git", "reports", "node_modules", ".demo", "__pycache__", "*.egg-info", "build"))
     # `pip install .` is a wheel build and its install: built by the self-tests' pip (with its
-    # build isolation), installed by the fresh venv's own pip, without dependencies.
+    # build isolation), installed into the fresh venv's interpreter (pip --python), without
+    # dependencies. The venv gets no pip of its own: ensurepip took ~20 s and is not what is tested.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
                     "-w", str(base / "wheels"), str(src)], check=True, capture_output=True)
     venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     [wheel] = (base / "wheels").glob("pgbackup_verify-*.whl")
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    "--no-deps", str(wheel)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--disable-pip-version-check", "--no-deps", str(wheel)], check=True, capture_output=True)
     purelib = Path(subprocess.check_output(
         [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
         text=True).strip())

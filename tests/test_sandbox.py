@@ -258,13 +258,24 @@ def _sleeping_drill(live: tuple[ThrowawayCluster, Path], name: str, sandbox: str
 
 
 def _restoring_backend(seconds: float = 60) -> psutil.Process:
+    """The backend of THIS test's drill that sits in its pg_sleep. The drill runs in a thread of this
+    process, so its bwrap, postmaster and backends are our descendants; another xdist worker's drill
+    (same process title) is not, and is never picked."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        for p in psutil.process_iter(["cmdline"]):
-            if any("pgbv_restore" in a and a.endswith("SELECT") for a in p.info["cmdline"] or ()):
-                return p
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if any("pgbv_restore" in a and a.endswith("SELECT") for a in p.cmdline()):
+                    return p
         time.sleep(0.1)
     raise AssertionError("the drill never reached its pg_sleep")
+
+
+def _uid(p: psutil.Process) -> int | None:
+    try:
+        return int(p.uids().real)
+    except psutil.NoSuchProcess:
+        return None
 
 
 def test_nobody_else_can_reach_the_drill_server_while_it_runs(live: tuple[ThrowawayCluster, Path],
@@ -281,14 +292,17 @@ def test_nobody_else_can_reach_the_drill_server_while_it_runs(live: tuple[Throwa
             with contextlib.suppress(psutil.NoSuchProcess):
                 assert secret not in " ".join(f"{k}={v}" for k, v in p.environ().items()), p.cmdline()
         [root] = work.glob("pgbv-cluster-drill-*")
-        server = [p for p in psutil.process_iter(["uids", "cmdline"]) if p.info["uids"].real == backend.uids().real]
+        # The drill's server: our descendants running as the backend's uid (not another worker's drill).
+        server = [p for p in children if _uid(p) == backend.uids().real]
+        assert backend.pid in {p.pid for p in server}
         # The server runs as an unnamed uid (not root, not postgres), in a network namespace of its own.
         assert backend.uids().real >= UID_BASE
         assert os.readlink(f"/proc/{backend.pid}/ns/net") != os.readlink("/proc/self/ns/net")
         for p in server:  # nothing secret on any command line or in the server's environment
-            assert "password" not in " ".join(p.info["cmdline"] or ()).lower()
-            env = p.environ()
-            assert "PGPASSWORD" not in env or "psql" in " ".join(p.info["cmdline"] or ())
+            with contextlib.suppress(psutil.NoSuchProcess):
+                cmdline = " ".join(p.cmdline())
+                assert "password" not in cmdline.lower()
+                assert "PGPASSWORD" not in p.environ() or "psql" in cmdline
         # No TCP listener anywhere in the drill's processes (their netns has only its own loopback).
         assert not [c for c in psutil.net_connections("inet") if c.pid in {p.pid for p in server}]
         # The local user `nobody` cannot even reach the socket, let alone log in.
