@@ -92,11 +92,15 @@ def run(label: str, targets: Path, reports: Path, drill: bool, *extra: str) -> t
     sampler.join()
     summary = next((ln for ln in out.splitlines() if ln.startswith("pgbackup-verify: ")), out[-2000:])
     if proc.returncode != 0:
-        sys.exit(f"{label}: exit {proc.returncode}\n{out[-3000:]}")
+        failed = "\n".join(ln for ln in out.splitlines() if ln.startswith(("FAILED", "ERROR", "E ")))
+        sys.exit(f"{label}: exit {proc.returncode}\n{failed[-6000:] or out[-3000:]}")
     return elapsed, used, peak[0] if peak else 0, summary, sum(sampled.values())
 
 
-DRILL_SCHEMA = '\n[drill]\ntier = "schema"\n'
+def drill_section(work_dir: Path) -> str:
+    """The schema tier, its clusters in a work dir of this bench's own: a drill cluster of any other
+    process in the system temp dir would be a leftover to every drill here (and fail its check)."""
+    return f'\n[drill]\ntier = "schema"\nwork_dir = "{work_dir}"\n'
 
 
 def drill_note(reports: Path) -> str:
@@ -116,7 +120,11 @@ def main(n: int = TARGETS, drill: str = "off", modes: tuple[str, ...] = ("serial
             one, many = root / "one", root / "many"
             one.mkdir()
             many.mkdir()
-            text = d.target_file.read_text() + (DRILL_SCHEMA if drill == "schema" else "")
+            work = root / "drill-work"
+            work.mkdir()
+            for p in (root, work):  # the drill's unnamed uid passes through to its cluster dir, lists nothing
+                p.chmod(0o711)
+            text = d.target_file.read_text() + (drill_section(work) if drill == "schema" else "")
             (one / "db-000.toml").write_text(text.replace('name = "demo"', 'name = "db-000"'))
             for i in range(n):
                 (many / f"db-{i:03d}.toml").write_text(text.replace('name = "demo"', f'name = "db-{i:03d}"'))
