@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import gzip
+import re
 import shutil
 import signal
 import socket
@@ -369,6 +370,37 @@ def test_overlapping_drills_take_turns_on_the_lock(backups, write_target, work_d
     assert all(not f.outcome.problems for f in results)
     waited = max(f.lock_wait for f in results)
     assert waited >= min(f.seconds - f.lock_wait for f in results) * 0.5, "the second drill did not wait"
+
+
+LOCK_HELD = 25.0  # seconds; far longer than the seed's scratch drill takes even on a busy machine
+
+
+def test_a_drill_that_waited_for_another_drills_turn_is_not_charged_the_wait(seed_cluster, cluster, healthy_backups,
+                                                                             work_dir, tmp_path):
+    """The drills of one run's xdist workers (and of overlapping runs) take turns on the drill lock. The wait
+    is said beside the drill's time, and the time the restore budget, the trend and the drill-duration
+    metric judge is the drill's own: a fleet run with `-n auto` must not look like slower restores."""
+    dsn = seed_cluster.dsn(demo.DBNAME, demo.DUMP_ROLE)
+    target = demo.write_target_file(tmp_path / "t.toml", dsn, healthy_backups, name="waits",
+                                    extra=drill_toml(work_dir, **scratch(cluster)))
+    held = open(work_dir / "drill.lock", "w")  # held as another drill holds it; the timer lets go
+    fcntl.flock(held, fcntl.LOCK_EX)
+    timer = threading.Timer(LOCK_HELD, held.close)
+    timer.start()
+    try:
+        run = run_checks(tmp_path / "run", [target], [CHECK])
+    finally:
+        timer.cancel()
+        held.close()
+    facts = run.doc["facts"]["waits"]
+    said = run.facts_line("waits").split("restore drill: ", 1)[1].split("), ")[0] + ")"
+    found = re.fullmatch(r"21 tables in 3 schemas, ([\d.]+) s \(after ([\d.]+) s waiting for another drill: "
+                         r"one drill at a time\)", said)
+    assert found, said
+    own, waited = float(found[1]), float(found[2])
+    assert waited >= 5 and own < waited, said  # the seed's drill takes a few seconds; the lock was held for 25
+    assert facts["drill_seconds"] == pytest.approx(own, abs=0.06), (facts["drill_seconds"], said)
+    assert run.ret == 0 and not run["waits"].failed(), run.stdout[-3000:]
 
 
 def test_lock_held_too_long_aborts_the_drill_naming_the_lock(backups, write_target, work_dir):

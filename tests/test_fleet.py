@@ -1,7 +1,9 @@
 """The fleet page over 200 hosts, opened in a real headless Chromium. The reports are real: one checks run
-of the demo database as a healthy target and as the seed's night (a 20-byte empty gzip as the newest dump),
-and one run refused for a broken target file; each of the 200 hosts gets a copy of one of them under its
-own name (some three days old: STALE), plus one file that is not a report at all (UNREADABLE)."""
+of the demo database as a healthy target, as the seed's night (a 20-byte empty gzip as the newest dump) and
+as a target file with a typo (set aside, the other two still checked), and one run refused for a broken
+target file; each of the 200 hosts gets a copy of one of them under its own name (some three days old:
+STALE), plus one file that is not a report at all (UNREADABLE). The three-target run's own report is also
+a fleet of its own: one run over many hosts (`--target DIR`), one row per host."""
 
 from __future__ import annotations
 
@@ -45,35 +47,44 @@ def one_target(doc: dict, target: str, name: str, age_hours: float = 0.0) -> dic
 
 
 @pytest.fixture(scope="module")
-def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def one_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The reports directory of one real run over three hosts: healthy, the seed's night, a typo."""
     for d in built_demo(tmp_path_factory, "fleet-demo"):
         broken = d.target_file.with_name("broken.toml")
         text = d.target_file.read_text().replace('name = "demo"', 'name = "broken"')
         broken.write_text(text.replace(str(d.workdir / "backups"), str(broken_backups(d))))
-        run = cli(d.workdir, f"--target={d.target_file}", f"--target={broken}", "--reports-dir=reports")
+        typo = d.target_file.with_name("typo.toml")
+        typo.write_text(text.replace('name = "broken"', 'name = "typo"').replace("max_age_hours", "max_age_hour"))
+        run = cli(d.workdir, f"--target={d.target_file}", f"--target={broken}", f"--target={typo}",
+                  "--reports-dir=reports")
         assert run.returncode == 1, run.stdout[-3000:]
-        real = json.loads((d.workdir / "reports" / "latest.json").read_text())
-        html = d.workdir / "reports" / "latest.html"
-        refused = d.workdir / "refused"
-        refused.mkdir()
-        (refused / "bad.toml").write_text("[database]\n")
-        assert cli(refused, "--target=bad.toml", "--reports-dir=reports").returncode == 4
-        fleet = tmp_path_factory.mktemp("fleet")
-        for i in range(HOSTS):
-            host = fleet / f"host-{i:03d}"
-            host.mkdir()
-            if i == 7:
-                shutil.copy(refused / "reports" / "latest.json", host / "latest.json")
-                shutil.copy(refused / "reports" / "latest.html", host / "latest.html")
-                continue
-            if i == 13:
-                (host / "latest.json").write_text('{"status": "OK", "checks": [')  # cut off mid-write
-                continue
-            name = HOSTILE if i == 42 else f"db-{i:03d}"
-            doc = one_target(real, "broken" if i % 50 == 3 else "demo", name, age_hours=72 if i % 40 == 9 else 0)
-            (host / "latest.json").write_text(json.dumps(doc))
-            shutil.copy(html, host / "latest.html")
-        yield fleet
+        yield d.workdir / "reports"
+
+
+@pytest.fixture(scope="module")
+def fleet_dir(one_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    real = json.loads((one_run / "latest.json").read_text())
+    html = one_run / "latest.html"
+    refused = one_run.parent / "refused"
+    refused.mkdir()
+    (refused / "bad.toml").write_text("[database]\n")
+    assert cli(refused, "--target=bad.toml", "--reports-dir=reports").returncode == 4
+    fleet = tmp_path_factory.mktemp("fleet")
+    for i in range(HOSTS):
+        host = fleet / f"host-{i:03d}"
+        host.mkdir()
+        if i == 7:
+            shutil.copy(refused / "reports" / "latest.json", host / "latest.json")
+            shutil.copy(refused / "reports" / "latest.html", host / "latest.html")
+            continue
+        if i == 13:
+            (host / "latest.json").write_text('{"status": "OK", "checks": [')  # cut off mid-write
+            continue
+        name = HOSTILE if i == 42 else f"db-{i:03d}"
+        doc = one_target(real, "broken" if i % 50 == 3 else "demo", name, age_hours=72 if i % 40 == 9 else 0)
+        (host / "latest.json").write_text(json.dumps(doc))
+        shutil.copy(html, host / "latest.html")
+    return fleet
 
 
 def test_the_fleet_page_shows_200_hosts_worst_first_in_chromium(fleet_dir: Path, browser: Browser,  # noqa: F811
@@ -131,6 +142,35 @@ def test_the_fleet_page_shows_200_hosts_worst_first_in_chromium(fleet_dir: Path,
     ARTIFACT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACT), full_page=False)
     assert ARTIFACT.stat().st_size > 10_000
+
+
+def test_one_run_over_many_hosts_gives_each_host_its_row_and_names_the_one_that_failed(
+        one_run: Path, browser: Browser, tmp_path: Path):  # noqa: F811
+    """One run over a directory of target files is a fleet too: a host whose dumps fail and a host whose
+    file has a typo are rows of their own, each saying why, and the healthy host stays OK beside them."""
+    out = tmp_path / "fleet.html"
+    made = cli(tmp_path, "fleet", str(one_run), "-o", str(out))
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == f"pgbackup-verify fleet: 3 hosts, 2 not OK: {out}"
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(out.as_uri())
+    assert page.locator("#summary").inner_text().startswith("2 of 3 hosts not OK")
+    header = page.locator("#fleet thead th").all_inner_texts()
+    rows = {cells[0]: dict(zip(header, cells, strict=True))
+            for cells in (r.locator("td").all_inner_texts() for r in page.locator("tr.host").all())}
+    assert list(rows) == ["broken", "typo", "demo"]  # worst first, then by name
+    assert rows["demo"]["status"] == "OK" and rows["demo"]["why"] == ""
+    assert rows["demo"]["last drill"].endswith(" s, full, OK")
+    assert (rows["broken"]["status"], rows["broken"]["dumps"], rows["broken"]["grants"]) == ("FAILED", "FAILED", "OK")
+    assert rows["broken"]["why"].startswith("latest dump payload reaches minimum: latest dump payload: FAILED (")
+    # The typo: nothing of that host was checked; its row names the file, the key and the fix.
+    typo = rows["typo"]
+    assert typo["status"] == "FAILED" and (typo["dumps"], typo["drill"], typo["last drill"]) == ("", "", "")
+    assert typo["why"].startswith("target file is valid: ConfigError: target file ") and "typo.toml" in typo["why"]
+    assert "max_age_hour" in typo["why"], typo["why"]
+    # All three rows link to the one run's report.
+    links = {a.get_attribute("href") for a in page.locator("tr.host a").all()}
+    assert {(out.parent / h).resolve() for h in links if h} == {(one_run / "latest.html").resolve()}
 
 
 @pytest.mark.parametrize(("make", "said"), [

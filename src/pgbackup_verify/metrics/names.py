@@ -43,7 +43,8 @@ LAST_SUCCESS = _m("last_success_timestamp_seconds", TC, "when a run last found t
 DUMP_AGE = _m("dump_age_seconds", T, "age of the newest complete dump")
 GOOD_DUMP_AGE = _m("good_dump_age_seconds", T, "age of the newest good dump (complete, payload over the minimum)")
 DUMP_PAYLOAD = _m("dump_payload_bytes", T, "decompressed payload of the newest dump")
-DRILL_DURATION = _m("drill_duration_seconds", T, "wall time of the restore drill")
+DRILL_DURATION = _m("drill_duration_seconds", T,
+                    "wall time of the restore drill (its wait for another drill's turn not included)")
 DRILL_TIER = _m("drill_tier", T, "tier of the drill that ran: 0 schema, 1 sample, 2 full")
 DRILL_TABLES = _m("drill_tables_restored", T, "tables the restore drill produced")
 DRILL_ROWS = _m("drill_rows_restored", T, "rows the restore drill loaded (0 for a schema drill)")
