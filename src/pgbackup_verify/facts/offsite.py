@@ -20,13 +20,13 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any, cast
+from typing import IO, cast
 
 from isal import igzip
 
 from pgbackup_verify.config import OffsiteSection
 from pgbackup_verify.facts import childenv
-from pgbackup_verify.facts.dumps.compression import named_compression
+from pgbackup_verify.facts.dumps.compression import RawStream, named_compression
 from pgbackup_verify.facts.dumps.gzipscan import DumpScan, scan_stream
 from pgbackup_verify.facts.dumps.source import DumpSource, NoDumpFound
 from pgbackup_verify.facts.tarcaps import ArchiveLimit, capped_tarinfo
@@ -207,22 +207,18 @@ class ArchiveScan:
 
 READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
-class _Until:
+class _Until(RawStream):
     """rclone's output as tarfile reads it, ending in TimeoutError (an OSError: a read error) at `deadline`:
     tarfile skips a member's data inside one call, which a check between members could not stop."""
 
     def __init__(self, stream: IO[bytes], deadline: float, seconds: float) -> None:
-        self._stream, self._deadline, self._seconds = stream, deadline, seconds
+        super().__init__(stream)
+        self._deadline, self._seconds = deadline, seconds
 
     def read(self, n: int = -1) -> bytes:
         if time.monotonic() > self._deadline:
             raise TimeoutError(f"not read to its end within {self._seconds:g} s ([offsite].read_timeout_seconds)")
-        return self._stream.read(n)
-
-    def readinto(self, buf: Any) -> int:  # igzip's reader fills its buffer this way
-        data = self.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
+        return super().read(n)
 
 
 @contextlib.contextmanager
@@ -240,7 +236,7 @@ def _tar_stream(o: OffsiteSection, archive: Archive, seconds: float | None = Non
         failure: BaseException | None = None
         try:
             source = proc.stdout if seconds is None else \
-                cast(IO[bytes], _Until(proc.stdout, time.monotonic() + seconds, seconds))  # read() is all tarfile uses
+                cast(IO[bytes], _Until(proc.stdout, time.monotonic() + seconds, seconds))
             if whole:
                 with igzip.IGzipFile(fileobj=source, mode="rb") as gz, \
                         tarfile.open(fileobj=gz, mode="r|", tarinfo=capped_tarinfo()) as tf:
@@ -346,24 +342,17 @@ def scan_archive(o: OffsiteSection, archive: Archive) -> ArchiveScan:
     return scan
 
 
-class _MemberReader(io.RawIOBase):
+class _MemberReader(RawStream):
     """The member's bytes; closing it ends the rclone stream behind it."""
 
     def __init__(self, stream: IO[bytes], stack: contextlib.ExitStack) -> None:
-        self._stream, self._stack = stream, stack
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        data = self._stream.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
+        super().__init__(stream)
+        self._stack = stack
 
     def close(self) -> None:
         if not self.closed:
-            self._stack.close()
-        super().close()
+            self._stack.close()  # ends the tar reader and rclone, the member's stream with them
+        io.RawIOBase.close(self)
 
 
 def member_source(o: OffsiteSection) -> DumpSource:

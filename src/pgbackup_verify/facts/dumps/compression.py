@@ -401,11 +401,12 @@ class _ZstdFrames(io.RawIOBase):
 def _as_raw(stream: Stored) -> io.RawIOBase:
     if isinstance(stream, io.RawIOBase):
         return stream
-    return _Raw(stream)
+    return RawStream(stream)
 
 
-class _Raw(io.RawIOBase):
-    """Any binary stream as a RawIOBase (io.BufferedReader needs one)."""
+class RawStream(io.RawIOBase):
+    """Any binary stream as a RawIOBase (io.BufferedReader and isal's reader fill buffers with readinto);
+    read() goes straight through, without a copy into a buffer of RawIOBase's own."""
 
     def __init__(self, stream: Stored) -> None:
         self._stream = stream
@@ -413,8 +414,11 @@ class _Raw(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, n: int = -1) -> bytes:
+        return bytes(self._stream.read(n))
+
     def readinto(self, b: Any) -> int:
-        data = self._stream.read(len(b))
+        data = self.read(len(b))
         b[:len(data)] = data
         return len(data)
 
