@@ -130,6 +130,11 @@ class Endpoint:
         return (self.sandbox.wrap(argv, rw=rw, ro=[*install_root(Path(argv[0])), *ro], reader=reader),
                 {"env": self.env(), **self.sandbox.popen_kwargs(reader=reader)})
 
+    def for_app(self, application_name: str) -> Endpoint:
+        """The same database, its sessions named (pg_stat_activity.application_name) so they can be waited for."""
+        conninfo = psycopg.conninfo.make_conninfo(self.conninfo, application_name=application_name)
+        return Endpoint(conninfo, self.password, self.sandbox, self.socket_dir)
+
     def for_db(self, dbname: str) -> Endpoint:
         params = psycopg.conninfo.conninfo_to_dict(self.conninfo)
         params["dbname"] = dbname

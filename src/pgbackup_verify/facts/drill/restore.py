@@ -16,12 +16,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
+import psycopg
+
+from pgbackup_verify.facts.drill import loadcount
 from pgbackup_verify.facts.drill.cluster import mark_owner
 from pgbackup_verify.facts.drill.drillcluster import Endpoint
 from pgbackup_verify.facts.drill.safety import SPOOL_PREFIX, Janitor
-from pgbackup_verify.facts.dumps.archivedata import archive_rows
+from pgbackup_verify.facts.dumps.archivedata import archive_rows, restore_list_ids
 from pgbackup_verify.facts.dumps.compression import payload_chunks
 from pgbackup_verify.facts.dumps.customfmt import ArchiveFormatError, ArchiveRows, read_archive_toc
 from pgbackup_verify.facts.dumps.plainscan import DUMP_COMPLETE, MetaCommandRefused, PlainDumpScanner
@@ -32,6 +35,8 @@ Progress = Callable[[int, int, int | None, float], None]  # payload sent, stored
 _PSQL_MSG = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|PANIC|WARNING|error|warning|fatal):\s*(.*)$")
 MAX_MESSAGES = 50
 CHUNK = 1 << 20  # decompressed bytes per read
+SETTLE_SECONDS = 30  # most time pg_restore's sessions may take to end after it did
+_T = TypeVar("_T")
 # Statements after the first COPY that may change rows a COPY already stored (or make the table its
 # name finds another one): then what each COPY reported no longer says what the tables hold, and the
 # drill counts them all with count(*). Matched on a statement's head; pg_dump writes none of these after
@@ -335,41 +340,100 @@ def _spool(source: DumpSource, work_dir: Path, janitor: Janitor) -> Path:
 def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit: float,
                    janitor: Janitor, work_dir: Path, progress: Progress | None = None,
                    extra_args: Sequence[str] = (), count_rows: bool = False) -> RestoreOutcome:
-    """pg_restore -j into the database; with count_rows, the archive's rows are read meanwhile.
+    """pg_restore -j into the database; with count_rows, the rows each table of the archive loaded.
 
-    The count reads the archive's data blocks a second time (archivedata.archive_rows: newlines of
-    the decompressed COPY text), alongside the restore so that it mostly costs CPU, not time.
+    Those rows come from the load itself where that is exact (loadcount.py: the server's insert
+    counters once pg_restore's sessions have ended), so the archive is read once, by pg_restore.
+    Otherwise its data blocks are read a second time (archivedata.archive_rows: newlines of the
+    decompressed COPY text): alongside the restore, mostly costing CPU, not time, when its table of
+    contents says so beforehand; after it when only the restored catalog does.
     """
     outcome = RestoreOutcome(tool=f"pg_restore -j{jobs}")
     start = time.monotonic()
-    path = source.path or _spool(source, work_dir, janitor)
-    counted: list[ArchiveRows] = []
-    large_objects: list[int | None] = []
     deadline = start + time_limit
-
-    def alongside() -> None:
-        """What the drill reads of the archive itself, while pg_restore runs (it mostly costs CPU then)."""
+    path = source.path or _spool(source, work_dir, janitor)
+    toc = None
+    try:
+        toc = read_archive_toc(path)
+        outcome.large_objects = toc.large_objects()
+    except (ArchiveFormatError, OSError):
+        pass  # an archive version this reader does not know: not counted; pg_restore says the rest
+    app = f"pgbv_restore_{secrets.token_hex(6)}"  # its sessions, told apart in pg_stat_activity
+    # The rows: from the load's own counters where they can be exact (loadcount.py); else from the
+    # archive's data blocks, read alongside the restore when the archive says so beforehand.
+    targets: PlainDumpScanner | str = "its table of contents is not one this reader knows"
+    if count_rows and toc is not None:
         try:
-            large_objects.append(read_archive_toc(path).large_objects())
-        except (ArchiveFormatError, OSError):
-            large_objects.append(None)  # an archive version this reader does not know: not counted
-        finally:  # the rows are counted whatever became of the large objects
-            if count_rows:
-                counted.append(archive_rows(path, extra_args, deadline,
-                                            lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
-    counter = threading.Thread(target=alongside, daemon=True)
-    counter.start()
+            wanted = restore_list_ids(list(extra_args))
+            targets = loadcount.archive_targets(toc, wanted)
+            if not isinstance(targets, str):
+                targets = loadcount.predict(toc, wanted) or targets
+        except ArchiveFormatError as e:
+            targets = str(e)
+    why_not = targets if isinstance(targets, str) else None
+    counted: list[ArchiveRows] = []
+    counter = None
+    if count_rows and why_not is not None:
+        def alongside() -> None:  # while pg_restore runs: then it mostly costs CPU, not time
+            counted.append(archive_rows(path, extra_args, deadline,
+                                        lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
+        counter = threading.Thread(target=alongside, daemon=True)
+        counter.start()
+    _pg_restore(endpoint.for_app(app), path, extra_args, jobs, deadline, janitor, outcome, progress, source.size, start)
+    outcome.payload_bytes = source.payload_estimate()
+    if count_rows and isinstance(targets, PlainDumpScanner):
+        scan = targets
+        got = (_after(endpoint, app, deadline, lambda conn: loadcount.loaded_rows(conn, scan)) if not outcome.problems
+               else "the restore failed: what it stored is not what the archive holds")
+        if isinstance(got, dict):
+            outcome.rows, outcome.loaded, outcome.scan = got, dict(got), scan
+            outcome.rows_from = "the rows the load stored, from the server's own counters: the archive read once"
+        else:  # the counters may not stand for the archive's rows: its blocks are counted after all
+            why_not = got
+            counted.append(archive_rows(path, extra_args, deadline))
+    if counter is not None:
+        counter.join(max(deadline - time.monotonic(), 0) + 10)  # the count has the same deadline
+    if count_rows and outcome.scan is None:
+        if counted:
+            outcome.rows, outcome.scan = counted[0].scan.rows, counted[0].scan
+            outcome.rows_from = f"the archive's data blocks, {counted[0].read_by}" + (
+                f"; not from the load's counters: {why_not}" if why_not else "")
+            if counted[0].error:
+                outcome.errors.append(counted[0].error)
+        else:
+            outcome.errors.append("row count of the archive did not end within the time limit")
+    outcome.seconds = time.monotonic() - start
+    return outcome
+
+
+def _after(endpoint: Endpoint, app: str, deadline: float,
+           read: Callable[[psycopg.Connection], _T]) -> _T | str:
+    """What `read` finds once the sessions of pg_restore run `app` have ended (their counts flushed)."""
+    try:
+        with endpoint.connect(autocommit=True) as conn:
+            if not loadcount.settle(conn, app, min(deadline, time.monotonic() + SETTLE_SECONDS)):
+                return f"pg_restore's sessions still open {SETTLE_SECONDS} s after it ended"
+            return read(conn)
+    except psycopg.Error as e:
+        return f"the restored database could not be read ({type(e).__name__})"
+
+
+def _pg_restore(endpoint: Endpoint, path: Path, extra_args: Sequence[str], jobs: int, deadline: float,
+                janitor: Janitor, outcome: RestoreOutcome, progress: Progress | None, size: int | None,
+                start: float) -> None:
+    """pg_restore -j of the archive into the database; its exit and messages go into `outcome`."""
     # The archive is the host's (root-only): pg_restore reads it as root without capabilities, in
     # its own namespaces, seeing the archive and the restore list read-only (sandbox.py).
     lists = [Path(a) for a in extra_args if a != "-L" and Path(a).is_absolute()]
-    argv, kwargs = endpoint.command(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", *extra_args,
-                                     "-d", endpoint.conninfo, str(path)], ro=[path.resolve(), *lists], reader=True)
+    argv, kwargs = endpoint.command(["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges",
+                                     *extra_args, "-d", endpoint.conninfo, str(path)],
+                                    ro=[path.resolve(), *lists], reader=True)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
     janitor.add("pg_restore", lambda: _kill(proc))
     assert proc.stderr is not None
     lines: list[str] = []
     reader = _collect(proc.stderr, lines)
-    timer = _watchdog(proc, time_limit - (time.monotonic() - start), outcome)
+    timer = _watchdog(proc, deadline - time.monotonic(), outcome)
     # Woken by pg_restore's exit itself, not by a poll: the restore's end is the drill's next step.
     ended = threading.Event()
 
@@ -379,7 +443,7 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
     threading.Thread(target=wait, daemon=True).start()
     while not ended.wait(1.0):
         if progress and time.monotonic() - start > 5:
-            progress(0, 0, source.size, time.monotonic() - start)
+            progress(0, 0, size, time.monotonic() - start)
     outcome.exit_code = proc.returncode
     timer.cancel()
     reader.join(5)
@@ -396,16 +460,3 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
         elif last and outcome.errors and text.strip() and not text.startswith("pg_restore:") \
                 and outcome.errors[-1].count("\n") < 4:
             outcome.errors[-1] += "\n    " + text.strip()[:200]
-    outcome.payload_bytes = source.payload_estimate()
-    counter.join(max(time_limit - (time.monotonic() - start), 0) + 10)  # the count has the same deadline
-    if count_rows:
-        if counted:
-            outcome.rows, outcome.scan = counted[0].scan.rows, counted[0].scan
-            outcome.rows_from = f"the archive's data blocks, {counted[0].read_by}"
-            if counted[0].error:
-                outcome.errors.append(counted[0].error)
-        else:
-            outcome.errors.append("row count of the archive did not end within the time limit")
-    outcome.large_objects = large_objects[0] if large_objects else None
-    outcome.seconds = time.monotonic() - start
-    return outcome

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import psycopg
 import psycopg.conninfo
@@ -26,6 +25,7 @@ from pgbackup_verify.facts.drill import extensions, owner, safety, sandbox, tier
 from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX
 from pgbackup_verify.facts.drill.clusterdump import ClusterRestore, is_cluster_dump, restore_cluster
 from pgbackup_verify.facts.drill.drillcluster import DrillCluster, Endpoint
+from pgbackup_verify.facts.drill.relations import resolve
 from pgbackup_verify.facts.drill.restore import Progress, RestoreOutcome, restore_custom, restore_plain
 from pgbackup_verify.facts.dumps.gzipscan import ARCHIVE_FORMATS
 from pgbackup_verify.facts.dumps.plainscan import PlainDumpScanner, display_name
@@ -157,38 +157,6 @@ def _leftovers(d: DrillSection, work_dir: Path) -> list[str]:
     return found
 
 
-# Each target of the dump by its exact names (or, unqualified, as the search path finds it), with
-# the top of its partition tree: rows loaded through a partitioned table land in its partitions.
-_RELATIONS = """
-SELECT t.key, c.oid, c.relkind, c.relispopulated, n.nspname, c.relname, r.oid, rn.nspname, r.relname
-FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(key, nsp, rel)
-JOIN pg_class c ON c.oid = coalesce(
-    (SELECT c2.oid FROM pg_class c2 JOIN pg_namespace n2 ON n2.oid = c2.relnamespace
-     WHERE n2.nspname = t.nsp AND c2.relname = t.rel),
-    CASE WHEN t.nsp IS NULL THEN to_regclass(quote_ident(t.rel)) END)
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_class r ON r.oid = pg_partition_root(c.oid)
-LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
-"""
-
-
-class _Rel(NamedTuple):
-    oid: int
-    kind: str
-    populated: bool
-    schema: str
-    name: str
-    root: int | None  # top of its partition tree, when it is in one
-    root_schema: str | None
-    root_name: str | None
-
-
-def _resolve(conn: psycopg.Connection, scan: PlainDumpScanner, keys: list[str]) -> dict[str, _Rel]:
-    names = [scan.targets.get(k, (None, k)) for k in keys]
-    rows = conn.execute(_RELATIONS, (keys, [n[0] for n in names], [n[1] for n in names])).fetchall()
-    return {r[0]: _Rel(*r[1:]) for r in rows}
-
-
 def _count(conn: psycopg.Connection, schema: str, table: str, only: bool) -> int:
     q = sql.SQL("SELECT count(*) FROM {}{}.{}").format(sql.SQL("ONLY " if only else ""), sql.Identifier(schema),
                                                         sql.Identifier(table))
@@ -224,7 +192,7 @@ def _row_counts(conn: psycopg.Connection, scan: PlainDumpScanner, facts: DrillFa
     a report that differs from the dump is checked with count(*) too, so a difference is always counted.
     """
     keys = list(scan.rows)
-    found = _resolve(conn, scan, keys)
+    found = resolve(conn, scan, keys)
     reported = _reported(conn, loaded)
     from_tags = 0
     trees = {rel.root for rel in found.values() if rel.kind == "p"}
@@ -266,7 +234,7 @@ def _row_counts(conn: psycopg.Connection, scan: PlainDumpScanner, facts: DrillFa
     facts.rows_restored = (f"{from_tags} tables from the rows their COPY reported stored (no trigger or rule "
                            f"in the database), {len(facts.rows) - from_tags} with count(*)")
     facts.rows_uncounted = {display_name(*scan.targets.get(k, (None, k))): why for k, why in scan.uncounted.items()}
-    refreshed = _resolve(conn, scan, scan.refreshed)
+    refreshed = resolve(conn, scan, scan.refreshed)
     for key in scan.refreshed:
         rel = refreshed.get(key)
         if rel is None or rel.kind != "m":
