@@ -44,7 +44,7 @@ XDIST_UNITS: dict[str, tuple[str, ...]] = {
     "test_fleet.py": ("tests/test_fleet.py::",),  # one demo database, two checks runs, Chromium
     **{m: (f"tests/{m}::",) for m in ("test_nights.py", "test_in_progress.py", "test_hostile_fs.py", "test_pg16.py",
                                       "test_drill_parallel.py", "test_drill_tiers.py", "test_custom_rows.py",
-                                      "test_scanrecord.py")},
+                                      "test_scanrecord.py", "test_load_counts.py")},
     "test_grants_differential.py": ("tests/test_grants_differential.py::",),
     "test_host_names.py": ("tests/test_host_names.py::",),
     "test_paste_fixes.py": ("tests/test_paste_fixes.py::",),  # one cluster, one checks run, every fix pasted
