@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_drill.py [--tables 60] [--rows 25000] [--runs 3] [--jobs 2]
 
 Each round restores the same dump, each variant into a fresh database of one cluster, in turn
-(so a change in the machine's load hits every variant alike); medians over --runs rounds. That
+(so a change in the machine's load hits every variant alike), each round starting at the next
+variant; medians over --runs rounds. That
 cluster is the drill's own (facts/drill/drillcluster.py): sandboxed (bubblewrap, socket only, scram),
 every variant restoring as the plain role `pgbv_restore`; the bare tools run outside the sandbox,
 the drill's psql inside it (--sandbox none: no namespaces).
@@ -13,8 +14,8 @@ the drill's psql inside it (--sandbox none: no namespaces).
   stream, psql under \\restrict; the restored rows from psql's own COPY tags). Goal: <= 1.10x bare;
 - the drill's parallel plain restore on --jobs connections. Goal: <= 0.55x bare with 2 jobs (issue 20);
 - `pg_restore -j1` and `-jN` of the custom-format dump of the same database;
-- the drill's custom-format restore (`pg_restore -jN`, and alongside it the archive's rows counted
-  from its data blocks directly, facts/dumps/archivedata.py, for the row check).
+- the drill's custom-format restore (`pg_restore -jN`, the archive's rows counted from the load itself,
+  facts/drill/loadcount.py: the server's insert counters, the archive read once).
 The drill variants run in a child process each, which reports its own peak RSS. Then the whole
 drill (lock, sweep, throwaway cluster, restore, catalog, row counts, cleanup) once, and the
 ratios of issue 20: plain drill with --jobs vs bare psql, -Fc drill vs bare pg_restore -jN, and
@@ -163,33 +164,45 @@ def main() -> int:
         times: dict[str, list[float]] = {k: [] for k in keys}
         cpu: dict[str, list[float]] = {k: [] for k in keys}
         last: dict[str, dict] = {}
-        for _ in range(args.runs):
+        rows_from = ""
+
+        def bare() -> None:
             e = fresh_db(dst, "bare")
-            times["bare"].append(timed(lambda e=e: subprocess.run(
+            times["bare"].append(timed(lambda: subprocess.run(
                 f"gunzip -c {plain} | psql -X -q -v ON_ERROR_STOP=1 -d '{e.conninfo}'", shell=True, env=bare_env(e),
                 check=True, stdout=subprocess.DEVNULL), dst, cpu["bare"]))
-            for name, jobs in (("serial", 1), ("parallel", args.jobs)):
-                e = fresh_db(dst, name)
-                timed(lambda e=e, name=name, jobs=jobs: last.__setitem__(name, drill_restore(plain, e, jobs, work)),
-                      dst, cpu[name])
-                cpu[name][-1] -= last[name]["startup_cpu"]
-                times[name].append(last[name]["seconds"])
-                assert last[name]["payload"] >= payload - 1024, "the drill must stream the whole payload"
-            for key, jobs in (("j1", 1), ("jn", args.jobs)):
-                e = fresh_db(dst, key)
-                times[key].append(timed(lambda e=e, j=jobs: subprocess.run(
-                    ["pg_restore", "-j", str(j), "--no-owner", "--no-privileges", "-d", e.conninfo, str(custom)],
-                    env=bare_env(e), check=True), dst, cpu[key]))
-            janitor = Janitor()
-            e, got = fresh_db(dst, "jn_rows"), []
 
-            def drill_custom(e: Endpoint = e, got: list = got, janitor: Janitor = janitor) -> None:
-                got.append(restore_custom(from_path(custom), e, args.jobs, 3600, janitor, work, count_rows=True))
-            timed(drill_custom, dst, cpu["jn_rows"])
+        def drill_plain(name: str, jobs: int) -> None:
+            e = fresh_db(dst, name)
+            timed(lambda: last.__setitem__(name, drill_restore(plain, e, jobs, work)), dst, cpu[name])
+            cpu[name][-1] -= last[name]["startup_cpu"]
+            times[name].append(last[name]["seconds"])
+            assert last[name]["payload"] >= payload - 1024, "the drill must stream the whole payload"
+
+        def bare_custom(key: str, jobs: int) -> None:
+            e = fresh_db(dst, key)
+            times[key].append(timed(lambda: subprocess.run(
+                ["pg_restore", "-j", str(jobs), "--no-owner", "--no-privileges", "-d", e.conninfo, str(custom)],
+                env=bare_env(e), check=True), dst, cpu[key]))
+
+        def drill_custom() -> None:
+            nonlocal rows_from
+            janitor, e, got = Janitor(), fresh_db(dst, "jn_rows"), []
+            timed(lambda: got.append(restore_custom(from_path(custom), e, args.jobs, 3600, janitor, work,
+                                                    count_rows=True)), dst, cpu["jn_rows"])
             out = got[0]
             assert not janitor.run_all() and not out.problems, out.problems
             assert sum((out.rows or {}).values()) == args.tables * args.rows, "every row of the archive counted"
             times["jn_rows"].append(out.seconds)
+            rows_from = out.rows_from
+
+        variants = [bare, lambda: drill_plain("serial", 1), lambda: drill_plain("parallel", args.jobs),
+                    lambda: bare_custom("j1", 1), lambda: bare_custom("jn", args.jobs), drill_custom]
+        for round_no in range(args.runs):
+            # Each round starts at another variant: none always follows the same one (the last one's
+            # checkpoint, its cache) on a machine whose load drifts.
+            for variant in variants[round_no % len(variants):] + variants[:round_no % len(variants)]:
+                variant()
             load.append(os.getloadavg()[0])
         with dst.admin("parallel").connect() as conn:
             # What the drill's row check did before issue 20 (one count(*) per table), timed here.
@@ -215,6 +228,10 @@ def main() -> int:
             paired[key] = statistics.median(a / b for a, b in zip(times[key], times[base], strict=True))
             print(f"{label:34s} {m[key]:8.2f}  {m[key] / m[base]:5.2f}x  {paired[key]:5.2f}x  {mc[key]:6.2f}  "
                   f"{mc[key] / mc[base]:5.2f}x  " + " ".join(f"{x:.2f}" for x in times[key]))
+        print(f"-Fc drill's rows: {rows_from}")
+        print(f"plain drill, {args.jobs} jobs vs bare pg_restore -j{args.jobs} of the same data: "
+              f"{m['parallel'] / m['jn']:.2f}x, paired "
+              f"{statistics.median(a / b for a, b in zip(times['parallel'], times['jn'], strict=True)):.2f}x")
         print(f"pg_restore -j{args.jobs} vs -j1: {m['jn'] / m['j1']:.2f}x; parallel drill vs serial drill: "
               f"{m['parallel'] / m['serial']:.2f}x; rows counted and restored: {rows}")
         print("restored rows from the load's own COPY counts (no count(*)): "

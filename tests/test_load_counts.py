@@ -82,7 +82,8 @@ INSERT INTO public.spans SELECT public.span(g, g + 1) FROM generate_series(1, 12
 # A materialized view reading a view that calls the dump's code: its refresh stores rows in public.audit.
 VIEWED = """
 CREATE TABLE public.audit (n int);
-CREATE FUNCTION public.note() RETURNS int LANGUAGE plpgsql AS $$BEGIN INSERT INTO public.audit VALUES (1); RETURN 1; END$$;
+CREATE FUNCTION public.note() RETURNS int LANGUAGE plpgsql AS
+    $$BEGIN INSERT INTO public.audit VALUES (1); RETURN 1; END$$;
 CREATE VIEW public.noted AS SELECT public.note() AS n;
 CREATE MATERIALIZED VIEW public.noted_once AS SELECT n FROM public.noted;
 """
@@ -194,8 +195,9 @@ def test_a_sample_tier_counts_only_the_tables_it_loads(scene: Scene) -> None:
 
 def test_a_check_calling_the_dumps_code_is_read_from_the_archive_alongside(scene: Scene) -> None:
     """public.guarded's CHECK stores a row in public.audit per row checked: the load stored 30 rows
-    there, the archive holds 20. The table of contents says so before the restore."""
-    out, endpoint = scene.restore("coded")
+    there, the archive holds 20. The table of contents says so before the restore. One job: with two,
+    pg_restore may TRUNCATE public.audit before its COPY after the CHECK stored rows there."""
+    out, endpoint = scene.restore("coded", jobs=1)
     assert out.rows_from == ("the archive's data blocks, counted from its blocks directly; not from the load's "
                              "counters: TABLE public.guarded calls note()")
     assert _by_name(out) == {"public.audit": 20, "public.guarded": 10}
@@ -281,3 +283,19 @@ def test_a_trigger_older_than_its_tables_rows_is_seen_on_the_restored_rows(scene
             "trigger k on public.before_rows may have fired while its rows were loaded (it is older than they are)")
         assert loadcount.triggers_before_rows(conn, [oid["no_rows"]]) == (
             "trigger k on public.no_rows may have fired while its rows were loaded (the table is empty)")
+
+
+def test_the_dumps_code_is_foreseen_under_any_name_pg_dump_writes() -> None:
+    """Quoted names exactly (a quote, upper case, a space), bare ones folded; a name only mentioned is not a call."""
+    for tag, call in (('Weird "Fn"', 'public."Weird ""Fn"""(id)'), ("note", "public.NOTE (id)"), ("n 2", '"n 2"(id)')):
+        toc = ArchiveToc((1, 14, 0), "db", "15", "15", (
+            _entry(1, "FUNCTION", f"{tag}(integer)"),
+            TocEntry(2, ("0", "0"), "TABLE", "public", "t", "postgres",
+                     f"CREATE TABLE public.t (id int CHECK ({call}));", None, ""),
+            _entry(3, "TABLE DATA", "t", "COPY public.t (id) FROM stdin;\n")))
+        assert loadcount.predict(toc, None) == f"TABLE public.t calls {tag}()"
+    quiet = ArchiveToc((1, 14, 0), "db", "15", "15", (
+        _entry(1, "FUNCTION", "note(integer)"),
+        TocEntry(2, ("0", "0"), "TABLE", "public", "t", "postgres", "CREATE TABLE public.t (note int, \"note\" int);",
+                 None, "")))
+    assert loadcount.predict(quiet, None) is None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
@@ -46,6 +47,8 @@ _EVALUATED = frozenset({"TABLE", "DOMAIN", "TYPE", "CHECK CONSTRAINT", "DEFAULT"
                         "FK CONSTRAINT", "TABLE ATTACH", "INDEX ATTACH"})
 _CODE = frozenset({"FUNCTION", "AGGREGATE", "PROCEDURE"})
 _VIEWS = frozenset({"VIEW", "MATERIALIZED VIEW"})
+_NAME = re.compile(r'"((?:[^"]|"")+)"|(?<![\w$])([^\W\d][\w$]*)')
+_CALL = re.compile(r'"((?:[^"]|"")+)"\s*\(|(?<![\w$])([^\W\d][\w$]*)\s*\(')
 _CALLED_IMPLICITLY = frozenset({"OPERATOR", "OPERATOR CLASS", "OPERATOR FAMILY", "CAST"})
 
 # Code of a non-superuser (the dump's, as restored) or a query runner, that something the restore may
@@ -126,8 +129,6 @@ def predict(toc: ArchiveToc, wanted: set[int] | None) -> str | None:
     if defined := next((e for e in toc.entries if e.desc in _CALLED_IMPLICITLY), None):
         return f"the archive defines {defined.desc.lower()} {defined.tag}: code called without its name"
     names = {e.tag.split("(", 1)[0] for e in toc.entries if e.desc in _CODE} | set(QUERY_RUNNERS)
-    calls = re.compile(r'(?<![\w$])"?(' + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-                       + r')"?\s*\(', re.IGNORECASE)
     refreshed = {e.tag for e in toc.entries if e.desc == "MATERIALIZED VIEW DATA"
                  and (wanted is None or e.dump_id in wanted)}
     read = _read_by(toc, refreshed)
@@ -138,8 +139,9 @@ def predict(toc: ArchiveToc, wanted: set[int] | None) -> str | None:
         if e.desc == "TRIGGER" and data_seen < data_total:
             return f"trigger {e.tag} comes before table data in the archive"
         evaluated = e.desc in _EVALUATED or (e.desc in _VIEWS and e.tag in read)
-        if evaluated and (m := calls.search(e.defn)):
-            return f"{e.desc} {display_name(e.namespace, e.tag)} calls {m.group(1)}()"
+        called = next((n for n in _names(e.defn, _CALL) if n in names), None) if evaluated else None
+        if called is not None:
+            return f"{e.desc} {display_name(e.namespace, e.tag)} calls {called}()"
     return None
 
 
@@ -149,15 +151,20 @@ def _read_by(toc: ArchiveToc, refreshed: set[str]) -> set[str]:
     views = {e.tag: e.defn for e in toc.entries if e.desc in _VIEWS}
     if not refreshed or not views:
         return set(refreshed)
-    named = re.compile(r'(?<![\w$])"?(' + "|".join(re.escape(v) for v in sorted(views, key=len, reverse=True))
-                       + r')"?(?![\w$])')
     read, todo = set(refreshed), list(refreshed)
     while todo:
-        for name in named.findall(views.get(todo.pop(), "")):
-            if name not in read:
+        for name in _names(views.get(todo.pop(), ""), _NAME):
+            if name in views and name not in read:
                 read.add(name)
                 todo.append(name)
     return read
+
+
+def _names(text: str, pattern: re.Pattern[str]) -> Iterator[str]:
+    """The names `pattern` finds in SQL as pg_dump writes it: quoted exactly, else folded to lower case.
+    One pass over the text whatever the number of names looked for (the archive is input)."""
+    for quoted, bare in pattern.findall(text):
+        yield quoted.replace('""', '"') if quoted else bare.lower()
 
 
 def settle(conn: psycopg.Connection, application_name: str, deadline: float) -> bool:
