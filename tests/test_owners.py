@@ -16,8 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pgbackup_verify.config.sections import DrillSection
 from pgbackup_verify.facts.drill import owner, safety
 from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, LEGACY_OWNER_FILE, OWNER_FILE, mark_owner, sweep_stale
+from pgbackup_verify.facts.drill.run import _leftovers
 
 HOST = socket.gethostname()
 
@@ -126,3 +128,16 @@ def test_drill_sweep_judges_by_start_time(tmp_path: Path, sleeper: subprocess.Po
     assert lines == [f"left {live} alone (owner pid {sleeper.pid} still runs)",
                      f"swept leftover {recycled} (owner pid {sleeper.pid} is gone)"]
     assert live.is_dir() and not recycled.exists()
+
+
+def test_what_this_drill_left_is_its_own_not_a_live_run_s(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    """After its cleanup a drill lists what is left: its own objects and those of runs that ended, never the
+    cluster another drill (another lock file) is using right now."""
+    me = psutil.Process()
+    started = psutil.Process(sleeper.pid).create_time()
+    live = leftover(tmp_path, f"{CLUSTER_PREFIX}{safety.CLUSTER_TAG}live", mark_of(sleeper.pid, started))
+    mine = leftover(tmp_path, f"{CLUSTER_PREFIX}{safety.CLUSTER_TAG}mine", mark_of(me.pid, me.create_time()))
+    ended = leftover(tmp_path, f"{safety.SPOOL_PREFIX}ended", mark_of(sleeper.pid, started - 600))
+    assert safety.in_use_elsewhere(mark_of(sleeper.pid, started))
+    assert _leftovers(DrillSection(), tmp_path) == sorted([str(mine), str(ended)])
+    assert live.is_dir()

@@ -22,7 +22,7 @@ from pgbackup_verify.config import DrillSection, Target
 from pgbackup_verify.facts.catalog import Catalog, read_catalog
 from pgbackup_verify.facts.db import DatabaseUnreachable, connect_readonly, scalar
 from pgbackup_verify.facts.drill import extensions, owner, safety, sandbox, tiers
-from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX
+from pgbackup_verify.facts.drill.cluster import CLUSTER_PREFIX, OWNER_FILE, read_private
 from pgbackup_verify.facts.drill.clusterdump import ClusterRestore, is_cluster_dump, restore_cluster
 from pgbackup_verify.facts.drill.drillcluster import DrillCluster, Endpoint
 from pgbackup_verify.facts.drill.relations import resolve
@@ -150,10 +150,14 @@ class _Site:
 
 
 def _leftovers(d: DrillSection, work_dir: Path) -> list[str]:
-    found = [str(p) for p in safety.local_leftovers(work_dir)]
+    """What is left after this drill's cleanup: its own objects, and those of runs that have ended; not
+    the cluster or database another drill running now (with another lock file) is using."""
+    found = [str(p) for p in safety.local_leftovers(work_dir)
+             if not safety.in_use_elsewhere(read_private(p / OWNER_FILE))]
     if d.mode == "scratch":
         with psycopg.connect(d.server_dsn, autocommit=True, connect_timeout=10) as conn:
-            found += [f"database {n}" for n, _ in safety.server_leftovers(conn, d.prefix)]
+            found += [f"database {n}" for n, mark in safety.server_leftovers(conn, d.prefix)
+                      if not safety.in_use_elsewhere(mark)]
     return found
 
 

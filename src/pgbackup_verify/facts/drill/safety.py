@@ -59,6 +59,14 @@ def _owner_gone(text: str | None, stale_minutes: float, fallback_made: float) ->
     return False, f"owner pid {mark.pid} still runs"
 
 
+def in_use_elsewhere(text: str | None) -> bool:
+    """Whether a drill object's owner mark names another process on this host that still runs: then the
+    object is that run's, in use, not something this run left behind."""
+    mark = owner.parse_mark(text)
+    return (mark is not None and mark.host is not None and owner.on_this_host(mark) and mark.pid != os.getpid()
+            and owner.alive(mark))
+
+
 def guard_name(name: str, prefix: str) -> str:
     """Every CREATE/DROP DATABASE goes through here: no prefix, no statement."""
     if not name.startswith(prefix) or len(name) <= len(prefix):
