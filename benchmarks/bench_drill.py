@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -120,7 +121,11 @@ def child(dump: str, endpoint: str, jobs: int, work: str) -> int:
     out = restore_plain(from_path(Path(dump)), endpoint_from_json(endpoint), 3600, Janitor(), jobs=jobs,
                         work_dir=Path(work))
     seconds = time.perf_counter() - start
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own high-water mark. ru_maxrss would fold in this bench's RSS, which the
+    # child had at exec (Linux counts the parent's pages before exec replaces them).
+    hwm = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    assert hwm is not None
+    rss_mib = int(hwm[1]) / 1024
     print(json.dumps({"seconds": seconds, "problems": out.problems, "rows": sum((out.rows or {}).values()),
                       "tagged": None if out.loaded is None else len(out.loaded), "tables": len(out.rows or {}),
                       "payload": out.payload_bytes, "rss_mib": rss_mib,
