@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -39,3 +40,30 @@ def source_database(tag: str, sql: str, *, psql: bool = False,
         for leftover in root.glob("**/pgbv-cluster-*"):
             stop_cluster_dir(leftover)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def drill_target_toml(name: str, dsn: str, backups: Path, work: Path, pattern: str, backups_extra: str = "",
+                      drill_extra: str = "") -> str:
+    """A target file for a self-test's checks run: the database, one night's dumps matching `pattern`, and
+    the sandboxed throwaway drill working (and locking) in `work`; `*_extra` lines go into their section."""
+    return f"""[target]
+name = "{name}"
+
+[database]
+dsn = {json.dumps(dsn)}
+dump_role = "postgres"
+
+[backups]
+directory = "{backups}"
+pattern = "{pattern}"
+min_payload_bytes = 1000
+retention_days = 1
+min_good_dumps = 1
+{backups_extra}
+
+[drill]
+work_dir = "{work}"
+lock_file = "{work / 'drill.lock'}"
+expect_live_catalog = true
+{drill_extra}
+"""

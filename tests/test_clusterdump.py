@@ -12,7 +12,6 @@ The drill's own catalog shows that no role of the dump holds a power there.
 from __future__ import annotations
 
 import gzip
-import json
 import re
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from checkrun import ChecksRun, TargetResult, run_checks
+from srcdb import drill_target_toml
 
 from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.config import load_target
@@ -116,25 +116,7 @@ def _build(c: ThrowawayCluster) -> None:
 
 def _target(name: str, c: ThrowawayCluster, backups: Path, work: Path, pattern: str, extra: str = "") -> str:
     dsn = psycopg.conninfo.make_conninfo(c.dsn(), dbname=MY_DB)
-    return f"""[target]
-name = "{name}"
-
-[database]
-dsn = {json.dumps(dsn)}
-dump_role = "postgres"
-
-[backups]
-directory = "{backups}"
-pattern = "{pattern}"
-min_payload_bytes = 1000
-retention_days = 1
-min_good_dumps = 1
-
-[drill]
-work_dir = "{work}"
-lock_file = "{work / 'drill.lock'}"
-expect_live_catalog = true
-{extra}"""
+    return drill_target_toml(name, dsn, backups, work, pattern, drill_extra=extra)
 
 
 def _insert_after(text: str, anchor_re: str, line: str) -> tuple[str, int]:

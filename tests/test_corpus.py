@@ -23,6 +23,7 @@ from pathlib import Path
 import corpus
 import pytest
 from checkrun import ChecksRun, TargetResult, run_checks
+from srcdb import drill_target_toml
 
 from pgbackup_verify.cli import checks_dir
 from pgbackup_verify.facts.drill.cluster import ThrowawayCluster
@@ -47,28 +48,10 @@ def toml_str(s: str) -> str:
 
 def target_toml(name: str, c: ThrowawayCluster, backups: Path, work: Path, pattern: str) -> str:
     schemas = ", ".join(toml_str(s) for s in corpus.SCHEMAS)
-    return f"""[target]
-name = "{name}"
-
-[database]
-dsn = "{c.dsn(corpus.DBNAME)}"
-dump_role = "postgres"
-
-[backups]
-directory = "{backups}"
-pattern = "{pattern}"
-min_payload_bytes = 1000
-retention_days = 1
-min_good_dumps = 1
-expected_schemas = [{schemas}]
-
-[drill]
-# The sandboxed throwaway drill: the corpus restores as the plain restore role, its odd owners made plain roles.
-roles = {json.dumps(list(corpus.ROLES))}
-work_dir = "{work}"
-lock_file = "{work / 'drill.lock'}"
-expect_live_catalog = true
-"""
+    # The sandboxed throwaway drill: the corpus restores as the plain restore role, its odd owners made plain roles.
+    return drill_target_toml(name, c.dsn(corpus.DBNAME), backups, work, pattern,
+                             backups_extra=f"expected_schemas = [{schemas}]",
+                             drill_extra=f"roles = {json.dumps(list(corpus.ROLES))}")
 
 
 def pg_dump(c: ThrowawayCluster, out: Path, *args: str, compress: bool = True, custom: bool = False) -> None:
