@@ -33,6 +33,7 @@ from psycopg import sql
 
 from pgbackup_verify.facts.db import scalar
 from pgbackup_verify.facts.drill.relations import resolve
+from pgbackup_verify.facts.dumps.archivedata import toc_scanner
 from pgbackup_verify.facts.dumps.customfmt import ArchiveToc
 from pgbackup_verify.facts.dumps.plainscan import PlainDumpScanner, display_name
 
@@ -101,13 +102,7 @@ def archive_targets(toc: ArchiveToc, wanted: set[int] | None) -> PlainDumpScanne
     """A scanner keyed by the COPY target of each TABLE DATA entry restored (rows 0 each); or why the
     load's counters cannot stand for the archive's rows (`pg_dump --inserts` data, a table the archive
     does not create, e.g. an extension's configuration table)."""
-    scan = PlainDumpScanner()
-    for e in toc.entries:
-        if e.desc in ("ENCODING", "STDSTRINGS") and e.defn:  # what pg_restore writes first
-            scan.feed(e.defn.encode("utf-8", "surrogateescape") + b"\n")
-        elif e.desc == "MATERIALIZED VIEW DATA" and (wanted is None or e.dump_id in wanted):
-            scan.feed(e.defn.encode("utf-8", "surrogateescape") + b"\n")
-    scan.finish()
+    scan = toc_scanner(toc, wanted)
     created = {(e.namespace, e.tag) for e in toc.entries if e.desc == "TABLE"}
     for e in toc.entries:
         if e.desc != "TABLE DATA" or (wanted is not None and e.dump_id not in wanted):

@@ -376,7 +376,7 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
     if count_rows and why_not is not None:
         def alongside() -> None:  # while pg_restore runs: then it mostly costs CPU, not time
             counted.append(archive_rows(path, extra_args, deadline,
-                                        lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p))))
+                                        lambda p: janitor.add("pg_restore -f - (row count)", lambda: _kill(p)), toc))
         counter = threading.Thread(target=alongside, daemon=True)
         counter.start()
     _pg_restore(endpoint.for_app(app), path, extra_args, jobs, deadline, janitor, outcome, progress, source.size, start)
@@ -390,7 +390,7 @@ def restore_custom(source: DumpSource, endpoint: Endpoint, jobs: int, time_limit
             outcome.rows_from = "the rows the load stored, from the server's own counters: the archive read once"
         else:  # the counters may not stand for the archive's rows: its blocks are counted after all
             why_not = got
-            counted.append(archive_rows(path, extra_args, deadline))
+            counted.append(archive_rows(path, extra_args, deadline, toc=toc))
     if counter is not None:
         counter.join(max(deadline - time.monotonic(), 0) + 10)  # the count has the same deadline
     if count_rows and outcome.scan is None:

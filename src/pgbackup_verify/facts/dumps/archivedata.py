@@ -97,6 +97,19 @@ def _lines(next_chunk: Callable[[], bytes], compressed: bool) -> int:
     return count - blank
 
 
+def toc_scanner(toc: ArchiveToc, wanted: Collection[int] | None = None) -> PlainDumpScanner:
+    """A scanner primed as pg_restore begins (the archive's encoding and string settings), noting the
+    materialized views the restore refreshes (`wanted`: the dump ids a restore list keeps; None: all);
+    its TABLE DATA entries' COPY statements are the caller's to add."""
+    scan = PlainDumpScanner()
+    for e in toc.entries:
+        if (e.desc in _SETTINGS and e.defn) or (e.desc == "MATERIALIZED VIEW DATA"
+                                                and (wanted is None or e.dump_id in wanted)):
+            scan.feed(e.defn.encode("utf-8", "surrogateescape") + b"\n")
+    scan.finish()
+    return scan
+
+
 def count_data_blocks(path: str | Path, wanted: Collection[int] | None = None,
                       deadline: float | None = None, toc: ArchiveToc | None = None) -> PlainDumpScanner:
     """A scanner holding the rows each TABLE DATA entry loads (as `pg_restore --data-only -f -` shows them).
@@ -112,13 +125,7 @@ def count_data_blocks(path: str | Path, wanted: Collection[int] | None = None,
         raise ArchiveFormatError(f"data blocks compressed with {toc.compression}: not read directly")
     by_id = {e.dump_id: e for e in toc.entries}
     keep = (lambda i: True) if wanted is None else (lambda i: i in wanted)
-    scan = PlainDumpScanner()
-    for e in toc.entries:
-        if e.desc in _SETTINGS and e.defn:
-            scan.feed(e.defn.encode("utf-8", "surrogateescape") + b"\n")
-        elif e.desc == "MATERIALIZED VIEW DATA" and keep(e.dump_id):
-            scan.feed(e.defn.encode("utf-8", "surrogateescape") + b"\n")
-    scan.finish()
+    scan = toc_scanner(toc, wanted)
     compressed = toc.compression == "gzip"
     with open(path, "rb", buffering=1 << 20) as f:
         f.seek(toc.data_start)
@@ -158,13 +165,14 @@ def restore_list_ids(args: list[str] | tuple[str, ...]) -> set[int] | None:
 
 
 def archive_rows(path: str | Path, extra_args: Sequence[str] = (), deadline: float | None = None,
-                 started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> ArchiveRows:
+                 started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+                 toc: ArchiveToc | None = None) -> ArchiveRows:
     """The archive's rows per table: from its data blocks where this reader knows them, else through
     `pg_restore --data-only` (customfmt.count_archive_rows). A damaged block is left to pg_restore,
-    whose own message then names what is wrong."""
+    whose own message then names what is wrong. `toc`: the archive's, when the caller has read it."""
     start = time.monotonic()
     try:
-        scan = count_data_blocks(path, restore_list_ids(list(extra_args)), deadline)
+        scan = count_data_blocks(path, restore_list_ids(list(extra_args)), deadline, toc)
     except TimeoutError as e:
         return ArchiveRows(PlainDumpScanner(), str(e), 0, time.monotonic() - start)
     except (ArchiveFormatError, OSError, _INFLATE_ERROR):
