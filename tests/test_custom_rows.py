@@ -182,4 +182,7 @@ def test_healthy_custom_dump_is_green_with_the_row_evidence(scene):
 def test_rows_dropped_on_load_from_a_custom_dump_fail_naming_the_table_and_both_counts(scene):
     result = scene.run["lossy"]
     result.assert_outcomes("row", failed=1)
+    # One fault, one red line: the rows lost on load fail the row check and nothing else.
+    red = [c["name"] for c in result.checks if c["outcome"] in ("failed", "error")]
+    assert red == ["test_every_table_has_the_rows_read_from_the_dump"], result.text
     assert f"restore drill row fidelity: FAILED ({WEIRD}: 4 rows restored vs 8 in the dump)" in result.text
